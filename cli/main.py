@@ -1,0 +1,75 @@
+"""The `raftmem` command. Everything but `serve` is an HTTP client of the nodes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from . import bench as bench_cmd
+from . import cluster as cluster_cmd
+from . import memory as memory_cmd
+
+DEFAULT_URL = os.environ.get("RAFTMEM_URL", "http://127.0.0.1:8781")
+
+# Exit codes that mean something to scripts.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_INDETERMINATE = 4
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from raftmem.config import ConfigError, embedded_default, load
+    from raftmem.node import serve
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format=f"%(asctime)s {args.node} %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = load(args.config) if args.config else embedded_default()
+        config.node(args.node)
+    except ConfigError as e:
+        print(f"raftmem: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        serve(config, args.node)
+    except ConfigError as e:
+        print(f"raftmem: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raftmem", description="raftmem: replicated memory for agents")
+    parser.add_argument("--url", default=DEFAULT_URL, help="a node's API (env RAFTMEM_URL)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run one node")
+    p.add_argument("--config", help="cluster YAML (default: the embedded local 3-node config)")
+    p.add_argument("--node", required=True, help="this node's id in the config")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=_serve)
+
+    cluster_cmd.add_parsers(sub)
+    memory_cmd.add_parsers(sub)
+    bench_cmd.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""The aiohttp JSON API (DESIGN.md section 4). Handlers hold no try/except:
+errors are mapped to HTTP once, in `error_middleware`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from .config import Config
+from .errors import InvalidRequest, NotFound, PayloadTooLarge, RaftmemError
+from .metrics import Metrics
+from .openapi import OPENAPI
+from .service import (
+    FORWARD_HEADERS,
+    FORWARDED_HEADER,
+    Call,
+    ForwardLost,
+    ForwardNotSent,
+    MemoryService,
+    Reply,
+)
+
+log = logging.getLogger(__name__)
+
+PASS_HEADERS = ("ETag", "Retry-After", "Idempotent-Replayed")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    data = body if isinstance(body, bytes | bytearray) else orjson.dumps(body)
+    return web.Response(status=status, body=data, headers=headers, content_type="application/json")
+
+
+def _error_response(error: RaftmemError) -> web.Response:
+    headers = {}
+    retry_after = getattr(error, "retry_after_s", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return _json_response(error.status, error.body(), headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RaftmemError as e:
+        return _error_response(e)
+    except web.HTTPRequestEntityTooLarge as e:
+        return _error_response(PayloadTooLarge(f"body exceeds the limit: {e.text}"))
+    except web.HTTPNotFound:
+        return _error_response(NotFound(f"no route {request.method} {request.path}"))
+    except web.HTTPMethodNotAllowed as e:
+        err = RaftmemError(f"method {request.method} not allowed on {request.path}", allowed=sorted(e.allowed_methods))
+        err.status, err.code = 405, "method_not_allowed"
+        return _error_response(err)
+    except web.HTTPException:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error_response(RaftmemError("internal error; see the node's log"))
+
+
+class HttpForwarder:
+    """Forwards a Call to another node's API (the Forwarder of service.py)."""
+
+    def __init__(self, config: Config) -> None:
+        self.urls = {n.id: n.http_url for n in config.nodes}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=128)
+        self._session = aiohttp.ClientSession(connector=connector)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def forward(self, node_id: str, call: Call, timeout_s: float) -> Reply:
+        assert self._session is not None
+        headers = {h: call.headers[h] for h in FORWARD_HEADERS if h in call.headers}
+        headers[FORWARDED_HEADER] = str(call.hops + 1)
+        url = self.urls[node_id] + call.path
+        try:
+            async with self._session.request(
+                call.method,
+                url,
+                params=dict(call.query),
+                data=call.body or None,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as resp:
+                body = await resp.read()
+                out = {k: v for k, v in resp.headers.items() if k.startswith("X-Raftmem-") or k in PASS_HEADERS}
+                return Reply(resp.status, body, out)
+        except aiohttp.ClientConnectorError as e:
+            raise ForwardNotSent(str(e)) from e
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise ForwardLost(str(e)) from e
+
+
+def _call(request: web.Request, body: bytes = b"") -> Call:
+    try:
+        hops = int(request.headers.get(FORWARDED_HEADER, "0"))
+    except ValueError:
+        raise InvalidRequest(f"{FORWARDED_HEADER} must be an integer") from None
+    return Call(
+        method=request.method,
+        path=request.path,
+        query=dict(request.query),
+        headers=dict(request.headers),
+        body=body,
+        hops=hops,
+    )
+
+
+def _reply(reply: Reply) -> web.Response:
+    return _json_response(reply.status, reply.body, reply.headers)
+
+
+class Api:
+    def __init__(self, service: MemoryService, metrics: Metrics) -> None:
+        self.service = service
+        self.metrics = metrics
+
+    async def put(self, request: web.Request) -> web.Response:
+        ns, mid = request.match_info["namespace"], request.match_info["id"]
+        return _reply(await self.service.put(ns, mid, _call(request, await request.read())))
+
+    async def create(self, request: web.Request) -> web.Response:
+        ns = request.match_info["namespace"]
+        return _reply(await self.service.create(ns, _call(request, await request.read())))
+
+    async def get(self, request: web.Request) -> web.Response:
+        ns, mid = request.match_info["namespace"], request.match_info["id"]
+        return _reply(await self.service.get(ns, mid, _call(request)))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        ns, mid = request.match_info["namespace"], request.match_info["id"]
+        return _reply(await self.service.delete(ns, mid, _call(request)))
+
+    async def list(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.list(request.match_info["namespace"], _call(request)))
+
+    async def list_shard(self, request: web.Request) -> web.Response:
+        try:
+            shard = int(request.match_info["shard"])
+        except ValueError:
+            raise InvalidRequest("shard must be an integer") from None
+        ns = request.match_info["namespace"]
+        return _reply(await self.service.list_shard(shard, ns, _call(request)))
+
+    async def batch(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.batch(_call(request, await request.read())))
+
+    async def cluster(self, _request: web.Request) -> web.Response:
+        return _reply(self.service.cluster())
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return _json_response(200, {"status": "ok", "node": self.service.node_id})
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        ready, problems = self.service.readiness()
+        body = {"ready": ready, "node": self.service.node_id, "problems": problems}
+        return _json_response(200 if ready else 503, body, None if ready else {"Retry-After": "1"})
+
+    async def metrics_handler(self, _request: web.Request) -> web.Response:
+        data, content_type = self.metrics.render(self.service)
+        return web.Response(body=data, headers={"Content-Type": content_type})
+
+    async def openapi(self, _request: web.Request) -> web.Response:
+        return _json_response(200, OPENAPI)
+
+
+def build_app(service: MemoryService, config: Config, metrics: Metrics) -> web.Application:
+    api = Api(service, metrics)
+
+    @web.middleware
+    async def timing(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        response = await handler(request)
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        metrics.observe_request(route, request.method, response.status, time.perf_counter() - start)
+        return response
+
+    # A little over the body limit, so that our own check answers with a clear message.
+    app = web.Application(
+        middlewares=[timing, error_middleware], client_max_size=config.limits.body_bytes_max + 4096
+    )
+    r = app.router
+    r.add_put("/v1/memories/{namespace}/{id}", api.put)
+    r.add_get("/v1/memories/{namespace}/{id}", api.get)
+    r.add_delete("/v1/memories/{namespace}/{id}", api.delete)
+    r.add_post("/v1/memories/{namespace}", api.create)
+    r.add_get("/v1/memories/{namespace}", api.list)
+    r.add_get("/v1/internal/shards/{shard}/list/{namespace}", api.list_shard)
+    r.add_post("/v1/batch", api.batch)
+    r.add_get("/v1/cluster", api.cluster)
+    r.add_get("/healthz", api.healthz)
+    r.add_get("/readyz", api.readyz)
+    r.add_get("/metrics", api.metrics_handler)
+    r.add_get("/openapi.json", api.openapi)
+    return app

@@ -1,0 +1,77 @@
+"""Prometheus metrics (prometheus-client), one registry per node process.
+
+Request metrics are observed as requests complete; shard gauges are read from
+the replicas at scrape time, so nothing on the write path pays for them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from .service import MemoryService
+
+LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class _ShardCollector:
+    def __init__(self) -> None:
+        self.service: MemoryService | None = None
+
+    def collect(self) -> Any:
+        if self.service is None:
+            return
+        gauges = {
+            "term": GaugeMetricFamily("raftmem_shard_term", "Raft term", labels=["shard"]),
+            "commit_index": GaugeMetricFamily("raftmem_shard_commit_index", "Raft commit index", labels=["shard"]),
+            "applied_index": GaugeMetricFamily("raftmem_shard_applied_index", "Applied index", labels=["shard"]),
+            "is_leader": GaugeMetricFamily("raftmem_shard_is_leader", "1 if this node leads the shard", labels=["shard"]),
+            "log_entries": GaugeMetricFamily("raftmem_shard_log_entries", "Entries in the Raft log", labels=["shard"]),
+            "log_bytes": GaugeMetricFamily("raftmem_shard_log_bytes", "Bytes in the Raft log", labels=["shard"]),
+            "db_bytes": GaugeMetricFamily("raftmem_shard_db_bytes", "RocksDB size on disk", labels=["shard"]),
+        }
+        counters = {
+            "leader_changes": CounterMetricFamily("raftmem_shard_role_changes", "Raft role changes", labels=["shard"]),
+            "proposals": CounterMetricFamily("raftmem_shard_proposals", "Operations proposed", labels=["shard"]),
+            "entries": CounterMetricFamily("raftmem_shard_entries_proposed", "Log entries proposed (group commit)", labels=["shard"]),
+            "syncs": CounterMetricFamily("raftmem_shard_journal_fsyncs", "Journal fsyncs", labels=["shard"]),
+        }
+        for shard, replica in self.service.replicas.items():
+            label = [str(shard)]
+            group = replica.group
+            gauges["term"].add_metric(label, group.term)
+            gauges["commit_index"].add_metric(label, group.commit_index)
+            gauges["applied_index"].add_metric(label, replica.sm.applied_index)
+            gauges["is_leader"].add_metric(label, 1 if group.is_leader() else 0)
+            gauges["log_entries"].add_metric(label, len(group.journal))
+            gauges["log_bytes"].add_metric(label, group.journal.bytes)
+            gauges["db_bytes"].add_metric(label, replica.store.size_bytes())
+            counters["leader_changes"].add_metric(label, group.leader_changes)
+            counters["proposals"].add_metric(label, replica.proposals)
+            counters["entries"].add_metric(label, replica.entries_proposed)
+            counters["syncs"].add_metric(label, group.journal.syncs)
+        yield from gauges.values()
+        yield from counters.values()
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Histogram(
+            "raftmem_http_request_seconds",
+            "HTTP request latency by route, method and status",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self._shards = _ShardCollector()
+        self.registry.register(self._shards)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).observe(seconds)
+
+    def render(self, service: MemoryService) -> tuple[bytes, str]:
+        self._shards.service = service
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

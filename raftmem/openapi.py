@@ -1,0 +1,130 @@
+"""A compact OpenAPI 3 description of API v1, served at GET /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERR = {"$ref": "#/components/schemas/Error"}
+_MEM = {"$ref": "#/components/schemas/Memory"}
+
+
+def _resp(desc: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": desc, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "400": _resp("invalid request", _ERR),
+    "404": _resp("not found", _ERR),
+    "412": _resp("precondition failed", _ERR),
+    "413": _resp("body too large", _ERR),
+    "429": _resp("overloaded, retry", _ERR),
+    "503": _resp("no leader or not ready, retry (Retry-After)", _ERR),
+    "504": _resp("indeterminate: the write may or may not have happened", _ERR),
+}
+_NS = {"name": "namespace", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}}
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,256}$"}}
+_CONSISTENCY = {
+    "name": "consistency",
+    "in": "query",
+    "schema": {"type": "string", "enum": ["linearizable", "strong", "session", "bounded", "eventual"]},
+}
+_WRITE_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MemoryWrite"}}},
+}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "raftmem", "version": "1"},
+    "paths": {
+        "/v1/memories/{namespace}/{id}": {
+            "put": {
+                "summary": "Upsert a memory (If-Match, If-None-Match: *, Idempotency-Key)",
+                "parameters": [_NS, _ID],
+                "requestBody": _WRITE_BODY,
+                "responses": {"200": _resp("updated", _MEM), "201": _resp("created", _MEM), **_ERRORS},
+            },
+            "get": {
+                "summary": "Read a memory",
+                "parameters": [
+                    _NS,
+                    _ID,
+                    _CONSISTENCY,
+                    {"name": "after", "in": "query", "schema": {"type": "string"}},
+                    {"name": "max_staleness_ms", "in": "query", "schema": {"type": "integer"}},
+                ],
+                "responses": {"200": _resp("the memory", _MEM), **_ERRORS},
+            },
+            "delete": {
+                "summary": "Delete a memory (If-Match)",
+                "parameters": [_NS, _ID],
+                "responses": {"200": _resp("deleted", {"type": "object"}), **_ERRORS},
+            },
+        },
+        "/v1/memories/{namespace}": {
+            "post": {
+                "summary": "Create a memory with a server-chosen, time-ordered id",
+                "parameters": [_NS],
+                "requestBody": _WRITE_BODY,
+                "responses": {"201": _resp("created", _MEM), **_ERRORS},
+            },
+            "get": {
+                "summary": "List memories ordered by (created_at, id)",
+                "parameters": [_NS, _CONSISTENCY]
+                + [
+                    {"name": n, "in": "query", "schema": {"type": t}}
+                    for n, t in (("agent_id", "string"), ("tag", "string"), ("since", "integer"),
+                                 ("until", "integer"), ("limit", "integer"), ("cursor", "string"))
+                ],
+                "responses": {"200": _resp("a page", {"type": "object"}), **_ERRORS},
+            },
+        },
+        "/v1/batch": {
+            "post": {
+                "summary": "Many operations, per-operation results",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {"200": _resp("results", {"type": "object"}), **_ERRORS},
+            }
+        },
+        "/v1/cluster": {"get": {"summary": "Nodes, shards, leaders, terms, indexes", "responses": {"200": _resp("cluster", {"type": "object"})}}},
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _resp("alive", {"type": "object"})}}},
+        "/readyz": {"get": {"summary": "Readiness", "responses": {"200": _resp("ready", {"type": "object"}), "503": _resp("not ready", _ERR)}}},
+    },
+    "components": {
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "properties": {"error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}},
+            },
+            "MemoryWrite": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "agent_id": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "content": {},
+                    "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 64},
+                    "metadata": {"type": "object"},
+                    "ttl_s": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+                },
+            },
+            "Memory": {
+                "type": "object",
+                "properties": {
+                    "namespace": {"type": "string"},
+                    "id": {"type": "string"},
+                    "agent_id": {"type": "string", "nullable": True},
+                    "kind": {"type": "string", "nullable": True},
+                    "content": {},
+                    "tags": {"type": "array", "items": {"type": "string"}},
+                    "metadata": {"type": "object"},
+                    "created_at": {"type": "integer"},
+                    "updated_at": {"type": "integer"},
+                    "expires_at": {"type": "integer", "nullable": True},
+                    "version": {"type": "integer"},
+                    "token": {"type": "string"},
+                },
+            },
+        }
+    },
+}

@@ -1,0 +1,442 @@
+"""The memory service: validates requests, routes them to shards, and decides who
+serves: a local shard leader, a local replica (stale-tolerant reads), or the
+shard leader on another node (forwarding).
+
+It knows nothing of aiohttp: the API layer hands it a `Call` and gets a `Reply`;
+forwarding goes through the small `Forwarder` interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import quote, urlencode
+
+import orjson
+
+from . import validation as v
+from .clock import Clock
+from .config import Config
+from .errors import (
+    Indeterminate,
+    InvalidRequest,
+    NoLeader,
+    NotFound,
+    RaftmemError,
+    Unavailable,
+    from_result,
+)
+from .routing import HASH_NAME, shard_for
+from .shards import ShardReplica
+from .statemachine import ListQuery
+
+log = logging.getLogger(__name__)
+
+FORWARDED_HEADER = "X-Raftmem-Forwarded"
+FORWARD_HOPS_MAX = 2
+LEADER_WAIT_POLL_S = 0.05
+SESSION_WAIT_S = 0.5
+FORWARD_HEADERS = ("If-Match", "If-None-Match", "Idempotency-Key", "X-Raftmem-Consistency", "Content-Type")
+
+
+@dataclass
+class Call:
+    """A client request as the service sees it."""
+
+    method: str
+    path: str
+    query: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    hops: int = 0
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any  # a JSON-able value, or bytes passed through from another node
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def json(self) -> Any:
+        return orjson.loads(self.body) if isinstance(self.body, bytes | bytearray) else self.body
+
+
+class ForwardNotSent(Exception):
+    """The request never reached the other node: nothing happened there."""
+
+
+class ForwardLost(Exception):
+    """The request may have reached the other node, but no answer came back."""
+
+
+class Forwarder(Protocol):
+    async def forward(self, node_id: str, call: Call, timeout_s: float) -> Reply: ...
+
+
+def public(rec: dict[str, Any], shard: int) -> dict[str, Any]:
+    out = {k: val for k, val in rec.items() if k != "rev"}
+    out["token"] = f"{shard}:{rec['rev']}"
+    return out
+
+
+class MemoryService:
+    def __init__(
+        self,
+        config: Config,
+        node_id: str,
+        replicas: dict[int, ShardReplica],
+        placement: dict[int, list[str]],
+        forwarder: Forwarder,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.node_id = node_id
+        self.replicas = replicas
+        self.placement = placement
+        self.forwarder = forwarder
+        self.clock = clock
+        self.limits = config.limits
+        self.unsafe_local_reads = bool(config.debug.get("unsafe_local_reads"))
+
+    # -- routing -----------------------------------------------------------------
+    def shard_of(self, ns: str, mid: str) -> int:
+        return shard_for(ns, mid, self.config.shards)
+
+    def leader_of(self, shard: int) -> str | None:
+        replica = self.replicas.get(shard)
+        if replica is None:
+            return None
+        if replica.group.is_leader():
+            return self.node_id
+        return replica.group.leader_node()
+
+    async def _on_leader(
+        self,
+        shard: int,
+        call: Call,
+        local: Callable[[ShardReplica], Awaitable[Reply]],
+        is_write: bool,
+    ) -> Reply:
+        """Run `local` where this node leads `shard`, else forward `call` to the
+        leader; wait a little for an election, retry a proposal that a leadership
+        change rejected (it certainly did not happen)."""
+        timeout_s = (self.limits.write_timeout_ms if is_write else self.limits.read_timeout_ms) / 1000
+        deadline = time.monotonic() + timeout_s
+        while True:
+            leader = self.leader_of(shard)
+            if leader == self.node_id:
+                try:
+                    return await local(self.replicas[shard])
+                except NoLeader:
+                    if time.monotonic() >= deadline:
+                        raise
+            elif leader is not None and call.hops < FORWARD_HOPS_MAX:
+                try:
+                    return await self.forwarder.forward(leader, call, max(0.1, deadline - time.monotonic()) + 1)
+                except ForwardNotSent:
+                    if time.monotonic() >= deadline:
+                        raise NoLeader(f"shard {shard}: leader {leader} unreachable", shard=shard) from None
+                except ForwardLost:
+                    if is_write:
+                        raise Indeterminate(
+                            f"shard {shard}: leader {leader} did not answer; the write may still apply",
+                            shard=shard,
+                        ) from None
+                    raise Unavailable(f"shard {shard}: leader {leader} did not answer", shard=shard) from None
+            if time.monotonic() >= deadline:
+                raise NoLeader(f"shard {shard} has no reachable leader", shard=shard, leader=leader)
+            await asyncio.sleep(LEADER_WAIT_POLL_S)
+
+    # -- writes --------------------------------------------------------------------
+    async def put(self, ns: str, mid: str, call: Call) -> Reply:
+        v.name("namespace", ns, self.limits.namespace_chars_max)
+        v.name("id", mid, self.limits.id_chars_max)
+        fields = v.memory_fields(v.parse_json(call.body, self.limits), self.limits)
+        op = {
+            "t": "put",
+            "ns": ns,
+            "id": mid,
+            "fields": fields,
+            "if_match": v.version_header("If-Match", call.header("If-Match")),
+            "if_none_match": v.if_none_match(call.header("If-None-Match")),
+            "idem": v.idempotency_key(call.header("Idempotency-Key")),
+        }
+        return await self._write(self.shard_of(ns, mid), op, call)
+
+    async def create(self, ns: str, call: Call) -> Reply:
+        v.name("namespace", ns, self.limits.namespace_chars_max)
+        key = v.idempotency_key(call.header("Idempotency-Key"))
+        if key is not None:
+            # A retry must land on the same shard and id: derive the id from the key.
+            mid = "i-" + hashlib.blake2b(f"{ns}\0{key}".encode(), digest_size=12).hexdigest()
+        else:
+            mid = f"{self.clock.wall_ms():013d}-{os.urandom(6).hex()}"
+        headers = dict(call.headers)
+        headers["If-None-Match"] = "*"
+        as_put = Call("PUT", f"/v1/memories/{ns}/{mid}", call.query, headers, call.body, call.hops)
+        return await self.put(ns, mid, as_put)
+
+    async def delete(self, ns: str, mid: str, call: Call) -> Reply:
+        v.name("namespace", ns, self.limits.namespace_chars_max)
+        v.name("id", mid, self.limits.id_chars_max)
+        op = {
+            "t": "delete",
+            "ns": ns,
+            "id": mid,
+            "if_match": v.version_header("If-Match", call.header("If-Match")),
+            "idem": v.idempotency_key(call.header("Idempotency-Key")),
+        }
+        return await self._write(self.shard_of(ns, mid), op, call)
+
+    async def _write(self, shard: int, op: dict[str, Any], call: Call) -> Reply:
+        async def local(replica: ShardReplica) -> Reply:
+            # The leader chooses the time before proposing: apply stays deterministic.
+            done = await replica.submit({**op, "now": self.clock.wall_ms()})
+            return self._write_reply(shard, done)
+
+        return await self._on_leader(shard, call, local, is_write=True)
+
+    def _write_reply(self, shard: int, done: dict[str, Any]) -> Reply:
+        result = done["result"]
+        token = f"{shard}:{done['index']}"
+        headers = {"X-Raftmem-Token": token, "X-Raftmem-Served-By": self.node_id}
+        if "error" in result:
+            raise from_result(result)
+        body: dict[str, Any] = {"token": token}
+        if "memory" in result:
+            body = public(result["memory"], shard)
+            headers["ETag"] = str(result["memory"]["version"])
+        elif "deleted" in result:
+            body.update(result["deleted"])
+            body["deleted"] = True
+        if result.get("replayed"):
+            headers["Idempotent-Replayed"] = "true"
+        return Reply(result["status"], body, headers)
+
+    # -- reads ---------------------------------------------------------------------
+    def _read_headers(self, replica: ShardReplica, level: str) -> dict[str, str]:
+        return {
+            "X-Raftmem-Consistency": level,
+            "X-Raftmem-Served-By": self.node_id,
+            "X-Raftmem-Token": replica.token,
+        }
+
+    async def _fresh(self, replica: ShardReplica) -> None:
+        """Bring the local leader replica up to a quorum-confirmed point."""
+        if self.unsafe_local_reads:
+            return  # negative control: whoever believes it leads answers from memory
+        index = await replica.barrier()
+        if not await replica.wait_applied(index, self.limits.read_timeout_ms / 1000):
+            raise Unavailable(f"shard {replica.shard}: apply is behind", shard=replica.shard)
+
+    async def get(self, ns: str, mid: str, call: Call) -> Reply:
+        v.name("namespace", ns, self.limits.namespace_chars_max)
+        v.name("id", mid, self.limits.id_chars_max)
+        shard = self.shard_of(ns, mid)
+        level = v.consistency(call.query.get("consistency") or call.header("X-Raftmem-Consistency"))
+        replica = self.replicas.get(shard)
+        now = self.clock.wall_ms()
+        if level is None:
+            local_rec = replica.sm.get(ns, mid, now) if replica else None
+            tagged = self.config.consistency.level_for_tags(local_rec["tags"]) if local_rec else None
+            level = tagged or self.config.consistency.default
+        if level == "eventual" and replica is not None:
+            return self._get_reply(replica, ns, mid, "eventual")
+        if level == "session" and replica is not None:
+            after = v.tokens(call.query.get("after"), self.config.shards).get(shard, 0)
+            if await replica.wait_applied(after, SESSION_WAIT_S):
+                return self._get_reply(replica, ns, mid, "session")
+
+        async def local(replica: ShardReplica) -> Reply:
+            await self._fresh(replica)
+            return self._get_reply(replica, ns, mid, "linearizable")
+
+        return await self._on_leader(shard, call, local, is_write=False)
+
+    def _get_reply(self, replica: ShardReplica, ns: str, mid: str, level: str) -> Reply:
+        rec = replica.sm.get(ns, mid, self.clock.wall_ms())
+        headers = self._read_headers(replica, level)
+        if rec is None:
+            raise NotFound(f"memory {ns}/{mid} not found", token=replica.token)
+        headers["ETag"] = str(rec["version"])
+        return Reply(200, public(rec, replica.shard), headers)
+
+    # -- lists ---------------------------------------------------------------------
+    def _list_query(self, ns: str, call: Call) -> ListQuery:
+        q = call.query
+        agent = q.get("agent_id") or None
+        tag = q.get("tag") or None
+        return ListQuery(
+            namespace=ns,
+            agent_id=agent,
+            tag=tag,
+            since_ms=v.int_param("since", q.get("since"), 0, 0, (1 << 63) - 1),
+            until_ms=v.int_param("until", q.get("until"), (1 << 63) - 1, 0, (1 << 63) - 1),
+            after=v.decode_cursor(q.get("cursor")),
+            limit=v.int_param("limit", q.get("limit"), 100, 1, self.limits.list_page_max),
+        )
+
+    def _list_level(self, call: Call, tag: str | None) -> str:
+        level = v.consistency(call.query.get("consistency") or call.header("X-Raftmem-Consistency"))
+        if level is None and tag is not None:
+            level = self.config.consistency.level_for_tags([tag])
+        return level or self.config.consistency.default
+
+    async def list(self, ns: str, call: Call) -> Reply:
+        v.name("namespace", ns, self.limits.namespace_chars_max)
+        query = self._list_query(ns, call)
+        level = self._list_level(call, query.tag)
+        parts = await asyncio.gather(
+            *(self._list_shard(s, query, level, call) for s in range(self.config.shards))
+        )
+        items: list[dict[str, Any]] = []
+        served: set[str] = set()
+        more = False
+        for part_items, part_more, part_level in parts:
+            items.extend(part_items)
+            more = more or part_more
+            served.add(part_level)
+        items.sort(key=lambda m: (m["created_at"], m["id"]))
+        if len(items) > query.limit:
+            items, more = items[: query.limit], True
+        body: dict[str, Any] = {"items": items, "count": len(items)}
+        if more and items:
+            body["cursor"] = v.encode_cursor(items[-1]["created_at"], items[-1]["id"])
+        level_served = "eventual" if "eventual" in served else "linearizable"
+        return Reply(200, body, {"X-Raftmem-Consistency": level_served, "X-Raftmem-Served-By": self.node_id})
+
+    async def _list_shard(
+        self, shard: int, query: ListQuery, level: str, call: Call
+    ) -> tuple[list[dict[str, Any]], bool, str]:
+        replica = self.replicas.get(shard)
+        if level == "eventual" and replica is not None:
+            return self._list_local(replica, query) + ("eventual",)
+
+        async def local(replica: ShardReplica) -> Reply:
+            await self._fresh(replica)
+            items, more = self._list_local(replica, query)
+            return Reply(200, {"items": items, "more": more}, {})
+
+        params = dict(call.query)
+        params["consistency"] = "linearizable"
+        path = f"/v1/internal/shards/{shard}/list/{quote(query.namespace)}"
+        shard_call = Call("GET", path, params, {}, b"", call.hops)
+        reply = await self._on_leader(shard, shard_call, local, is_write=False)
+        body = reply.json()
+        if reply.status != 200:
+            raise from_result(body)
+        return body["items"], body["more"], "linearizable"
+
+    def _list_local(self, replica: ShardReplica, query: ListQuery) -> tuple[list[dict[str, Any]], bool]:
+        probe = ListQuery(**{**query.__dict__, "limit": query.limit + 1})
+        recs = replica.sm.list(probe, self.clock.wall_ms())
+        more = len(recs) > query.limit
+        return [public(r, replica.shard) for r in recs[: query.limit]], more
+
+    async def list_shard(self, shard: int, ns: str, call: Call) -> Reply:
+        """Internal: one shard's page, served at its leader (the fan-out's far end)."""
+        if not 0 <= shard < self.config.shards:
+            raise InvalidRequest(f"no shard {shard}")
+        v.name("namespace", ns, self.limits.namespace_chars_max)
+        query = self._list_query(ns, call)
+        items, more, _ = await self._list_shard(shard, query, "linearizable", call)
+        return Reply(200, {"items": items, "more": more}, {})
+
+    # -- batch ---------------------------------------------------------------------
+    async def batch(self, call: Call) -> Reply:
+        body = v.parse_json(call.body, self.limits)
+        ops = body.get("ops") if isinstance(body, dict) else None
+        if not isinstance(ops, list) or not ops:
+            raise InvalidRequest('body must be {"ops": [...]} with at least one operation')
+        if len(ops) > self.limits.batch_ops_max:
+            raise InvalidRequest(f"at most {self.limits.batch_ops_max} operations per batch")
+        calls = [self._batch_call(i, op, call) for i, op in enumerate(ops)]
+        results = await asyncio.gather(*(self._batch_one(c) for c in calls))
+        return Reply(200, {"results": results}, {"X-Raftmem-Served-By": self.node_id})
+
+    def _batch_call(self, i: int, op: Any, call: Call) -> tuple[str, str, str | None, Call]:
+        if not isinstance(op, dict):
+            raise InvalidRequest(f"ops[{i}] must be an object")
+        kind = op.get("op")
+        if kind not in ("put", "get", "delete", "create"):
+            raise InvalidRequest(f"ops[{i}].op must be put, create, get or delete")
+        ns = op.get("namespace")
+        mid = op.get("id")
+        if not isinstance(ns, str) or (kind != "create" and not isinstance(mid, str)):
+            raise InvalidRequest(f"ops[{i}] needs a namespace and an id")
+        headers: dict[str, str] = {}
+        for key, header in (
+            ("if_match", "If-Match"),
+            ("if_none_match", "If-None-Match"),
+            ("idempotency_key", "Idempotency-Key"),
+        ):
+            if op.get(key) is not None:
+                headers[header] = str(op[key])
+        query = {}
+        for key in ("consistency", "after", "max_staleness_ms"):
+            if op.get(key) is not None:
+                query[key] = str(op[key])
+        method = {"put": "PUT", "create": "POST", "get": "GET", "delete": "DELETE"}[kind]
+        body = orjson.dumps(op.get("body", {})) if kind in ("put", "create") else b""
+        path = f"/v1/memories/{ns}" + (f"/{mid}" if kind != "create" else "")
+        return kind, ns, mid, Call(method, path, query, headers, body, call.hops)
+
+    async def _batch_one(self, item: tuple[str, str, str | None, Call]) -> dict[str, Any]:
+        kind, ns, mid, call = item
+        try:
+            if kind == "put":
+                reply = await self.put(ns, str(mid), call)
+            elif kind == "create":
+                reply = await self.create(ns, call)
+            elif kind == "get":
+                reply = await self.get(ns, str(mid), call)
+            else:
+                reply = await self.delete(ns, str(mid), call)
+        except RaftmemError as e:
+            return {"status": e.status, "body": e.body()}
+        return {"status": reply.status, "body": reply.json()}
+
+    # -- cluster -------------------------------------------------------------------
+    def cluster(self) -> Reply:
+        shards = []
+        for s in range(self.config.shards):
+            entry: dict[str, Any] = {"shard": s, "replicas": self.placement[s]}
+            replica = self.replicas.get(s)
+            if replica is not None:
+                entry.update(replica.group.status())
+            shards.append(entry)
+        nodes = [
+            {"id": n.id, "url": n.http_url, "zone": n.zone, "raft_port_base": n.raft_port_base}
+            for n in self.config.nodes
+        ]
+        body = {
+            "cluster": self.config.name,
+            "node": self.node_id,
+            "shard_count": self.config.shards,
+            "replication_factor": self.config.replication_factor,
+            "hash": HASH_NAME,
+            "nodes": nodes,
+            "shards": shards,
+        }
+        return Reply(200, body)
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        problems = []
+        for s in self.replicas:
+            if self.leader_of(s) is None:
+                problems.append(f"shard {s}: no known leader")
+        return not problems, problems
+
+    def forward_path(self, call: Call) -> str:
+        if not call.query:
+            return call.path
+        return call.path + "?" + urlencode(dict(call.query))

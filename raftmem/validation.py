@@ -1,0 +1,179 @@
+"""Request validation: pure functions that turn client input into clean values
+or raise InvalidRequest with a message naming the field. Nothing here touches
+state, so a bad request changes nothing."""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+import orjson
+
+from .config import CONSISTENCY_LEVELS, LimitsConfig
+from .errors import InvalidRequest, PayloadTooLarge
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9._:-]+$")
+MEMORY_FIELDS = frozenset({"agent_id", "kind", "content", "tags", "metadata", "ttl_s"})
+TTL_S_MAX = 10 * 365 * 24 * 3600
+AGENT_CHARS_MAX = 256
+KIND_CHARS_MAX = 64
+IDEMPOTENCY_KEY_CHARS_MAX = 256
+
+
+def name(what: str, value: str, chars_max: int) -> str:
+    if not value:
+        raise InvalidRequest(f"{what} must not be empty", field=what)
+    if len(value) > chars_max:
+        raise InvalidRequest(f"{what} is longer than {chars_max} characters", field=what)
+    if not _NAME_RE.match(value):
+        raise InvalidRequest(f"{what} {value[:64]!r} must match [A-Za-z0-9._:-]+", field=what)
+    return value
+
+
+def _label(what: str, value: Any, chars_max: int) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"{what} must be a non-empty string", field=what)
+    if len(value) > chars_max:
+        raise InvalidRequest(f"{what} is longer than {chars_max} characters", field=what)
+    if any(ord(c) < 32 for c in value):
+        raise InvalidRequest(f"{what} must not contain control characters", field=what)
+    return value
+
+
+def parse_json(raw: bytes, limits: LimitsConfig) -> Any:
+    if len(raw) > limits.body_bytes_max:
+        raise PayloadTooLarge(f"body is {len(raw)} bytes, the limit is {limits.body_bytes_max}")
+    if not raw.strip():
+        raise InvalidRequest("body must be a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidRequest(f"body is not valid JSON: {e}") from e
+
+
+def memory_fields(body: Any, limits: LimitsConfig) -> dict[str, Any]:
+    """The writable fields of a memory, checked; unknown fields are refused."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("body must be a JSON object")
+    unknown = sorted(set(body) - MEMORY_FIELDS)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(sorted(MEMORY_FIELDS))})",
+            fields=unknown,
+        )
+    out: dict[str, Any] = {}
+    if body.get("agent_id") is not None:
+        out["agent_id"] = _label("agent_id", body["agent_id"], AGENT_CHARS_MAX)
+    if body.get("kind") is not None:
+        out["kind"] = _label("kind", body["kind"], KIND_CHARS_MAX)
+    out["content"] = body.get("content")
+    tags = body.get("tags")
+    if tags is None:
+        tags = []
+    if not isinstance(tags, list):
+        raise InvalidRequest("tags must be a list of strings", field="tags")
+    if len(tags) > limits.tags_max:
+        raise InvalidRequest(f"at most {limits.tags_max} tags", field="tags")
+    clean_tags: list[str] = []
+    for tag in tags:
+        tag = _label("tag", tag, limits.tag_chars_max)
+        if tag not in clean_tags:
+            clean_tags.append(tag)
+    out["tags"] = clean_tags
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidRequest("metadata must be a JSON object", field="metadata")
+    out["metadata"] = metadata or {}
+    ttl = body.get("ttl_s")
+    if ttl is not None:
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+            raise InvalidRequest("ttl_s must be a number of seconds", field="ttl_s")
+        if not 0 < ttl <= TTL_S_MAX:
+            raise InvalidRequest(f"ttl_s must be in (0, {TTL_S_MAX}]", field="ttl_s")
+        out["ttl_s"] = ttl
+    return out
+
+
+def version_header(what: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    value = value.strip().strip('"')
+    try:
+        version = int(value)
+    except ValueError:
+        raise InvalidRequest(f"{what} must be a memory version (an integer), got {value[:32]!r}") from None
+    if version < 0:
+        raise InvalidRequest(f"{what} must not be negative")
+    return version
+
+
+def if_none_match(value: str | None) -> bool:
+    if value is None:
+        return False
+    if value.strip() != "*":
+        raise InvalidRequest("If-None-Match supports only '*' (create only)")
+    return True
+
+
+def idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return _label("Idempotency-Key", value, IDEMPOTENCY_KEY_CHARS_MAX)
+
+
+def consistency(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if value not in CONSISTENCY_LEVELS:
+        raise InvalidRequest(
+            f"unknown consistency level {value[:32]!r} (known: {', '.join(CONSISTENCY_LEVELS)})",
+            field="consistency",
+        )
+    return value
+
+
+def tokens(value: str | None, shards: int) -> dict[int, int]:
+    """`after=` tokens "<shard>:<index>", comma-separated: shard -> highest index."""
+    out: dict[int, int] = {}
+    if not value:
+        return out
+    for part in value.split(","):
+        try:
+            s, i = part.strip().split(":")
+            shard, index = int(s), int(i)
+        except ValueError:
+            raise InvalidRequest(f"token {part[:40]!r} must look like '<shard>:<index>'", field="after") from None
+        if not 0 <= shard < shards or index < 0:
+            raise InvalidRequest(f"token {part[:40]!r} names no shard of this cluster", field="after")
+        out[shard] = max(out.get(shard, 0), index)
+    return out
+
+
+def int_param(what: str, value: str | None, default: int, lo: int, hi: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise InvalidRequest(f"{what} must be an integer, got {value[:32]!r}", field=what) from None
+    if not lo <= n <= hi:
+        raise InvalidRequest(f"{what} must be in [{lo}, {hi}]", field=what)
+    return n
+
+
+def encode_cursor(created_at: int, memory_id: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([created_at, memory_id])).decode().rstrip("=")
+
+
+def decode_cursor(value: str | None) -> tuple[int, str] | None:
+    if not value:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        created_at, memory_id = orjson.loads(raw)
+        if not isinstance(created_at, int) or not isinstance(memory_id, str):
+            raise ValueError
+        return created_at, memory_id
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise InvalidRequest("cursor is not one this server issued", field="cursor") from None

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import copy
+import socket
+from typing import Any
+
+import pytest
+import yaml
+
+from raftmem.config import (
+    LOCAL_3NODE_YAML,
+    ConfigError,
+    check_ports_free,
+    embedded_default,
+    load,
+    parse,
+)
+
+
+def base() -> dict[str, Any]:
+    return copy.deepcopy(yaml.safe_load(LOCAL_3NODE_YAML))
+
+
+def test_embedded_default_is_the_design_card_layout() -> None:
+    c = embedded_default()
+    assert c.shards == 8 and c.replication_factor == 3
+    assert [n.http_port for n in c.nodes] == [8781, 8782, 8783]
+    assert c.raft.fsync == "always"
+    assert c.consistency.level_for_tags(["lock"]) == "linearizable"
+    assert c.consistency.level_for_tags(["metric", "critical"]) == "linearizable"  # strictest wins
+    assert c.consistency.level_for_tags(["metric"]) == "eventual"
+    assert c.consistency.level_for_tags(["other"]) is None
+    assert c.raft.leader_fallback_timeout_s == pytest.approx(0.4)
+
+
+def test_shipped_config_file_matches_embedded(tmp_path: Any) -> None:
+    assert load("configs/local-3node.yaml").nodes == embedded_default().nodes
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d["replication"].update(factor=2), "even"),
+        (lambda d: d["replication"].update(factor=5), "at least that many nodes"),
+        (lambda d: d["raft"].update(election_timeout_ms_min=1000, election_timeout_ms_max=900), "below"),
+        (lambda d: d["raft"].update(heartbeat_ms=300), "third"),
+        (lambda d: d["raft"].update(fsync="sometimes"), "fsync"),
+        (lambda d: d["raft"].update(surprise=1), "unknown key"),
+        (lambda d: d.update(extra={}), "unknown key"),
+        (lambda d: d["cluster"]["nodes"][1].update(http_port=8781), "also used"),
+        (lambda d: d["cluster"]["nodes"][1].update(id="n1"), "duplicate"),
+        (lambda d: d["cluster"]["nodes"][0].update(host="10.0.0.5"), "password"),
+        (lambda d: d["consistency"].update(default="psychic"), "unknown model"),
+        (lambda d: d["consistency"].update(default="session"), "per-request"),
+        (lambda d: d["cluster"].update(shards=0), "out of range"),
+        (lambda d: d["cluster"]["nodes"][0].pop("http_port"), "missing http_port"),
+        (lambda d: d["raft"].update(heartbeat_ms="fast"), "integer"),
+    ],
+)
+def test_validation_refuses_with_a_clear_message(mutate: Any, message: str) -> None:
+    d = base()
+    mutate(d)
+    with pytest.raises(ConfigError, match=message):
+        parse(d)
+
+
+def test_non_loopback_with_password_is_accepted() -> None:
+    d = base()
+    for n in d["cluster"]["nodes"]:
+        n["host"] = "10.0.0.5" if n["id"] == "n1" else n["host"]
+    d["raft"]["password"] = "s3cret"
+    assert parse(d).raft.password == "s3cret"
+
+
+def test_port_in_use_is_named() -> None:
+    d = base()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        d["cluster"]["nodes"][0]["http_port"] = port
+        with pytest.raises(ConfigError, match=f"http_port 127.0.0.1:{port} is not available"):
+            check_ports_free(parse(d), "n1")
+
+
+def test_unknown_node_is_named() -> None:
+    with pytest.raises(ConfigError, match="n9"):
+        embedded_default().node("n9")
