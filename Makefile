@@ -31,7 +31,7 @@ run: $(STAMP)
 	$(VENV)/bin/raftmem cluster up --nodes $(NODES) --shards $(SHARDS) --config configs/local-3node.yaml --data-dir ./data
 
 test: $(STAMP) apt-deps
-	$(PY) -m ruff check raftmem cli jepsen_like tests bench
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	$(MAKE) jepsen-quick
 
@@ -42,7 +42,7 @@ integration: $(STAMP)
 	$(PY) -m pytest -q tests/integration
 
 lint: $(STAMP)
-	$(PY) -m ruff check raftmem cli jepsen_like tests bench
+	$(PY) -m ruff check .
 
 jepsen: $(STAMP) apt-deps
 	$(PY) -m jepsen_like matrix --out runs/jepsen

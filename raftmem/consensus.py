@@ -246,6 +246,9 @@ class GroupSpec:
     directory: Path
     raft: RaftConfig
     address_to_node: dict[str, str] = field(default_factory=dict)
+    # Negative control only: step down as late as pysyncobj's default (30 s), the
+    # way a naive store would, so that unsafe local reads are visibly stale.
+    naive_step_down: bool = False
 
 
 class RaftGroup:
@@ -268,7 +271,7 @@ class RaftGroup:
             raftMinTimeout=raft.election_timeout_ms_min / 1000.0,
             raftMaxTimeout=raft.election_timeout_ms_max / 1000.0,
             appendEntriesPeriod=raft.append_entries_period_ms / 1000.0,
-            leaderFallbackTimeout=raft.leader_fallback_timeout_s,
+            leaderFallbackTimeout=30.0 if spec.naive_step_down else raft.leader_fallback_timeout_s,
             connectionTimeout=max(3.5, raft.election_timeout_ms_max / 1000.0 * 2),
             connectionRetryTime=0.3,
             appendEntriesUseBatch=True,

@@ -64,6 +64,7 @@ class ShardReplica:
             directory=directory,
             raft=config.raft,
             address_to_node=address_to_node,
+            naive_step_down=bool(config.debug.get("unsafe_local_reads")),
         )
         self._queue: list[_Pending] = []
         self._flush_scheduled = False
