@@ -161,6 +161,13 @@ class Api:
     async def batch(self, request: web.Request) -> web.Response:
         return _reply(await self.service.batch(_call(request, await request.read())))
 
+    async def transfer_leader(self, request: web.Request) -> web.Response:
+        try:
+            shard = int(request.match_info["shard"])
+        except ValueError:
+            raise InvalidRequest("shard must be an integer") from None
+        return _reply(await self.service.transfer_leader(shard, _call(request)))
+
     async def cluster(self, _request: web.Request) -> web.Response:
         return _reply(self.service.cluster())
 
@@ -204,6 +211,7 @@ def build_app(service: MemoryService, config: Config, metrics: Metrics) -> web.A
     r.add_get("/v1/internal/shards/{shard}/list/{namespace}", api.list_shard)
     r.add_post("/v1/batch", api.batch)
     r.add_get("/v1/cluster", api.cluster)
+    r.add_post("/v1/admin/shards/{shard}/transfer-leader", api.transfer_leader)
     r.add_get("/healthz", api.healthz)
     r.add_get("/readyz", api.readyz)
     r.add_get("/metrics", api.metrics_handler)

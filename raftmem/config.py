@@ -75,7 +75,10 @@ class RaftConfig:
     def leader_fallback_timeout_s(self) -> float:
         if self.leader_fallback_timeout_ms:
             return self.leader_fallback_timeout_ms / 1000.0
-        return self.election_timeout_ms_min / 1000.0
+        # Step down before any follower may vote for someone else, so a cut-off
+        # leader stops accepting writes (and followers' reads from it stop being
+        # fresh) before a new leader can exist.
+        return 0.75 * self.election_timeout_ms_min / 1000.0
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,13 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"raft: append_entries_period_ms ({r.append_entries_period_ms}) must not exceed "
             f"heartbeat_ms ({r.heartbeat_ms})"
+        )
+    if r.leader_fallback_timeout_ms and not (
+        2 * r.heartbeat_ms < r.leader_fallback_timeout_ms <= r.election_timeout_ms_min
+    ):
+        raise ConfigError(
+            f"raft.leader_fallback_timeout_ms ({r.leader_fallback_timeout_ms}) must be above two "
+            f"heartbeats and at most election_timeout_ms_min ({r.election_timeout_ms_min})"
         )
     if not 0.0 <= r.clock_drift_bound < 0.5:
         raise ConfigError(f"raft: clock_drift_bound {r.clock_drift_bound} must be in [0, 0.5)")

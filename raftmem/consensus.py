@@ -41,6 +41,7 @@ from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 from pysyncobj.transport import TCPTransport
 
 from .config import RaftConfig
+from .leases import FollowerView, LeaderLease, PreVote, log_up_to_date
 from .raftlog import DurableJournal
 from .storage import fsync_dir, fsync_file
 
@@ -51,6 +52,8 @@ if getattr(pysyncobj, "__version__", None) not in (None, PYSYNCOBJ_VERSION):
     raise ImportError(f"raftmem needs pysyncobj=={PYSYNCOBJ_VERSION}, found {pysyncobj.__version__}")
 if _so.VERSION != PYSYNCOBJ_VERSION:
     raise ImportError(f"raftmem needs pysyncobj=={PYSYNCOBJ_VERSION}, found {_so.VERSION}")
+
+APPEND_BATCH_BYTES = 4 * 1024 * 1024
 
 # Outcome of a proposal, from the proposer's point of view.
 OK = "ok"
@@ -90,14 +93,38 @@ _so.createPoller = _create_poller
 
 class _Transport(TCPTransport):  # type: ignore[misc]
     """Holds back every message until the owning ticker has fsynced the journals
-    (see module docstring); refuses pysyncobj utility commands."""
+    (see module docstring); lets `_Hooks` stamp, read and swallow messages;
+    refuses pysyncobj utility commands."""
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:  # noqa: N803
         self.outbox: list[tuple[Any, Any]] = []
         self.defer = bool(getattr(_building, "defer_sends", False))
+        self.hooks: _Hooks = _building.hooks
         super().__init__(syncObj, selfNode, otherNodes)
 
+    def _onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
+        if isinstance(message, dict) and self.hooks.on_receive(node, message):
+            return
+        if isinstance(message, dict) and message.get("type") == "next_node_idx":
+            # pysyncobj moves a follower's nextIndex back to the acknowledged point
+            # on every ack, so the leader re-sends entries already in flight and the
+            # follower truncates and re-appends them (see _Hooks.trim_append).
+            # Keep nextIndex where it was unless the follower asked for a reset.
+            next_index = self._syncObj._SyncObj__raftNextIndex
+            before = next_index.get(node)
+            super()._onMessageReceived(node, message)
+            after = next_index.get(node)
+            if (
+                before is not None and after is not None and after < before
+                and message.get("success") and not message.get("reset")
+            ):
+                next_index[node] = before
+            return
+        super()._onMessageReceived(node, message)
+
     def send(self, node: Any, message: Any) -> bool:
+        if isinstance(message, dict):
+            self.hooks.on_send(node, message)
         if self.defer:
             self.outbox.append((node, message))
             return True
@@ -112,6 +139,174 @@ class _Transport(TCPTransport):  # type: ignore[misc]
         log.warning("refused a pysyncobj admin command on a Raft port: %r", message[:1])
         conn.disconnect()
         return True
+
+
+
+class _Hooks:
+    """Heartbeat echo, leader lease, vote stickiness and pre-vote, added to
+    pysyncobj at its message boundary (see leases.py for the logic). Runs on the
+    tick thread only."""
+
+    def __init__(self, raft: RaftConfig, cluster_size: int, journal: DurableJournal) -> None:
+        self.journal = journal
+        self.min_timeout_s = raft.election_timeout_ms_min / 1000.0
+        self.max_timeout_s = raft.election_timeout_ms_max / 1000.0
+        self.lease = LeaderLease(self.min_timeout_s, raft.clock_drift_bound, cluster_size)
+        self.follower = FollowerView()
+        self.prevote = PreVote(cluster_size)
+        self.transfer_term: int | None = None
+        self.obj: Any = None
+        self.transport: Any = None
+        self.on_quorum_ack: Callable[[], None] | None = None
+        self._last_bump = float("-inf")
+        self.votes_ignored = 0
+        self.prevotes_started = 0
+
+    def sticky(self, now: float) -> bool:
+        """Heard from a live leader within the minimum election timeout?"""
+        obj = self.obj
+        if obj._isLeader():
+            return self.lease.heard_from_quorum_within(now, self.min_timeout_s)
+        return obj._getLeader() is not None and self.follower.heard_within(now, self.min_timeout_s)
+
+    def on_send(self, node: Any, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        obj = self.obj
+        if obj is None:
+            return
+        if kind == "append_entries":
+            term = obj.raftCurrentTerm
+            self.lease.sync(term)
+            message["rm_ts"] = (term, time.monotonic())
+        elif kind == "next_node_idx":
+            stamp = self.follower.stamps.get(node.address)
+            if stamp is not None:
+                message["rm_echo"] = stamp
+        elif kind == "request_vote":
+            if self.transfer_term is not None and message["term"] == self.transfer_term + 1:
+                message["rm_transfer"] = True
+
+    def on_receive(self, node: Any, message: dict[str, Any]) -> bool:
+        """Returns True when the message is consumed here."""
+        obj = self.obj
+        if obj is None:
+            return False
+        kind = message.get("type")
+        now = time.monotonic()
+        term = obj.raftCurrentTerm
+        if kind == "append_entries":
+            if message["term"] >= term:
+                self.follower.on_append(
+                    node.address, message["term"], message.get("rm_ts"), message.get("commit_index", 0), now
+                )
+                return self.trim_append(node, message)
+            self._maybe_bump(node, now)
+            return False
+        if kind == "next_node_idx":
+            echo = message.get("rm_echo")
+            if echo is not None and obj._isLeader():
+                self.lease.sync(term)
+                if self.lease.on_echo(node.address, echo[0], echo[1], now) and self.on_quorum_ack:
+                    self.on_quorum_ack()
+            return False
+        if kind == "request_vote":
+            if not message.get("rm_transfer") and self.sticky(now):
+                self.votes_ignored += 1
+                return True
+            return False
+        if kind == "rm_prevote":
+            granted = (
+                message["term"] > term
+                and not self.sticky(now)
+                and log_up_to_date(
+                    message["last_log_term"], message["last_log_index"],
+                    obj._SyncObj__getCurrentLogTerm(), obj._SyncObj__getCurrentLogIndex(),
+                )
+            )
+            self.transport.send(node, {"type": "rm_prevote_resp", "term": message["term"], "granted": granted})
+            return True
+        if kind == "rm_prevote_resp":
+            if self.prevote.on_response(node.address, message["term"], message["granted"]):
+                obj._SyncObj__raftElectionDeadline = 0  # let pysyncobj start the real election
+            return True
+        if kind == "timeout_now":
+            if message["term"] >= term and node == obj._getLeader():
+                self.transfer_term = term
+            return False
+        return False
+
+    def trim_append(self, node: Any, message: dict[str, Any]) -> bool:
+        """Raft appends only what is new and truncates only at a conflict; pysyncobj
+        truncates everything after prevLogIdx and re-appends the message's entries,
+        so a re-sent batch shorter than our log would cut off entries we already
+        acknowledged (and the leader may have counted towards a commit). Skip the
+        entries we already hold with the same term; if the message holds nothing
+        new, answer it here instead of letting pysyncobj truncate."""
+        entries = message.get("entries")
+        if not entries or "prevLogIdx" not in message or "transmission" in message:
+            return False
+        journal = self.journal
+        if not len(journal):
+            return False
+        first, last = journal[0][1], journal[-1][1]
+        matched = 0
+        for _command, idx, entry_term in entries:
+            if not first <= idx <= last or journal[idx - first][2] != entry_term:
+                break
+            matched += 1
+        if matched == 0:
+            return False
+        if matched < len(entries):
+            kept = entries[matched - 1]
+            message["prevLogIdx"], message["prevLogTerm"] = kept[1], kept[2]
+            message["entries"] = entries[matched:]
+            return False
+        if last == entries[-1][1]:
+            message["prevLogIdx"], message["prevLogTerm"] = entries[-1][1], entries[-1][2]
+            message["entries"] = []
+            return False
+        # Everything in it we have, and more after it: acknowledge what it held.
+        self.transport.send(node, {
+            "type": "next_node_idx", "next_node_idx": entries[-1][1] + 1, "reset": False, "success": True,
+        })
+        return True
+
+    def _maybe_bump(self, node: Any, now: float) -> None:
+        """A node stuck at a higher term (it won a pre-vote, then lost the race)
+        ignores the lower-term leader's appends forever. If it follows nobody at
+        its own term, tell that leader its term, so the group converges on it."""
+        if self.obj._isLeader() or self.follower.heard_within(now, self.max_timeout_s):
+            return
+        if now - self._last_bump < self.max_timeout_s:
+            return
+        self._last_bump = now
+        log.info("raft: stuck at term %d behind a live leader; announcing the term", self.obj.raftCurrentTerm)
+        self.transport.send(node, {
+            "type": "request_vote", "term": self.obj.raftCurrentTerm,
+            "last_log_index": -1, "last_log_term": -1, "rm_transfer": True,
+        })
+
+    def prevote_gate(self, now: float) -> None:
+        """Before pysyncobj would start an election: run a pre-vote round first."""
+        obj = self.obj
+        if obj._isLeader() or not obj._SyncObj__otherNodes:
+            return
+        if obj._SyncObj__raftElectionDeadline > now or obj._SyncObj__transferInProgress:
+            return
+        next_term = obj.raftCurrentTerm + 1
+        if self.prevote.take_win(next_term):
+            return
+        self.prevote.start(next_term)
+        self.prevotes_started += 1
+        message = {
+            "type": "rm_prevote",
+            "term": next_term,
+            "last_log_index": obj._SyncObj__getCurrentLogIndex(),
+            "last_log_term": obj._SyncObj__getCurrentLogTerm(),
+        }
+        for node in obj._SyncObj__otherNodes:
+            self.transport.send(node, dict(message))
+        obj._SyncObj__raftElectionDeadline = now + obj._SyncObj__generateRaftTimeout()
 
 
 # -- the state machine as the adapter sees it ----------------------------------
@@ -265,6 +460,8 @@ class RaftGroup:
         self.snapshots = _Snapshots(replica, spec.directory, spec.shard)
         self.snapshots.recover_interrupted_compaction(self.journal)
         self.leader_changes = 0
+        self._applied_seen = 0
+        self._on_applied: Callable[[], None] | None = None
         conf = SyncObjConf(
             autoTick=False,
             bindAddress=spec.self_address,
@@ -275,6 +472,9 @@ class RaftGroup:
             connectionTimeout=max(3.5, raft.election_timeout_ms_max / 1000.0 * 2),
             connectionRetryTime=0.3,
             appendEntriesUseBatch=True,
+            # Larger than any single entry (body limit 1 MiB + envelope), so no entry
+            # takes pysyncobj's chunked "transmission" path.
+            appendEntriesBatchSizeBytes=APPEND_BATCH_BYTES,
             journalFile=str(spec.directory / "raft.journal"),
             fullDumpFile=str(self.snapshots.dump_path),
             serializer=self.snapshots.serialize,
@@ -289,9 +489,11 @@ class RaftGroup:
             commandsWaitLeader=False,
             dynamicMembershipChange=True,
         )
+        self.hooks = _Hooks(raft, cluster_size=len(spec.peer_addresses) + 1, journal=self.journal)
         _building.journal = self.journal
         _building.poller = ticker.poller
         _building.defer_sends = raft.fsync == "always"
+        _building.hooks = self.hooks
         try:
             self._obj = _ShardSyncObj(
                 self._apply, spec.self_address, spec.peer_addresses, conf, transportClass=_Transport
@@ -300,7 +502,10 @@ class RaftGroup:
             _building.journal = None
             _building.poller = None
             _building.defer_sends = False
+            _building.hooks = None
         self._transport: _Transport = self._obj._SyncObj__transport
+        self.hooks.obj = self._obj
+        self.hooks.transport = self._transport
         ticker.add(self)
 
     def _on_state_changed(self, old: int, new: int) -> None:
@@ -352,6 +557,38 @@ class RaftGroup:
     def last_applied(self) -> int:
         return int(self._obj.raftLastApplied)
 
+    def set_on_applied(self, callback: Callable[[], None]) -> None:
+        """`callback` runs on the tick thread after a tick that applied entries."""
+        self._on_applied = callback
+
+    def set_on_quorum_ack(self, callback: Callable[[], None]) -> None:
+        """`callback` runs on the tick thread whenever the quorum-acknowledged
+        send time moves forward (ReadIndex waiters re-check then)."""
+        self.hooks.on_quorum_ack = callback
+
+    def noop_committed(self) -> bool:
+        """Has this leader committed an entry of its own term? Until then its
+        commit index may lag entries committed by earlier leaders."""
+        noop = self._obj._SyncObj__noopIDx
+        return self._obj._isLeader() and noop is not None and self._obj.raftCommitIndex >= noop
+
+    def quorum_ack_time(self, term: int) -> float:
+        """Latest monotonic send time a quorum acknowledged in `term` (0: none)."""
+        lease = self.hooks.lease
+        return lease.quorum_ack if lease.term == term else 0.0
+
+    def lease_remaining_s(self, now: float) -> float:
+        if not self._obj._isLeader() or not self.noop_committed():
+            return 0.0
+        return self.hooks.lease.remaining_s(now, self._obj.raftCurrentTerm)
+
+    def follower_freshness(self, now: float) -> tuple[float, int]:
+        """(seconds since the leader sent what we last accepted, its commit index then)."""
+        view = self.hooks.follower
+        if self._obj._isLeader() or view.term != self._obj.raftCurrentTerm:
+            return float("inf"), 0
+        return view.staleness_s(now), view.leader_commit
+
     def status(self) -> dict[str, Any]:
         """A consistent view, taken between ticks."""
         with self.ticker.lock:
@@ -363,14 +600,25 @@ class RaftGroup:
                 "leader": self.leader_node(),
                 "term": obj.raftCurrentTerm,
                 "commit_index": obj.raftCommitIndex,
-                "applied_index": self.replica.applied_index,
+                "applied_index": obj.raftLastApplied,
+                "sm_applied_index": self.replica.applied_index,
                 "log_entries": len(self.journal),
                 "log_bytes": self.journal.bytes,
                 "log_first_index": self.journal[0][1] if len(self.journal) else None,
                 "journal_syncs": self.journal.syncs,
                 "leader_changes": self.leader_changes,
                 "has_quorum": bool(obj.hasQuorum),
+                "votes_ignored": self.hooks.votes_ignored,
+                "prevotes_started": self.hooks.prevotes_started,
+                "lease_clock_resets": self.hooks.lease.clock_resets,
             }
+            now = time.monotonic()
+            if obj._isLeader():
+                status["lease_remaining_ms"] = max(0, int(self.lease_remaining_s(now) * 1000))
+            else:
+                staleness, _ = self.follower_freshness(now)
+                if staleness != float("inf"):
+                    status["last_contact_ms"] = int(staleness * 1000)
             if match:
                 status["match_index"] = {
                     self.spec.address_to_node.get(n.address, n.address): i for n, i in match.items()
@@ -383,6 +631,9 @@ class RaftGroup:
 
     def transfer_leadership(self, node_address: str | None, on_done: Callable[[bool], None]) -> None:
         def run() -> None:
+            # The target will be elected without waiting out our lease: stop
+            # serving lease reads in this term from now on.
+            self.hooks.lease.revoked_term = self._obj.raftCurrentTerm
             self._obj.transferLeadership(
                 node_address, callback=lambda _r, err: on_done(err == FAIL_REASON.SUCCESS)
             )
@@ -391,6 +642,11 @@ class RaftGroup:
 
     def tick(self) -> None:
         self._obj.doTick(0.0)
+        applied = self._obj.raftLastApplied
+        if applied != self._applied_seen:
+            self._applied_seen = applied
+            if self._on_applied is not None:
+                self._on_applied()
 
     def destroy(self) -> None:
         with self.ticker.lock:
@@ -468,7 +724,9 @@ class Ticker:
                     calls, self._calls = self._calls, []
                     for fn in calls:
                         fn()
+                    now = time.monotonic()
                     for group in self.groups:
+                        group.hooks.prevote_gate(now)
                         group.tick()
                         if group.journal.bytes > self.LOG_BYTES_COMPACT:
                             group._obj.forceLogCompaction()

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote, urlencode
 
 import orjson
@@ -42,6 +42,9 @@ FORWARDED_HEADER = "X-Raftmem-Forwarded"
 FORWARD_HOPS_MAX = 2
 LEADER_WAIT_POLL_S = 0.05
 SESSION_WAIT_S = 0.5
+FRESH_LEVELS = ("linearizable", "strong")
+BOUNDED_MS_MAX = 3_600_000
+T = TypeVar("T")
 FORWARD_HEADERS = ("If-Match", "If-None-Match", "Idempotency-Key", "X-Raftmem-Consistency", "Content-Type")
 
 
@@ -230,41 +233,105 @@ class MemoryService:
             "X-Raftmem-Token": replica.token,
         }
 
-    async def _fresh(self, replica: ShardReplica) -> None:
-        """Bring the local leader replica up to a quorum-confirmed point."""
+    async def _fresh(self, replica: ShardReplica, level: str) -> tuple[str, int | None]:
+        """Bring the local leader replica up to date for a fresh read. Returns the
+        level served and, for a lease read, the term to re-check after reading."""
         if self.unsafe_local_reads:
-            return  # negative control: whoever believes it leads answers from memory
-        index = await replica.barrier()
+            return level, None  # negative control: whoever believes it leads answers
+        if level == "strong":
+            lease = replica.lease_read_index()
+            if lease is not None:
+                index, term = lease
+                if await replica.wait_applied(index, self.limits.read_timeout_ms / 1000):
+                    replica.lease_reads += 1
+                    return "strong", term
+        replica.read_index_reads += 1
+        index = await replica.read_index()
         if not await replica.wait_applied(index, self.limits.read_timeout_ms / 1000):
             raise Unavailable(f"shard {replica.shard}: apply is behind", shard=replica.shard)
+        return "linearizable", None
+
+    async def _leader_read(self, replica: ShardReplica, level: str, read: Callable[[], T]) -> tuple[T, str]:
+        served, lease_term = await self._fresh(replica, level)
+        value = read()
+        if lease_term is not None and not replica.lease_still_valid(lease_term):
+            # The lease ran out while we read (a pause): confirm with ReadIndex.
+            served, _ = await self._fresh(replica, "linearizable")
+            value = read()
+        return value, served
 
     async def get(self, ns: str, mid: str, call: Call) -> Reply:
         v.name("namespace", ns, self.limits.namespace_chars_max)
         v.name("id", mid, self.limits.id_chars_max)
         shard = self.shard_of(ns, mid)
-        level = v.consistency(call.query.get("consistency") or call.header("X-Raftmem-Consistency"))
+        q = call.query
+        level = v.consistency(q.get("consistency") or call.header("X-Raftmem-Consistency"))
         replica = self.replicas.get(shard)
-        now = self.clock.wall_ms()
         if level is None:
-            local_rec = replica.sm.get(ns, mid, now) if replica else None
+            local_rec = replica.sm.get(ns, mid, self.clock.wall_ms()) if replica else None
             tagged = self.config.consistency.level_for_tags(local_rec["tags"]) if local_rec else None
             level = tagged or self.config.consistency.default
-        if level == "eventual" and replica is not None:
-            return self._get_reply(replica, ns, mid, "eventual")
-        if level == "session" and replica is not None:
-            after = v.tokens(call.query.get("after"), self.config.shards).get(shard, 0)
-            if await replica.wait_applied(after, SESSION_WAIT_S):
-                return self._get_reply(replica, ns, mid, "session")
+        after = v.tokens(q.get("after"), self.config.shards).get(shard, 0)
+        bound_ms = v.int_param("max_staleness_ms", q.get("max_staleness_ms"), -1, 0, BOUNDED_MS_MAX)
+        if level == "bounded" and bound_ms < 0:
+            raise InvalidRequest("consistency=bounded needs max_staleness_ms", field="max_staleness_ms")
+        if replica is not None and level == "eventual":
+            return self._record_reply(replica, ns, mid, "eventual", self._staleness_ms(replica))
+        if replica is not None and not replica.group.is_leader():
+            if level == "session" and await replica.wait_applied(after, SESSION_WAIT_S):
+                return self._record_reply(replica, ns, mid, "session")
+            if level == "bounded":
+                staleness_ms = await self._bounded_ready(replica, bound_ms)
+                if staleness_ms is not None:
+                    return self._record_reply(replica, ns, mid, "bounded", staleness_ms)
 
         async def local(replica: ShardReplica) -> Reply:
-            await self._fresh(replica)
-            return self._get_reply(replica, ns, mid, "linearizable")
+            rec, served = await self._leader_read(
+                replica, level, lambda: replica.sm.get(ns, mid, self.clock.wall_ms())
+            )
+            return self._reply_for(replica, ns, mid, rec, served, 0 if served not in FRESH_LEVELS else None)
 
         return await self._on_leader(shard, call, local, is_write=False)
 
-    def _get_reply(self, replica: ShardReplica, ns: str, mid: str, level: str) -> Reply:
+    def _staleness_ms(self, replica: ShardReplica) -> int | None:
+        if replica.group.is_leader():
+            return 0
+        staleness, _ = replica.group.follower_freshness(time.monotonic())
+        return None if staleness == float("inf") else max(0, int(staleness * 1000))
+
+    async def _bounded_ready(self, replica: ShardReplica, bound_ms: int) -> int | None:
+        """Can this follower serve a read at most `bound_ms` stale? It must have
+        heard from its leader within the bound and applied the commit index it
+        learned then. Returns the staleness, or None (the read goes to the leader)."""
+        staleness, commit = replica.group.follower_freshness(time.monotonic())
+        if staleness * 1000 > bound_ms:
+            return None
+        budget_s = min(SESSION_WAIT_S, bound_ms / 1000 - staleness)
+        if not await replica.wait_applied(commit, max(0.0, budget_s)):
+            return None
+        staleness, _ = replica.group.follower_freshness(time.monotonic())
+        if staleness * 1000 > bound_ms:
+            return None
+        return max(0, int(staleness * 1000))
+
+    def _record_reply(
+        self, replica: ShardReplica, ns: str, mid: str, level: str, staleness_ms: int | None = None
+    ) -> Reply:
         rec = replica.sm.get(ns, mid, self.clock.wall_ms())
+        return self._reply_for(replica, ns, mid, rec, level, staleness_ms)
+
+    def _reply_for(
+        self,
+        replica: ShardReplica,
+        ns: str,
+        mid: str,
+        rec: dict[str, Any] | None,
+        level: str,
+        staleness_ms: int | None,
+    ) -> Reply:
         headers = self._read_headers(replica, level)
+        if staleness_ms is not None and level not in FRESH_LEVELS:
+            headers["X-Raftmem-Staleness-Ms"] = str(staleness_ms)
         if rec is None:
             raise NotFound(f"memory {ns}/{mid} not found", token=replica.token)
         headers["ETag"] = str(rec["version"])
@@ -311,7 +378,7 @@ class MemoryService:
         body: dict[str, Any] = {"items": items, "count": len(items)}
         if more and items:
             body["cursor"] = v.encode_cursor(items[-1]["created_at"], items[-1]["id"])
-        level_served = "eventual" if "eventual" in served else "linearizable"
+        level_served = next((lv for lv in ("eventual", "strong", "linearizable") if lv in served), level)
         return Reply(200, body, {"X-Raftmem-Consistency": level_served, "X-Raftmem-Served-By": self.node_id})
 
     async def _list_shard(
@@ -322,19 +389,20 @@ class MemoryService:
             return self._list_local(replica, query) + ("eventual",)
 
         async def local(replica: ShardReplica) -> Reply:
-            await self._fresh(replica)
-            items, more = self._list_local(replica, query)
-            return Reply(200, {"items": items, "more": more}, {})
+            (items, more), served = await self._leader_read(
+                replica, level if level == "strong" else "linearizable", lambda: self._list_local(replica, query)
+            )
+            return Reply(200, {"items": items, "more": more, "level": served}, {})
 
         params = dict(call.query)
-        params["consistency"] = "linearizable"
+        params["consistency"] = "strong" if level == "strong" else "linearizable"
         path = f"/v1/internal/shards/{shard}/list/{quote(query.namespace)}"
         shard_call = Call("GET", path, params, {}, b"", call.hops)
         reply = await self._on_leader(shard, shard_call, local, is_write=False)
         body = reply.json()
         if reply.status != 200:
             raise from_result(body)
-        return body["items"], body["more"], "linearizable"
+        return body["items"], body["more"], body.get("level", "linearizable")
 
     def _list_local(self, replica: ShardReplica, query: ListQuery) -> tuple[list[dict[str, Any]], bool]:
         probe = ListQuery(**{**query.__dict__, "limit": query.limit + 1})
@@ -348,8 +416,9 @@ class MemoryService:
             raise InvalidRequest(f"no shard {shard}")
         v.name("namespace", ns, self.limits.namespace_chars_max)
         query = self._list_query(ns, call)
-        items, more, _ = await self._list_shard(shard, query, "linearizable", call)
-        return Reply(200, {"items": items, "more": more}, {})
+        level = "strong" if call.query.get("consistency") == "strong" else "linearizable"
+        items, more, served = await self._list_shard(shard, query, level, call)
+        return Reply(200, {"items": items, "more": more, "level": served}, {})
 
     # -- batch ---------------------------------------------------------------------
     async def batch(self, call: Call) -> Reply:
@@ -404,6 +473,33 @@ class MemoryService:
         except RaftmemError as e:
             return {"status": e.status, "body": e.body()}
         return {"status": reply.status, "body": reply.json()}
+
+    # -- admin ---------------------------------------------------------------------
+    async def transfer_leader(self, shard: int, call: Call) -> Reply:
+        """Hand a shard's leadership to `to` (a node id) or to the most caught-up
+        follower. Answers once the request is sent; poll /v1/cluster to see it land."""
+        if not 0 <= shard < self.config.shards:
+            raise InvalidRequest(f"no shard {shard}")
+        target = call.query.get("to") or None
+        if target is not None and target not in self.placement[shard]:
+            raise InvalidRequest(f"node {target!r} holds no replica of shard {shard}", field="to")
+
+        async def local(replica: ShardReplica) -> Reply:
+            if target == self.node_id:
+                return Reply(200, {"shard": shard, "leader": self.node_id, "transferred": False})
+            address = None
+            if target is not None:
+                node = self.config.node(target)
+                address = f"{node.host}:{node.raft_port(shard)}"
+            ok = await replica.transfer_leadership(address)
+            if not ok:
+                raise Unavailable(
+                    f"shard {shard}: transfer refused (target not connected or not caught up); retry",
+                    shard=shard,
+                )
+            return Reply(202, {"shard": shard, "from": self.node_id, "to": target, "transferred": True})
+
+        return await self._on_leader(shard, call, local, is_write=True)
 
     # -- cluster -------------------------------------------------------------------
     def cluster(self) -> Reply:

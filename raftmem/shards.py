@@ -9,7 +9,9 @@ with `loop.call_soon_threadsafe` only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from .storage import Store
 log = logging.getLogger(__name__)
 
 EXPIRE_PERIOD_S = 1.0
+# ReadIndex waiters are woken by quorum acks; this is only a safety re-check.
+QUORUM_RECHECK_S = 0.05
 
 
 @dataclass
@@ -73,7 +77,12 @@ class ShardReplica:
         self.proposals = 0
         self.entries_proposed = 0
         self.unsafe_early_ack = bool(config.debug.get("unsafe_early_ack"))
+        self._quorum_waiters: list[asyncio.Future[None]] = []
+        self.lease_reads = 0
+        self.read_index_reads = 0
         self.group = RaftGroup(spec, _ApplyHook(self), ticker)
+        self.group.set_on_quorum_ack(self._quorum_ack_from_tick)
+        self.group.set_on_applied(self._on_applied_from_tick)
 
     # -- writes: group commit ------------------------------------------------------
     async def submit(self, op: dict[str, Any]) -> dict[str, Any]:
@@ -181,9 +190,59 @@ class ShardReplica:
         self.group.propose(payload, on_done)
 
     # -- reads -----------------------------------------------------------------------
+    def lease_read_index(self) -> tuple[int, int] | None:
+        """(commit index, term) to read at under a valid leader lease, or None.
+        No network round trip: a quorum acknowledged a recent send, so no other
+        leader can exist until the lease ends (leases.py)."""
+        group = self.group
+        term = group.term
+        if group.lease_remaining_s(time.monotonic()) <= 0:
+            return None
+        return group.commit_index, term
+
+    def lease_still_valid(self, term: int) -> bool:
+        """Re-checked after a lease read: a pause (GC, SIGSTOP) between the check
+        and the read must not let an expired lease answer."""
+        return self.group.term == term and self.group.lease_remaining_s(time.monotonic()) > 0
+
+    async def read_index(self) -> int:
+        """ReadIndex: the commit index at arrival, once a quorum has acknowledged
+        a send made after arrival in the same term (leadership confirmed)."""
+        group = self.group
+        if not group.is_leader():
+            raise NoLeader(f"node {self.node_id} does not lead shard {self.shard}", shard=self.shard)
+        if not group.noop_committed():
+            return await self.barrier()  # commits an entry of this term, confirming leadership
+        term = group.term
+        index = group.commit_index
+        arrival = time.monotonic()
+        deadline = arrival + self.limits.read_timeout_ms / 1000
+        while group.quorum_ack_time(term) < arrival:
+            if group.term != term or not group.is_leader():
+                raise NoLeader(f"shard {self.shard}: leadership lost during a read", shard=self.shard)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Unavailable(f"shard {self.shard}: no quorum confirmed leadership", shard=self.shard)
+            future: asyncio.Future[None] = self.loop.create_future()
+            self._quorum_waiters.append(future)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(future, min(remaining, QUORUM_RECHECK_S))
+        if group.term != term:
+            raise NoLeader(f"shard {self.shard}: leadership lost during a read", shard=self.shard)
+        return index
+
+    def _quorum_ack_from_tick(self) -> None:
+        if self._quorum_waiters:
+            self.loop.call_soon_threadsafe(self._wake_quorum_waiters)
+
+    def _wake_quorum_waiters(self) -> None:
+        waiters, self._quorum_waiters = self._quorum_waiters, []
+        for future in waiters:
+            _resolve(future, None)
+
     async def wait_applied(self, index: int, timeout_s: float) -> bool:
         """Wait until the local replica has applied `index`; False on timeout."""
-        if self.sm.applied_index >= index:
+        if self.applied_index >= index:
             return True
         future: asyncio.Future[None] = self.loop.create_future()
         self._apply_waiters.append((index, future))
@@ -191,19 +250,38 @@ class ShardReplica:
             await asyncio.wait_for(future, timeout_s)
             return True
         except TimeoutError:
-            return self.sm.applied_index >= index
+            return self.applied_index >= index
         finally:
             self._apply_waiters = [(i, f) for i, f in self._apply_waiters if f is not future]
 
+    @property
+    def applied_index(self) -> int:
+        """Raft's applied index: it counts entries the state machine never sees
+        (a leader's no-op, membership changes), unlike `sm.applied_index`."""
+        return self.group.last_applied
+
+    def _on_applied_from_tick(self) -> None:
+        if self._apply_waiters:
+            self.loop.call_soon_threadsafe(self._on_applied)
+
     def _on_applied(self) -> None:
-        applied = self.sm.applied_index
+        applied = self.applied_index
         for index, future in self._apply_waiters:
             if index <= applied and not future.done():
                 future.set_result(None)
 
     @property
     def token(self) -> str:
-        return f"{self.shard}:{self.sm.applied_index}"
+        return f"{self.shard}:{self.applied_index}"
+
+    async def transfer_leadership(self, address: str | None) -> bool:
+        future: asyncio.Future[bool] = self.loop.create_future()
+
+        def done(ok: bool) -> None:
+            self.loop.call_soon_threadsafe(_resolve, future, ok)
+
+        self.group.transfer_leadership(address, done)
+        return await asyncio.wait_for(future, self.limits.write_timeout_ms / 1000)
 
     # -- background work ---------------------------------------------------------------
     async def reap_expired(self) -> None:
@@ -232,10 +310,7 @@ class _ApplyHook:
         return self._sm.applied_index
 
     def apply(self, index: int, payload: bytes) -> Any:
-        result = self._sm.apply(index, payload)
-        if self._r._apply_waiters:
-            self._r.loop.call_soon_threadsafe(self._r._on_applied)
-        return result
+        return self._sm.apply(index, payload)
 
     def create_checkpoint(self, directory: Path) -> None:
         self._sm.create_checkpoint(directory)
@@ -245,8 +320,6 @@ class _ApplyHook:
 
     def install_snapshot(self, path: Path) -> None:
         self._sm.install_snapshot(path)
-        if self._r._apply_waiters:
-            self._r.loop.call_soon_threadsafe(self._r._on_applied)
 
     def read_snapshot_meta(self, path: Path) -> bytes:
         return self._sm.read_snapshot_meta(path)

@@ -86,6 +86,13 @@ class Cluster:
             "replication": {"factor": min(3, nodes)},
             "raft": {"election_timeout_ms_min": 400, "election_timeout_ms_max": 1000, "heartbeat_ms": 100,
                      "fsync": "always", **(raft or {})},
+            "consistency": {
+                "default": "strong",
+                "overrides": [
+                    {"tags": ["critical", "lock"], "model": "linearizable"},
+                    {"tags": ["analytics", "metric"], "model": "eventual"},
+                ],
+            },
             "storage": {"data_dir": str(root / "data")},
         }
         if limits:

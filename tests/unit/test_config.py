@@ -30,7 +30,7 @@ def test_embedded_default_is_the_design_card_layout() -> None:
     assert c.consistency.level_for_tags(["metric", "critical"]) == "linearizable"  # strictest wins
     assert c.consistency.level_for_tags(["metric"]) == "eventual"
     assert c.consistency.level_for_tags(["other"]) is None
-    assert c.raft.leader_fallback_timeout_s == pytest.approx(0.4)
+    assert c.raft.leader_fallback_timeout_s == pytest.approx(0.3)
 
 
 def test_shipped_config_file_matches_embedded(tmp_path: Any) -> None:
