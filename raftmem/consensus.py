@@ -726,6 +726,7 @@ class Ticker:
                         fn()
                     now = time.monotonic()
                     for group in self.groups:
+                        group.hooks.lease.check_clock(now)
                         group.hooks.prevote_gate(now)
                         group.tick()
                         if group.journal.bytes > self.LOG_BYTES_COMPACT:

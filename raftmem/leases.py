@@ -62,7 +62,8 @@ class LeaderLease:
 
     def check_clock(self, now: float) -> None:
         """A monotonic clock that ran backwards (or a stamp from the future) voids
-        every stamp: they would stretch the lease. Fresh acks rebuild it."""
+        every stamp: they would stretch the lease. Fresh acks rebuild it. Called
+        from the tick thread only: readings from two threads interleave."""
         if now + CLOCK_SLACK_S < self.last_now or self.quorum_ack > now + CLOCK_SLACK_S:
             self.clock_resets += 1
             self.acked = {}
@@ -85,10 +86,12 @@ class LeaderLease:
         return False
 
     def remaining_s(self, now: float, term: int) -> float:
-        """Seconds of lease left for a leader in `term` (<= 0: no lease)."""
-        self.check_clock(now)
+        """Seconds of lease left for a leader in `term` (<= 0: no lease). Pure: safe
+        to call from any thread."""
         if term != self.term or self.revoked_term == term or self.quorum_ack <= 0.0:
             return 0.0
+        if self.quorum_ack > now + CLOCK_SLACK_S:
+            return 0.0  # a stamp from our future: the clock ran backwards
         return self.quorum_ack + self.duration_s - now
 
     def heard_from_quorum_within(self, now: float, within_s: float) -> bool:

@@ -46,6 +46,7 @@ def test_clock_running_backwards_voids_the_lease() -> None:
     lz.on_echo("n2", 2, 10.0, 10.01)
     assert lz.remaining_s(now=10.05, term=2) > 0
     assert lz.remaining_s(now=5.0, term=2) == 0.0  # the clock jumped back 5 s
+    lz.check_clock(5.0)  # the tick thread notices
     assert lz.clock_resets == 1
     assert lz.on_echo("n2", 2, 5.01, 5.02)  # fresh acks rebuild it
     assert lz.remaining_s(now=5.03, term=2) > 0
