@@ -174,8 +174,9 @@ class Api:
     async def healthz(self, _request: web.Request) -> web.Response:
         return _json_response(200, {"status": "ok", "node": self.service.node_id})
 
-    async def readyz(self, _request: web.Request) -> web.Response:
-        ready, problems = self.service.readiness()
+    async def readyz(self, request: web.Request) -> web.Response:
+        sync = request.query.get("sync", "").lower() in ("1", "true", "yes")
+        ready, problems = self.service.readiness(sync=sync)
         body = {"ready": ready, "node": self.service.node_id, "problems": problems}
         return _json_response(200 if ready else 503, body, None if ready else {"Retry-After": "1"})
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
 if TYPE_CHECKING:
     from .service import MemoryService
@@ -37,7 +37,14 @@ class _ShardCollector:
             "proposals": CounterMetricFamily("raftmem_shard_proposals", "Operations proposed", labels=["shard"]),
             "entries": CounterMetricFamily("raftmem_shard_entries_proposed", "Log entries proposed (group commit)", labels=["shard"]),
             "syncs": CounterMetricFamily("raftmem_shard_journal_fsyncs", "Journal fsyncs", labels=["shard"]),
+            "lease_reads": CounterMetricFamily("raftmem_shard_lease_reads", "Strong reads served under the lease", labels=["shard"]),
+            "read_index": CounterMetricFamily("raftmem_shard_read_index_reads", "Reads confirmed by ReadIndex (lease fallbacks included)", labels=["shard"]),
+            "outcomes": CounterMetricFamily("raftmem_shard_log_entries_settled", "Proposed log entries by outcome (rejected/unknown: quorum or leadership lost)", labels=["shard", "outcome"]),
+            "votes_ignored": CounterMetricFamily("raftmem_shard_votes_ignored", "Vote requests ignored while a leader was live", labels=["shard"]),
         }
+        lag = GaugeMetricFamily("raftmem_shard_replication_lag_entries", "Leader's last index minus a follower's match index", labels=["shard", "follower"])
+        commit = SummaryMetricFamily("raftmem_shard_commit_seconds", "Time from proposal to commit and apply on the leader", labels=["shard"])
+        node_replicas = GaugeMetricFamily("raftmem_node_replicas", "Shard replicas placed on each node (skew)", labels=["node"])
         for shard, replica in self.service.replicas.items():
             label = [str(shard)]
             group = replica.group
@@ -52,8 +59,29 @@ class _ShardCollector:
             counters["proposals"].add_metric(label, replica.proposals)
             counters["entries"].add_metric(label, replica.entries_proposed)
             counters["syncs"].add_metric(label, group.journal.syncs)
+            counters["lease_reads"].add_metric(label, replica.lease_reads)
+            counters["read_index"].add_metric(label, replica.read_index_reads)
+            counters["votes_ignored"].add_metric(label, group.hooks.votes_ignored)
+            for outcome, count in replica.outcomes.items():
+                counters["outcomes"].add_metric([str(shard), outcome], count)
+            settled = sum(replica.outcomes.values())
+            commit.add_metric(label, count_value=settled, sum_value=replica.commit_seconds_sum)
+            if group.is_leader():
+                status = group.status()
+                last = len(group.journal) and group.journal[-1][1]
+                for follower, match in status.get("match_index", {}).items():
+                    lag.add_metric([str(shard), follower], max(0, last - match))
+        per_node: dict[str, int] = {}
+        for replicas in self.service.placement.values():
+            for node in replicas:
+                per_node[node] = per_node.get(node, 0) + 1
+        for node, count in sorted(per_node.items()):
+            node_replicas.add_metric([node], count)
         yield from gauges.values()
         yield from counters.values()
+        yield lag
+        yield commit
+        yield node_replicas
 
 
 class Metrics:

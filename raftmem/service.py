@@ -525,11 +525,22 @@ class MemoryService:
         }
         return Reply(200, body)
 
-    def readiness(self) -> tuple[bool, list[str]]:
+    def readiness(self, sync: bool = False) -> tuple[bool, list[str]]:
+        """Every local replica knows a leader; with `sync`, every follower replica
+        has also applied the commit index its leader last told it (useful to gate
+        each step of a rolling restart)."""
         problems = []
-        for s in self.replicas:
+        now = time.monotonic()
+        for s, replica in self.replicas.items():
             if self.leader_of(s) is None:
                 problems.append(f"shard {s}: no known leader")
+                continue
+            if sync and not replica.group.is_leader():
+                staleness, commit = replica.group.follower_freshness(now)
+                if staleness > self.config.raft.election_timeout_ms_max / 1000:
+                    problems.append(f"shard {s}: no recent contact with the leader")
+                elif replica.applied_index < commit:
+                    problems.append(f"shard {s}: applied {replica.applied_index} of {commit}")
         return not problems, problems
 
     def forward_path(self, call: Call) -> str:

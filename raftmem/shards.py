@@ -76,6 +76,8 @@ class ShardReplica:
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.proposals = 0
         self.entries_proposed = 0
+        self.outcomes = {"ok": 0, "rejected": 0, "unknown": 0}
+        self.commit_seconds_sum = 0.0
         self.unsafe_early_ack = bool(config.debug.get("unsafe_early_ack"))
         self._quorum_waiters: list[asyncio.Future[None]] = []
         self.lease_reads = 0
@@ -149,12 +151,15 @@ class ShardReplica:
 
     def _propose(self, ops: list[dict[str, Any]], batch: list[_Pending], barriers: list[_Pending]) -> None:
         payload = codec.encode_entry(ops)
+        started = time.perf_counter()
         self._in_flight += len(batch) + len(barriers)
         self.proposals += len(ops)
         self.entries_proposed += 1
 
         def settle(outcome: str, value: Any) -> None:
             self._in_flight -= len(batch) + len(barriers)
+            self.outcomes[outcome if outcome in self.outcomes else "unknown"] += 1
+            self.commit_seconds_sum += time.perf_counter() - started
             if outcome == OK:
                 index = value["index"]
                 results = value["results"]

@@ -217,3 +217,28 @@ def test_cluster_health_and_metrics(cluster: Cluster) -> None:
     assert status == 200
     status, _, spec = cluster.request("n3", "GET", "/openapi.json")
     assert status == 200 and "/v1/memories/{namespace}/{id}" in spec["paths"]
+
+
+def test_metrics_are_prometheus_text(cluster: Cluster) -> None:
+    import http.client
+
+    ns = _ns()
+    cluster.request("n1", "PUT", f"/v1/memories/{ns}/m", {"content": 1})
+    cluster.request("n1", "GET", f"/v1/memories/{ns}/m")
+    conn = http.client.HTTPConnection("127.0.0.1", cluster.http["n1"], timeout=10)
+    conn.request("GET", "/metrics")
+    resp = conn.getresponse()
+    text = resp.read().decode()
+    conn.close()
+    assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/plain")
+    for name in ("raftmem_shard_term", "raftmem_shard_commit_index", "raftmem_shard_applied_index",
+                 "raftmem_http_request_seconds_bucket", "raftmem_shard_lease_reads_total",
+                 "raftmem_shard_commit_seconds_count", "raftmem_node_replicas", "raftmem_shard_db_bytes"):
+        assert name in text, name
+    assert 'route="/v1/memories/{namespace}/{id}"' in text
+
+
+def test_readyz_sync(cluster: Cluster) -> None:
+    for node in cluster.node_ids:
+        status, _, body = cluster.request(node, "GET", "/readyz?sync=true")
+        assert status == 200, body
