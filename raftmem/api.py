@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,13 +31,17 @@ from .service import (
 
 log = logging.getLogger(__name__)
 
-PASS_HEADERS = ("ETag", "Retry-After", "Idempotent-Replayed")
+PASS_HEADERS = ("ETag", "Retry-After", "Idempotent-Replayed", "Content-Disposition")
+BACKUP_BYTES_MAX = 64 << 30
+RESTORE_CHUNK_BYTES_MAX = 256 << 20
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+def _json_response(
+    status: int, body: Any, headers: dict[str, str] | None = None, content_type: str = "application/json"
+) -> web.Response:
     data = body if isinstance(body, bytes | bytearray) else orjson.dumps(body)
-    return web.Response(status=status, body=data, headers=headers, content_type="application/json")
+    return web.Response(status=status, body=data, headers=headers, content_type=content_type)
 
 
 def _error_response(error: RaftmemError) -> web.Response:
@@ -100,7 +106,7 @@ class HttpForwarder:
             ) as resp:
                 body = await resp.read()
                 out = {k: v for k, v in resp.headers.items() if k.startswith("X-Raftmem-") or k in PASS_HEADERS}
-                return Reply(resp.status, body, out)
+                return Reply(resp.status, body, out, resp.content_type or "application/json")
         except aiohttp.ClientConnectorError as e:
             raise ForwardNotSent(str(e)) from e
         except (TimeoutError, aiohttp.ClientError) as e:
@@ -122,8 +128,24 @@ def _call(request: web.Request, body: bytes = b"") -> Call:
     )
 
 
+def _shard(request: web.Request) -> int:
+    try:
+        return int(request.match_info["shard"])
+    except ValueError:
+        raise InvalidRequest("shard must be an integer") from None
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    data = bytearray()
+    async for chunk in request.content.iter_chunked(1 << 16):
+        data += chunk
+        if len(data) > limit:
+            raise PayloadTooLarge(f"body larger than {limit} bytes")
+    return bytes(data)
+
+
 def _reply(reply: Reply) -> web.Response:
-    return _json_response(reply.status, reply.body, reply.headers)
+    return _json_response(reply.status, reply.body, reply.headers, reply.content_type)
 
 
 class Api:
@@ -151,22 +173,36 @@ class Api:
         return _reply(await self.service.list(request.match_info["namespace"], _call(request)))
 
     async def list_shard(self, request: web.Request) -> web.Response:
-        try:
-            shard = int(request.match_info["shard"])
-        except ValueError:
-            raise InvalidRequest("shard must be an integer") from None
         ns = request.match_info["namespace"]
-        return _reply(await self.service.list_shard(shard, ns, _call(request)))
+        return _reply(await self.service.list_shard(_shard(request), ns, _call(request)))
 
     async def batch(self, request: web.Request) -> web.Response:
         return _reply(await self.service.batch(_call(request, await request.read())))
 
     async def transfer_leader(self, request: web.Request) -> web.Response:
-        try:
-            shard = int(request.match_info["shard"])
-        except ValueError:
-            raise InvalidRequest("shard must be an integer") from None
-        return _reply(await self.service.transfer_leader(shard, _call(request)))
+        return _reply(await self.service.transfer_leader(_shard(request), _call(request)))
+
+    async def shard_snapshot(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.shard_snapshot(_shard(request), _call(request)))
+
+    async def apply_restore(self, request: web.Request) -> web.Response:
+        body = await _read_limited(request, RESTORE_CHUNK_BYTES_MAX)
+        return _reply(await self.service.apply_restore(_shard(request), _call(request, body)))
+
+    async def backup(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.backup(_call(request)))
+
+    async def restore(self, request: web.Request) -> web.Response:
+        with tempfile.TemporaryDirectory(prefix="raftmem-restore-") as tmp:
+            path = Path(tmp) / "upload.backup"
+            size = 0
+            with open(path, "wb") as f:
+                async for chunk in request.content.iter_chunked(1 << 16):
+                    size += len(chunk)
+                    if size > BACKUP_BYTES_MAX:
+                        raise PayloadTooLarge(f"backup larger than {BACKUP_BYTES_MAX} bytes")
+                    f.write(chunk)
+            return _reply(await self.service.restore(path, Path(tmp)))
 
     async def cluster(self, _request: web.Request) -> web.Response:
         return _reply(self.service.cluster())
@@ -213,6 +249,10 @@ def build_app(service: MemoryService, config: Config, metrics: Metrics) -> web.A
     r.add_post("/v1/batch", api.batch)
     r.add_get("/v1/cluster", api.cluster)
     r.add_post("/v1/admin/shards/{shard}/transfer-leader", api.transfer_leader)
+    r.add_get("/v1/admin/backup", api.backup)
+    r.add_post("/v1/admin/restore", api.restore)
+    r.add_get("/v1/internal/shards/{shard}/snapshot", api.shard_snapshot)
+    r.add_post("/v1/internal/shards/{shard}/restore", api.apply_restore)
     r.add_get("/healthz", api.healthz)
     r.add_get("/readyz", api.readyz)
     r.add_get("/metrics", api.metrics_handler)

@@ -15,11 +15,13 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote, urlencode
 
 import orjson
 
+from . import backup
 from . import validation as v
 from .clock import Clock
 from .config import Config
@@ -35,6 +37,7 @@ from .errors import (
 from .routing import HASH_NAME, shard_for
 from .shards import ShardReplica
 from .statemachine import ListQuery
+from .storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,9 @@ LEADER_WAIT_POLL_S = 0.05
 SESSION_WAIT_S = 0.5
 FRESH_LEVELS = ("linearizable", "strong")
 BOUNDED_MS_MAX = 3_600_000
+SNAPSHOT_CONTENT_TYPE = "application/octet-stream"
+RESTORE_CHUNK_OPS = 200
+RESTORE_CHUNK_BYTES = 4 << 20
 T = TypeVar("T")
 FORWARD_HEADERS = ("If-Match", "If-None-Match", "Idempotency-Key", "X-Raftmem-Consistency", "Content-Type")
 
@@ -68,6 +74,7 @@ class Reply:
     status: int
     body: Any  # a JSON-able value, or bytes passed through from another node
     headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
 
     def json(self) -> Any:
         return orjson.loads(self.body) if isinstance(self.body, bytes | bytearray) else self.body
@@ -498,6 +505,85 @@ class MemoryService:
                     shard=shard,
                 )
             return Reply(202, {"shard": shard, "from": self.node_id, "to": target, "transferred": True})
+
+        return await self._on_leader(shard, call, local, is_write=True)
+
+    async def shard_snapshot(self, shard: int, call: Call) -> Reply:
+        """Internal: one shard's consistent snapshot, taken at its leader."""
+        if not 0 <= shard < self.config.shards:
+            raise InvalidRequest(f"no shard {shard}")
+
+        async def local(replica: ShardReplica) -> Reply:
+            applied, data = await replica.snapshot_bytes()
+            return Reply(200, data, {"X-Raftmem-Applied-Index": str(applied)}, SNAPSHOT_CONTENT_TYPE)
+
+        return await self._on_leader(shard, call, local, is_write=False)
+
+    async def backup(self, call: Call) -> Reply:
+        """An online backup of every shard (writes keep flowing while it runs)."""
+        async def one(shard: int) -> tuple[int, tuple[int, bytes]]:
+            reply = await self.shard_snapshot(
+                shard, Call("GET", f"/v1/internal/shards/{shard}/snapshot", {}, {}, b"", call.hops)
+            )
+            if reply.status != 200:
+                raise from_result({"status": reply.status, **reply.json()})
+            return shard, (int(reply.headers.get("X-Raftmem-Applied-Index", 0)), bytes(reply.body))
+
+        parts = dict(await asyncio.gather(*(one(s) for s in range(self.config.shards))))
+        data = backup.build(self.config.name, self.config.shards, parts, self.clock.wall_ms())
+        return Reply(200, data, {"Content-Disposition": "attachment; filename=raftmem.backup"}, SNAPSHOT_CONTENT_TYPE)
+
+    async def restore(self, path: Path, workdir: Path) -> Reply:
+        """Load a backup file into this cluster through the Raft log of each shard
+        (so every replica gets it, durably). Memories in the backup replace those
+        with the same key; others are left alone."""
+        manifest = backup.verify(path, self.config.shards, workdir)
+        restored: dict[int, int] = {}
+        for entry in manifest["shards"]:
+            shard = entry["shard"]
+            count = 0
+            chunk: list[dict[str, Any]] = []
+            chunk_bytes = 0
+            records = Store.scan_snapshot(workdir / entry["file"], b"d\x00", b"d\x01", workdir / "scan")
+            for _key, raw in records:
+                chunk.append({"t": "restore", "rec": orjson.loads(raw)})
+                chunk_bytes += len(raw)
+                if len(chunk) >= RESTORE_CHUNK_OPS or chunk_bytes >= RESTORE_CHUNK_BYTES:
+                    count += await self._restore_chunk(shard, chunk)
+                    chunk, chunk_bytes = [], 0
+            if chunk:
+                count += await self._restore_chunk(shard, chunk)
+            restored[shard] = count
+        return Reply(200, {"restored": sum(restored.values()), "per_shard": {str(k): n for k, n in restored.items()},
+                           "backup_created_at": manifest["created_at"], "cluster": manifest["cluster"]})
+
+    async def _restore_chunk(self, shard: int, ops: list[dict[str, Any]]) -> int:
+        call = Call("POST", f"/v1/internal/shards/{shard}/restore", {}, {}, orjson.dumps({"ops": ops}))
+        reply = await self.apply_restore(shard, call)
+        body = reply.json()
+        if reply.status != 200:
+            raise from_result({"status": reply.status, **body})
+        return int(body["applied"])
+
+    async def apply_restore(self, shard: int, call: Call) -> Reply:
+        """Internal: propose restore operations on the shard leader."""
+        if not 0 <= shard < self.config.shards:
+            raise InvalidRequest(f"no shard {shard}")
+        try:
+            body = orjson.loads(call.body)
+        except orjson.JSONDecodeError as e:
+            raise InvalidRequest(f"body is not valid JSON: {e}") from None
+        ops = body.get("ops") if isinstance(body, dict) else None
+        if not isinstance(ops, list) or not all(isinstance(o, dict) and o.get("t") == "restore" for o in ops):
+            raise InvalidRequest("restore takes only restore operations")
+        for op in ops:
+            rec = op.get("rec")
+            if not isinstance(rec, dict) or self.shard_of(str(rec.get("namespace")), str(rec.get("id"))) != shard:
+                raise InvalidRequest("a restored memory does not belong to this shard")
+
+        async def local(replica: ShardReplica) -> Reply:
+            results = await asyncio.gather(*(replica.submit(op) for op in ops))
+            return Reply(200, {"applied": sum(1 for r in results if r["result"].get("restored"))})
 
         return await self._on_leader(shard, call, local, is_write=True)
 

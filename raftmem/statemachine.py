@@ -38,6 +38,10 @@ from .storage import Batch, Store
 log = logging.getLogger(__name__)
 
 APPLIED_KEY = b"m\x00applied"
+RECORD_FIELDS = (
+    "namespace", "id", "agent_id", "kind", "content", "tags", "metadata",
+    "created_at", "updated_at", "expires_at", "version",
+)
 IDEM_COUNT_KEY = b"m\x00idem_count"
 EXPIRE_OPS_MAX = 1000
 SEP = b"\x00"
@@ -148,6 +152,8 @@ class StateMachine:
             return {"status": 200}
         if kind == "expire":
             return self._apply_expire(op, batch, overlay)
+        if kind == "restore":
+            return self._apply_restore(index, op, batch, overlay)
         idem = op.get("idem")
         fingerprint = op_fingerprint(op)
         if idem:
@@ -220,6 +226,29 @@ class StateMachine:
         batch.put(key, codec.dumps(rec))
         overlay[key] = rec
         return {"status": 200 if old_live else 201, "memory": rec}
+
+    def _apply_restore(
+        self, index: int, op: dict[str, Any], batch: Batch, overlay: dict[bytes, dict[str, Any] | None]
+    ) -> dict[str, Any]:
+        """Write a memory from a backup as it was (version, timestamps, tags),
+        replacing whatever has its key."""
+        src = op["rec"]
+        rec = {field: src.get(field) for field in RECORD_FIELDS}
+        rec["tags"] = list(rec["tags"] or [])
+        rec["metadata"] = rec["metadata"] or {}
+        rec["version"] = int(rec["version"])
+        rec["created_at"] = int(rec["created_at"])
+        rec["rev"] = index
+        key = memory_key(rec["namespace"], rec["id"])
+        old = self._get(key, overlay)
+        if old is not None:
+            for k in _index_keys(old):
+                batch.delete(k)
+        for k in _index_keys(rec):
+            batch.put(k, b"")
+        batch.put(key, codec.dumps(rec))
+        overlay[key] = rec
+        return {"status": 200, "restored": True}
 
     def _apply_delete(
         self, op: dict[str, Any], batch: Batch, overlay: dict[bytes, dict[str, Any] | None]

@@ -18,7 +18,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from rocksdict import Checkpoint, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import AccessType, Checkpoint, Options, Rdict, WriteBatch, WriteOptions
 
 CURRENT_FILE = "DB_CURRENT"
 SNAPSHOT_META_NAME = "raftmem-snapshot-meta"
@@ -176,6 +176,26 @@ class Store:
         self._db, self._generation = new_db, generation
         old_db.close()
         shutil.rmtree(old_path, ignore_errors=True)
+
+    @staticmethod
+    def scan_snapshot(path: str | Path, start: bytes, end: bytes, workdir: str | Path) -> Iterator[tuple[bytes, bytes]]:
+        """Keys in [start, end) of a packed snapshot, read without installing it."""
+        unpack = Path(workdir)
+        shutil.rmtree(unpack, ignore_errors=True)
+        with tarfile.open(str(path), mode="r") as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith(SNAPSHOT_DB_DIR)]
+            tar.extractall(str(unpack), members=members, filter="data")
+        db = Rdict(str(unpack / SNAPSHOT_DB_DIR), _options(), access_type=AccessType.read_only(False))
+        try:
+            it = db.iter()
+            it.seek(start)
+            while it.valid() and it.key() < end:
+                yield it.key(), it.value()
+                it.next()
+            del it
+        finally:
+            db.close()
+            shutil.rmtree(unpack, ignore_errors=True)
 
     def size_bytes(self) -> int:
         total = 0

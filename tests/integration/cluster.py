@@ -99,6 +99,7 @@ class Cluster:
             config["limits"] = limits
         if debug:
             config["debug"] = debug
+        root.mkdir(parents=True, exist_ok=True)
         self.config_path = root / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         (root / "logs").mkdir(parents=True, exist_ok=True)
