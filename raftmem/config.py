@@ -114,6 +114,8 @@ class LimitsConfig:
     batch_ops_max: int = BATCH_OPS_MAX
     # Proposals waiting for the log, per shard; past it writes answer 429.
     pending_writes_max: int = 10000
+    # Uncommitted log entries per shard at once; more writes wait for the next entry.
+    entries_in_flight_max: int = 1
     # Commands packed into one Raft log entry (group commit).
     group_commit_ops_max: int = 256
     group_commit_bytes_max: int = 512 * 1024
@@ -355,6 +357,8 @@ def validate(config: Config) -> None:
     lim = config.limits
     if not 1 <= lim.list_page_max <= 10000:
         raise ConfigError("limits.list_page_max: must be in [1, 10000]")
+    if lim.entries_in_flight_max < 1:
+        raise ConfigError("limits.entries_in_flight_max: must be at least 1")
     if lim.body_bytes_max < 1024:
         raise ConfigError("limits.body_bytes_max: must be at least 1024")
 

@@ -75,6 +75,7 @@ class ShardReplica:
         self._queue: list[_Pending] = []
         self._flush_scheduled = False
         self._in_flight = 0
+        self._entries_in_flight = 0
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.proposals = 0
         self.entries_proposed = 0
@@ -108,48 +109,51 @@ class ShardReplica:
         if self._in_flight + len(self._queue) >= self.limits.pending_writes_max:
             raise Overloaded(f"shard {self.shard}: too many writes in flight", shard=self.shard)
         future: asyncio.Future[Any] = self.loop.create_future()
-        # The waiter may time out before the outcome arrives: mark the outcome as
-        # retrieved so asyncio does not log it as lost.
-        future.add_done_callback(_consume)
         self._queue.append(_Pending(op, future, size))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
-        timeout_s = (self.limits.write_timeout_ms if op is not None else self.limits.read_timeout_ms) / 1000
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError:
-            if op is None:
-                raise Unavailable(f"shard {self.shard}: read barrier timed out", shard=self.shard) from None
-            raise Indeterminate(
-                f"shard {self.shard}: no commit within {timeout_s:.1f}s; the write may still apply",
-                shard=self.shard,
-            ) from None
+        # No timer per request: each log entry has one (see _propose), which fails
+        # its writes as indeterminate when the outcome is overdue.
+        return await future
 
     def _flush(self) -> None:
+        """Pack queued writes into log entries. At most `entries_in_flight_max`
+        entries per shard are uncommitted at once: under load, writes queue up
+        behind them and the next entry carries them all (group commit), which
+        saves messages, fsyncs and ticks per write."""
         self._flush_scheduled = False
-        queue, self._queue = self._queue, []
-        while queue:
+        queue = self._queue
+        taken = 0
+        while taken < len(queue) and self._entries_in_flight < self.limits.entries_in_flight_max:
             batch: list[_Pending] = []
             ops: list[dict[str, Any]] = []
             size = 0
             barrier_waiters: list[_Pending] = []
-            while queue and len(ops) < self.limits.group_commit_ops_max:
-                item = queue[0]
-                if item.op is None:
-                    barrier_waiters.append(queue.pop(0))
-                    continue
-                if ops and size + item.size > self.limits.group_commit_bytes_max:
+            while taken < len(queue) and len(ops) < self.limits.group_commit_ops_max:
+                item = queue[taken]
+                if item.op is not None and ops and size + item.size > self.limits.group_commit_bytes_max:
                     break
-                queue.pop(0)
+                taken += 1
+                if item.op is None:
+                    barrier_waiters.append(item)
+                    continue
                 batch.append(item)
                 ops.append(item.op)
                 size += item.size
             if barrier_waiters:
                 ops.append({"t": "noop"})
-            if not ops:
-                continue
-            self._propose(ops, batch, barrier_waiters)
+            if ops:
+                self._propose(ops, batch, barrier_waiters)
+        del queue[:taken]
+
+    def _entry_settled(self, handle: asyncio.TimerHandle | None) -> None:
+        if handle is not None:
+            handle.cancel()
+        self._entries_in_flight -= 1
+        if self._queue and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
 
     def _propose(self, ops: list[dict[str, Any]], batch: list[_Pending], barriers: list[_Pending]) -> None:
         payload = codec.encode_entry(ops)
@@ -157,9 +161,39 @@ class ShardReplica:
         self._in_flight += len(batch) + len(barriers)
         self.proposals += len(ops)
         self.entries_proposed += 1
+        self._entries_in_flight += 1
+        released = False
+        timeout_s = self.limits.write_timeout_ms / 1000
+
+        def release() -> bool:
+            # Once per entry: when it settles, or when its outcome is overdue (a
+            # callback pysyncobj never fires must not stall the shard's writes).
+            nonlocal released
+            if released:
+                return False
+            released = True
+            self._in_flight -= len(batch) + len(barriers)
+            self._entry_settled(overdue)
+            return True
+
+        def expire() -> None:
+            if not release():
+                return
+            self.outcomes["unknown"] += 1
+            error = Indeterminate(
+                f"shard {self.shard}: no commit within {timeout_s:.1f}s; the write may still apply",
+                shard=self.shard,
+            )
+            for item in batch:
+                _fail(item.future, error)
+            for item in barriers:
+                _fail(item.future, Unavailable(f"shard {self.shard}: read barrier timed out", shard=self.shard))
+
+        overdue: asyncio.TimerHandle | None = self.loop.call_later(timeout_s, expire)
 
         def settle(outcome: str, value: Any) -> None:
-            self._in_flight -= len(batch) + len(barriers)
+            if not release():
+                return  # already reported as indeterminate
             self.outcomes[outcome if outcome in self.outcomes else "unknown"] += 1
             self.commit_seconds_sum += time.perf_counter() - started
             if outcome == OK:
@@ -351,11 +385,6 @@ class _ApplyHook:
 
     def read_snapshot_meta(self, path: Path) -> bytes:
         return self._sm.read_snapshot_meta(path)
-
-
-def _consume(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def _resolve(future: asyncio.Future[Any], value: Any) -> None:
