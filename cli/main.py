@@ -23,7 +23,7 @@ EXIT_INDETERMINATE = 4
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from raftmem.config import ConfigError, embedded_default, load
+    from raftmem.config import ConfigError, NodeConfig, embedded_default, load
     from raftmem.node import serve
 
     logging.basicConfig(
@@ -32,12 +32,19 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         config = load(args.config) if args.config else embedded_default()
-        config.node(args.node)
+        me = None
+        if args.http_port is not None:
+            # A node joining a running cluster: not in the seed config.
+            if args.raft_port_base is None:
+                raise ConfigError("a joining node needs --host, --http-port and --raft-port-base")
+            me = NodeConfig(args.node, args.host, args.http_port, args.raft_port_base, args.zone)
+        else:
+            config.node(args.node)
     except ConfigError as e:
         print(f"raftmem: {e}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        serve(config, args.node)
+        serve(config, args.node, me)
     except ConfigError as e:
         print(f"raftmem: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -54,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="cluster YAML (default: the embedded local 3-node config)")
     p.add_argument("--node", required=True, help="this node's id in the config")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--host", default="127.0.0.1", help="joining node: address to listen on")
+    p.add_argument("--http-port", type=int, help="joining node (not in --config): its API port")
+    p.add_argument("--raft-port-base", type=int, help="joining node: first Raft port (one per shard)")
+    p.add_argument("--zone", default="", help="joining node: its zone")
     p.set_defaults(func=_serve)
 
     cluster_cmd.add_parsers(sub)

@@ -82,6 +82,9 @@ class HttpForwarder:
         self.urls = {n.id: n.http_url for n in config.nodes}
         self._session: aiohttp.ClientSession | None = None
 
+    def set_urls(self, urls: dict[str, str]) -> None:
+        self.urls = dict(urls)
+
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=128)
         self._session = aiohttp.ClientSession(connector=connector)
@@ -94,7 +97,10 @@ class HttpForwarder:
         assert self._session is not None
         headers = {h: call.headers[h] for h in FORWARD_HEADERS if h in call.headers}
         headers[FORWARDED_HEADER] = str(call.hops + 1)
-        url = self.urls[node_id] + call.path
+        base = self.urls.get(node_id)
+        if base is None:
+            raise ForwardNotSent(f"no address known for node {node_id}")
+        url = base + call.path
         try:
             async with self._session.request(
                 call.method,
@@ -204,6 +210,21 @@ class Api:
                     f.write(chunk)
             return _reply(await self.service.restore(path, Path(tmp)))
 
+    async def members(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.members(_call(request)))
+
+    async def member_add(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.member_add(_call(request, await request.read())))
+
+    async def member_remove(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.member_remove(request.match_info["node"], _call(request)))
+
+    async def rebalance(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.rebalance(_call(request)))
+
+    async def internal_members(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.internal_write_table(_call(request, await request.read())))
+
     async def cluster(self, _request: web.Request) -> web.Response:
         return _reply(self.service.cluster())
 
@@ -250,6 +271,11 @@ def build_app(service: MemoryService, config: Config, metrics: Metrics) -> web.A
     r.add_get("/v1/cluster", api.cluster)
     r.add_post("/v1/admin/shards/{shard}/transfer-leader", api.transfer_leader)
     r.add_get("/v1/admin/backup", api.backup)
+    r.add_get("/v1/admin/members", api.members)
+    r.add_post("/v1/admin/members", api.member_add)
+    r.add_delete("/v1/admin/members/{node}", api.member_remove)
+    r.add_post("/v1/admin/rebalance", api.rebalance)
+    r.add_post("/v1/internal/members", api.internal_members)
     r.add_post("/v1/admin/restore", api.restore)
     r.add_get("/v1/internal/shards/{shard}/snapshot", api.shard_snapshot)
     r.add_post("/v1/internal/shards/{shard}/restore", api.apply_restore)

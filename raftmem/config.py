@@ -376,9 +376,8 @@ def load(path: str | Path) -> Config:
     return parse(data, source=str(path))
 
 
-def check_ports_free(config: Config, node_id: str) -> None:
+def check_ports_free(config: Config, node: NodeConfig) -> None:
     """Refuse to start when one of this node's ports is taken, naming it."""
-    node = config.node(node_id)
     wanted = [("http_port", node.http_port)] + [
         (f"raft port of shard {s}", node.raft_port(s)) for s in range(config.shards)
     ]

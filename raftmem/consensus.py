@@ -634,6 +634,10 @@ class RaftGroup:
                 "journal_syncs": self.journal.syncs,
                 "leader_changes": self.leader_changes,
                 "has_quorum": bool(obj.hasQuorum),
+                "members": sorted(
+                    self.spec.address_to_node.get(a, a)
+                    for a in [n.address for n in obj.otherNodes] + [self.spec.self_address]
+                ),
                 "votes_ignored": self.hooks.votes_ignored,
                 "prevotes_started": self.hooks.prevotes_started,
                 "lease_clock_resets": self.hooks.lease.clock_resets,
@@ -650,6 +654,30 @@ class RaftGroup:
                     self.spec.address_to_node.get(n.address, n.address): i for n, i in match.items()
                 }
         return status
+
+    def members(self) -> list[str]:
+        """This replica's view of the group's voters, as node ids (addresses for
+        nodes the address map does not know)."""
+        with self.ticker.lock:
+            addresses = [n.address for n in self._obj.otherNodes] + [self.spec.self_address]
+        return sorted(self.spec.address_to_node.get(a, a) for a in addresses)
+
+    def update_addresses(self, address_to_node: dict[str, str]) -> None:
+        self.spec.address_to_node = dict(address_to_node)
+
+    def change_membership(self, add: bool, address: str, on_done: Callable[[bool], None]) -> None:
+        """Add or remove one voter (pysyncobj allows one change in flight)."""
+
+        def run() -> None:
+            change = self._obj.addNodeToCluster if add else self._obj.removeNodeFromCluster
+            change(address, callback=lambda _r, err: on_done(err == FAIL_REASON.SUCCESS))
+
+        self.ticker.call_soon(run)
+
+    def seconds_since_leader(self, now: float) -> float:
+        if self._obj._isLeader():
+            return 0.0
+        return now - self.hooks.follower.last_contact
 
     def force_compaction(self) -> None:
         with self.ticker.lock:
@@ -686,6 +714,8 @@ class RaftGroup:
         return appended
 
     def destroy(self) -> None:
+        """Stop this replica's Raft membership on this node (its data stays)."""
+        self.ticker.remove(self)
         with self.ticker.lock:
             self._obj._doDestroy()
 
@@ -720,6 +750,10 @@ class Ticker:
     def add(self, group: RaftGroup) -> None:
         with self.lock:
             self.groups.append(group)
+
+    def remove(self, group: RaftGroup) -> None:
+        with self.lock:
+            self.groups = [g for g in self.groups if g is not group]
 
     def wake(self) -> None:
         if not self._woken:

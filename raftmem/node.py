@@ -6,57 +6,170 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from contextlib import suppress
+from pathlib import Path
 
+import orjson
 from aiohttp import web
 
 from .api import HttpForwarder, build_app
 from .clock import Clock, SystemClock
-from .config import Config, check_ports_free
+from .config import Config, NodeConfig, check_ports_free
 from .consensus import Ticker
+from .errors import RaftmemError
+from .membership import Table
 from .metrics import Metrics
-from .routing import placement
-from .service import MemoryService
+from .service import FORWARD_HOPS_MAX, Call, ForwardLost, ForwardNotSent, MemoryService
 from .shards import EXPIRE_PERIOD_S, ShardReplica
+from .storage import write_file_atomically
 
 log = logging.getLogger(__name__)
 
+RECONCILE_PERIOD_S = 0.5
+PEERS_FILE = "peers.json"  # the voters this replica last knew, to restart with
+JOINED_FILE = "joined"  # this node has been a member: never re-seed its replicas
+
 
 class Node:
-    def __init__(self, config: Config, node_id: str, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: Config, node_id: str, clock: Clock | None = None, me: NodeConfig | None = None
+    ) -> None:
+        """`me`: where this node listens, for a node joining a running cluster that
+        its config does not list (see `raftmem member add`)."""
         self.config = config
         self.node_id = node_id
-        self.me = config.node(node_id)
+        self.me = me or config.node(node_id)
         self.clock = clock or SystemClock()
         self.replicas: dict[int, ShardReplica] = {}
         self.ticker = Ticker(config.raft.fsync, config.raft.fsync_batch_ms)
         self.forwarder = HttpForwarder(config)
         self.runner: web.AppRunner | None = None
+        self.service: MemoryService | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _nodes(self, table: Table) -> dict[str, NodeConfig]:
+        nodes = dict(table.nodes)
+        nodes[self.node_id] = self.me
+        return nodes
+
+    def _start_replica(self, shard: int, peers: list[str], table: Table) -> ShardReplica:
+        assert self._loop is not None
+        members = sorted(set(peers) | {self.node_id})
+        replica = ShardReplica(shard, self.node_id, self.config, self.ticker, self._loop, self.clock,
+                               members, self._nodes(table))
+        _save_peers(replica.store.directory, members)
+        self.replicas[shard] = replica
+        return replica
 
     async def start(self) -> None:
-        check_ports_free(self.config, self.node_id)
-        loop = asyncio.get_running_loop()
-        table = placement([n.id for n in self.config.nodes], self.config.shards, self.config.replication_factor)
-        for shard, replicas in table.items():
-            if self.node_id in replicas:
-                self.replicas[shard] = ShardReplica(
-                    shard, self.node_id, self.config, self.ticker, loop, self.clock, replicas
-                )
+        check_ports_free(self.config, self.me)
+        self._loop = asyncio.get_running_loop()
+        table = Table.seed(self.config)
+        data_dir = self.config.node_data_dir(self.node_id)
+        for shard in range(self.config.shards):
+            peers = _load_peers(data_dir / f"shard-{shard:03d}")
+            if peers is None and self.node_id in table.assignment[shard] and not _joined(data_dir):
+                peers = table.assignment[shard]  # a seed node's first start
+            if peers is not None:
+                self._start_replica(shard, peers, table)
         self.ticker.start()
         await self.forwarder.start()
-        service = MemoryService(self.config, self.node_id, self.replicas, table, self.forwarder, self.clock)
-        app = build_app(service, self.config, Metrics())
+        self.service = MemoryService(self.config, self.node_id, self.replicas, table, self.forwarder, self.clock)
+        app = build_app(self.service, self.config, Metrics())
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.me.host, self.me.http_port, reuse_address=True)
         await site.start()
         self._tasks.append(asyncio.create_task(self._reaper()))
+        self._tasks.append(asyncio.create_task(self._reconcile_forever()))
         log.info(
             "node %s: serving %d shard replicas, API on %s, Raft on %s:%d-%d",
             self.node_id, len(self.replicas), self.me.http_url, self.me.host,
             self.me.raft_port(0), self.me.raft_port(self.config.shards - 1),
         )
+
+    # -- membership: converge on the table ------------------------------------------
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RECONCILE_PERIOD_S)
+            try:
+                await self.reconcile()
+            except RaftmemError as e:
+                log.debug("node %s: reconcile deferred: %s", self.node_id, e.message)
+            except Exception:
+                log.exception("node %s: reconcile failed", self.node_id)
+
+    async def reconcile(self) -> None:
+        """One step towards the membership table: start replicas assigned here,
+        let each shard leader add or remove one voter, drop replicas this node
+        no longer holds."""
+        service = self.service
+        assert service is not None
+        table = await service.current_table(Call("GET", "/v1/admin/members"))
+        service.set_table(table)
+        member = self.node_id in table.nodes
+        if member:
+            _mark_joined(self.config.node_data_dir(self.node_id))
+        now = time.monotonic()
+        for shard, desired in sorted(table.assignment.items()):
+            replica = self.replicas.get(shard)
+            addresses = {table.raft_address(n, shard): n for n in table.nodes}
+            if replica is None:
+                if member and self.node_id in desired:
+                    peers = await self._current_members(shard, table) or desired
+                    log.info("node %s: starting a replica of shard %d (peers %s)", self.node_id, shard, peers)
+                    self._start_replica(shard, sorted(set(peers) | set(desired)), table)
+                continue
+            # Keep the addresses of voters the table no longer lists (being removed).
+            replica.group.update_addresses({**replica.group.spec.address_to_node, **addresses})
+            members = replica.group.members()
+            _save_peers(replica.store.directory, members)
+            if replica.group.is_leader():
+                await self._converge(replica, desired, members, table)
+            elif self.node_id not in desired and replica.group.seconds_since_leader(now) > self._drop_after_s():
+                log.info("node %s: dropping shard %d (no longer assigned here)", self.node_id, shard)
+                del self.replicas[shard]
+                await asyncio.to_thread(replica.drop)
+
+    def _drop_after_s(self) -> float:
+        return 3 * self.config.raft.election_timeout_ms_max / 1000
+
+    async def _converge(self, replica: ShardReplica, desired: list[str], members: list[str], table: Table) -> None:
+        shard = replica.shard
+        add = [n for n in desired if n not in members]
+        remove = [n for n in members if n not in desired]
+        if add:
+            log.info("node %s: shard %d: adding %s", self.node_id, shard, add[0])
+            await replica.change_membership(True, table.raft_address(add[0], shard))
+        elif self.node_id in remove:
+            target = next((n for n in desired if n != self.node_id), None)
+            if target is not None:
+                log.info("node %s: shard %d: handing leadership to %s before leaving", self.node_id, shard, target)
+                await replica.transfer_leadership(table.raft_address(target, shard))
+        elif remove:
+            address = next(
+                (a for a, n in replica.group.spec.address_to_node.items() if n == remove[0]), remove[0]
+            )
+            log.info("node %s: shard %d: removing %s (%s)", self.node_id, shard, remove[0], address)
+            await replica.change_membership(False, address)
+
+    async def _current_members(self, shard: int, table: Table) -> list[str] | None:
+        """Ask the nodes assigned to `shard` which voters its leader has."""
+        assert self.service is not None
+        for node_id in table.assignment[shard]:
+            if node_id == self.node_id:
+                continue
+            try:
+                reply = await self.forwarder.forward(node_id, Call("GET", "/v1/cluster", {}, {}, b"", FORWARD_HOPS_MAX), 2.0)
+            except (ForwardNotSent, ForwardLost):
+                continue
+            if reply.status == 200:
+                entry = reply.json()["shards"][shard]
+                if entry.get("members"):
+                    return list(entry["members"])
+        return None
 
     async def _reaper(self) -> None:
         while True:
@@ -82,8 +195,32 @@ class Node:
         log.info("node %s: stopped", self.node_id)
 
 
-async def _serve(config: Config, node_id: str) -> None:
-    node = Node(config, node_id)
+def _load_peers(directory: Path) -> list[str] | None:
+    try:
+        return list(orjson.loads((directory / PEERS_FILE).read_bytes()))
+    except FileNotFoundError:
+        return None
+
+
+def _save_peers(directory: Path, peers: list[str]) -> None:
+    path = directory / PEERS_FILE
+    data = orjson.dumps(sorted(peers))
+    if not path.exists() or path.read_bytes() != data:
+        write_file_atomically(path, data)
+
+
+def _joined(data_dir: Path) -> bool:
+    return (data_dir / JOINED_FILE).exists()
+
+
+def _mark_joined(data_dir: Path) -> None:
+    if not _joined(data_dir):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        write_file_atomically(data_dir / JOINED_FILE, b"1\n")
+
+
+async def _serve(config: Config, node_id: str, me: NodeConfig | None = None) -> None:
+    node = Node(config, node_id, me=me)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -94,5 +231,5 @@ async def _serve(config: Config, node_id: str) -> None:
     await node.stop()
 
 
-def serve(config: Config, node_id: str) -> None:
-    asyncio.run(_serve(config, node_id))
+def serve(config: Config, node_id: str, me: NodeConfig | None = None) -> None:
+    asyncio.run(_serve(config, node_id, me))

@@ -24,16 +24,19 @@ import orjson
 from . import backup
 from . import validation as v
 from .clock import Clock
-from .config import Config
+from .config import Config, NodeConfig
 from .errors import (
+    Conflict,
     Indeterminate,
     InvalidRequest,
     NoLeader,
     NotFound,
+    PreconditionFailed,
     RaftmemError,
     Unavailable,
     from_result,
 )
+from .membership import TABLE_SHARD, Table, moved_fraction, moves
 from .routing import HASH_NAME, shard_for
 from .shards import ShardReplica
 from .statemachine import ListQuery
@@ -49,6 +52,7 @@ FRESH_LEVELS = ("linearizable", "strong")
 BOUNDED_MS_MAX = 3_600_000
 SNAPSHOT_CONTENT_TYPE = "application/octet-stream"
 RESTORE_CHUNK_OPS = 200
+TABLE_CAS_ATTEMPTS = 5
 RESTORE_CHUNK_BYTES = 4 << 20
 T = TypeVar("T")
 FORWARD_HEADERS = ("If-Match", "If-None-Match", "Idempotency-Key", "X-Raftmem-Consistency", "Content-Type")
@@ -91,6 +95,8 @@ class ForwardLost(Exception):
 class Forwarder(Protocol):
     async def forward(self, node_id: str, call: Call, timeout_s: float) -> Reply: ...
 
+    def set_urls(self, urls: dict[str, str]) -> None: ...
+
 
 def public(rec: dict[str, Any], shard: int) -> dict[str, Any]:
     out = {k: val for k, val in rec.items() if k != "rev"}
@@ -104,14 +110,16 @@ class MemoryService:
         config: Config,
         node_id: str,
         replicas: dict[int, ShardReplica],
-        placement: dict[int, list[str]],
+        table: Table,
         forwarder: Forwarder,
         clock: Clock,
     ) -> None:
         self.config = config
         self.node_id = node_id
         self.replicas = replicas
-        self.placement = placement
+        self.table = table
+        # Leaders of shards this node holds no replica of, learned from peers.
+        self.remote_leaders: dict[int, str] = {}
         self.forwarder = forwarder
         self.clock = clock
         self.limits = config.limits
@@ -121,10 +129,26 @@ class MemoryService:
     def shard_of(self, ns: str, mid: str) -> int:
         return shard_for(ns, mid, self.config.shards)
 
+    @property
+    def placement(self) -> dict[int, list[str]]:
+        return self.table.assignment
+
+    def set_table(self, table: Table) -> None:
+        if table.version < self.table.version:
+            return
+        self.table = table
+        self.forwarder.set_urls({n: table.http_url(n) for n in table.nodes})
+
     def leader_of(self, shard: int) -> str | None:
         replica = self.replicas.get(shard)
         if replica is None:
-            return None
+            # Not ours: the last leader a peer reported, else any assigned node
+            # (which forwards on to its leader).
+            hint = self.remote_leaders.get(shard)
+            if hint is not None and hint in self.table.nodes:
+                return hint
+            holders = [n for n in self.table.assignment.get(shard, []) if n != self.node_id]
+            return holders[0] if holders else None
         if replica.group.is_leader():
             return self.node_id
         return replica.group.leader_node()
@@ -228,6 +252,8 @@ class MemoryService:
         elif "deleted" in result:
             body.update(result["deleted"])
             body["deleted"] = True
+        elif "table" in result:
+            body["table"] = result["table"]
         if result.get("replayed"):
             headers["Idempotent-Replayed"] = "true"
         return Reply(result["status"], body, headers)
@@ -496,8 +522,7 @@ class MemoryService:
                 return Reply(200, {"shard": shard, "leader": self.node_id, "transferred": False})
             address = None
             if target is not None:
-                node = self.config.node(target)
-                address = f"{node.host}:{node.raft_port(shard)}"
+                address = self.table.raft_address(target, shard)
             ok = await replica.transfer_leadership(address)
             if not ok:
                 raise Unavailable(
@@ -587,18 +612,112 @@ class MemoryService:
 
         return await self._on_leader(shard, call, local, is_write=True)
 
+    # -- membership ----------------------------------------------------------------
+    async def members(self, call: Call) -> Reply:
+        """The membership table, read linearizably from shard 0's leader."""
+
+        async def local(replica: ShardReplica) -> Reply:
+            stored, _ = await self._leader_read(replica, "linearizable", replica.sm.members_table)
+            table = Table.from_json(stored) if stored else self.table_seed()
+            return Reply(200, {"table": table.to_json()})
+
+        return await self._on_leader(TABLE_SHARD, Call("GET", "/v1/admin/members", {}, {}, b"", call.hops),
+                                     local, is_write=False)
+
+    def table_seed(self) -> Table:
+        return Table.seed(self.config)
+
+    async def current_table(self, call: Call) -> Table:
+        reply = await self.members(call)
+        body = reply.json()
+        if reply.status != 200:
+            raise from_result({"status": reply.status, **body})
+        return Table.from_json(body["table"])
+
+    async def write_table(self, table: Table, if_version: int, call: Call) -> Table:
+        op = {"t": "members", "table": table.to_json(), "if_version": if_version}
+        body = orjson.dumps({"table": op["table"], "if_version": if_version})
+        reply = await self._write(TABLE_SHARD, op, Call("POST", "/v1/internal/members", {}, {}, body, call.hops))
+        result = reply.json()
+        if reply.status != 200:
+            raise from_result({"status": reply.status, **result})
+        written = Table.from_json(result["table"])
+        self.set_table(written)
+        return written
+
+    async def internal_write_table(self, call: Call) -> Reply:
+        body = v.parse_json(call.body, self.limits)
+        try:
+            table = Table.from_json(body["table"])
+            if_version = int(body["if_version"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidRequest(f"bad membership table: {e}") from None
+        op = {"t": "members", "table": table.to_json(), "if_version": if_version}
+        return await self._write(TABLE_SHARD, op, call)
+
+    async def _change_table(self, call: Call, change: Callable[[Table], Table]) -> tuple[Table, Table]:
+        for _attempt in range(TABLE_CAS_ATTEMPTS):
+            current = await self.current_table(call)
+            try:
+                new = change(current)
+            except ValueError as e:
+                raise InvalidRequest(str(e)) from None
+            try:
+                return current, await self.write_table(new, current.version, call)
+            except PreconditionFailed:
+                continue  # someone else changed it: re-read and re-apply
+        raise Conflict("the membership table kept changing; retry")
+
+    async def member_add(self, call: Call) -> Reply:
+        body = v.parse_json(call.body, self.limits)
+        if not isinstance(body, dict):
+            raise InvalidRequest("body must be a JSON object")
+        unknown = sorted(set(body) - {"id", "host", "http_port", "raft_port_base", "zone"})
+        if unknown:
+            raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}")
+        try:
+            node = NodeConfig(
+                id=v.name("id", str(body["id"]), 64),
+                host=str(body["host"]),
+                http_port=int(body["http_port"]),
+                raft_port_base=int(body["raft_port_base"]),
+                zone=str(body.get("zone", "")),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidRequest(f"member add needs id, host, http_port, raft_port_base: {e}") from None
+        if not (0 < node.http_port < 65536 and 0 < node.raft_port_base and node.raft_port(self.config.shards - 1) < 65536):
+            raise InvalidRequest("ports out of range")
+        _, new = await self._change_table(call, lambda t: t.with_node(node))
+        return Reply(200, {"table": new.to_json()})
+
+    async def member_remove(self, node_id: str, call: Call) -> Reply:
+        old, new = await self._change_table(call, lambda t: t.without_node(node_id))
+        return Reply(200, {"table": new.to_json(), "moves": moves(old, new),
+                           "moved_fraction": moved_fraction(old, new)})
+
+    async def rebalance(self, call: Call) -> Reply:
+        dry_run = call.query.get("dry_run", "").lower() in ("1", "true", "yes")
+        if dry_run:
+            current = await self.current_table(call)
+            new = current.rebalanced()
+            old = current
+        else:
+            old, new = await self._change_table(call, lambda t: t.rebalanced())
+        return Reply(200, {"dry_run": dry_run, "table": new.to_json(), "moves": moves(old, new),
+                           "moved_fraction": moved_fraction(old, new)})
+
     # -- cluster -------------------------------------------------------------------
     def cluster(self) -> Reply:
         shards = []
         for s in range(self.config.shards):
-            entry: dict[str, Any] = {"shard": s, "replicas": self.placement[s]}
+            entry: dict[str, Any] = {"shard": s, "replicas": self.placement.get(s, [])}
             replica = self.replicas.get(s)
             if replica is not None:
                 entry.update(replica.group.status())
             shards.append(entry)
         nodes = [
             {"id": n.id, "url": n.http_url, "zone": n.zone, "raft_port_base": n.raft_port_base}
-            for n in self.config.nodes
+            for n in sorted(self.table.nodes.values(), key=lambda n: n.id)
         ]
         body = {
             "cluster": self.config.name,
@@ -606,6 +725,7 @@ class MemoryService:
             "shard_count": self.config.shards,
             "replication_factor": self.config.replication_factor,
             "hash": HASH_NAME,
+            "table_version": self.table.version,
             "nodes": nodes,
             "shards": shards,
         }

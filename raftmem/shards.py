@@ -20,7 +20,7 @@ from typing import Any
 
 from . import codec
 from .clock import Clock
-from .config import Config
+from .config import Config, NodeConfig
 from .consensus import OK, REJECTED, GroupSpec, RaftGroup, Ticker
 from .errors import Indeterminate, NoLeader, Overloaded, Unavailable
 from .statemachine import StateMachine
@@ -50,7 +50,10 @@ class ShardReplica:
         loop: asyncio.AbstractEventLoop,
         clock: Clock,
         replicas: list[str],
+        nodes: dict[str, NodeConfig],
     ) -> None:
+        """`replicas`: the node ids the group starts with (this node included);
+        `nodes`: where every node listens (the membership table's node list)."""
         self.shard = shard
         self.node_id = node_id
         self.config = config
@@ -60,7 +63,6 @@ class ShardReplica:
         directory = Path(config.node_data_dir(node_id)) / f"shard-{shard:03d}"
         self.store = Store(directory)
         self.sm = StateMachine(self.store, shard, config.limits.idempotency_keys_max)
-        nodes = {n.id: n for n in config.nodes}
         me = nodes[node_id]
         address_to_node = {f"{nodes[r].host}:{nodes[r].raft_port(shard)}": r for r in replicas}
         spec = GroupSpec(
@@ -336,6 +338,18 @@ class ShardReplica:
 
         return applied, await asyncio.to_thread(pack)
 
+    async def change_membership(self, add: bool, address: str) -> bool:
+        future: asyncio.Future[bool] = self.loop.create_future()
+
+        def done(ok: bool) -> None:
+            self.loop.call_soon_threadsafe(_resolve, future, ok)
+
+        self.group.change_membership(add, address, done)
+        try:
+            return await asyncio.wait_for(future, self.limits.write_timeout_ms / 1000)
+        except TimeoutError:
+            return False
+
     async def transfer_leadership(self, address: str | None) -> bool:
         future: asyncio.Future[bool] = self.loop.create_future()
 
@@ -357,6 +371,12 @@ class ShardReplica:
 
     def close(self) -> None:
         self.store.close()
+
+    def drop(self) -> None:
+        """This node no longer holds the shard: stop the group, delete the data."""
+        self.group.destroy()
+        self.store.close()
+        shutil.rmtree(self.store.directory, ignore_errors=True)
 
 
 class _ApplyHook:

@@ -21,6 +21,7 @@ order is time order):
     k NUL idempotency-key                             -> first result (JSON)
     q NUL index(8) seq(4)                             -> idempotency key (eviction order)
     m NUL applied                                     -> applied index (8)
+    s NUL members                                     -> membership table (shard 0 only)
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ RECORD_FIELDS = (
     "created_at", "updated_at", "expires_at", "version",
 )
 IDEM_COUNT_KEY = b"m\x00idem_count"
+MEMBERS_KEY = b"s\x00members"
 EXPIRE_OPS_MAX = 1000
 SEP = b"\x00"
 TIME_MAX = (1 << 64) - 1
@@ -154,6 +156,8 @@ class StateMachine:
             return self._apply_expire(op, batch, overlay)
         if kind == "restore":
             return self._apply_restore(index, op, batch, overlay)
+        if kind == "members":
+            return self._apply_members(op, batch, overlay)
         idem = op.get("idem")
         fingerprint = op_fingerprint(op)
         if idem:
@@ -226,6 +230,24 @@ class StateMachine:
         batch.put(key, codec.dumps(rec))
         overlay[key] = rec
         return {"status": 200 if old_live else 201, "memory": rec}
+
+    def _apply_members(
+        self, op: dict[str, Any], batch: Batch, overlay: dict[bytes, dict[str, Any] | None]
+    ) -> dict[str, Any]:
+        """Compare-and-set of the membership table (kept in shard 0)."""
+        current = self._get(MEMBERS_KEY, overlay)
+        version = current["version"] if current else 0
+        if op["if_version"] != version:
+            return _error(412, "precondition_failed", f"membership table is at version {version}", version=version)
+        table = dict(op["table"])
+        table["version"] = version + 1
+        batch.put(MEMBERS_KEY, codec.dumps(table))
+        overlay[MEMBERS_KEY] = table
+        return {"status": 200, "table": table}
+
+    def members_table(self) -> dict[str, Any] | None:
+        raw = self.store.get(MEMBERS_KEY)
+        return codec.loads(raw) if raw is not None else None
 
     def _apply_restore(
         self, index: int, op: dict[str, Any], batch: Batch, overlay: dict[bytes, dict[str, Any] | None]

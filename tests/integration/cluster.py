@@ -60,22 +60,30 @@ class Cluster:
         raft: dict[str, Any] | None = None,
         limits: dict[str, Any] | None = None,
         debug: dict[str, Any] | None = None,
+        spare: int = 0,
     ) -> None:
+        """`spare`: extra nodes with reserved ports, started later with `start_joining`."""
         self.root = root
         self.shards = shards
         self.node_ids = [f"n{i + 1}" for i in range(nodes)]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.http: dict[str, int] = {}
         node_cfgs = []
+        total = nodes + spare
         for _attempt in range(50):
             base = random.randrange(20000, 50000, 100)
-            http_ports = [base + i for i in range(nodes)]
-            raft_bases = [base + 10 + i * (shards + 2) for i in range(nodes)]
+            http_ports = [base + i for i in range(total)]
+            raft_bases = [base + 10 + i * (shards + 2) for i in range(total)]
             wanted = http_ports + [b + s for b in raft_bases for s in range(shards)]
             if _ports_free("127.0.0.1", wanted):
                 break
         else:
             raise RuntimeError("no free port range found")
+        self.spare: dict[str, tuple[int, int]] = {}
+        for i in range(nodes, total):
+            node_id = f"n{i + 1}"
+            self.http[node_id] = http_ports[i]
+            self.spare[node_id] = (http_ports[i], raft_bases[i])
         for i, node_id in enumerate(self.node_ids):
             self.http[node_id] = http_ports[i]
             node_cfgs.append(
@@ -114,6 +122,19 @@ class Cluster:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+
+    def start_joining(self, node_id: str) -> dict[str, Any]:
+        """Start a spare node that is not in the seed config; returns its member spec."""
+        http_port, raft_base = self.spare[node_id]
+        with open(self.root / "logs" / f"{node_id}.log", "ab") as log:
+            self.procs[node_id] = subprocess.Popen(
+                [sys.executable, "-m", "cli.main", "serve", "--config", str(self.config_path), "--node", node_id,
+                 "--host", "127.0.0.1", "--http-port", str(http_port), "--raft-port-base", str(raft_base)],
+                cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            )
+        if node_id not in self.node_ids:
+            self.node_ids.append(node_id)
+        return {"id": node_id, "host": "127.0.0.1", "http_port": http_port, "raft_port_base": raft_base}
 
     def start_all(self) -> None:
         for node_id in self.node_ids:

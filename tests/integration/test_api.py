@@ -239,6 +239,7 @@ def test_metrics_are_prometheus_text(cluster: Cluster) -> None:
 
 
 def test_readyz_sync(cluster: Cluster) -> None:
+    from .cluster import wait_for
+
     for node in cluster.node_ids:
-        status, _, body = cluster.request(node, "GET", "/readyz?sync=true")
-        assert status == 200, body
+        wait_for(lambda n=node: cluster.request(n, "GET", "/readyz?sync=true")[0] == 200, 20, f"{node} in sync")

@@ -80,7 +80,8 @@ def test_port_in_use_is_named() -> None:
         port = s.getsockname()[1]
         d["cluster"]["nodes"][0]["http_port"] = port
         with pytest.raises(ConfigError, match=f"http_port 127.0.0.1:{port} is not available"):
-            check_ports_free(parse(d), "n1")
+            c = parse(d)
+            check_ports_free(c, c.node("n1"))
 
 
 def test_unknown_node_is_named() -> None:
