@@ -1,9 +1,241 @@
-"""`raftmem put/get/delete/list` (filled in with the client)."""
+"""`raftmem put/get/delete/list`: one memory at a time from the shell, through the
+blocking raftmem.client (shard-aware, bounded retries, idempotent writes).
+
+Output is plain text (a table for `list`) unless the global `--json` is given.
+Exit codes: 0 ok, 1 the request failed (4xx), 2 usage, 3 unavailable (nothing
+happened; safe to retry), 4 indeterminate (a write that may or may not have
+happened)."""
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, TextIO
+
+from raftmem.client import (
+    CONSISTENCY_LEVELS,
+    LIST_PAGE_DEFAULT,
+    Client,
+    ClientError,
+    Indeterminate,
+    Unavailable,
+)
+
+# The same values as cli.main's (importing it from here would be circular).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_INDETERMINATE = 4
+
+LIST_PAGE_MAX = 1000  # the server's page limit
+CONTENT_CELL_CHARS_MAX = 60
+STDIN_BYTES_MAX = 1 << 20  # the server's body limit
+
+
+class UsageError(Exception):
+    pass
+
+
+def _urls(args: argparse.Namespace) -> list[str]:
+    return [u.strip() for u in str(args.url).split(",") if u.strip()]
+
+
+def _dump(value: Any, out: TextIO) -> None:
+    out.write(json.dumps(value, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def _content(raw: str | None, stdin: TextIO) -> Any:
+    if raw is None:
+        return None
+    if raw == "-":
+        raw = stdin.read(STDIN_BYTES_MAX + 1)
+        if len(raw) > STDIN_BYTES_MAX:
+            raise UsageError(f"--content -: stdin holds more than {STDIN_BYTES_MAX} bytes")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise UsageError(
+            f"--content must be JSON ({e.msg}); to store text, quote it: --content '\"some text\"'"
+        ) from None
+
+
+def _short(value: Any, chars_max: int = CONTENT_CELL_CHARS_MAX) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = text.replace("\n", " ")
+    return text if len(text) <= chars_max else text[: chars_max - 1] + "…"
+
+
+def _print_memory(memory: dict[str, Any], out: TextIO) -> None:
+    for key in ("namespace", "id", "version", "token", "agent_id", "kind", "tags", "created_at",
+                "updated_at", "expires_at", "metadata", "content"):
+        if key not in memory:
+            continue
+        value = memory[key]
+        if key == "tags":
+            value = ",".join(value)
+        elif not isinstance(value, str) and value is not None:
+            value = json.dumps(value, ensure_ascii=False)
+        out.write(f"{key + ':':<12}{'' if value is None else value}\n")
+
+
+def print_table(rows: Iterable[dict[str, Any]], out: TextIO) -> int:
+    header = ("ID", "VER", "AGENT", "KIND", "TAGS", "UPDATED", "CONTENT")
+    cells = [
+        (
+            str(m.get("id", "")),
+            str(m.get("version", "")),
+            str(m.get("agent_id") or ""),
+            str(m.get("kind") or ""),
+            ",".join(m.get("tags") or ()),
+            str(m.get("updated_at", "")),
+            _short(m.get("content")),
+        )
+        for m in rows
+    ]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(header)]
+    for line in [header, *cells]:
+        out.write("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() + "\n")
+    return len(cells)
+
+
+# -- commands ----------------------------------------------------------------------------
+def _put(client: Client, args: argparse.Namespace, out: TextIO) -> None:
+    if args.if_match is not None and args.create_only:
+        raise UsageError("--if-match and --create-only exclude each other")
+    memory = client.put(
+        args.namespace,
+        args.id,
+        _content(args.content, sys.stdin),
+        agent_id=args.agent,
+        kind=args.kind,
+        tags=args.tag,
+        ttl_s=args.ttl,
+        if_match=args.if_match,
+        if_none_match=args.create_only,
+    )
+    if args.json:
+        _dump(memory, out)
+    else:
+        out.write(f"{memory['namespace']}/{memory['id']} version {memory['version']} token {memory['token']}\n")
+
+
+def _get(client: Client, args: argparse.Namespace, out: TextIO) -> None:
+    consistency = args.consistency
+    if args.after and consistency is None:
+        consistency = "session"
+    memory = client.get(args.namespace, args.id, consistency=consistency, after=args.after)
+    if args.json:
+        _dump(memory, out)
+    else:
+        _print_memory(memory, out)
+
+
+def _delete(client: Client, args: argparse.Namespace, out: TextIO) -> None:
+    result = client.delete(args.namespace, args.id, if_match=args.if_match)
+    if args.json:
+        _dump(result, out)
+    else:
+        out.write(f"deleted {args.namespace}/{args.id} (version {result.get('version')}, token {result.get('token')})\n")
+
+
+def _list(client: Client, args: argparse.Namespace, out: TextIO) -> None:
+    filters = {"agent_id": args.agent, "tag": args.tag}
+    if args.all:
+        items = list(client.list(args.namespace, page_size=LIST_PAGE_MAX, **filters))
+        cursor = None
+    else:
+        page = client.list_page(args.namespace, limit=args.limit, **filters)
+        items, cursor = page.get("items") or [], page.get("cursor")
+    if args.json:
+        body: dict[str, Any] = {"items": items, "count": len(items)}
+        if cursor:
+            body["cursor"] = cursor
+        _dump(body, out)
+        return
+    print_table(items, out)
+    if cursor:
+        out.write("(more: --limit N to see more, or --all)\n")
+
+
+def _run(command: Callable[[Client, argparse.Namespace, TextIO], None]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            with Client(_urls(args)) as client:
+                command(client, args, sys.stdout)
+        except UsageError as e:
+            print(f"raftmem: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        except ClientError as e:
+            return _report(e, args)
+        except ValueError as e:  # bad arguments the client refused before sending
+            print(f"raftmem: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        return EXIT_OK
+
+    return run
+
+
+def exit_code(error: ClientError) -> int:
+    if isinstance(error, Indeterminate):
+        return EXIT_INDETERMINATE
+    if isinstance(error, Unavailable):
+        return EXIT_UNAVAILABLE
+    return EXIT_FAILED
+
+
+def _report(error: ClientError, args: argparse.Namespace) -> int:
+    code = exit_code(error)
+    if args.json:
+        body = error.body if isinstance(error.body, dict) else {"error": {"code": error.code, "message": error.message}}
+        _dump(body, sys.stdout)
+    hint = {
+        EXIT_UNAVAILABLE: " (nothing happened; safe to retry)",
+        EXIT_INDETERMINATE: " (the write may or may not have happened; read it back)",
+    }.get(code, "")
+    print(f"raftmem: {error}{hint}", file=sys.stderr)
+    return code
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= LIST_PAGE_MAX:
+        raise argparse.ArgumentTypeError(f"must be in [1, {LIST_PAGE_MAX}]")
+    return value
 
 
 def add_parsers(sub: Any) -> None:
-    return None
+    p = sub.add_parser("put", help="write a memory (upsert; idempotent retries)")
+    p.add_argument("namespace")
+    p.add_argument("id")
+    p.add_argument("--content", help="a JSON value, or - to read it from stdin")
+    p.add_argument("--agent", help="agent_id")
+    p.add_argument("--tag", action="append", help="a tag (repeatable)")
+    p.add_argument("--kind", help="episodic, fact, ...")
+    p.add_argument("--ttl", type=float, help="expire after this many seconds")
+    p.add_argument("--if-match", type=int, metavar="VERSION", help="write only if the version is VERSION")
+    p.add_argument("--create-only", action="store_true", help="fail if the memory exists (If-None-Match: *)")
+    p.set_defaults(func=_run(_put))
+
+    p = sub.add_parser("get", help="read a memory")
+    p.add_argument("namespace")
+    p.add_argument("id")
+    p.add_argument("--consistency", choices=CONSISTENCY_LEVELS, help="default: the server's policy")
+    p.add_argument("--after", metavar="TOKEN", help="a write's token <shard>:<index> (implies session)")
+    p.set_defaults(func=_run(_get))
+
+    p = sub.add_parser("delete", help="delete a memory")
+    p.add_argument("namespace")
+    p.add_argument("id")
+    p.add_argument("--if-match", type=int, metavar="VERSION", help="delete only if the version is VERSION")
+    p.set_defaults(func=_run(_delete))
+
+    p = sub.add_parser("list", help="list a namespace's memories, oldest first")
+    p.add_argument("namespace")
+    p.add_argument("--agent", help="only this agent_id's")
+    p.add_argument("--tag", help="only memories with this tag")
+    p.add_argument("--limit", type=_positive_int, default=LIST_PAGE_DEFAULT, help="one page of at most N")
+    p.add_argument("--all", action="store_true", help="every page")
+    p.set_defaults(func=_run(_list))

@@ -1,0 +1,367 @@
+#!/usr/bin/env bash
+# raftmem vs etcd 3.4 on this machine, under the same load (DESIGN.md section 7).
+#
+#   bench/etcd_compare.sh [DURATION_S]        (default 20)
+#
+# Environment: PYTHON (an interpreter with raftmem installed; default python3),
+# CLIENTS (32), VALUE_BYTES (200), KEYS (1000), WARMUP_S (2), TRIES (3), OUT
+# (results directory; default bench/results/etcd-compare-<time>), KEEP_WORK=1 to
+# keep the clusters' data and logs.
+#
+# 1. Installs Debian's etcd-server with apt-get when `etcd` is missing.
+# 2. etcd phase: a 3-member etcd cluster on 127.0.0.1 (client ports 2379, 22379,
+#    32379; peer ports 2380, 22380, 32380), then write-only, read-only
+#    linearizable and read-only serializable runs of `raftmem bench --target etcd`,
+#    then TRIES failovers (kill -9 the leader while writers loop; time to the first
+#    successful write), then the cluster is stopped.
+# 3. raftmem phase: a 3-node cluster (`raftmem cluster up`, fsync always) on
+#    8781-8783 (Raft 9100-9307), write-only and read-only linearizable, strong and
+#    eventual runs, TRIES failovers of shard 0's leader, then stop.
+# 4. Prints a Markdown table (also saved as $OUT/table.md with every JSON report).
+#
+# Each phase runs alone so that one system's idle work does not tax the other.
+# Everything this script starts is stopped on exit (trap EXIT), by pid.
+set -euo pipefail
+
+DURATION_S=${1:-${DURATION_S:-20}}
+CLIENTS=${CLIENTS:-32}
+VALUE_BYTES=${VALUE_BYTES:-200}
+KEYS=${KEYS:-1000}
+WARMUP_S=${WARMUP_S:-2}
+TRIES=${TRIES:-3}
+PYTHON=${PYTHON:-python3}
+READY_TIMEOUT_S=60
+STOP_TIMEOUT_S=15
+POLL_S=0.2
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=${OUT:-$REPO/bench/results/etcd-compare-$STAMP}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/etcd-compare.XXXXXX")
+mkdir -p "$OUT" "$WORK/logs"
+
+ETCD_NAMES=(e1 e2 e3)
+ETCD_CLIENT_PORTS=(2379 22379 32379)
+ETCD_PEER_PORTS=(2380 22380 32380)
+RM_NODES=(n1 n2 n3)
+RM_HTTP_PORTS=(8781 8782 8783)
+ETCD_URLS=$(printf 'http://127.0.0.1:%s,' "${ETCD_CLIENT_PORTS[@]}"); ETCD_URLS=${ETCD_URLS%,}
+RM_URLS=$(printf 'http://127.0.0.1:%s,' "${RM_HTTP_PORTS[@]}"); RM_URLS=${RM_URLS%,}
+
+declare -A ETCD_PID=() RM_PID=()
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# A pid is alive unless it is gone or a zombie (killed children linger as zombies
+# until reaped; orphans may never be).
+alive() {
+    local stat
+    stat=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+    [[ $stat != Z* ]]
+}
+
+stop_pids() {
+    local pid deadline
+    for pid in "$@"; do alive "$pid" && kill -TERM "$pid" 2>/dev/null || true; done
+    deadline=$((SECONDS + STOP_TIMEOUT_S))
+    for pid in "$@"; do
+        while alive "$pid" && ((SECONDS < deadline)); do sleep "$POLL_S"; done
+        if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    done
+}
+
+stop_etcd() { ((${#ETCD_PID[@]})) && stop_pids "${ETCD_PID[@]}"; ETCD_PID=(); }
+stop_raftmem() { ((${#RM_PID[@]})) && stop_pids "${RM_PID[@]}"; RM_PID=(); }
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    stop_etcd || true
+    stop_raftmem || true
+    if [[ ${KEEP_WORK:-0} == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+trap 'log "failed (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_http URL SUBSTRING: poll until the body contains SUBSTRING, with a deadline.
+wait_http() {
+    local deadline=$((SECONDS + READY_TIMEOUT_S))
+    local body
+    # No `| grep -q`: with pipefail, grep quitting early can fail curl with SIGPIPE.
+    until body=$(curl -fsS --max-time 2 "$1" 2>/dev/null) && [[ $body == *"$2"* ]]; do
+        ((SECONDS < deadline)) || return 1
+        sleep "$POLL_S"
+    done
+}
+
+# -- prerequisites ------------------------------------------------------------------
+"$PYTHON" -c 'import raftmem.client, cli.bench, aiohttp' 2>/dev/null \
+    || die "$PYTHON cannot import raftmem (set PYTHON=/path/to/venv/bin/python)"
+command -v curl >/dev/null || die "curl is needed"
+command -v bc >/dev/null || die "bc is needed"
+if ! command -v etcd >/dev/null; then
+    SUDO=""; [[ $(id -u) == 0 ]] || SUDO=sudo
+    log "installing etcd-server with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! $SUDO apt-get install -y --no-install-recommends etcd-server >"$WORK/logs/apt.log" 2>&1; then
+        $SUDO apt-get update >>"$WORK/logs/apt.log" 2>&1
+        $SUDO apt-get install -y --no-install-recommends etcd-server >>"$WORK/logs/apt.log" 2>&1 \
+            || { cat "$WORK/logs/apt.log" >&2; die "could not install etcd-server"; }
+    fi
+fi
+ETCD_VERSION=$(etcd --version 2>/dev/null | sed -n 1p)  # not head: SIGPIPE under pipefail
+LOADAVG_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)  # other work on the machine skews the numbers
+for port in "${ETCD_CLIENT_PORTS[@]}" "${ETCD_PEER_PORTS[@]}" "${RM_HTTP_PORTS[@]}"; do
+    port_in_use "$port" && die "port $port is in use"
+done
+
+# -- runners ---------------------------------------------------------------------------
+CLK_TCK=$(getconf CLK_TCK)
+# CPU accounting, to tell what the servers cost per operation and whether other
+# work on the machine ran during a measurement: busy ticks of the whole machine,
+# and ticks of the given pids.
+machine_busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; }
+pids_ticks() {
+    local pid total=0 ticks
+    for pid in "$@"; do
+        ticks=$(awk '{print $14+$15}' "/proc/$pid/stat" 2>/dev/null) || ticks=0
+        total=$((total + ${ticks:-0}))
+    done
+    echo "$total"
+}
+
+bench() { # TARGET NAME MIX LEVELS URLS PIDS...
+    local target=$1 name=$2 mix=$3 levels=$4 urls=$5 busy0 srv0 t0
+    shift 5
+    log "bench $target $name (${DURATION_S}s)"
+    busy0=$(machine_busy_ticks); srv0=$(pids_ticks "$@"); t0=$(date +%s.%N)
+    (cd "$REPO" && "$PYTHON" -m cli.main bench --target "$target" --url "$urls" --clients "$CLIENTS" \
+        --duration "$DURATION_S" --warmup "$WARMUP_S" --mix "$mix" --value-bytes "$VALUE_BYTES" \
+        --keys "$KEYS" --consistency "$levels" --json) >"$OUT/$target-$name.json" \
+        || log "bench $target $name failed (exit $?)"
+    printf '{"wall_s": %s, "machine_busy_cpu_s": %s, "server_cpu_s": %s}\n' \
+        "$(echo "$(date +%s.%N) - $t0" | bc)" \
+        "$(echo "scale=2; ($(machine_busy_ticks) - $busy0) / $CLK_TCK" | bc)" \
+        "$(echo "scale=2; ($(pids_ticks "$@") - $srv0) / $CLK_TCK" | bc)" >"$OUT/$target-$name.cpu.json"
+}
+
+failover() { # TARGET URLS: TRIES times: measure (bench/failover.py kills the leader), restart, wait ready
+    local try line
+    for try in $(seq 1 "$TRIES"); do
+        line=$(cd "$REPO" && "$PYTHON" bench/failover.py --target "$1" --url "$2" --pids "$(pids_arg_"$1")") || true
+        echo "$line" >>"$OUT/$1-failover.jsonl"
+        log "failover $1 try $try: $line"
+        "restart_dead_$1"
+        "ready_$1" || die "$1 did not recover after failover try $try"
+    done
+}
+
+# -- etcd ----------------------------------------------------------------------------------
+ETCD_INITIAL=""
+for i in 0 1 2; do ETCD_INITIAL+="${ETCD_NAMES[$i]}=http://127.0.0.1:${ETCD_PEER_PORTS[$i]},"; done
+ETCD_INITIAL=${ETCD_INITIAL%,}
+
+# spawn LOG CMD...: start CMD detached from this shell's job table (so a kill -9
+# by the failover helper prints no job notice), and print its pid.
+spawn() {
+    local out=$1; shift
+    ( "$@" >>"$out" 2>&1 </dev/null & echo $! )
+}
+
+start_etcd_member() { # INDEX
+    local i=$1 name=${ETCD_NAMES[$1]}
+    ETCD_PID[$name]=$(spawn "$WORK/logs/etcd-$name.log" etcd --name "$name" --data-dir "$WORK/etcd/$name" \
+        --listen-client-urls "http://127.0.0.1:${ETCD_CLIENT_PORTS[$i]}" \
+        --advertise-client-urls "http://127.0.0.1:${ETCD_CLIENT_PORTS[$i]}" \
+        --listen-peer-urls "http://127.0.0.1:${ETCD_PEER_PORTS[$i]}" \
+        --initial-advertise-peer-urls "http://127.0.0.1:${ETCD_PEER_PORTS[$i]}" \
+        --initial-cluster "$ETCD_INITIAL" --initial-cluster-token raftmem-bench \
+        --initial-cluster-state new --logger zap --log-outputs stderr --log-level warn)
+}
+
+ready_etcd() {
+    local port
+    for port in "${ETCD_CLIENT_PORTS[@]}"; do
+        wait_http "http://127.0.0.1:$port/health" '"health":"true"' || return 1
+    done
+}
+
+restart_dead_etcd() { # same flags: with a data dir in place, etcd ignores --initial-*
+    local i pid
+    for i in 0 1 2; do
+        pid=${ETCD_PID[${ETCD_NAMES[$i]}]}
+        alive "$pid" || start_etcd_member "$i"
+    done
+}
+
+pids_arg_etcd() {
+    local i out=""
+    for i in 0 1 2; do out+="http://127.0.0.1:${ETCD_CLIENT_PORTS[$i]}=${ETCD_PID[${ETCD_NAMES[$i]}]},"; done
+    echo "${out%,}"
+}
+
+log "etcd phase: $ETCD_VERSION"
+for i in 0 1 2; do start_etcd_member "$i"; done
+ready_etcd || die "etcd did not become healthy in ${READY_TIMEOUT_S}s (logs: $WORK/logs)"
+bench etcd write 0:100 linearizable "$ETCD_URLS" "${ETCD_PID[@]}"
+bench etcd read-linearizable 100:0 linearizable "$ETCD_URLS" "${ETCD_PID[@]}"
+bench etcd read-serializable 100:0 serializable "$ETCD_URLS" "${ETCD_PID[@]}"
+failover etcd "$ETCD_URLS"
+stop_etcd
+
+# -- raftmem -------------------------------------------------------------------------------
+RM_DIR=$WORK/raftmem
+
+ready_raftmem() {
+    local port
+    for port in "${RM_HTTP_PORTS[@]}"; do
+        wait_http "http://127.0.0.1:$port/readyz" '"ready":true' || return 1
+    done
+}
+
+restart_dead_raftmem() {
+    local n
+    for n in "${RM_NODES[@]}"; do
+        alive "${RM_PID[$n]}" && continue
+        RM_PID[$n]=$(cd "$REPO" && spawn "$RM_DIR/logs/$n.log" \
+            "$PYTHON" -m cli.main serve --config "$RM_DIR/cluster.yaml" --node "$n")
+    done
+}
+
+pids_arg_raftmem() {
+    local n out=""
+    for n in "${RM_NODES[@]}"; do out+="$n=${RM_PID[$n]},"; done
+    echo "${out%,}"
+}
+
+log "raftmem phase: 3 nodes, fsync always"
+(cd "$REPO" && "$PYTHON" -m cli.main cluster up --data-dir "$RM_DIR" --detach >"$WORK/logs/raftmem-up.log" 2>&1) &
+up_pid=$!
+# Record the node pids as soon as they exist, so the trap can stop them even if
+# `cluster up` fails or is interrupted while waiting for readiness.
+deadline=$((SECONDS + READY_TIMEOUT_S))
+until [[ -s $RM_DIR/cluster.pids ]] || ! alive "$up_pid"; do
+    ((SECONDS < deadline)) || break
+    sleep "$POLL_S"
+done
+if [[ -s $RM_DIR/cluster.pids ]]; then
+    mapfile -t pids <"$RM_DIR/cluster.pids"
+    for i in 0 1 2; do RM_PID[${RM_NODES[$i]}]=${pids[$i]}; done
+fi
+wait "$up_pid" || die "raftmem cluster up failed (log: $WORK/logs/raftmem-up.log)"
+ready_raftmem || die "raftmem did not become ready"
+bench raftmem write 0:100 strong "$RM_URLS" "${RM_PID[@]}"
+bench raftmem read-linearizable 100:0 linearizable "$RM_URLS" "${RM_PID[@]}"
+bench raftmem read-strong 100:0 strong "$RM_URLS" "${RM_PID[@]}"
+bench raftmem read-eventual 100:0 eventual "$RM_URLS" "${RM_PID[@]}"
+failover raftmem "$RM_URLS"
+stop_raftmem
+
+# -- the table -------------------------------------------------------------------------------
+"$PYTHON" - "$OUT" "$ETCD_VERSION" "$DURATION_S" "$CLIENTS" "$VALUE_BYTES" "$KEYS" "$TRIES" "$LOADAVG_BEFORE" <<'PY' | tee "$OUT/table.md"
+import json, os, platform, statistics, sys, time
+from pathlib import Path
+
+out, etcd_version, duration, clients, value_bytes, keys, tries, loadavg = sys.argv[1:]
+out = Path(out)
+
+
+def report(name):
+    path = out / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def cells(name, op):
+    r = report(name)
+    if r is None:
+        return ["failed", "", "", "", ""]
+    row = next((x for x in r["results"] if x["op"] == op), None)
+    if row is None:
+        return ["no data", "", "", "", ""]
+    errors = " ".join(f"{k}={v}" for k, v in sorted(row["errors"].items())) or "0"
+    return [f"{row['ops_per_s']:.0f}", f"{row['p50_ms']:.1f}", f"{row['p99_ms']:.1f}", f"{row['p999_ms']:.1f}", errors]
+
+
+def failover(target):
+    path = out / f"{target}-failover.jsonl"
+    try:
+        runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return "failed", ""
+    times = [r["failover_s"] for r in runs if "failover_s" in r]
+    elected = [r["new_leader_s"] for r in runs if r.get("new_leader_s") is not None]
+    if not times:
+        return "failed", ""
+    detail = "tries " + ", ".join(f"{t:.2f}" for t in times)
+    if len(times) < int(tries):
+        detail += f" ({int(tries) - len(times)} failed)"
+    if elected:
+        detail += f"; new leader seen after {statistics.median(elected):.2f} s (median)"
+    return f"{statistics.median(times):.2f} s", detail
+
+
+cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+print(f"### raftmem vs etcd, {time.strftime('%Y-%m-%d %H:%M %Z')}")
+print()
+print(f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}; "
+      f"{etcd_version}; raftmem 3 nodes x 8 shards, fsync always; etcd 3 members, defaults (WAL fsync).")
+print(f"Load: {clients} clients (one asyncio process, one aiohttp session), {value_bytes}-byte values, "
+      f"{keys} keys, {duration} s measured after a warm-up; no retries; all processes on this machine "
+      f"(load average before the run: {loadavg}).")
+print()
+print("| workload | raftmem ops/s | p50 ms | p99 ms | p99.9 ms | errors | etcd ops/s | p50 ms | p99 ms | p99.9 ms | errors |")
+print("|---|--:|--:|--:|--:|---|--:|--:|--:|--:|---|")
+rows = [
+    ("write (put)", "raftmem-write", "write", "etcd-write", "write"),
+    ("read linearizable (ReadIndex)", "raftmem-read-linearizable", "read", "etcd-read-linearizable", "read"),
+    ("read strong (raftmem lease) / n.a.", "raftmem-read-strong", "read", None, None),
+    ("read eventual / etcd serializable", "raftmem-read-eventual", "read", "etcd-read-serializable", "read"),
+]
+for label, rm, rm_op, et, et_op in rows:
+    right = cells(et, et_op) if et else ["n/a", "", "", "", ""]
+    print("| " + " | ".join([label] + cells(rm, rm_op) + right) + " |")
+print()
+print("CPU during each run (servers' CPU per completed op; CPU used by other processes on the machine, "
+      "which skews a run when it is not near 0):")
+print()
+print("| run | ops | server CPU ms/op | bench client CPU s | other processes, % of the machine |")
+print("|---|--:|--:|--:|--:|")
+ncpu = os.cpu_count() or 1
+for name in ("raftmem-write", "raftmem-read-linearizable", "raftmem-read-strong", "raftmem-read-eventual",
+             "etcd-write", "etcd-read-linearizable", "etcd-read-serializable"):
+    r, c = report(name), None
+    try:
+        c = json.loads((out / f"{name}.cpu.json").read_text())
+    except (OSError, ValueError):
+        pass
+    if r is None or c is None:
+        continue
+    total = next(x for x in r["results"] if x["op"] == "all")
+    # The servers also worked for the warm-up and the preload: divide by an estimate of every op.
+    cfg = r["config"]
+    preloaded = cfg["keys"] if r.get("preload_s", 0) > 0 else 0
+    ops_est = max(1, total["ops_per_s"] * (cfg["warmup_s"] + cfg["duration_s"]) + preloaded)
+    other = (c["machine_busy_cpu_s"] - c["server_cpu_s"] - r.get("client_cpu_s", 0)) / (c["wall_s"] * ncpu) * 100
+    print(f"| {name} | {total['count']} | {c['server_cpu_s'] * 1000 / ops_est:.2f} | {r.get('client_cpu_s', 0):.1f} | "
+          f"{max(0.0, other):.0f} |")
+rm_f, rm_d = failover("raftmem")
+et_f, et_d = failover("etcd")
+print()
+print(f"Failover, kill -9 of the leader while 8 writers loop (0.25 s request timeout), time to the first successful "
+      f"write issued after the kill "
+      f"(median of {tries}):")
+print()
+print("| | median | detail |")
+print("|---|--:|---|")
+print(f"| raftmem (shard 0's leader node) | {rm_f} | {rm_d} |")
+print(f"| etcd (the leader member) | {et_f} | {et_d} |")
+PY
+log "results in $OUT"
