@@ -23,6 +23,7 @@ here and checked against one version only (see DESIGN.md in this folder):
 from __future__ import annotations
 
 import base64
+import collections
 import logging
 import os
 import threading
@@ -53,6 +54,9 @@ if _so.VERSION != PYSYNCOBJ_VERSION:
     raise ImportError(f"raftmem needs pysyncobj=={PYSYNCOBJ_VERSION}, found {_so.VERSION}")
 
 APPEND_BATCH_BYTES = 4 * 1024 * 1024
+# On-demand heartbeats (for ReadIndex) are at least this far apart: under a read
+# flood, one round confirms every read that arrived before it.
+HEARTBEAT_GAP_MIN_S = 0.001
 
 # Outcome of a proposal, from the proposer's point of view.
 OK = "ok"
@@ -119,7 +123,9 @@ class _Transport(TCPTransport):  # type: ignore[misc]
     refuses pysyncobj utility commands."""
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:  # noqa: N803
-        self.outbox: list[tuple[Any, Any]] = []
+        # (node, message, journal sequence when sent): a message leaves only once
+        # the journal is durable up to that sequence, in order.
+        self.outbox: collections.deque[tuple[Any, Any, int]] = collections.deque()
         self.defer = bool(getattr(_building, "defer_sends", False))
         self.hooks: _Hooks = _building.hooks
         super().__init__(syncObj, selfNode, otherNodes)
@@ -148,13 +154,15 @@ class _Transport(TCPTransport):  # type: ignore[misc]
         if isinstance(message, dict):
             self.hooks.on_send(node, message)
         if self.defer:
-            self.outbox.append((node, message))
+            self.outbox.append((node, message, self.hooks.journal.appended_seq))
             return True
         return bool(super().send(node, message))
 
     def flush_outbox(self) -> None:
-        outbox, self.outbox = self.outbox, []
-        for node, message in outbox:
+        outbox = self.outbox
+        durable = self.hooks.journal.synced_seq
+        while outbox and outbox[0][2] <= durable:
+            node, message, _ = outbox.popleft()
             super().send(node, message)
 
     def _onUtilityMessage(self, conn: Any, message: Any) -> bool:  # noqa: N802
@@ -181,6 +189,7 @@ class _Hooks:
         self.transport: Any = None
         self.on_quorum_ack: Callable[[], None] | None = None
         self._last_bump = float("-inf")
+        self.last_append_sent = float("-inf")
         self.votes_ignored = 0
         self.prevotes_started = 0
 
@@ -199,7 +208,8 @@ class _Hooks:
         if kind == "append_entries":
             term = obj.raftCurrentTerm
             self.lease.sync(term)
-            message["rm_ts"] = (term, time.monotonic())
+            self.last_append_sent = time.monotonic()
+            message["rm_ts"] = (term, self.last_append_sent)
         elif kind == "next_node_idx":
             stamp = self.follower.stamps.get(node.address)
             if stamp is not None:
@@ -466,6 +476,10 @@ class GroupSpec:
     # Negative control only: step down as late as pysyncobj's default (30 s), the
     # way a naive store would, so that unsafe local reads are visibly stale.
     naive_step_down: bool = False
+    # The placement's preferred leader times out first, so elections usually
+    # land where placement spreads leaders; others wait longer. Every node's
+    # timeout stays >= election_timeout_ms_min, which leases rely on.
+    preferred_leader: bool = False
 
 
 class RaftGroup:
@@ -478,18 +492,24 @@ class RaftGroup:
         self.ticker = ticker
         spec.directory.mkdir(parents=True, exist_ok=True)
         raft = spec.raft
+        lo, hi = raft.election_timeout_ms_min / 1000.0, raft.election_timeout_ms_max / 1000.0
+        if spec.preferred_leader:
+            timeouts = (lo, lo + (hi - lo) / 4)
+        else:
+            timeouts = (lo + (hi - lo) / 2, hi)
         self.journal = DurableJournal(spec.directory / "raft.journal", fsync_enabled=raft.fsync != "never")
         self.snapshots = _Snapshots(replica, spec.directory, spec.shard)
         self.snapshots.recover_interrupted_compaction(self.journal)
         self.leader_changes = 0
         self._applied_seen = 0
         self._shipped_upto = 0
+        self.heartbeat_wanted = False
         self._on_applied: Callable[[], None] | None = None
         conf = SyncObjConf(
             autoTick=False,
             bindAddress=spec.self_address,
-            raftMinTimeout=raft.election_timeout_ms_min / 1000.0,
-            raftMaxTimeout=raft.election_timeout_ms_max / 1000.0,
+            raftMinTimeout=timeouts[0],
+            raftMaxTimeout=timeouts[1],
             appendEntriesPeriod=raft.append_entries_period_ms / 1000.0,
             leaderFallbackTimeout=30.0 if spec.naive_step_down else raft.leader_fallback_timeout_s,
             connectionTimeout=max(3.5, raft.election_timeout_ms_max / 1000.0 * 2),
@@ -583,6 +603,17 @@ class RaftGroup:
     def last_applied(self) -> int:
         return int(self._obj.raftLastApplied)
 
+    def request_heartbeat(self, arrival: float) -> None:
+        """Ask for an append-entries round soon (a ReadIndex waits for a quorum to
+        acknowledge a send made after the read arrived at `arrival`). Reads that
+        arrive before the round is sent share it."""
+        if self.hooks.last_append_sent >= arrival:
+            return  # a round was sent after this read arrived: its acks will do
+        if not self.heartbeat_wanted:
+            self.heartbeat_wanted = True
+            self.poller_view.active = True
+            self.ticker.wake()
+
     def set_on_applied(self, callback: Callable[[], None]) -> None:
         """`callback` runs on the tick thread after a tick that applied entries."""
         self._on_applied = callback
@@ -615,51 +646,57 @@ class RaftGroup:
             return float("inf"), 0
         return view.staleness_s(now), view.leader_commit
 
+    def _first_log_index(self) -> int | None:
+        try:
+            return int(self.journal[0][1])
+        except IndexError:
+            return None
+
     def status(self) -> dict[str, Any]:
-        """A consistent view, taken between ticks."""
-        with self.ticker.lock:
-            obj = self._obj
-            match = dict(obj._SyncObj__raftMatchIndex) if obj._isLeader() else {}
-            status = {
-                "shard": self.shard,
-                "role": "leader" if obj._isLeader() else "follower",
-                "leader": self.leader_node(),
-                "term": obj.raftCurrentTerm,
-                "commit_index": obj.raftCommitIndex,
-                "applied_index": obj.raftLastApplied,
-                "sm_applied_index": self.replica.applied_index,
-                "log_entries": len(self.journal),
-                "log_bytes": self.journal.bytes,
-                "log_first_index": self.journal[0][1] if len(self.journal) else None,
-                "journal_syncs": self.journal.syncs,
-                "leader_changes": self.leader_changes,
-                "has_quorum": bool(obj.hasQuorum),
-                "members": sorted(
-                    self.spec.address_to_node.get(a, a)
-                    for a in [n.address for n in obj.otherNodes] + [self.spec.self_address]
-                ),
-                "votes_ignored": self.hooks.votes_ignored,
-                "prevotes_started": self.hooks.prevotes_started,
-                "lease_clock_resets": self.hooks.lease.clock_resets,
+        """A point-in-time view, read without stopping the tick thread (fields
+        may be a tick apart; dict and set copies are atomic under the GIL)."""
+        obj = self._obj
+        match = dict(obj._SyncObj__raftMatchIndex) if obj._isLeader() else {}
+        status = {
+            "shard": self.shard,
+            "role": "leader" if obj._isLeader() else "follower",
+            "leader": self.leader_node(),
+            "term": obj.raftCurrentTerm,
+            "commit_index": obj.raftCommitIndex,
+            "applied_index": obj.raftLastApplied,
+            "sm_applied_index": self.replica.applied_index,
+            "log_entries": len(self.journal),
+            "log_bytes": self.journal.bytes,
+            "log_first_index": self._first_log_index(),
+            "journal_syncs": self.journal.syncs,
+            "leader_changes": self.leader_changes,
+            "has_quorum": bool(obj.hasQuorum),
+            "members": sorted(
+                self.spec.address_to_node.get(a, a)
+                for a in [n.address for n in obj.otherNodes] + [self.spec.self_address]
+            ),
+            "votes_ignored": self.hooks.votes_ignored,
+            "prevotes_started": self.hooks.prevotes_started,
+            "lease_clock_resets": self.hooks.lease.clock_resets,
+        }
+        now = time.monotonic()
+        if obj._isLeader():
+            status["lease_remaining_ms"] = max(0, int(self.lease_remaining_s(now) * 1000))
+        else:
+            staleness, _ = self.follower_freshness(now)
+            if staleness != float("inf"):
+                status["last_contact_ms"] = int(staleness * 1000)
+        if match:
+            status["match_index"] = {
+                self.spec.address_to_node.get(n.address, n.address): i for n, i in match.items()
             }
-            now = time.monotonic()
-            if obj._isLeader():
-                status["lease_remaining_ms"] = max(0, int(self.lease_remaining_s(now) * 1000))
-            else:
-                staleness, _ = self.follower_freshness(now)
-                if staleness != float("inf"):
-                    status["last_contact_ms"] = int(staleness * 1000)
-            if match:
-                status["match_index"] = {
-                    self.spec.address_to_node.get(n.address, n.address): i for n, i in match.items()
-                }
         return status
 
     def members(self) -> list[str]:
         """This replica's view of the group's voters, as node ids (addresses for
         nodes the address map does not know)."""
-        with self.ticker.lock:
-            addresses = [n.address for n in self._obj.otherNodes] + [self.spec.self_address]
+        # Copying a set is one C-level step under the GIL: no lock needed.
+        addresses = [n.address for n in self._obj.otherNodes] + [self.spec.self_address]
         return sorted(self.spec.address_to_node.get(a, a) for a in addresses)
 
     def update_addresses(self, address_to_node: dict[str, str]) -> None:
@@ -702,8 +739,13 @@ class RaftGroup:
         appended = False
         if obj._isLeader():
             last = self.journal[-1][1] if len(self.journal) else 0
-            if last > self._shipped_upto:
-                self._shipped_upto = last
+            heartbeat_due = (
+                self.heartbeat_wanted
+                and time.monotonic() - self.hooks.last_append_sent >= HEARTBEAT_GAP_MIN_S
+            )
+            if last > self._shipped_upto or heartbeat_due:
+                self._shipped_upto = max(self._shipped_upto, last)
+                self.heartbeat_wanted = False
                 obj._SyncObj__sendAppendEntries()
                 appended = True
         applied = obj.raftLastApplied
@@ -745,6 +787,9 @@ class Ticker:
         os.set_blocking(self._wake_w, False)
         self._woken = False
         self.poller.subscribe(self._wake_r, self._on_wake, 1)
+        self._sync_wanted = threading.Condition()
+        self._sync_requested = False
+        self._sync_thread: threading.Thread | None = None
         self.tick_errors = 0
 
     def add(self, group: RaftGroup) -> None:
@@ -780,18 +825,39 @@ class Ticker:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="raft-ticker", daemon=True)
         self._thread.start()
+        if self.fsync != "never":
+            self._sync_thread = threading.Thread(target=self._sync_loop, name="raft-fsync", daemon=True)
+            self._sync_thread.start()
 
-    def _sync_journals(self) -> None:
-        # Sequential: fdatasync releases the GIL and costs ~0.2 ms here; handing
-        # each to a thread pool cost more CPU (thread wake-ups) than it saved.
-        for group in self.groups:
-            group.journal.sync()
+    def _sync_loop(self) -> None:
+        """The fsync thread: the tick thread goes on receiving and ticking while
+        journals reach the disk; held messages leave when theirs is durable."""
+        while not self._stop.is_set():
+            with self._sync_wanted:
+                while not self._sync_requested and not self._stop.is_set():
+                    self._sync_wanted.wait(0.5)
+                self._sync_requested = False
+            for journal in [g.journal for g in self.groups]:
+                try:
+                    journal.sync()
+                except OSError:
+                    # Disk full or failing: nothing that waits on this sync leaves;
+                    # the next round tries again.
+                    log.exception("journal fsync failed")
+                    self._stop.wait(0.05)
+            self.wake()
+
+    def _request_sync(self) -> None:
+        with self._sync_wanted:
+            self._sync_requested = True
+            self._sync_wanted.notify()
 
     def _run(self) -> None:
         busy = False
         while not self._stop.is_set():
             try:
-                self.poller.poll(0.0 if busy else self.IDLE_POLL_S)
+                wanted = any(g.heartbeat_wanted for g in self.groups)
+                self.poller.poll(0.0 if busy else HEARTBEAT_GAP_MIN_S if wanted else self.IDLE_POLL_S)
                 busy = False
                 with self.lock:
                     calls, self._calls = self._calls, []
@@ -799,7 +865,11 @@ class Ticker:
                         fn()
                     now = time.monotonic()
                     for group in self.groups:
-                        if not group.poller_view.active and now - group.last_tick < self.TICK_PERIOD_S:
+                        if (
+                            not group.poller_view.active
+                            and not group.heartbeat_wanted
+                            and now - group.last_tick < self.TICK_PERIOD_S
+                        ):
                             continue
                         group.poller_view.active = False
                         group.last_tick = now
@@ -809,10 +879,12 @@ class Ticker:
                         if group.journal.bytes > self.LOG_BYTES_COMPACT:
                             group._obj.forceLogCompaction()
                     now = time.monotonic()
-                    if self.fsync == "always" or (
-                        self.fsync == "batch" and now - self._last_sync >= self.fsync_batch_s
+                    dirty = any(g.journal.dirty for g in self.groups)
+                    if dirty and (
+                        self.fsync == "always"
+                        or (self.fsync == "batch" and now - self._last_sync >= self.fsync_batch_s)
                     ):
-                        self._sync_journals()
+                        self._request_sync()
                         self._last_sync = now
                     for group in self.groups:
                         group._transport.flush_outbox()
@@ -825,8 +897,11 @@ class Ticker:
 
     def stop(self) -> None:
         self._stop.set()
+        self._request_sync()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._sync_thread is not None:
+            self._sync_thread.join(timeout=5)
         with self.lock:
             for group in self.groups:
                 try:

@@ -117,3 +117,18 @@ def moves(old: Table, new: Table) -> list[dict[str, Any]]:
 def moved_fraction(old: Table, new: Table) -> float:
     total = sum(len(r) for r in old.assignment.values()) or 1
     return sum(len(m["add"]) for m in moves(old, new)) / total
+
+
+def preferred_leaders(assignment: dict[int, list[str]]) -> dict[int, str]:
+    """Spread leadership: each shard prefers the replica leading the fewest
+    shards so far (ties: the earlier in its list). Deterministic."""
+    load: dict[str, int] = {}
+    out: dict[int, str] = {}
+    for shard in sorted(assignment):
+        reps = assignment[shard]
+        if not reps:
+            continue
+        best = min(reps, key=lambda n: (load.get(n, 0), reps.index(n)))
+        out[shard] = best
+        load[best] = load.get(best, 0) + 1
+    return out

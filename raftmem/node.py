@@ -18,7 +18,7 @@ from .clock import Clock, SystemClock
 from .config import Config, NodeConfig, check_ports_free
 from .consensus import Ticker
 from .errors import RaftmemError
-from .membership import Table
+from .membership import Table, preferred_leaders
 from .metrics import Metrics
 from .service import FORWARD_HOPS_MAX, Call, ForwardLost, ForwardNotSent, MemoryService
 from .shards import EXPIRE_PERIOD_S, ShardReplica
@@ -46,19 +46,22 @@ class Node:
         self.forwarder = HttpForwarder(config)
         self.runner: web.AppRunner | None = None
         self.service: MemoryService | None = None
+        self.known_nodes: dict[str, NodeConfig] = {n.id: n for n in config.nodes}
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _nodes(self, table: Table) -> dict[str, NodeConfig]:
-        nodes = dict(table.nodes)
-        nodes[self.node_id] = self.me
-        return nodes
+        """Every node ever seen: a voter being removed may be gone from the table."""
+        self.known_nodes.update(table.nodes)
+        self.known_nodes[self.node_id] = self.me
+        return dict(self.known_nodes)
 
     def _start_replica(self, shard: int, peers: list[str], table: Table) -> ShardReplica:
         assert self._loop is not None
         members = sorted(set(peers) | {self.node_id})
+        preferred = preferred_leaders(table.assignment).get(shard) == self.node_id
         replica = ShardReplica(shard, self.node_id, self.config, self.ticker, self._loop, self.clock,
-                               members, self._nodes(table))
+                               members, self._nodes(table), preferred_leader=preferred)
         _save_peers(replica.store.directory, members)
         self.replicas[shard] = replica
         return replica
@@ -115,12 +118,14 @@ class Node:
         now = time.monotonic()
         for shard, desired in sorted(table.assignment.items()):
             replica = self.replicas.get(shard)
-            addresses = {table.raft_address(n, shard): n for n in table.nodes}
+            known = self._nodes(table)
+            addresses = {f"{n.host}:{n.raft_port(shard)}": i for i, n in known.items()}
             if replica is None:
                 if member and self.node_id in desired:
                     peers = await self._current_members(shard, table) or desired
+                    peers = [p for p in set(peers) | set(desired) if p in known]
                     log.info("node %s: starting a replica of shard %d (peers %s)", self.node_id, shard, peers)
-                    self._start_replica(shard, sorted(set(peers) | set(desired)), table)
+                    self._start_replica(shard, sorted(peers), table)
                 continue
             # Keep the addresses of voters the table no longer lists (being removed).
             replica.group.update_addresses({**replica.group.spec.address_to_node, **addresses})

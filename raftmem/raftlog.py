@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -45,15 +46,21 @@ def _encode(command: bytes, idx: int, term: int) -> bytes:
 class DurableJournal:
     def __init__(self, path: str | Path, fsync_enabled: bool = True) -> None:
         self.path = Path(path)
-        self.meta_path = self.path.with_name(self.path.name + ".meta")
+        self.meta_path = self.path.with_name(self.path.name + ".meta")  # term, vote: fsynced
+        self.commit_path = self.path.with_name(self.path.name + ".commit")  # a hint: not fsynced
         self.fsync_enabled = fsync_enabled
         self._entries: list[Entry] = []
         self._offsets: list[int] = []  # file offset of each entry's record
         self.bytes = 0  # payload bytes held, to trigger compaction by size
-        self.dirty = False
+        # Mutations appended vs made durable; `sync` may run on another thread
+        # (the ticker's fsync thread) while the tick thread appends.
+        self.appended_seq = 0
+        self.synced_seq = 0
+        self._fd_lock = threading.Lock()
         self.syncs = 0
         self._meta: dict[str, Any] = self._load_meta()
-        self._commit_saved = self._meta.get("commit", 1)
+        self._commit = self._load_commit()
+        self._commit_saved = self._commit
         self._fd = self._open_and_load()
 
     # -- loading ---------------------------------------------------------------
@@ -62,6 +69,12 @@ class DurableJournal:
             return dict(orjson.loads(self.meta_path.read_bytes()))
         except FileNotFoundError:
             return {}
+
+    def _load_commit(self) -> int:
+        try:
+            return int(self.commit_path.read_text().strip() or 1)
+        except (FileNotFoundError, ValueError):
+            return 1  # lost or torn: Raft learns the commit index again
 
     def _open_and_load(self) -> int:
         if not self.path.exists():
@@ -103,11 +116,13 @@ class DurableJournal:
         fsync_dir(self.path.parent)
 
     def _rewrite(self, entries: list[Entry]) -> None:
-        os.close(self._fd)
-        self._write_whole(entries)
-        self._entries, self._offsets, self.bytes = [], [], 0
-        self._fd = self._open_and_load()
-        self.dirty = False
+        with self._fd_lock:
+            os.close(self._fd)
+            self._write_whole(entries)  # fsynced: everything in it is durable
+            self._entries, self._offsets, self.bytes = [], [], 0
+            self._fd = self._open_and_load()
+            self.appended_seq += 1
+            self.synced_seq = self.appended_seq
 
     # -- pysyncobj Journal interface ------------------------------------------
     def add(self, command: bytes, idx: int, term: int) -> None:
@@ -119,7 +134,7 @@ class DurableJournal:
         self._offsets.append(self._end)
         self._end += len(rec)
         self.bytes += len(rec) - _REC_HEAD.size
-        self.dirty = True
+        self.appended_seq += 1
 
     def clear(self) -> None:
         self._rewrite([])
@@ -135,7 +150,7 @@ class DurableJournal:
         os.ftruncate(self._fd, cut)
         os.lseek(self._fd, cut, os.SEEK_SET)
         self._end = cut
-        self.dirty = True
+        self.appended_seq += 1
 
     def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802
         self._rewrite(self._entries[entryTo:])
@@ -149,13 +164,14 @@ class DurableJournal:
     def _destroy(self) -> None:
         self.sync()
         self._save_commit()
-        os.close(self._fd)
+        with self._fd_lock:
+            os.close(self._fd)
 
     def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802
-        self._meta["commit"] = raftCommitIndex
+        self._commit = raftCommitIndex
 
     def getRaftCommitIndex(self) -> int:  # noqa: N802
-        return int(self._meta.get("commit", 1))
+        return self._commit
 
     def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:  # noqa: N802
         if self._meta.get("term") == term and self._meta.get("vote") == votedForNodeId:
@@ -163,7 +179,6 @@ class DurableJournal:
         self._meta["term"] = term
         self._meta["vote"] = votedForNodeId
         write_file_atomically(self.meta_path, orjson.dumps(self._meta))
-        self._commit_saved = self._meta.get("commit", 1)
 
     def getCurrentTerm(self) -> int:  # noqa: N802
         return int(self._meta.get("term", 0))
@@ -176,19 +191,27 @@ class DurableJournal:
 
     # -- raftmem additions -----------------------------------------------------
     def _save_commit(self) -> None:
-        # The commit index is a hint (Raft recomputes it); saving it lazily is safe.
-        if self._meta.get("commit", 1) != self._commit_saved:
-            write_file_atomically(self.meta_path, orjson.dumps(self._meta))
-            self._commit_saved = self._meta.get("commit", 1)
+        # The commit index is a hint (Raft recomputes it): saved lazily, in its
+        # own file, without fsync.
+        if self._commit != self._commit_saved:
+            write_file_atomically(self.commit_path, f"{self._commit}\n".encode(), durable=False)
+            self._commit_saved = self._commit
+
+    @property
+    def dirty(self) -> bool:
+        return self.appended_seq != self.synced_seq
 
     def sync(self) -> None:
-        """Make every appended entry durable (a no-op when nothing is new)."""
-        if not self.dirty:
-            return
-        self.dirty = False
-        if self.fsync_enabled:
-            os.fdatasync(self._fd)
-            self.syncs += 1
+        """Make every appended entry durable (a no-op when nothing is new).
+        Thread-safe against appends on the tick thread."""
+        with self._fd_lock:
+            seq = self.appended_seq
+            if seq == self.synced_seq:
+                return
+            if self.fsync_enabled:
+                os.fdatasync(self._fd)
+                self.syncs += 1
+            self.synced_seq = seq
 
     def drop_before(self, idx: int, term: int) -> bool:
         """Finish a compaction that a crash interrupted: if the entry (idx, term)

@@ -51,6 +51,7 @@ class ShardReplica:
         clock: Clock,
         replicas: list[str],
         nodes: dict[str, NodeConfig],
+        preferred_leader: bool = False,
     ) -> None:
         """`replicas`: the node ids the group starts with (this node included);
         `nodes`: where every node listens (the membership table's node list)."""
@@ -61,10 +62,10 @@ class ShardReplica:
         self.clock = clock
         self.limits = config.limits
         directory = Path(config.node_data_dir(node_id)) / f"shard-{shard:03d}"
-        self.store = Store(directory)
-        self.sm = StateMachine(self.store, shard, config.limits.idempotency_keys_max)
         me = nodes[node_id]
         address_to_node = {f"{nodes[r].host}:{nodes[r].raft_port(shard)}": r for r in replicas}
+        self.store = Store(directory)
+        self.sm = StateMachine(self.store, shard, config.limits.idempotency_keys_max)
         spec = GroupSpec(
             shard=shard,
             self_address=f"{me.host}:{me.raft_port(shard)}",
@@ -73,6 +74,7 @@ class ShardReplica:
             raft=config.raft,
             address_to_node=address_to_node,
             naive_step_down=bool(config.debug.get("unsafe_local_reads")),
+            preferred_leader=preferred_leader,
         )
         self._queue: list[_Pending] = []
         self._flush_scheduled = False
@@ -87,7 +89,11 @@ class ShardReplica:
         self._quorum_waiters: list[asyncio.Future[None]] = []
         self.lease_reads = 0
         self.read_index_reads = 0
-        self.group = RaftGroup(spec, _ApplyHook(self), ticker)
+        try:
+            self.group = RaftGroup(spec, _ApplyHook(self), ticker)
+        except BaseException:
+            self.store.close()  # or the next attempt finds RocksDB locked
+            raise
         self.group.set_on_quorum_ack(self._quorum_ack_from_tick)
         self.group.set_on_applied(self._on_applied_from_tick)
 
@@ -268,6 +274,7 @@ class ShardReplica:
                 raise Unavailable(f"shard {self.shard}: no quorum confirmed leadership", shard=self.shard)
             future: asyncio.Future[None] = self.loop.create_future()
             self._quorum_waiters.append(future)
+            group.request_heartbeat(arrival)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(future, min(remaining, QUORUM_RECHECK_S))
         if group.term != term:

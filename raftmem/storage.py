@@ -41,15 +41,18 @@ def fsync_file(path: str | Path) -> None:
         os.close(fd)
 
 
-def write_file_atomically(path: Path, data: bytes) -> None:
-    """Write, fsync, rename over, fsync the directory: readers see old or new."""
+def write_file_atomically(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write, fsync, rename over, fsync the directory: readers see old or new.
+    `durable=False` skips the fsyncs (still atomic, may be lost on power loss)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def _options() -> Options:

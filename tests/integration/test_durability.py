@@ -39,6 +39,9 @@ class WriteLoad:
         while not self._stop.is_set():
             mid = f"w{w}-{i}"
             live = [n for n in self.cluster.node_ids if self.cluster.alive(n)]
+            if not live:
+                self._stop.wait(0.02)  # every node is down (being restarted)
+                continue
             node = live[(w + i) % len(live)]
             try:
                 status, _, _ = self.cluster.request(node, "PUT", f"/v1/memories/{NS}/{mid}", {"content": i},
