@@ -501,6 +501,7 @@ class RaftGroup:
         self.snapshots = _Snapshots(replica, spec.directory, spec.shard)
         self.snapshots.recover_interrupted_compaction(self.journal)
         self.leader_changes = 0
+        self.role_since = time.monotonic()
         self._applied_seen = 0
         self._shipped_upto = 0
         self.heartbeat_wanted = False
@@ -555,6 +556,7 @@ class RaftGroup:
 
     def _on_state_changed(self, old: int, new: int) -> None:
         self.leader_changes += 1
+        self.role_since = time.monotonic()
         log.info(
             "shard %d: raft state %d -> %d at term %d", self.shard, old, new, self._obj.raftCurrentTerm
         )

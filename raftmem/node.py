@@ -27,6 +27,7 @@ from .storage import write_file_atomically
 log = logging.getLogger(__name__)
 
 RECONCILE_PERIOD_S = 0.5
+LEADER_BALANCE_AFTER_S = 10.0
 PEERS_FILE = "peers.json"  # the voters this replica last knew, to restart with
 JOINED_FILE = "joined"  # this node has been a member: never re-seed its replicas
 
@@ -47,6 +48,7 @@ class Node:
         self.runner: web.AppRunner | None = None
         self.service: MemoryService | None = None
         self.known_nodes: dict[str, NodeConfig] = {n.id: n for n in config.nodes}
+        self._last_balance = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -159,6 +161,24 @@ class Node:
             )
             log.info("node %s: shard %d: removing %s (%s)", self.node_id, shard, remove[0], address)
             await replica.change_membership(False, address)
+        else:
+            await self._balance_leader(replica, table)
+
+    async def _balance_leader(self, replica: ShardReplica, table: Table) -> None:
+        """Hand leadership to the shard's preferred leader (placement spreads them)
+        once this node has led it for a while: failovers otherwise pile leaders up."""
+        preferred = preferred_leaders(table.assignment).get(replica.shard)
+        now = time.monotonic()
+        if preferred in (None, self.node_id) or now - replica.group.role_since < LEADER_BALANCE_AFTER_S:
+            return
+        if now - self._last_balance < LEADER_BALANCE_AFTER_S:
+            return  # one hand-over at a time per node, spread out
+        match = replica.group.status().get("match_index", {})
+        if match.get(preferred, -1) < replica.group.commit_index:
+            return  # not caught up: pysyncobj would refuse the transfer anyway
+        self._last_balance = now
+        log.info("node %s: shard %d: handing leadership to preferred leader %s", self.node_id, replica.shard, preferred)
+        await replica.transfer_leadership(table.raft_address(preferred, replica.shard))
 
     async def _current_members(self, shard: int, table: Table) -> list[str] | None:
         """Ask the nodes assigned to `shard` which voters its leader has."""

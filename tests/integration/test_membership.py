@@ -57,3 +57,25 @@ def test_grow_rebalance_shrink_under_load(tmp_path: Path) -> None:
     finally:
         load.stop()
         c.stop_all()
+
+
+def test_leaders_return_to_their_preferred_nodes_after_a_failover(fresh_cluster: Cluster) -> None:
+    from raftmem.membership import Table, preferred_leaders
+
+    c = fresh_cluster
+    c.start_all()
+    table = Table.from_json(c.request("n1", "GET", "/v1/admin/members")[2]["table"])
+    preferred = preferred_leaders(table.assignment)
+
+    def leaders() -> dict[int, str | None]:
+        return {s: c.leader_of(s) for s in range(c.shards)}
+
+    def balanced() -> bool:
+        return leaders() == preferred
+
+    wait_for(balanced, 60, f"leaders spread as placement prefers {preferred}")
+    c.kill("n1")
+    wait_for(lambda: all(v not in (None, "n1") for v in leaders().values()), 30, "failover away from n1")
+    c.start("n1")
+    c.wait_ready(["n1"])
+    wait_for(balanced, 90, "leadership handed back to n1 for the shards it prefers")
