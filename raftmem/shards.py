@@ -184,6 +184,12 @@ class ShardReplica:
             self._entry_settled(overdue)
             return True
 
+        def fail_all(error: Exception, barrier_reason: str) -> None:
+            for item in batch:
+                _fail(item.future, error)
+            for item in barriers:
+                _fail(item.future, Unavailable(f"shard {self.shard}: {barrier_reason}", shard=self.shard))
+
         def expire() -> None:
             if not release():
                 return
@@ -192,10 +198,7 @@ class ShardReplica:
                 f"shard {self.shard}: no commit within {timeout_s:.1f}s; the write may still apply",
                 shard=self.shard,
             )
-            for item in batch:
-                _fail(item.future, error)
-            for item in barriers:
-                _fail(item.future, Unavailable(f"shard {self.shard}: read barrier timed out", shard=self.shard))
+            fail_all(error, "read barrier timed out")
 
         overdue: asyncio.TimerHandle | None = self.loop.call_later(timeout_s, expire)
 
@@ -222,10 +225,7 @@ class ShardReplica:
                     f"shard {self.shard}: leader changed while the write was in flight",
                     shard=self.shard,
                 )
-            for item in batch:
-                _fail(item.future, error)
-            for item in barriers:
-                _fail(item.future, Unavailable(f"shard {self.shard}: read barrier lost", shard=self.shard))
+            fail_all(error, "read barrier lost")
 
         def on_done(outcome: str, value: Any) -> None:
             self.loop.call_soon_threadsafe(settle, outcome, value)

@@ -222,13 +222,7 @@ class StateMachine:
             "version": (old["version"] + 1) if old else 1,
             "rev": index,
         }
-        if old is not None:
-            for k in _index_keys(old):
-                batch.delete(k)
-        for k in _index_keys(rec):
-            batch.put(k, b"")
-        batch.put(key, codec.dumps(rec))
-        overlay[key] = rec
+        self._write_record(key, old, rec, batch, overlay)
         return {"status": 200 if old_live else 201, "memory": rec}
 
     def _apply_members(
@@ -262,7 +256,18 @@ class StateMachine:
         rec["created_at"] = int(rec["created_at"])
         rec["rev"] = index
         key = memory_key(rec["namespace"], rec["id"])
-        old = self._get(key, overlay)
+        self._write_record(key, self._get(key, overlay), rec, batch, overlay)
+        return {"status": 200, "restored": True}
+
+    def _write_record(
+        self,
+        key: bytes,
+        old: dict[str, Any] | None,
+        rec: dict[str, Any],
+        batch: Batch,
+        overlay: dict[bytes, dict[str, Any] | None],
+    ) -> None:
+        """Replace `old` (if any) by `rec`: the record and its index entries."""
         if old is not None:
             for k in _index_keys(old):
                 batch.delete(k)
@@ -270,7 +275,6 @@ class StateMachine:
             batch.put(k, b"")
         batch.put(key, codec.dumps(rec))
         overlay[key] = rec
-        return {"status": 200, "restored": True}
 
     def _apply_delete(
         self, op: dict[str, Any], batch: Batch, overlay: dict[bytes, dict[str, Any] | None]
