@@ -697,10 +697,11 @@ class MemoryService:
 
     async def rebalance(self, call: Call) -> Reply:
         dry_run = call.query.get("dry_run", "").lower() in ("1", "true", "yes")
-        if dry_run:
-            current = await self.current_table(call)
-            new = current.rebalanced()
-            old = current
+        current = await self.current_table(call)
+        planned = current.rebalanced()
+        if dry_run or not moves(current, planned):
+            # Nothing to write: report the plan against the current version.
+            old, new = current, Table(current.version, planned.nodes, planned.assignment, planned.factor)
         else:
             old, new = await self._change_table(call, lambda t: t.rebalanced())
         return Reply(200, {"dry_run": dry_run, "table": new.to_json(), "moves": moves(old, new),
