@@ -8,18 +8,17 @@ import os
 import sys
 from collections.abc import Callable
 
+from . import admin as admin_cmd
 from . import bench as bench_cmd
 from . import cluster as cluster_cmd
 from . import memory as memory_cmd
+from . import status as status_cmd
+from .common import EXIT_FAILED, EXIT_INDETERMINATE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
 DEFAULT_URL = os.environ.get("RAFTMEM_URL", "http://127.0.0.1:8781")
 
-# Exit codes that mean something to scripts.
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
-EXIT_INDETERMINATE = 4
+# Exit codes that mean something to scripts: see common.py.
+__all__ = ["EXIT_FAILED", "EXIT_INDETERMINATE", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "build_parser", "main"]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -52,8 +51,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raftmem", description="raftmem: replicated memory for agents")
-    parser.add_argument("--url", default=DEFAULT_URL, help="a node's API (env RAFTMEM_URL)")
+    parser = argparse.ArgumentParser(
+        prog="raftmem",
+        description="raftmem: replicated memory for agents",
+        epilog="exit codes: 0 ok, 1 failed, 2 usage, 3 unavailable (nothing happened; safe to retry), "
+        "4 indeterminate (a write may or may not have happened, or a change had not landed when the wait ran out)",
+    )
+    parser.add_argument("--url", default=DEFAULT_URL,
+                        help=f"a node's API, or several comma-separated (env RAFTMEM_URL; default {DEFAULT_URL})")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -68,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_serve)
 
     cluster_cmd.add_parsers(sub)
+    status_cmd.add_parser(sub)
+    admin_cmd.add_parsers(sub)
     memory_cmd.add_parsers(sub)
     bench_cmd.add_parser(sub)
     return parser

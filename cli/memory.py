@@ -19,16 +19,24 @@ from raftmem.client import (
     LIST_PAGE_DEFAULT,
     Client,
     ClientError,
-    Indeterminate,
-    Unavailable,
 )
 
-# The same values as cli.main's (importing it from here would be circular).
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
-EXIT_INDETERMINATE = 4
+from .common import (
+    EXIT_FAILED,
+    EXIT_INDETERMINATE,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    exit_code,
+    global_options,
+    report_error,
+)
+from .common import dump as _dump
+from .common import urls as _urls
+
+__all__ = ["EXIT_FAILED", "EXIT_INDETERMINATE", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "add_parsers",
+           "exit_code", "print_table"]
+
 
 LIST_PAGE_MAX = 1000  # the server's page limit
 CONTENT_CELL_CHARS_MAX = 60
@@ -37,14 +45,6 @@ STDIN_BYTES_MAX = 1 << 20  # the server's body limit
 
 class UsageError(Exception):
     pass
-
-
-def _urls(args: argparse.Namespace) -> list[str]:
-    return [u.strip() for u in str(args.url).split(",") if u.strip()]
-
-
-def _dump(value: Any, out: TextIO) -> None:
-    out.write(json.dumps(value, ensure_ascii=False, sort_keys=True) + "\n")
 
 
 def _content(raw: str | None, stdin: TextIO) -> Any:
@@ -169,34 +169,13 @@ def _run(command: Callable[[Client, argparse.Namespace, TextIO], None]) -> Calla
             print(f"raftmem: {e}", file=sys.stderr)
             return EXIT_USAGE
         except ClientError as e:
-            return _report(e, args)
+            return report_error(e, args)
         except ValueError as e:  # bad arguments the client refused before sending
             print(f"raftmem: {e}", file=sys.stderr)
             return EXIT_USAGE
         return EXIT_OK
 
     return run
-
-
-def exit_code(error: ClientError) -> int:
-    if isinstance(error, Indeterminate):
-        return EXIT_INDETERMINATE
-    if isinstance(error, Unavailable):
-        return EXIT_UNAVAILABLE
-    return EXIT_FAILED
-
-
-def _report(error: ClientError, args: argparse.Namespace) -> int:
-    code = exit_code(error)
-    if args.json:
-        body = error.body if isinstance(error.body, dict) else {"error": {"code": error.code, "message": error.message}}
-        _dump(body, sys.stdout)
-    hint = {
-        EXIT_UNAVAILABLE: " (nothing happened; safe to retry)",
-        EXIT_INDETERMINATE: " (the write may or may not have happened; read it back)",
-    }.get(code, "")
-    print(f"raftmem: {error}{hint}", file=sys.stderr)
-    return code
 
 
 def _positive_int(text: str) -> int:
@@ -207,7 +186,7 @@ def _positive_int(text: str) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("put", help="write a memory (upsert; idempotent retries)")
+    p = sub.add_parser("put", parents=[global_options()], help="write a memory (upsert; idempotent retries)")
     p.add_argument("namespace")
     p.add_argument("id")
     p.add_argument("--content", help="a JSON value, or - to read it from stdin")
@@ -219,20 +198,20 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--create-only", action="store_true", help="fail if the memory exists (If-None-Match: *)")
     p.set_defaults(func=_run(_put))
 
-    p = sub.add_parser("get", help="read a memory")
+    p = sub.add_parser("get", parents=[global_options()], help="read a memory")
     p.add_argument("namespace")
     p.add_argument("id")
     p.add_argument("--consistency", choices=CONSISTENCY_LEVELS, help="default: the server's policy")
     p.add_argument("--after", metavar="TOKEN", help="a write's token <shard>:<index> (implies session)")
     p.set_defaults(func=_run(_get))
 
-    p = sub.add_parser("delete", help="delete a memory")
+    p = sub.add_parser("delete", parents=[global_options()], help="delete a memory")
     p.add_argument("namespace")
     p.add_argument("id")
     p.add_argument("--if-match", type=int, metavar="VERSION", help="delete only if the version is VERSION")
     p.set_defaults(func=_run(_delete))
 
-    p = sub.add_parser("list", help="list a namespace's memories, oldest first")
+    p = sub.add_parser("list", parents=[global_options()], help="list a namespace's memories, oldest first")
     p.add_argument("namespace")
     p.add_argument("--agent", help="only this agent_id's")
     p.add_argument("--tag", help="only memories with this tag")
