@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := nftables faketime iproute2
+APT_PACKAGES := nftables iproute2 fuse3 gcc libc6-dev util-linux
 SHARDS ?= 8
 NODES ?= 3
 
@@ -48,9 +48,7 @@ jepsen: $(STAMP) apt-deps
 	$(PY) -m jepsen_like matrix --out runs/jepsen
 
 jepsen-quick: $(STAMP) apt-deps
-	@if $(PY) -c "import jepsen_like.__main__ as m, sys; sys.exit(0 if 'run' in m.SUBCOMMANDS else 1)" 2>/dev/null; then \
-	  $(PY) -m jepsen_like matrix --quick --out runs/jepsen-quick; \
-	else echo "jepsen-quick: the harness's run command has not landed yet (issue 4); the checker is tested in tests/unit"; fi
+	$(PY) -m jepsen_like matrix --quick --out runs/jepsen-quick
 
 bench: $(STAMP)
 	$(VENV)/bin/raftmem bench --url http://127.0.0.1:8781 --clients 32 --duration 20 --mix 0:100 --value-bytes 200

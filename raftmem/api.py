@@ -88,6 +88,10 @@ class HttpForwarder:
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=128)
         self._session = aiohttp.ClientSession(connector=connector)
+        # aiohttp silently resends a request once when a kept-alive connection
+        # drops: a forwarded write could apply twice, and the resend failing to
+        # connect would report a write that did apply as "not sent".
+        self._session._retry_connection = False
 
     async def close(self) -> None:
         if self._session is not None:

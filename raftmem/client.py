@@ -456,6 +456,9 @@ class AsyncClient:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONNECTIONS_MAX))
+            # No silent resend of a write on a dropped kept-alive connection: the
+            # retry policy here decides, with idempotency keys.
+            self._session._retry_connection = False
             self._own_session = True
         return self._session
 

@@ -210,6 +210,8 @@ class _Hooks:
             self.lease.sync(term)
             self.last_append_sent = time.monotonic()
             message["rm_ts"] = (term, self.last_append_sent)
+            noop = obj._SyncObj__noopIDx
+            message["rm_cc"] = noop is not None and obj.raftCommitIndex >= noop
         elif kind == "next_node_idx":
             stamp = self.follower.stamps.get(node.address)
             if stamp is not None:
@@ -229,7 +231,8 @@ class _Hooks:
         if kind == "append_entries":
             if message["term"] >= term:
                 self.follower.on_append(
-                    node.address, message["term"], message.get("rm_ts"), message.get("commit_index", 0), now
+                    node.address, message["term"], message.get("rm_ts"), message.get("commit_index", 0), now,
+                    commit_complete=bool(message.get("rm_cc")),
                 )
                 return self.trim_append(node, message)
             self._maybe_bump(node, now)

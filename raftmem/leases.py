@@ -114,17 +114,30 @@ class FollowerView:
     send_estimate: float = float("-inf")  # local-clock estimate of that append's send time
     stamps: dict[str, tuple[int, float]] = field(default_factory=dict)
 
-    def on_append(self, node: str, term: int, stamp: tuple[int, float] | None, commit: int, now: float) -> None:
+    def on_append(
+        self,
+        node: str,
+        term: int,
+        stamp: tuple[int, float] | None,
+        commit: int,
+        now: float,
+        commit_complete: bool = True,
+    ) -> None:
+        """`commit_complete`: the leader has committed an entry of its own term, so
+        its commit index covers every write acknowledged before it sent this. A
+        new leader's commit index may lag (it comes from a hint on disk); until
+        then its appends keep us a follower but say nothing about freshness."""
         if term != self.term or node != self.leader:
             self.term, self.leader, self.offset, self.leader_commit = term, node, float("inf"), 0
+            self.send_estimate = float("-inf")
         self.last_contact = now
-        self.leader_commit = max(self.leader_commit, commit)
         if stamp is not None:
             self.stamps[node] = stamp
             self.offset = min(self.offset, now - stamp[1])
-            self.send_estimate = stamp[1] + self.offset
-        else:
-            self.send_estimate = now
+        if not commit_complete:
+            return
+        self.leader_commit = max(self.leader_commit, commit)
+        self.send_estimate = stamp[1] + self.offset if stamp is not None else now
 
     def heard_within(self, now: float, within_s: float) -> bool:
         return self.leader is not None and now - self.last_contact < within_s

@@ -129,7 +129,16 @@ class DurableJournal:
         if self._entries:
             assert idx == self._entries[-1][1] + 1, (idx, self._entries[-1][1])
         rec = _encode(bytes(command), idx, term)
-        os.write(self._fd, rec)
+        try:
+            written = 0
+            while written < len(rec):  # a short write (disk filling up) is not a write
+                written += os.write(self._fd, rec[written:])
+        except OSError:
+            # Disk full or failing: cut the partial record so the file stays a
+            # sequence of whole records, and let the caller see the failure.
+            os.ftruncate(self._fd, self._end)
+            os.lseek(self._fd, self._end, os.SEEK_SET)
+            raise
         self._entries.append((bytes(command), idx, term))
         self._offsets.append(self._end)
         self._end += len(rec)

@@ -92,3 +92,12 @@ def test_log_up_to_date() -> None:
     assert log_up_to_date(4, 1, 3, 10)
     assert not log_up_to_date(3, 9, 3, 10)
     assert not log_up_to_date(2, 99, 3, 10)
+
+
+def test_a_new_leaders_commit_index_says_nothing_until_its_term_commits() -> None:
+    view = FollowerView()
+    view.on_append("L", term=3, stamp=(3, 50.0), commit=2, now=60.0, commit_complete=False)
+    assert view.heard_within(60.1, 0.4)  # a follower still: stickiness holds
+    assert view.staleness_s(60.1) == float("inf") and view.leader_commit == 0  # but not fresh
+    view.on_append("L", term=3, stamp=(3, 50.1), commit=9, now=60.1, commit_complete=True)
+    assert view.leader_commit == 9 and view.staleness_s(60.1) == pytest.approx(0.0)

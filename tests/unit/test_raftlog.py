@@ -90,3 +90,31 @@ def test_sync_only_when_dirty(tmp_path: Path) -> None:
     off.add(b"a", 1, 1)
     off.sync()
     assert off.syncs == 0
+
+
+def test_a_failed_write_leaves_whole_records(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import errno
+
+    j = filled(tmp_path / "j", 5)
+    real_write = os.write
+    calls = {"n": 0}
+
+    def short_then_enospc(fd: int, data: bytes) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_write(fd, data[:7])  # a short write...
+        raise OSError(errno.ENOSPC, "No space left on device")  # ...then the disk is full
+
+    monkeypatch.setattr(os, "write", short_then_enospc)
+    try:
+        j.add(b"doomed", 6, 1)
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the failed append was reported as written")
+    monkeypatch.setattr(os, "write", real_write)
+    assert len(j) == 5
+    j.add(b"after", 6, 1)  # lands right after the last whole record
+    j._destroy()
+    k = DurableJournal(tmp_path / "j")
+    assert [e[1] for e in k] == [1, 2, 3, 4, 5, 6] and k[-1][0] == b"after"
