@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from collections.abc import Callable
 from . import admin as admin_cmd
 from . import bench as bench_cmd
 from . import cluster as cluster_cmd
+from . import logfmt
 from . import memory as memory_cmd
 from . import status as status_cmd
 from .common import EXIT_FAILED, EXIT_INDETERMINATE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
@@ -25,10 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
     from raftmem.config import ConfigError, NodeConfig, embedded_default, load
     from raftmem.node import serve
 
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format=f"%(asctime)s {args.node} %(levelname)s %(name)s: %(message)s",
-    )
+    logfmt.configure(args.node, args.log_level, args.log_format)
     try:
         config = load(args.config) if args.config else embedded_default()
         me = None
@@ -66,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="cluster YAML (default: the embedded local 3-node config)")
     p.add_argument("--node", required=True, help="this node's id in the config")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="json: one object per line with node, shard, term, index")
     p.add_argument("--host", default="127.0.0.1", help="joining node: address to listen on")
     p.add_argument("--http-port", type=int, help="joining node (not in --config): its API port")
     p.add_argument("--raft-port-base", type=int, help="joining node: first Raft port (one per shard)")

@@ -435,6 +435,7 @@ class _Snapshots:
             log.info(
                 "shard %d: installing snapshot at index %d (applied %d)",
                 self.shard, meta["applied"], self.replica.applied_index,
+                extra={"shard": self.shard, "index": meta["applied"]},
             )
             self.replica.install_snapshot(Path(file_name))
         return _entry_from_json(meta["last"]), _entry_from_json(meta["prev"]), meta["cluster"]
@@ -560,8 +561,11 @@ class RaftGroup:
     def _on_state_changed(self, old: int, new: int) -> None:
         self.leader_changes += 1
         self.role_since = time.monotonic()
+        names = {0: "follower", 1: "candidate", 2: "leader"}
+        term = self._obj.raftCurrentTerm
         log.info(
-            "shard %d: raft state %d -> %d at term %d", self.shard, old, new, self._obj.raftCurrentTerm
+            "shard %d: %s -> %s at term %d", self.shard, names.get(old, old), names.get(new, new), term,
+            extra={"shard": self.shard, "term": term, "index": self._obj.raftCommitIndex},
         )
 
     def _apply(self, index: int, payload: bytes) -> Any:
