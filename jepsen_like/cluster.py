@@ -58,6 +58,9 @@ class ClusterSpec:
     clock_shim: bool = False
     raft: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)
+    # Extra nodes, not in the seed config: started as joining nodes, added and
+    # removed by the membership nemesis.
+    spare: int = 0
 
 
 class NodeProcess:
@@ -125,7 +128,8 @@ class Cluster:
         self.run_dir = run_dir
         self.prefix = prefix
         self.teardown = teardown
-        self.node_ids = [f"n{i + 1}" for i in range(spec.nodes)]
+        self.node_ids = [f"n{i + 1}" for i in range(spec.nodes + spec.spare)]
+        self.seed_ids = self.node_ids[: spec.nodes]
         self.network = Network(prefix, self.node_ids, teardown, subnet_hint)
         self.work = run_dir / "cluster"
         self.data_dir = self.work / "data"
@@ -146,7 +150,7 @@ class Cluster:
         nodes = [
             {"id": n, "host": self.network.addresses[n], "http_port": HTTP_PORT,
              "raft_port_base": RAFT_PORT_BASE, "zone": f"z{i + 1}"}
-            for i, n in enumerate(self.node_ids)
+            for i, n in enumerate(self.seed_ids)
         ]
         raft: dict[str, Any] = {
             "election_timeout_ms_min": 400,
@@ -207,10 +211,22 @@ class Cluster:
                 "nsenter", f"--net={self.network.netns_path(node)}", "--",
                 sys.executable, "-m", "cli.main", "serve", "--config", str(self.config_path), "--node", node,
             ]
+            if node not in self.seed_ids:
+                argv += self.member_spec_args(node)
             self.nodes[node] = NodeProcess(node, argv, env, self.log_dir / f"{node}.log", self.pids,
                                            on_start=self.save_state)
             self.teardown.push(f"kill node {node}", self.nodes[node].kill)
         self.save_state()
+
+    def member_spec(self, node: str) -> dict[str, Any]:
+        """How a spare node joins (the body of POST /v1/admin/members)."""
+        return {"id": node, "host": self.network.addresses[node], "http_port": HTTP_PORT,
+                "raft_port_base": RAFT_PORT_BASE, "zone": f"z{self.node_ids.index(node) + 1}"}
+
+    def member_spec_args(self, node: str) -> list[str]:
+        spec = self.member_spec(node)
+        return ["--host", spec["host"], "--http-port", str(spec["http_port"]),
+                "--raft-port-base", str(spec["raft_port_base"]), "--zone", spec["zone"]]
 
     def save_state(self) -> None:
         """What this run created, for ``python -m jepsen_like cleanup --out DIR``

@@ -36,6 +36,10 @@ RESTART_READY_S = 30.0
 STROBE_PERIOD_S = 0.1
 
 
+MEMBERSHIP_REQUEST_S = 10.0
+MEMBERSHIP_CONVERGE_S = 60.0
+
+
 class Nemesis:
     def __init__(self, cluster: Cluster, client: HttpClient, recorder: Recorder, rng: random.Random,
                  stop: asyncio.Event) -> None:
@@ -104,6 +108,50 @@ class Nemesis:
             counts[node] = counts.get(node, 0) + 1
         fewest = min(counts.values())
         return self.rng.choice(sorted(n for n, c in counts.items() if c == fewest))
+
+    # -- membership --------------------------------------------------------------------
+    async def _admin(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any:
+        """An admin request to any seed node that answers; None if none did."""
+        for node in self.rng.sample(self.cluster.seed_ids, len(self.cluster.seed_ids)):
+            answer = await self.client.request(node, method, path, body=body, params=params,
+                                               timeout_s=MEMBERSHIP_REQUEST_S)
+            if answer.status == 200:
+                return answer.body
+        return None
+
+    async def converged(self, table: dict[str, Any]) -> bool:
+        """Every shard's leader reports exactly the voters the table assigns."""
+        want = {int(s): sorted(reps) for s, reps in table["assignment"].items()}
+        seen: dict[int, list[str]] = {}
+        for view in (await self.cluster.views(self.client)).values():
+            for entry in view.get("shards", []):
+                if entry.get("role") == "leader":
+                    seen[int(entry["shard"])] = sorted(entry.get("members") or [])
+        return seen == want
+
+    async def _wait_converged(self, table: dict[str, Any] | None) -> bool:
+        deadline = time.monotonic() + MEMBERSHIP_CONVERGE_S
+        while table is not None and time.monotonic() < deadline and not self.stop.is_set():
+            if await self.converged(table):
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
+    async def member_join(self, node: str) -> int:
+        """Add a spare node and rebalance onto it, under load."""
+        fid = self._start("member-join", nodes=[node])
+        added = await self._admin("POST", "/v1/admin/members", body=self.cluster.member_spec(node))
+        plan = await self._admin("POST", "/v1/admin/rebalance") if added is not None else None
+        done = await self._wait_converged(plan["table"] if plan else None)
+        self.recorder.nemesis("progress", {"fault": "member-join", "id": fid, "converged": done,
+                                       "moved_fraction": plan and plan.get("moved_fraction")})
+        return fid
+
+    async def member_leave(self, fid: int, node: str) -> None:
+        """Remove the node again: its replicas move back to the others."""
+        removed = await self._admin("DELETE", f"/v1/admin/members/{node}")
+        done = await self._wait_converged(removed["table"] if removed else None)
+        self._stop(fid, converged=done)
 
     # -- partitions ------------------------------------------------------------------
     async def partition(self, kind: str, grudges: dict[str, set[str]], **info: Any) -> int:

@@ -25,12 +25,13 @@ majority-ring          each node sees a different majority, twice          pass
 bridge                 two sides joined by one node, twice                 pass
 disk-full-failover     a follower's disk full; then commits need its       pass
                        acknowledgements; then it and the leader die
+membership             a 4th node joins (rebalance) and leaves, under      pass
+                       load, twice
 control-local-reads    leader-isolate with debug.unsafe_local_reads        FAIL
 control-no-fsync       power-loss with raft.fsync: never                   FAIL
 control-early-ack      kill-rolling with debug.unsafe_early_ack            FAIL
 =====================  ==================================================  ======
 
-(``membership`` comes with the admin API.)
 """
 
 from __future__ import annotations
@@ -207,6 +208,18 @@ async def schedule_power_loss(nem: Nemesis, t: float) -> None:
             await nem.power_restore(fid)
 
 
+async def schedule_membership(nem: Nemesis, t: float) -> None:
+    gap = _clamp(0.08 * t, 2, 6)
+    spare = nem.cluster.node_ids[-1]
+    for _round in range(2):
+        if nem.elapsed() + gap + 10 > t:
+            break
+        await nem.sleep(gap)
+        fid = await nem.member_join(spare)
+        await nem.sleep(gap)
+        await nem.member_leave(fid, spare)
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -246,6 +259,8 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("power-loss", "power loss of every node (unsynced writes dropped), fsync always",
                  schedule_power_loss, cluster={"disk": "power"}),
         Scenario("majority-ring", "each node sees a different majority, twice", schedule_majority_ring),
+        Scenario("membership", "a 4th node added, replicas rebalanced onto it, then removed, twice, under load",
+                 schedule_membership, cluster={"spare": 1, "shards": 8}, quick_time_limit_s=30),
         Scenario("bridge", "two sides joined by one node, twice", schedule_bridge),
         Scenario("control-local-reads", "NEGATIVE CONTROL: unsafe local reads under leader-isolate",
                  schedule_control_local_reads, expect_valid=False,
@@ -261,7 +276,7 @@ SCENARIOS: dict[str, Scenario] = {
 
 # The scenarios the issue fixes (make jepsen); extras run after them.
 REQUIRED = ("none", "leader-isolate", "halves", "leader-pause", "kill-rolling", "clock", "disk-full",
-            "power-loss", "control-local-reads", "control-no-fsync", "control-early-ack")
+            "power-loss", "membership", "control-local-reads", "control-no-fsync", "control-early-ack")
 FULL_MATRIX = (*REQUIRED, "majority-ring", "bridge", "disk-full-failover")
 # make jepsen-quick (CI): a short subset, with negative controls that must FAIL.
 QUICK_MATRIX = ("none", "leader-isolate", "kill-rolling", "power-loss", "control-local-reads",

@@ -75,6 +75,14 @@ def test_leader_isolate_passes(tmp_path: Path) -> None:
     assert_torn_down(outcome.results, outcome.out_dir)
 
 
+def test_membership_change_under_load_passes(tmp_path: Path) -> None:
+    outcome = run_scenario(scenarios.get("membership"), 5, 30, tmp_path / "mb")
+    assert outcome.valid is True, outcome.line
+    joins = [f for f in outcome.results["faults"] if f["fault"] == "member-join"]
+    assert joins, outcome.results["faults"]
+    assert_torn_down(outcome.results, outcome.out_dir)
+
+
 def test_control_local_reads_fails(tmp_path: Path) -> None:
     outcome = run_scenario(scenarios.get("control-local-reads"), 7, 16, tmp_path / "clr")
     assert outcome.valid is False, f"the control passed: the harness is broken: {outcome.line}"
