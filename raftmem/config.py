@@ -61,9 +61,10 @@ class RaftConfig:
     clock_drift_bound: float = 0.1
     fsync: str = "always"
     fsync_batch_ms: int = 10
-    # How often the leader ships batched entries; DESIGN.md measured 0.01-0.02 s
-    # as the latency sweet spot with batching on.
-    append_entries_period_ms: int = 10
+    # The leader's periodic append-entries (heartbeat, lease renewal). New entries
+    # do not wait for it (the ticker ships them at once), nor do ReadIndex reads
+    # (they ask for a round), so it only paces idle traffic.
+    append_entries_period_ms: int = 50
     # A leader that heard from no quorum for this long steps down (pysyncobj's
     # default of 30 s would let a cut-off leader accept writes for 30 s).
     leader_fallback_timeout_ms: int = 0  # 0: derive from election_timeout_ms_min

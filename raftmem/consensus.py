@@ -775,9 +775,9 @@ class Ticker:
     """Drives every Raft group of the process from one thread (pysyncobj with
     autoTick=False), over one shared poller, with group-commit fsync rounds."""
 
-    IDLE_POLL_S = 0.005
+    IDLE_POLL_S = 0.01
     # Every group is ticked at least this often (heartbeats, elections, timers).
-    TICK_PERIOD_S = 0.005
+    TICK_PERIOD_S = 0.01
     # Compact a log early when it holds this many bytes, whatever its entry count.
     LOG_BYTES_COMPACT = 64 * 1024 * 1024
 
