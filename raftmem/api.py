@@ -131,8 +131,10 @@ def _call(request: web.Request, body: bytes = b"") -> Call:
     return Call(
         method=request.method,
         path=request.path,
-        query=dict(request.query),
-        headers=dict(request.headers),
+        # Not copied: aiohttp's proxies are read-only views, and header lookups
+        # must stay case-insensitive (a client's "if-match" is If-Match).
+        query=request.query,
+        headers=request.headers,
         body=body,
         hops=hops,
     )

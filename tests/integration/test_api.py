@@ -243,3 +243,13 @@ def test_readyz_sync(cluster: Cluster) -> None:
 
     for node in cluster.node_ids:
         wait_for(lambda n=node: cluster.request(n, "GET", "/readyz?sync=true")[0] == 200, 20, f"{node} in sync")
+
+
+def test_header_names_are_case_insensitive(cluster: Cluster) -> None:
+    ns = _ns()
+    path = f"/v1/memories/{ns}/ci"
+    assert cluster.request("n1", "PUT", path, {"content": 1}, {"if-none-match": "*"})[0] == 201
+    assert cluster.request("n2", "PUT", path, {"content": 2}, {"IF-NONE-MATCH": "*"})[0] == 412
+    assert cluster.request("n3", "PUT", path, {"content": 3}, {"if-match": "5"})[0] == 412
+    status, headers, _ = cluster.request("n1", "GET", path, headers={"x-raftmem-consistency": "eventual"})
+    assert status == 200 and headers["X-Raftmem-Consistency"] == "eventual"
