@@ -11,9 +11,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import yaml
@@ -27,6 +26,8 @@ from raftmem.client import (
     shard_for,
 )
 
+from .cluster import wait_for
+
 REPO = Path(__file__).resolve().parents[2]
 NODES = ("n1", "n2", "n3")
 HTTP_PORTS = (8781, 8782, 8783)
@@ -35,25 +36,8 @@ SHARDS = 4
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 FAILOVER_TIMEOUT_S = 20.0
-POLL_S = 0.05
 URLS = [f"http://127.0.0.1:{p}" for p in HTTP_PORTS]
 
-T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T], timeout_s: float, what: str) -> T:
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = condition()
-        except (OSError, http.client.HTTPException, ValueError) as e:
-            last = e
-        else:
-            if last:
-                return last  # type: ignore[return-value]
-        time.sleep(POLL_S)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
 def _ready(port: int) -> bool:
