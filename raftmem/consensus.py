@@ -192,6 +192,7 @@ class _Hooks:
         self.last_append_sent = float("-inf")
         self.votes_ignored = 0
         self.prevotes_started = 0
+        self.prevote_enabled = True
 
     def sticky(self, now: float) -> bool:
         """Heard from a live leader within the minimum election timeout?"""
@@ -324,7 +325,7 @@ class _Hooks:
     def prevote_gate(self, now: float) -> None:
         """Before pysyncobj would start an election: run a pre-vote round first."""
         obj = self.obj
-        if obj._isLeader() or not obj._SyncObj__otherNodes:
+        if not self.prevote_enabled or obj._isLeader() or not obj._SyncObj__otherNodes:
             return
         if obj._SyncObj__raftElectionDeadline > now or obj._SyncObj__transferInProgress:
             return
@@ -484,6 +485,9 @@ class GroupSpec:
     # land where placement spreads leaders; others wait longer. Every node's
     # timeout stays >= election_timeout_ms_min, which leases rely on.
     preferred_leader: bool = False
+    # Negative control only: elections without a pre-vote round (an isolated node
+    # bumps its term and deposes the leader when it comes back).
+    disable_prevote: bool = False
 
 
 class RaftGroup:
@@ -538,6 +542,7 @@ class RaftGroup:
             dynamicMembershipChange=True,
         )
         self.hooks = _Hooks(raft, cluster_size=len(spec.peer_addresses) + 1, journal=self.journal)
+        self.hooks.prevote_enabled = not spec.disable_prevote
         _building.journal = self.journal
         self.poller_view = _GroupPoller(ticker.poller)
         self.last_tick = 0.0
@@ -695,6 +700,10 @@ class RaftGroup:
             staleness, _ = self.follower_freshness(now)
             if staleness != float("inf"):
                 status["last_contact_ms"] = int(staleness * 1000)
+            since = self.seconds_since_leader(now)
+            if since != float("inf"):
+                # Since the last append accepted from any leader, whatever our term.
+                status["since_leader_ms"] = int(since * 1000)
         if match:
             status["match_index"] = {
                 self.spec.address_to_node.get(n.address, n.address): i for n, i in match.items()

@@ -75,6 +75,7 @@ class ShardReplica:
             address_to_node=address_to_node,
             naive_step_down=bool(config.debug.get("unsafe_local_reads")),
             preferred_leader=preferred_leader,
+            disable_prevote=bool(config.debug.get("disable_prevote")),
         )
         self._queue: list[_Pending] = []
         self._flush_scheduled = False
