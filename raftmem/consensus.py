@@ -28,6 +28,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any, Protocol
 import orjson
 import pysyncobj
 import pysyncobj.syncobj as _so
+import pysyncobj.tcp_connection as _tcp_connection
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 from pysyncobj.transport import TCPTransport
@@ -92,6 +94,20 @@ def _create_poller(poller_type: str) -> Any:
 
 _so.createJournal = _create_journal
 _so.createPoller = _create_poller
+
+
+class _StoreOnlyZlib:
+    """pysyncobj deflates every message at level 3; our messages are small and on
+    a LAN, so store them (level 0: still zlib framing, any peer decompresses it)."""
+
+    decompress = staticmethod(zlib.decompress)
+
+    @staticmethod
+    def compress(data: bytes, _level: int = 0) -> bytes:
+        return zlib.compress(data, 0)
+
+
+_tcp_connection.zlib = _StoreOnlyZlib
 
 
 class _GroupPoller:
