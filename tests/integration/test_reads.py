@@ -110,38 +110,48 @@ def test_leadership_transfer_works_with_stickiness(cluster: Cluster) -> None:
 PAUSED_READS = 8
 
 
-def _pause_leader_write_elsewhere_then_read(c: Cluster, level: str) -> list[str]:
-    """SIGSTOP a shard leader past its lease, write a new value through the new
-    leader, then send reads to the paused node and SIGCONT it: the reads wait in
-    its socket queue and race the new leader's first append. Returns what they read."""
+def _pause_leader_and_write_new(c: Cluster) -> tuple[str, str, list[str]]:
+    """Write "old", SIGSTOP the shard's leader past its lease, and write "new"
+    through the leader elected meanwhile. The old leader is left stopped: the
+    caller resumes it. Returns (path, old leader, the other nodes)."""
     c.start_all()
     ns, mid, shard = _key(c)
-    assert c.request("n1", "PUT", f"/v1/memories/{ns}/{mid}", {"content": "old"})[0] == 201
+    path = f"/v1/memories/{ns}/{mid}"
+    assert c.request("n1", "PUT", path, {"content": "old"})[0] == 201
     old_leader, others = _followers(c, shard)
+    c.procs[old_leader].send_signal(signal.SIGSTOP)
+
+    def new_leader() -> str | None:
+        for n in others:
+            if c.cluster_view(n)["shards"][shard]["role"] == "leader":
+                return n
+        return None
+
+    leader = wait_for(new_leader, 40, "a new leader while the old one is paused")
+    status, _, body = c.request(leader, "PUT", path, {"content": "new"})
+    assert status == 200, body
+    return path, old_leader, others
+
+
+def _pause_leader_write_elsewhere_then_read(c: Cluster, level: str) -> list[str]:
+    """Reads sent to the paused old leader wait in its socket queue; on SIGCONT
+    they race the new leader's first append. Returns what they read."""
     results: list[tuple[int, Any]] = []
     lock = threading.Lock()
-
-    def read() -> None:
-        status, _, body = c.request(old_leader, "GET", f"/v1/memories/{ns}/{mid}?consistency={level}")
-        with lock:
-            results.append((status, body))
-
-    readers = [threading.Thread(target=read) for _ in range(PAUSED_READS)]
-    c.procs[old_leader].send_signal(signal.SIGSTOP)
     try:
-        def new_leader() -> str | None:
-            for n in others:
-                if c.cluster_view(n)["shards"][shard]["role"] == "leader":
-                    return n
-            return None
+        path, old_leader, _ = _pause_leader_and_write_new(c)
 
-        leader = wait_for(new_leader, 40, "a new leader while the old one is paused")
-        status, _, body = c.request(leader, "PUT", f"/v1/memories/{ns}/{mid}", {"content": "new"})
-        assert status == 200, body
+        def read() -> None:
+            status, _, body = c.request(old_leader, "GET", f"{path}?consistency={level}")
+            with lock:
+                results.append((status, body))
+
+        readers = [threading.Thread(target=read) for _ in range(PAUSED_READS)]
         for t in readers:
             t.start()
     finally:
-        c.procs[old_leader].send_signal(signal.SIGCONT)
+        for n in c.node_ids:
+            c.procs[n].send_signal(signal.SIGCONT)
     for t in readers:
         t.join(timeout=30)
     assert len(results) == PAUSED_READS and all(status == 200 for status, _ in results), results
@@ -159,30 +169,16 @@ def test_paused_leader_never_serves_stale_linearizable_reads(fresh_cluster: Clus
 
 
 def _resume_alone_and_read(c: Cluster, level: str) -> list[tuple[int, Any]]:
-    """SIGSTOP a shard leader past its lease, write a new value through the new
-    leader, then pause the rest of the cluster and SIGCONT the old leader: it can
-    hear nobody, and believes it still leads. Returns what reads from it got."""
-    c.start_all()
-    ns, mid, shard = _key(c)
-    assert c.request("n1", "PUT", f"/v1/memories/{ns}/{mid}", {"content": "old"})[0] == 201
-    old_leader, others = _followers(c, shard)
-    c.procs[old_leader].send_signal(signal.SIGSTOP)
+    """Then pause the rest of the cluster and SIGCONT the old leader: it can hear
+    nobody, and believes it still leads. Returns what reads from it got."""
     try:
-        def new_leader() -> str | None:
-            for n in others:
-                if c.cluster_view(n)["shards"][shard]["role"] == "leader":
-                    return n
-            return None
-
-        leader = wait_for(new_leader, 40, "a new leader while the old one is paused")
-        status, _, body = c.request(leader, "PUT", f"/v1/memories/{ns}/{mid}", {"content": "new"})
-        assert status == 200, body
+        path, old_leader, others = _pause_leader_and_write_new(c)
         for n in others:
             c.procs[n].send_signal(signal.SIGSTOP)
         c.procs[old_leader].send_signal(signal.SIGCONT)
         results = []
         for _ in range(3):
-            status, _, body = c.request(old_leader, "GET", f"/v1/memories/{ns}/{mid}?consistency={level}")
+            status, _, body = c.request(old_leader, "GET", f"{path}?consistency={level}")
             results.append((status, body.get("content") if status == 200 else body["error"]["code"]))
         return results
     finally:
