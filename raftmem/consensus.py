@@ -1,31 +1,34 @@
 """The one module that uses pysyncobj (pinned to exactly 0.3.17).
 
 Narrow interface: `RaftGroup.propose`, `is_leader`, `leader`, `status`, plus a
-`Ticker` that drives every group of the process from one thread over one shared
-poller. Everything below reaches into pysyncobj's private seams, so it is all
+`Ticker` that drives every group of the process on the asyncio event loop
+thread, over one shared epoll set. Everything below reaches into pysyncobj's private seams, so it is all
 here and checked against one version only (see DESIGN.md in this folder):
 
 - `createJournal` is replaced so pysyncobj writes our `DurableJournal`
   (fsync, atomic term/vote, crash-safe compaction) instead of its mmap journal.
-- `createPoller` is replaced so all groups share one poller: one thread can wait
-  on every Raft socket of the process at once.
+- `createPoller` is replaced so all groups share one epoll set, which the event
+  loop watches: Raft and HTTP callbacks take turns on one thread.
 - A `TCPTransport` subclass defers every outgoing message of a tick until the
   journals written in that tick are fsynced (group commit: one parallel round of
   fsyncs covers all shards). So a follower never acknowledges, and a leader never
   ships, an entry that is not durable on its own disk. It also refuses
   pysyncobj's admin ("utility") commands on Raft ports, which would otherwise be
   accepted from any connection.
-- The snapshot serializer hooks pack a RocksDB checkpoint (taken on the tick
-  thread, so it is exactly the state at the applied index) in a background
+- The snapshot serializer hooks pack a RocksDB checkpoint (taken in a tick
+  pass, so it is exactly the state at the applied index) in a background
   thread, and restore it on install.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
+import contextlib
 import logging
 import os
+import select
 import threading
 import time
 import zlib
@@ -40,6 +43,7 @@ import pysyncobj.syncobj as _so
 import pysyncobj.tcp_connection as _tcp_connection
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
+from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.transport import TCPTransport
 
 from .config import RaftConfig
@@ -110,12 +114,68 @@ class _StoreOnlyZlib:
 _tcp_connection.zlib = _StoreOnlyZlib
 
 
+class _EpollPoller:
+    """The process's Raft sockets in one epoll set of their own. Its descriptor is
+    watched by the asyncio loop (`Ticker.start`), so Raft I/O runs on the event
+    loop thread between HTTP callbacks, yet the loop's own selector never holds a
+    pysyncobj socket (a socket closed without unsubscribing cannot clash with an
+    aiohttp connection that reuses its number)."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._callbacks: dict[int, Callable[[int, int], None]] = {}
+
+    def fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def subscribe(self, descr: int, callback: Callable[[int, int], None], event_mask: int) -> None:
+        mask = select.EPOLLERR | select.EPOLLHUP
+        if event_mask & POLL_EVENT_TYPE.READ:
+            mask |= select.EPOLLIN
+        if event_mask & POLL_EVENT_TYPE.WRITE:
+            mask |= select.EPOLLOUT
+        if descr in self._callbacks:
+            try:
+                self._epoll.modify(descr, mask)
+            except OSError:  # closed and reused: register the new one
+                self._epoll.register(descr, mask)
+        else:
+            try:
+                self._epoll.register(descr, mask)
+            except FileExistsError:
+                self._epoll.modify(descr, mask)
+        self._callbacks[descr] = callback
+
+    def unsubscribe(self, descr: int) -> None:
+        if self._callbacks.pop(descr, None) is not None:
+            with contextlib.suppress(OSError):  # already closed: epoll dropped it
+                self._epoll.unregister(descr)
+
+    def poll(self, timeout: float) -> None:
+        for descr, event in self._epoll.poll(timeout, 256):
+            callback = self._callbacks.get(descr)
+            if callback is None:
+                continue
+            mask = 0
+            if event & select.EPOLLIN:
+                mask |= POLL_EVENT_TYPE.READ
+            if event & select.EPOLLOUT:
+                mask |= POLL_EVENT_TYPE.WRITE
+            if event & (select.EPOLLERR | select.EPOLLHUP):
+                mask |= POLL_EVENT_TYPE.ERROR
+            callback(descr, mask)
+
+    def close(self) -> None:
+        self._epoll.close()
+
+
 class _GroupPoller:
     """One group's view of the shared poller: any socket event of the group marks
     it active, so the ticker ticks only groups with something to do (plus every
-    group each TICK_PERIOD_S for timers)."""
+    group each TICK_PERIOD_S for timers). pysyncobj polls at the end of every tick;
+    that is a no-op here: the event loop tells the ticker when sockets are ready."""
 
-    def __init__(self, shared: Any) -> None:
+    def __init__(self, shared: _EpollPoller) -> None:
         self._shared = shared
         self.active = True
 
@@ -130,7 +190,7 @@ class _GroupPoller:
         self._shared.unsubscribe(descr)
 
     def poll(self, timeout: float) -> None:
-        self._shared.poll(timeout)
+        pass
 
 
 class _Transport(TCPTransport):  # type: ignore[misc]
@@ -190,8 +250,8 @@ class _Transport(TCPTransport):  # type: ignore[misc]
 
 class _Hooks:
     """Heartbeat echo, leader lease, vote stickiness and pre-vote, added to
-    pysyncobj at its message boundary (see leases.py for the logic). Runs on the
-    tick thread only."""
+    pysyncobj at its message boundary (see leases.py for the logic). Runs in tick
+    passes only (the event loop thread)."""
 
     def __init__(self, raft: RaftConfig, cluster_size: int, journal: DurableJournal) -> None:
         self.journal = journal
@@ -398,7 +458,7 @@ class _Snapshots:
     def serialize(self, tmp_file: str, data: Any) -> None:
         last, prev, cluster = data
         if self.replica.applied_index != last[1]:
-            # Cannot happen while apply and compaction share the tick thread; if it
+            # Cannot happen while apply and compaction share the loop thread; if it
             # ever does, refuse rather than label a checkpoint with the wrong index.
             log.error(
                 "shard %d: compaction at %d but applied index is %d; skipped",
@@ -645,11 +705,11 @@ class RaftGroup:
             self.ticker.wake()
 
     def set_on_applied(self, callback: Callable[[], None]) -> None:
-        """`callback` runs on the tick thread after a tick that applied entries."""
+        """`callback` runs on the loop thread after a tick that applied entries."""
         self._on_applied = callback
 
     def set_on_quorum_ack(self, callback: Callable[[], None]) -> None:
-        """`callback` runs on the tick thread whenever the quorum-acknowledged
+        """`callback` runs on the loop thread whenever the quorum-acknowledged
         send time moves forward (ReadIndex waiters re-check then)."""
         self.hooks.on_quorum_ack = callback
 
@@ -683,8 +743,7 @@ class RaftGroup:
             return None
 
     def status(self) -> dict[str, Any]:
-        """A point-in-time view, read without stopping the tick thread (fields
-        may be a tick apart; dict and set copies are atomic under the GIL)."""
+        """A point-in-time view, read between tick passes."""
         obj = self._obj
         match = dict(obj._SyncObj__raftMatchIndex) if obj._isLeader() else {}
         status = {
@@ -797,34 +856,46 @@ class RaftGroup:
 
 
 class Ticker:
-    """Drives every Raft group of the process from one thread (pysyncobj with
-    autoTick=False), over one shared poller, with group-commit fsync rounds."""
+    """Drives every Raft group of the process on the asyncio event loop thread
+    (pysyncobj with autoTick=False): Raft socket events, proposals and a periodic
+    timer schedule a tick pass; fsync runs on a thread of its own, in group-commit
+    rounds, and held messages leave once their journal is durable.
 
-    IDLE_POLL_S = 0.01
+    One thread for HTTP and Raft: with two, every socket call handed the GIL to
+    the other thread and waited to get it back (measured: ~15 context switches
+    per write, a quarter of a shard's commit latency)."""
+
     # Every group is ticked at least this often (heartbeats, elections, timers).
     TICK_PERIOD_S = 0.01
     # Compact a log early when it holds this many bytes, whatever its entry count.
     LOG_BYTES_COMPACT = 64 * 1024 * 1024
 
     def __init__(self, fsync: str, fsync_batch_ms: int = 10) -> None:
-        self.poller = _orig_create_poller("auto")
+        self.poller = _EpollPoller()
         self.fsync = fsync
         self.fsync_batch_s = fsync_batch_ms / 1000.0
         self.groups: list[RaftGroup] = []
+        # Held by every tick pass; other threads take it to touch pysyncobj state.
         self.lock = threading.RLock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._calls: list[Callable[[], None]] = []
         self._last_sync = time.monotonic()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._woken = False
-        self.poller.subscribe(self._wake_r, self._on_wake, 1)
+        self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._heartbeat_timer: asyncio.TimerHandle | None = None
+        self._stopped = False
         self._sync_wanted = threading.Condition()
         self._sync_requested = False
+        self._sync_stop = threading.Event()
         self._sync_thread: threading.Thread | None = None
         self.tick_errors = 0
+        self.passes = 0
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to the running loop; call on its thread before creating groups."""
+        self.loop = loop
+        self._loop_thread = threading.get_ident()
 
     def add(self, group: RaftGroup) -> None:
         with self.lock:
@@ -835,40 +906,58 @@ class Ticker:
             self.groups = [g for g in self.groups if g is not group]
 
     def wake(self) -> None:
-        if not self._woken:
-            self._woken = True
-            try:
-                os.write(self._wake_w, b"x")
-            except BlockingIOError:
-                pass
+        """Ask for a tick pass soon (from any thread)."""
+        if threading.get_ident() == self._loop_thread:
+            self._schedule()
+        elif self.loop is not None and not self._stopped:
+            with contextlib.suppress(RuntimeError):  # loop closed at shutdown
+                self.loop.call_soon_threadsafe(self._schedule)
 
-    def _on_wake(self, _fd: int, _event: int) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        self._woken = False
+    def _schedule(self) -> None:
+        if not self._scheduled and not self._stopped:
+            self._scheduled = True
+            assert self.loop is not None
+            self.loop.call_soon(self._pass)
 
     def call_soon(self, fn: Callable[[], None]) -> None:
-        """Run `fn` on the tick thread (pysyncobj state is not thread-safe)."""
+        """Run `fn` in the next tick pass, on the loop thread (pysyncobj state is
+        not thread-safe)."""
         with self.lock:
             self._calls.append(fn)
         self.wake()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="raft-ticker", daemon=True)
-        self._thread.start()
+        loop = self.loop
+        assert loop is not None and threading.get_ident() == self._loop_thread, "attach() first, on the loop"
+        loop.add_reader(self.poller.fileno(), self._on_raft_io)
+        self._timer = loop.call_later(self.TICK_PERIOD_S, self._periodic)
         if self.fsync != "never":
             self._sync_thread = threading.Thread(target=self._sync_loop, name="raft-fsync", daemon=True)
             self._sync_thread.start()
+        self._schedule()
+
+    def _on_raft_io(self) -> None:
+        try:
+            with self.lock:
+                self.poller.poll(0.0)
+        except Exception:
+            self.tick_errors += 1
+            log.exception("raft socket event failed")
+        self._schedule()
+
+    def _periodic(self) -> None:
+        if self._stopped:
+            return
+        assert self.loop is not None
+        self._timer = self.loop.call_later(self.TICK_PERIOD_S, self._periodic)
+        self._schedule()
 
     def _sync_loop(self) -> None:
-        """The fsync thread: the tick thread goes on receiving and ticking while
-        journals reach the disk; held messages leave when theirs is durable."""
-        while not self._stop.is_set():
+        """The fsync thread: the loop goes on serving and ticking while journals
+        reach the disk; held messages leave when theirs is durable."""
+        while not self._sync_stop.is_set():
             with self._sync_wanted:
-                while not self._sync_requested and not self._stop.is_set():
+                while not self._sync_requested and not self._sync_stop.is_set():
                     self._sync_wanted.wait(0.5)
                 self._sync_requested = False
             for journal in [g.journal for g in self.groups]:
@@ -878,7 +967,7 @@ class Ticker:
                     # Disk full or failing: nothing that waits on this sync leaves;
                     # the next round tries again.
                     log.exception("journal fsync failed")
-                    self._stop.wait(0.05)
+                    self._sync_stop.wait(0.05)
             self.wake()
 
     def _request_sync(self) -> None:
@@ -886,54 +975,69 @@ class Ticker:
             self._sync_requested = True
             self._sync_wanted.notify()
 
-    def _run(self) -> None:
-        busy = False
-        while not self._stop.is_set():
-            try:
-                wanted = any(g.heartbeat_wanted for g in self.groups)
-                self.poller.poll(0.0 if busy else HEARTBEAT_GAP_MIN_S if wanted else self.IDLE_POLL_S)
-                busy = False
-                with self.lock:
-                    calls, self._calls = self._calls, []
-                    for fn in calls:
-                        fn()
-                    now = time.monotonic()
-                    for group in self.groups:
-                        if (
-                            not group.poller_view.active
-                            and not group.heartbeat_wanted
-                            and now - group.last_tick < self.TICK_PERIOD_S
-                        ):
-                            continue
-                        group.poller_view.active = False
-                        group.last_tick = now
-                        group.hooks.lease.check_clock(now)
-                        group.hooks.prevote_gate(now)
-                        busy = group.tick() or busy
-                        if group.journal.bytes > self.LOG_BYTES_COMPACT:
-                            group._obj.forceLogCompaction()
-                    now = time.monotonic()
-                    dirty = any(g.journal.dirty for g in self.groups)
-                    if dirty and (
-                        self.fsync == "always"
-                        or (self.fsync == "batch" and now - self._last_sync >= self.fsync_batch_s)
+    def _pass(self) -> None:
+        """Tick every group with socket activity, a proposal, a wanted heartbeat, or
+        no tick for TICK_PERIOD_S; then start an fsync round and send what is durable."""
+        self._scheduled = False
+        if self._stopped:
+            return
+        self.passes += 1
+        try:
+            with self.lock:
+                calls, self._calls = self._calls, []
+                for fn in calls:
+                    fn()
+                now = time.monotonic()
+                for group in self.groups:
+                    if (
+                        not group.poller_view.active
+                        and not group.heartbeat_wanted
+                        and now - group.last_tick < self.TICK_PERIOD_S
                     ):
-                        self._request_sync()
-                        self._last_sync = now
-                    for group in self.groups:
-                        group._transport.flush_outbox()
-            except Exception:
-                # pysyncobj retries a failing apply on the next tick (e.g. disk full):
-                # count it, log it, and go on rather than kill every shard.
-                self.tick_errors += 1
-                log.exception("raft tick failed")
-                self._stop.wait(0.05)
+                        continue
+                    group.poller_view.active = False
+                    group.last_tick = now
+                    group.hooks.lease.check_clock(now)
+                    group.hooks.prevote_gate(now)
+                    group.tick()
+                    if group.journal.bytes > self.LOG_BYTES_COMPACT:
+                        group._obj.forceLogCompaction()
+                now = time.monotonic()
+                dirty = any(g.journal.dirty for g in self.groups)
+                if dirty and (
+                    self.fsync == "always"
+                    or (self.fsync == "batch" and now - self._last_sync >= self.fsync_batch_s)
+                ):
+                    self._request_sync()
+                    self._last_sync = now
+                for group in self.groups:
+                    group._transport.flush_outbox()
+                wanted = any(g.heartbeat_wanted for g in self.groups)
+        except Exception:
+            # pysyncobj retries a failing apply on the next tick (e.g. disk full):
+            # count it, log it, and go on rather than kill every shard.
+            self.tick_errors += 1
+            log.exception("raft tick failed")
+            return
+        if wanted and self._heartbeat_timer is None:
+            # An on-demand heartbeat not yet due (HEARTBEAT_GAP_MIN_S): come back for it.
+            assert self.loop is not None
+            self._heartbeat_timer = self.loop.call_later(HEARTBEAT_GAP_MIN_S, self._heartbeat_due)
+
+    def _heartbeat_due(self) -> None:
+        self._heartbeat_timer = None
+        self._schedule()
 
     def stop(self) -> None:
-        self._stop.set()
+        """On the loop thread: stop ticking, finish the fsync thread, close every group."""
+        self._stopped = True
+        for timer in (self._timer, self._heartbeat_timer):
+            if timer is not None:
+                timer.cancel()
+        if self.loop is not None:
+            self.loop.remove_reader(self.poller.fileno())
+        self._sync_stop.set()
         self._request_sync()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
         if self._sync_thread is not None:
             self._sync_thread.join(timeout=5)
         with self.lock:
@@ -942,5 +1046,4 @@ class Ticker:
                     group._obj._doDestroy()
                 except Exception:
                     log.exception("shard %d: destroy failed", group.shard)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self.poller.close()

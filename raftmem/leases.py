@@ -63,7 +63,7 @@ class LeaderLease:
     def check_clock(self, now: float) -> None:
         """A monotonic clock that ran backwards (or a stamp from the future) voids
         every stamp: they would stretch the lease. Fresh acks rebuild it. Called
-        from the tick thread only: readings from two threads interleave."""
+        from tick passes only: readings from two threads interleave."""
         if now + CLOCK_SLACK_S < self.last_now or self.quorum_ack > now + CLOCK_SLACK_S:
             self.clock_resets += 1
             self.acked = {}

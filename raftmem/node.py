@@ -1,5 +1,5 @@
-"""One node process: every shard replica this node holds, one Raft tick thread,
-the aiohttp API on the event loop. `raftmem serve` calls `serve()`."""
+"""One node process: every shard replica this node holds, their Raft ticks and
+the aiohttp API on one event loop (plus an fsync thread). `raftmem serve` calls `serve()`."""
 
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ class Node:
     async def start(self) -> None:
         check_ports_free(self.config, self.me)
         self._loop = asyncio.get_running_loop()
+        self.ticker.attach(self._loop)
         table = Table.seed(self.config)
         data_dir = self.config.node_data_dir(self.node_id)
         for shard in range(self.config.shards):
@@ -214,7 +215,7 @@ class Node:
         if self.runner is not None:
             await self.runner.cleanup()
         await self.forwarder.close()
-        await asyncio.to_thread(self.ticker.stop)
+        self.ticker.stop()
         for replica in self.replicas.values():
             replica.close()
         log.info("node %s: stopped", self.node_id)

@@ -53,7 +53,7 @@ class DurableJournal:
         self._offsets: list[int] = []  # file offset of each entry's record
         self.bytes = 0  # payload bytes held, to trigger compaction by size
         # Mutations appended vs made durable; `sync` may run on another thread
-        # (the ticker's fsync thread) while the tick thread appends.
+        # (the ticker's fsync thread) while the loop thread appends.
         self.appended_seq = 0
         self.synced_seq = 0
         self._fd_lock = threading.Lock()
@@ -212,7 +212,7 @@ class DurableJournal:
 
     def sync(self) -> None:
         """Make every appended entry durable (a no-op when nothing is new).
-        Thread-safe against appends on the tick thread."""
+        Thread-safe against appends on the loop thread."""
         with self._fd_lock:
             seq = self.appended_seq
             if seq == self.synced_seq:

@@ -1,9 +1,10 @@
 """A shard replica on the event loop: group commit of writes, read barriers,
 waiting for an applied index, and the expiry reaper.
 
-The tick thread (consensus.Ticker) applies entries and fires proposal
-callbacks; everything here runs on the asyncio loop, and results cross over
-with `loop.call_soon_threadsafe` only.
+Everything here runs on the asyncio loop thread, as do the ticks of
+consensus.Ticker that apply entries and fire proposal callbacks; those
+callbacks hand results over with `loop.call_soon`, so pysyncobj's apply loop
+never runs request code.
 """
 
 from __future__ import annotations
@@ -229,7 +230,7 @@ class ShardReplica:
             fail_all(error, "read barrier lost")
 
         def on_done(outcome: str, value: Any) -> None:
-            self.loop.call_soon_threadsafe(settle, outcome, value)
+            self.loop.call_soon(settle, outcome, value)
 
         if self.unsafe_early_ack:
             # Negative control only: acknowledge before commit (a lying store).
@@ -284,7 +285,7 @@ class ShardReplica:
 
     def _quorum_ack_from_tick(self) -> None:
         if self._quorum_waiters:
-            self.loop.call_soon_threadsafe(self._wake_quorum_waiters)
+            self.loop.call_soon(self._wake_quorum_waiters)
 
     def _wake_quorum_waiters(self) -> None:
         waiters, self._quorum_waiters = self._quorum_waiters, []
@@ -313,7 +314,7 @@ class ShardReplica:
 
     def _on_applied_from_tick(self) -> None:
         if self._apply_waiters:
-            self.loop.call_soon_threadsafe(self._on_applied)
+            self.loop.call_soon(self._on_applied)
 
     def _on_applied(self) -> None:
         applied = self.applied_index
@@ -350,7 +351,7 @@ class ShardReplica:
         future: asyncio.Future[bool] = self.loop.create_future()
 
         def done(ok: bool) -> None:
-            self.loop.call_soon_threadsafe(_resolve, future, ok)
+            self.loop.call_soon(_resolve, future, ok)
 
         self.group.change_membership(add, address, done)
         try:
@@ -362,7 +363,7 @@ class ShardReplica:
         future: asyncio.Future[bool] = self.loop.create_future()
 
         def done(ok: bool) -> None:
-            self.loop.call_soon_threadsafe(_resolve, future, ok)
+            self.loop.call_soon(_resolve, future, ok)
 
         self.group.transfer_leadership(address, done)
         return await asyncio.wait_for(future, self.limits.write_timeout_ms / 1000)

@@ -4,8 +4,11 @@ the `ip`, `nft`, `nsenter` binaries; without them they are skipped, saying why."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import time
+from typing import Any
 
 import pytest
 
@@ -40,3 +43,18 @@ def compiler_problem() -> str | None:
 requires_harness = pytest.mark.skipif(harness_problem() is not None, reason=f"fault harness: {harness_problem()}")
 requires_fuse = pytest.mark.skipif(fuse_problem() is not None, reason=f"power-loss disk: {fuse_problem()}")
 requires_compiler = pytest.mark.skipif(compiler_problem() is not None, reason=str(compiler_problem()))
+
+
+POLL_S = 0.1
+
+
+async def poll_until(condition: Any, timeout_s: float, what: str) -> Any:
+    """Await `condition()` every POLL_S until it returns something truthy (returned);
+    fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = await condition()
+        if value:
+            return value
+        await asyncio.sleep(POLL_S)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")

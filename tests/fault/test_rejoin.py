@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +15,11 @@ from jepsen_like.cluster import Cluster, ClusterSpec
 from jepsen_like.httpclient import HttpClient
 from jepsen_like.resources import Teardown
 
-from .conftest import requires_harness
+from .conftest import poll_until, requires_harness
 
 pytestmark = requires_harness
 
 CUT_OFF_MS = 4000  # several election timeouts (400-1000 ms)
-POLL_S = 0.1
-
-
-async def _poll(condition: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = await condition()
-        if value:
-            return value
-        await asyncio.sleep(POLL_S)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 async def _leaders_and_terms(cluster: Cluster, client: HttpClient) -> dict[int, tuple[str, int]]:
@@ -57,7 +45,7 @@ async def _cut_off_a_follower_and_heal(tmp_path: Path, debug: dict[str, bool]) -
                 got = await _leaders_and_terms(cluster, client)
                 return got if len(got) == spec.shards else None
 
-            before = await _poll(all_led, 30, "a leader for every shard")
+            before = await poll_until(all_led, 30, "a leader for every shard")
             leading = {node for node, _ in before.values()}
             victim = next((n for n in cluster.node_ids if n not in leading), None)
             if victim is None:
@@ -75,7 +63,7 @@ async def _cut_off_a_follower_and_heal(tmp_path: Path, debug: dict[str, bool]) -
                 return bool(contacts) and all(c >= CUT_OFF_MS for c in contacts)
 
             try:
-                await _poll(cut_off_long_enough, 30, f"{victim} cut off for {CUT_OFF_MS} ms")
+                await poll_until(cut_off_long_enough, 30, f"{victim} cut off for {CUT_OFF_MS} ms")
             finally:
                 cluster.network.heal()
 
@@ -86,8 +74,8 @@ async def _cut_off_a_follower_and_heal(tmp_path: Path, debug: dict[str, bool]) -
                 followers = [e for e in answer.body["shards"] if e.get("role") == "follower"]
                 return all((e.get("last_contact_ms") or 10**9) < 500 for e in followers)
 
-            await _poll(victim_following_again, 60, f"{victim} following a leader again")
-            after = await _poll(all_led, 30, "a leader for every shard after the heal")
+            await poll_until(victim_following_again, 60, f"{victim} following a leader again")
+            after = await poll_until(all_led, 30, "a leader for every shard after the heal")
             return before, {s: after[s] for s in before}
     finally:
         teardown.run()
