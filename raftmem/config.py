@@ -120,6 +120,9 @@ class LimitsConfig:
     # Commands packed into one Raft log entry (group commit).
     group_commit_ops_max: int = 256
     group_commit_bytes_max: int = 512 * 1024
+    # After an entry commits, wait up to this long for as many writes as it
+    # answered (plus those already queued) before proposing the next one; 0: never.
+    group_commit_linger_ms: float = 4.0
     write_timeout_ms: int = 5000
     read_timeout_ms: int = 5000
     idempotency_keys_max: int = 100000
@@ -360,6 +363,8 @@ def validate(config: Config) -> None:
         raise ConfigError("limits.list_page_max: must be in [1, 10000]")
     if lim.entries_in_flight_max < 1:
         raise ConfigError("limits.entries_in_flight_max: must be at least 1")
+    if not 0 <= lim.group_commit_linger_ms <= 1000:
+        raise ConfigError("limits.group_commit_linger_ms: must be in [0, 1000]")
     if lim.body_bytes_max < 1024:
         raise ConfigError("limits.body_bytes_max: must be at least 1024")
 

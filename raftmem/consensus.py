@@ -26,9 +26,11 @@ import asyncio
 import base64
 import collections
 import contextlib
+import errno
 import logging
 import os
 import select
+import socket
 import threading
 import time
 import zlib
@@ -43,6 +45,7 @@ import pysyncobj.syncobj as _so
 import pysyncobj.tcp_connection as _tcp_connection
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
+from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.transport import TCPTransport
 
@@ -112,6 +115,83 @@ class _StoreOnlyZlib:
 
 
 _tcp_connection.zlib = _StoreOnlyZlib
+
+
+# pysyncobj's TcpConnection makes four system calls per readable event where one
+# does: getsockopt(SO_ERROR) on every event, then recv, getsockopt, and a recv
+# that fails with EAGAIN. Syscalls are dear in a VM, and every Raft message pays
+# them. The two methods below are pysyncobj 0.3.17's, minus those calls: SO_ERROR
+# is read only while a connect is in progress (a connected socket reports errors
+# through recv/send and EPOLLERR), and one recv is made per event unless it
+# filled the buffer (the level-triggered poller reports what is left).
+_TcpConnection = _tcp_connection.TcpConnection
+_CONN = _tcp_connection.CONNECTION_STATE
+
+
+def _process_read(self: Any) -> bool:
+    try:
+        incoming = self._TcpConnection__socket.recv(self._TcpConnection__recvBufferSize)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+            self.disconnect()
+        return False
+    if not incoming:
+        self.disconnect()
+        return False
+    self._TcpConnection__readBuffer += incoming
+    return len(incoming) == self._TcpConnection__recvBufferSize
+
+
+def _process_connection(self: Any, descr: int, event_type: int) -> None:
+    poller = self._TcpConnection__poller
+    if descr != self._TcpConnection__fileno:
+        poller.unsubscribe(descr)
+        return
+    if event_type & POLL_EVENT_TYPE.ERROR:
+        self.disconnect()
+        return
+    self._TcpConnection__processConnectionTimeout()
+    if self.state == _CONN.DISCONNECTED:
+        return
+    if self._TcpConnection__state == _CONN.CONNECTING and event_type & (POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.WRITE):
+        if self._TcpConnection__socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self.disconnect()
+            return
+        on_connected = self._TcpConnection__onConnected
+        if on_connected is not None:
+            on_connected()
+        if self._TcpConnection__state == _CONN.DISCONNECTED:
+            return
+        self._TcpConnection__state = _CONN.CONNECTED
+        self._TcpConnection__lastReadTime = monotonic_time()
+        return
+    if event_type & POLL_EVENT_TYPE.WRITE:
+        self._TcpConnection__trySendBuffer()
+        if self._TcpConnection__state == _CONN.DISCONNECTED:
+            return
+        event = POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.ERROR
+        if self._TcpConnection__writeBuffer:
+            event |= POLL_EVENT_TYPE.WRITE
+        poller.subscribe(descr, self._TcpConnection__processConnection, event)
+    if event_type & POLL_EVENT_TYPE.READ:
+        self._TcpConnection__tryReadBuffer()
+        if self._TcpConnection__state == _CONN.DISCONNECTED:
+            return
+        while True:
+            message = self._TcpConnection__processParseMessage()
+            if message is None:
+                break
+            # Re-read each time: the first message of an incoming connection
+            # names its node, and the transport swaps the callback then.
+            on_message = self._TcpConnection__onMessageReceived
+            if on_message is not None:
+                on_message(message)
+            if self._TcpConnection__state == _CONN.DISCONNECTED:
+                return
+
+
+_TcpConnection._TcpConnection__processRead = _process_read
+_TcpConnection._TcpConnection__processConnection = _process_connection
 
 
 class _EpollPoller:
@@ -891,6 +971,7 @@ class Ticker:
         self._sync_thread: threading.Thread | None = None
         self.tick_errors = 0
         self.passes = 0
+        self.sync_rounds = 0
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind to the running loop; call on its thread before creating groups."""
@@ -960,6 +1041,7 @@ class Ticker:
                 while not self._sync_requested and not self._sync_stop.is_set():
                     self._sync_wanted.wait(0.5)
                 self._sync_requested = False
+            self.sync_rounds += 1
             for journal in [g.journal for g in self.groups]:
                 try:
                     journal.sync()

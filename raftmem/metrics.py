@@ -45,6 +45,11 @@ class _ShardCollector:
         lag = GaugeMetricFamily("raftmem_shard_replication_lag_entries", "Leader's last index minus a follower's match index", labels=["shard", "follower"])
         commit = SummaryMetricFamily("raftmem_shard_commit_seconds", "Time from proposal to commit and apply on the leader", labels=["shard"])
         node_replicas = GaugeMetricFamily("raftmem_node_replicas", "Shard replicas placed on each node (skew)", labels=["node"])
+        ticker = next((r.group.ticker for r in self.service.replicas.values()), None)
+        if ticker is not None:
+            yield CounterMetricFamily("raftmem_raft_fsync_rounds", "Group-commit fsync rounds (each syncs every dirty journal)", value=ticker.sync_rounds)
+            yield CounterMetricFamily("raftmem_raft_tick_passes", "Tick passes over the node's Raft groups", value=ticker.passes)
+            yield CounterMetricFamily("raftmem_raft_tick_errors", "Tick passes that raised (logged; retried)", value=ticker.tick_errors)
         for shard, replica in self.service.replicas.items():
             label = [str(shard)]
             group = replica.group
@@ -94,11 +99,16 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str, int], Any] = {}
         self._shards = _ShardCollector()
         self.registry.register(self._shards)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).observe(seconds)
+        key = (route, method, status)
+        child = self._children.get(key)
+        if child is None:  # labels() costs a lock and string work per call: once per series
+            child = self._children[key] = self.requests.labels(route, method, str(status))
+        child.observe(seconds)
 
     def render(self, service: MemoryService) -> tuple[bytes, str]:
         self._shards.service = service

@@ -159,8 +159,8 @@ class StateMachine:
         if kind == "members":
             return self._apply_members(op, batch, overlay)
         idem = op.get("idem")
-        fingerprint = op_fingerprint(op)
         if idem:
+            fingerprint = op_fingerprint(op)  # only keyed requests are compared
             idem_key = b"k\x00" + idem.encode()
             seen = self._get(idem_key, overlay)
             if seen is not None:
