@@ -4,7 +4,8 @@
 #   bench/etcd_compare.sh [DURATION_S]        (default 20)
 #
 # Environment: PYTHON (an interpreter with raftmem installed; default python3),
-# CLIENTS (32), VALUE_BYTES (200), KEYS (1000), WARMUP_S (2), TRIES (3), OUT
+# CLIENTS (32), VALUE_BYTES (200), KEYS (1000), WARMUP_S (2), TRIES (3), PAIRS (4)
+# and PAIR_S (10) for the interleaved write runs, OUT
 # (results directory; default bench/results/etcd-compare-<time>), KEEP_WORK=1 to
 # keep the clusters' data and logs.
 #
@@ -17,7 +18,9 @@
 # 3. raftmem phase: a 3-node cluster (`raftmem cluster up`, fsync always) on
 #    8781-8783 (Raft 9100-9307), write-only and read-only linearizable, strong and
 #    eventual runs, TRIES failovers of shard 0's leader, then stop.
-# 4. Prints a Markdown table (also saved as $OUT/table.md with every JSON report).
+# 4. Both clusters again, and PAIRS pairs of PAIR_S-second write runs that
+#    alternate between them (the machine's speed drifts; see below).
+# 5. Prints a Markdown table (also saved as $OUT/table.md with every JSON report).
 #
 # Each phase runs alone so that one system's idle work does not tax the other.
 # Everything this script starts is stopped on exit (trap EXIT), by pid.
@@ -29,6 +32,8 @@ VALUE_BYTES=${VALUE_BYTES:-200}
 KEYS=${KEYS:-1000}
 WARMUP_S=${WARMUP_S:-2}
 TRIES=${TRIES:-3}
+PAIRS=${PAIRS:-4}
+PAIR_S=${PAIR_S:-10}
 PYTHON=${PYTHON:-python3}
 READY_TIMEOUT_S=60
 STOP_TIMEOUT_S=15
@@ -265,6 +270,32 @@ bench raftmem read-eventual 100:0 eventual "$RM_URLS" "${RM_PID[@]}"
 failover raftmem "$RM_URLS"
 stop_raftmem
 
+# -- interleaved write pairs ------------------------------------------------------------
+# This VM's speed drifts by up to 2x within minutes (a fixed Python loop took 0.39 s
+# and 0.72 s in the same hour), so the phases above, minutes apart, can mislead.
+# Here both clusters are up (each idle while the other is measured) and short
+# write runs alternate, the order flipping every pair.
+if ((PAIRS > 0)); then
+    log "interleaved write pairs: $PAIRS x (etcd, raftmem), ${PAIR_S}s each"
+    restart_dead_etcd
+    ready_etcd || die "etcd did not come back for the pairs"
+    restart_dead_raftmem
+    ready_raftmem || die "raftmem did not come back for the pairs"
+    (cd "$REPO" && "$PYTHON" bench/wait_balanced.py "${RM_URLS%%,*}" 60) || log "raftmem leaders not balanced; measuring anyway"
+    for pair in $(seq 1 "$PAIRS"); do
+        if ((pair % 2)); then order=(etcd raftmem); else order=(raftmem etcd); fi
+        for target in "${order[@]}"; do
+            if [[ $target == etcd ]]; then
+                DURATION_S=$PAIR_S bench etcd "pair$pair-write" 0:100 linearizable "$ETCD_URLS" "${ETCD_PID[@]}"
+            else
+                DURATION_S=$PAIR_S bench raftmem "pair$pair-write" 0:100 strong "$RM_URLS" "${RM_PID[@]}"
+            fi
+        done
+    done
+    stop_etcd
+    stop_raftmem
+fi
+
 # -- the table -------------------------------------------------------------------------------
 "$PYTHON" - "$OUT" "$ETCD_VERSION" "$DURATION_S" "$CLIENTS" "$VALUE_BYTES" "$KEYS" "$TRIES" "$LOADAVG_BEFORE" <<'PY' | tee "$OUT/table.md"
 import json, os, platform, statistics, sys, time
@@ -366,5 +397,33 @@ print("| | median | detail |")
 print("|---|--:|---|")
 print(f"| raftmem (shard 0's leader node) | {rm_f} | {rm_d} |")
 print(f"| etcd (the leader member) | {et_f} | {et_d} |")
+
+def write_rate(name):
+    r = report(name)
+    row = next((x for x in r["results"] if x["op"] == "write"), None) if r else None
+    return row["ops_per_s"] if row else None
+
+
+pairs = []
+for n in range(1, 1000):
+    rm, et = write_rate(f"raftmem-pair{n}-write"), write_rate(f"etcd-pair{n}-write")
+    if rm is None and et is None:
+        break
+    pairs.append((n, rm, et))
+if pairs:
+    print()
+    print("Interleaved write runs (both clusters up, each idle while the other is measured; "
+          "the order flips every pair):")
+    print()
+    print("| pair | raftmem writes/s | etcd writes/s | raftmem / etcd |")
+    print("|--:|--:|--:|--:|")
+    ratios = []
+    for n, rm, et in pairs:
+        ratio = rm / et if rm and et else None
+        if ratio is not None:
+            ratios.append(ratio)
+        print(f"| {n} | {rm or 0:.0f} | {et or 0:.0f} | {ratio:.2f} |" if ratio else f"| {n} | {rm} | {et} | n/a |")
+    if ratios:
+        print(f"| median | | | {statistics.median(ratios):.2f} |")
 PY
 log "results in $OUT"

@@ -103,18 +103,23 @@ _so.createJournal = _create_journal
 _so.createPoller = _create_poller
 
 
-class _StoreOnlyZlib:
-    """pysyncobj deflates every message at level 3; our messages are small and on
-    a LAN, so store them (level 0: still zlib framing, any peer decompresses it)."""
-
-    decompress = staticmethod(zlib.decompress)
+class _NoZlib:
+    """pysyncobj deflates every message at level 3; ours are small and on a LAN,
+    and even a level-0 zlib frame costs a copy and a checksum each way. Messages
+    are sent as the bare pickle. A received frame is inflated only if it is a
+    zlib stream (first byte 0x78); a pickle starts with its PROTO opcode 0x80, so
+    the two never mix up."""
 
     @staticmethod
     def compress(data: bytes, _level: int = 0) -> bytes:
-        return zlib.compress(data, 0)
+        return data
+
+    @staticmethod
+    def decompress(data: bytes) -> bytes:
+        return zlib.decompress(data) if data[:1] == b"\x78" else data
 
 
-_tcp_connection.zlib = _StoreOnlyZlib
+_tcp_connection.zlib = _NoZlib
 
 
 # pysyncobj's TcpConnection makes four system calls per readable event where one
