@@ -199,7 +199,7 @@ ready_etcd() {
 restart_dead_etcd() { # same flags: with a data dir in place, etcd ignores --initial-*
     local i pid
     for i in 0 1 2; do
-        pid=${ETCD_PID[${ETCD_NAMES[$i]}]}
+        pid=${ETCD_PID[${ETCD_NAMES[$i]}]:-}
         alive "$pid" || start_etcd_member "$i"
     done
 }
@@ -232,7 +232,7 @@ ready_raftmem() {
 restart_dead_raftmem() {
     local n
     for n in "${RM_NODES[@]}"; do
-        alive "${RM_PID[$n]}" && continue
+        alive "${RM_PID[$n]:-}" && continue
         RM_PID[$n]=$(cd "$REPO" && spawn "$RM_DIR/logs/$n.log" \
             "$PYTHON" -m cli.main serve --config "$RM_DIR/cluster.yaml" --node "$n")
     done
