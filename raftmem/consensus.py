@@ -2,8 +2,9 @@
 
 Narrow interface: `RaftGroup.propose`, `is_leader`, `leader`, `status`, plus a
 `Ticker` that drives every group of the process on the asyncio event loop
-thread, over one shared epoll set. Everything below reaches into pysyncobj's private seams, so it is all
-here and checked against one version only (see DESIGN.md in this folder):
+thread, over one shared epoll set. Everything below reaches into pysyncobj's
+private seams, so it is all here and checked against one version only (see
+DESIGN.md in this folder):
 
 - `createJournal` is replaced so pysyncobj writes our `DurableJournal`
   (fsync, atomic term/vote, crash-safe compaction) instead of its mmap journal.
@@ -257,8 +258,8 @@ class _EpollPoller:
 class _GroupPoller:
     """One group's view of the shared poller: any socket event of the group marks
     it active, so the ticker ticks only groups with something to do (plus every
-    group every few tens of milliseconds for timers). pysyncobj polls at the end of every tick;
-    that is a no-op here: the event loop tells the ticker when sockets are ready."""
+    group every few tens of milliseconds for timers). pysyncobj polls at the end
+    of every tick; that is a no-op here: the event loop reports ready sockets."""
 
     def __init__(self, shared: _EpollPoller) -> None:
         self._shared = shared
@@ -909,12 +910,11 @@ class RaftGroup:
 
         self.ticker.call_soon(run)
 
-    def tick(self) -> bool:
-        """One pysyncobj tick. Returns whether this leader appended entries, which
-        are then shipped at once rather than at the next append-entries period."""
+    def tick(self) -> None:
+        """One pysyncobj tick. A leader ships entries it appended (or a wanted
+        heartbeat) at once rather than at the next append-entries period."""
         obj = self._obj
         obj.doTick(0.0)
-        appended = False
         if obj._isLeader():
             last = self.journal[-1][1] if len(self.journal) else 0
             heartbeat_due = (
@@ -925,13 +925,11 @@ class RaftGroup:
                 self._shipped_upto = max(self._shipped_upto, last)
                 self.heartbeat_wanted = False
                 obj._SyncObj__sendAppendEntries()
-                appended = True
         applied = obj.raftLastApplied
         if applied != self._applied_seen:
             self._applied_seen = applied
             if self._on_applied is not None:
                 self._on_applied()
-        return appended
 
     def destroy(self) -> None:
         """Stop this replica's Raft membership on this node (its data stays)."""
@@ -957,7 +955,6 @@ class Ticker:
     # 10 ms for every group, timer wake-ups and idle ticks cost an idle 3-node
     # cluster 0.24 cores; at these values 0.14.
     TICK_PERIOD_S = 0.02
-    LEADER_TICK_S = 0.02
     FOLLOWER_TICK_S = 0.05
     # Compact a log early when it holds this many bytes, whatever its entry count.
     LOG_BYTES_COMPACT = 64 * 1024 * 1024
@@ -1087,7 +1084,7 @@ class Ticker:
                         not group.poller_view.active
                         and not group.heartbeat_wanted
                         and now - group.last_tick
-                        < (self.LEADER_TICK_S if group.is_leader() else self.FOLLOWER_TICK_S)
+                        < (self.TICK_PERIOD_S if group.is_leader() else self.FOLLOWER_TICK_S)
                     ):
                         continue
                     group.poller_view.active = False

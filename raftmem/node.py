@@ -1,5 +1,6 @@
 """One node process: every shard replica this node holds, their Raft ticks and
-the aiohttp API on one event loop (plus an fsync thread). `raftmem serve` calls `serve()`."""
+the aiohttp API on one event loop (plus an fsync thread). `raftmem serve` calls
+`serve()`."""
 
 from __future__ import annotations
 

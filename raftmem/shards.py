@@ -125,9 +125,7 @@ class ShardReplica:
         if self._linger is not None and (op is None or len(self._queue) >= self._writers):
             self._linger.cancel()  # everyone is back (or a read waits): no reason to wait
             self._linger = None
-        if self._linger is None and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
+        self._schedule_flush()
         # No timer per request: each log entry has one (see _propose), which fails
         # its writes as indeterminate when the outcome is overdue.
         return await future
@@ -179,13 +177,15 @@ class ShardReplica:
         ):
             self._linger = self.loop.call_later(linger_s, self._linger_over)
             return
-        if self._queue and not self._flush_scheduled and self._linger is None:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
+        self._schedule_flush()
 
     def _linger_over(self) -> None:
         self._linger = None
-        if self._queue and not self._flush_scheduled:
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        """Pack the queue in the next loop iteration, unless lingering or already due."""
+        if self._queue and self._linger is None and not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
