@@ -135,17 +135,26 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
-def run_run(args: argparse.Namespace) -> int:
-    from jepsen_like import scenarios
+def _ready_to_run(verbose: bool) -> bool:
+    """Logging, the preflight check (said on stderr when it fails) and the signal
+    handlers that tear a run down: what `run` and `matrix` need before starting."""
     from jepsen_like.resources import install_signal_handlers
-    from jepsen_like.runner import run_scenario
 
-    _logging(args.verbose)
+    _logging(verbose)
     problem = preflight()
     if problem:
         print(f"jepsen_like: cannot run: {problem}", file=sys.stderr)
-        return EXIT_HARNESS
+        return False
     install_signal_handlers()
+    return True
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from jepsen_like import scenarios
+    from jepsen_like.runner import run_scenario
+
+    if not _ready_to_run(args.verbose):
+        return EXIT_HARNESS
     scenario = scenarios.get(args.scenario)
     problem = scenario_problem(scenario)
     if problem:
@@ -177,14 +186,9 @@ def add_matrix_arguments(parser: argparse.ArgumentParser) -> None:
 def run_matrix_cmd(args: argparse.Namespace) -> int:
     from jepsen_like import scenarios
     from jepsen_like.matrix import run_matrix
-    from jepsen_like.resources import install_signal_handlers
 
-    _logging(args.verbose)
-    problem = preflight()
-    if problem:
-        print(f"jepsen_like: cannot run: {problem}", file=sys.stderr)
+    if not _ready_to_run(args.verbose):
         return EXIT_HARNESS
-    install_signal_handlers()
     if args.scenarios:
         names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
         for name in names:
