@@ -41,6 +41,17 @@ def wait_for(condition: Callable[[], T], timeout_s: float, what: str) -> T:
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
+def _ephemeral_low() -> int:
+    """Bottom of the kernel's ephemeral port range. Test clusters live below it: a node
+    killed and restarted must get its ports back, and a port in the ephemeral range can
+    be taken meanwhile as the local end of any outgoing connection (the write load opens
+    hundreds), which made a restarted node fail to bind (CI, 2026-11-21)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def _ports_free(host: str, ports: list[int]) -> bool:
     for port in ports:
         with socket.socket() as s:
@@ -71,7 +82,7 @@ class Cluster:
         node_cfgs = []
         total = nodes + spare
         for _attempt in range(50):
-            base = random.randrange(20000, 50000, 100)
+            base = random.randrange(10000, max(_ephemeral_low(), 20000) - 100, 100)
             http_ports = [base + i for i in range(total)]
             raft_bases = [base + 10 + i * (shards + 2) for i in range(total)]
             wanted = http_ports + [b + s for b in raft_bases for s in range(shards)]
@@ -201,7 +212,14 @@ class Cluster:
 
     def wait_ready(self, node_ids: list[str] | None = None, timeout_s: float = 60) -> None:
         for node_id in node_ids or [n for n in self.node_ids if self.alive(n)]:
-            wait_for(lambda n=node_id: self.ready(n), timeout_s, f"{node_id} ready")
+            try:
+                wait_for(lambda n=node_id: self.ready(n), timeout_s, f"{node_id} ready")
+            except AssertionError as e:
+                # Say why: a node that exited, or what it logged last, beats "connection refused".
+                proc = self.procs.get(node_id)
+                exit_code = proc.poll() if proc is not None else None
+                tail = "\n".join(self.log_text(node_id).splitlines()[-40:])
+                raise AssertionError(f"{e}; exit code {exit_code}; log tail:\n{tail}") from None
 
     def cluster_view(self, node_id: str) -> dict[str, Any]:
         status, _, body = self.request(node_id, "GET", "/v1/cluster", timeout_s=5)
