@@ -1,5 +1,5 @@
 """The aiohttp JSON API (DESIGN.md section 4). Handlers hold no try/except:
-errors are mapped to HTTP once, in `error_middleware`."""
+errors are mapped to HTTP once, in `_error_to_response`."""
 
 from __future__ import annotations
 
@@ -52,10 +52,10 @@ def _error_response(error: RaftmemError) -> web.Response:
     return _json_response(error.status, error.body(), headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _error_to_response(request: web.Request, exc: Exception) -> web.Response:
+    """The one mapping of errors to HTTP; re-raises what aiohttp itself must see."""
     try:
-        return await handler(request)
+        raise exc
     except RaftmemError as e:
         return _error_response(e)
     except web.HTTPRequestEntityTooLarge as e:
@@ -66,9 +66,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         err = RaftmemError(f"method {request.method} not allowed on {request.path}", allowed=sorted(e.allowed_methods))
         err.status, err.code = 405, "method_not_allowed"
         return _error_response(err)
-    except web.HTTPException:
-        raise
-    except asyncio.CancelledError:
+    except (web.HTTPException, asyncio.CancelledError):
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
@@ -254,18 +252,21 @@ class Api:
 def build_app(service: MemoryService, config: Config, metrics: Metrics) -> web.Application:
     api = Api(service, metrics)
 
+    # One middleware, not a timing one around an error one: aiohttp wraps every
+    # middleware layer in a coroutine of its own, per request.
     @web.middleware
-    async def timing(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except Exception as e:  # noqa: BLE001 (mapped, or re-raised, in one place)
+            response = _error_to_response(request, e)
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         metrics.observe_request(route, request.method, response.status, time.perf_counter() - start)
         return response
 
     # A little over the body limit, so that our own check answers with a clear message.
-    app = web.Application(
-        middlewares=[timing, error_middleware], client_max_size=config.limits.body_bytes_max + 4096
-    )
+    app = web.Application(middlewares=[middleware], client_max_size=config.limits.body_bytes_max + 4096)
     r = app.router
     r.add_put("/v1/memories/{namespace}/{id}", api.put)
     r.add_get("/v1/memories/{namespace}/{id}", api.get)

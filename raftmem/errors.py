@@ -1,4 +1,4 @@
-"""The raftmem error tree, mapped to HTTP in exactly one place (api.error_middleware).
+"""The raftmem error tree, mapped to HTTP in exactly one place (api._error_to_response).
 
     RaftmemError                      500 internal
     ├── InvalidRequest                400 invalid_request

@@ -5,6 +5,7 @@ the aiohttp API on one event loop (plus an fsync thread). `raftmem serve` calls
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -246,6 +247,19 @@ def _mark_joined(data_dir: Path) -> None:
         write_file_atomically(data_dir / JOINED_FILE, b"1\n")
 
 
+# A node allocates briskly (a few hundred objects per request), so with the
+# default threshold of 700 the collector ran a young-generation pass every few
+# requests. Start-up objects (modules, config, routes) are frozen out of it.
+# Measured on the 3-node bench: +6 % strong reads, writes up to +18 % (noisy).
+GC_THRESHOLDS = (20_000, 20, 20)
+
+
+def _tune_gc() -> None:
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def _serve(config: Config, node_id: str, me: NodeConfig | None = None) -> None:
     node = Node(config, node_id, me=me)
     stop = asyncio.Event()
@@ -253,6 +267,7 @@ async def _serve(config: Config, node_id: str, me: NodeConfig | None = None) -> 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await node.start()
+    _tune_gc()
     print(f"raftmem node {node_id} ready on {node.me.http_url}", flush=True)
     await stop.wait()
     await node.stop()
