@@ -5,7 +5,7 @@
 #
 # Environment: PYTHON (an interpreter with raftmem installed; default python3),
 # CLIENTS (32), VALUE_BYTES (200), KEYS (1000), WARMUP_S (2), TRIES (3), PAIRS (4)
-# and PAIR_S (10) for the interleaved write runs, OUT
+# and PAIR_S (10) for the interleaved runs, OUT
 # (results directory; default bench/results/etcd-compare-<time>), KEEP_WORK=1 to
 # keep the clusters' data and logs.
 #
@@ -18,8 +18,9 @@
 # 3. raftmem phase: a 3-node cluster (`raftmem cluster up`, fsync always) on
 #    8781-8783 (Raft 9100-9307), write-only and read-only linearizable, strong and
 #    eventual runs, TRIES failovers of shard 0's leader, then stop.
-# 4. Both clusters again, and PAIRS pairs of PAIR_S-second write runs that
-#    alternate between them (the machine's speed drifts; see below).
+# 4. Both clusters again, and PAIRS pairs of PAIR_S-second runs (writes, lease vs
+#    linearizable reads, eventual vs serializable reads) that alternate between
+#    them (the machine's speed drifts; see below).
 # 5. Prints a Markdown table (also saved as $OUT/table.md with every JSON report).
 #
 # Each phase runs alone so that one system's idle work does not tax the other.
@@ -270,26 +271,32 @@ bench raftmem read-eventual 100:0 eventual "$RM_URLS" "${RM_PID[@]}"
 failover raftmem "$RM_URLS"
 stop_raftmem
 
-# -- interleaved write pairs ------------------------------------------------------------
+# -- interleaved pairs ------------------------------------------------------------------
 # This VM's speed drifts by up to 2x within minutes (a fixed Python loop took 0.39 s
 # and 0.72 s in the same hour), so the phases above, minutes apart, can mislead.
 # Here both clusters are up (each idle while the other is measured) and short
 # write runs alternate, the order flipping every pair.
 if ((PAIRS > 0)); then
-    log "interleaved write pairs: $PAIRS x (etcd, raftmem), ${PAIR_S}s each"
+    log "interleaved pairs: $PAIRS x (etcd, raftmem) x 3 workloads, ${PAIR_S}s each"
     restart_dead_etcd
     ready_etcd || die "etcd did not come back for the pairs"
     restart_dead_raftmem
     ready_raftmem || die "raftmem did not come back for the pairs"
     (cd "$REPO" && "$PYTHON" bench/wait_balanced.py "${RM_URLS%%,*}" 60) || log "raftmem leaders not balanced; measuring anyway"
+    # workload name, mix, etcd level, raftmem level
+    PAIR_LOADS=("write 0:100 linearizable strong" "read 100:0 linearizable strong"
+                "read-stale 100:0 serializable eventual")
     for pair in $(seq 1 "$PAIRS"); do
         if ((pair % 2)); then order=(etcd raftmem); else order=(raftmem etcd); fi
-        for target in "${order[@]}"; do
-            if [[ $target == etcd ]]; then
-                DURATION_S=$PAIR_S bench etcd "pair$pair-write" 0:100 linearizable "$ETCD_URLS" "${ETCD_PID[@]}"
-            else
-                DURATION_S=$PAIR_S bench raftmem "pair$pair-write" 0:100 strong "$RM_URLS" "${RM_PID[@]}"
-            fi
+        for load in "${PAIR_LOADS[@]}"; do
+            read -r name mix etcd_level rm_level <<<"$load"
+            for target in "${order[@]}"; do
+                if [[ $target == etcd ]]; then
+                    DURATION_S=$PAIR_S bench etcd "pair$pair-$name" "$mix" "$etcd_level" "$ETCD_URLS" "${ETCD_PID[@]}"
+                else
+                    DURATION_S=$PAIR_S bench raftmem "pair$pair-$name" "$mix" "$rm_level" "$RM_URLS" "${RM_PID[@]}"
+                fi
+            done
         done
     done
     stop_etcd
@@ -398,32 +405,44 @@ print("|---|--:|---|")
 print(f"| raftmem (shard 0's leader node) | {rm_f} | {rm_d} |")
 print(f"| etcd (the leader member) | {et_f} | {et_d} |")
 
-def write_rate(name):
+def pair_row(name, op):
     r = report(name)
-    row = next((x for x in r["results"] if x["op"] == "write"), None) if r else None
-    return row["ops_per_s"] if row else None
+    row = next((x for x in r["results"] if x["op"] == op), None) if r else None
+    return (row["ops_per_s"], row["p99_ms"]) if row else (None, None)
 
 
-pairs = []
-for n in range(1, 1000):
-    rm, et = write_rate(f"raftmem-pair{n}-write"), write_rate(f"etcd-pair{n}-write")
-    if rm is None and et is None:
-        break
-    pairs.append((n, rm, et))
-if pairs:
+PAIR_LOADS = [
+    ("write", "write", "writes: raftmem vs etcd"),
+    ("read", "read", "reads: raftmem `strong` (lease) vs etcd linearizable"),
+    ("read-stale", "read", "reads: raftmem `eventual` vs etcd serializable"),
+]
+for load, op, title in PAIR_LOADS:
+    pairs = []
+    for n in range(1, 1000):
+        rm, et = pair_row(f"raftmem-pair{n}-{load}", op), pair_row(f"etcd-pair{n}-{load}", op)
+        if rm[0] is None and et[0] is None:
+            break
+        pairs.append((n, rm, et))
+    if not pairs:
+        continue
     print()
-    print("Interleaved write runs (both clusters up, each idle while the other is measured; "
+    print(f"Interleaved runs, {title} (both clusters up, each idle while the other is measured; "
           "the order flips every pair):")
     print()
-    print("| pair | raftmem writes/s | etcd writes/s | raftmem / etcd |")
-    print("|--:|--:|--:|--:|")
-    ratios = []
-    for n, rm, et in pairs:
+    print("| pair | raftmem ops/s | p99 ms | etcd ops/s | p99 ms | raftmem / etcd |")
+    print("|--:|--:|--:|--:|--:|--:|")
+    ratios, rm_p99, et_p99 = [], [], []
+    for n, (rm, rm99), (et, et99) in pairs:
         ratio = rm / et if rm and et else None
         if ratio is not None:
             ratios.append(ratio)
-        print(f"| {n} | {rm or 0:.0f} | {et or 0:.0f} | {ratio:.2f} |" if ratio else f"| {n} | {rm} | {et} | n/a |")
+            rm_p99.append(rm99)
+            et_p99.append(et99)
+        cells_ = [f"{rm or 0:.0f}", f"{rm99 or 0:.1f}", f"{et or 0:.0f}", f"{et99 or 0:.1f}",
+                  f"{ratio:.2f}" if ratio else "n/a"]
+        print(f"| {n} | " + " | ".join(cells_) + " |")
     if ratios:
-        print(f"| median | | | {statistics.median(ratios):.2f} |")
+        print(f"| median | | {statistics.median(rm_p99):.1f} | | {statistics.median(et_p99):.1f} | "
+              f"**{statistics.median(ratios):.2f}** |")
 PY
 log "results in $OUT"
