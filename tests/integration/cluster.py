@@ -62,6 +62,19 @@ def _ports_free(host: str, ports: list[int]) -> bool:
     return True
 
 
+def free_port_block(nodes: int, shards: int) -> tuple[list[int], list[int]]:
+    """HTTP ports and Raft port bases for `nodes` nodes, all free on 127.0.0.1 and
+    below the ephemeral range, at a random place (parallel runs and a dev cluster
+    on the default ports do not collide)."""
+    for _attempt in range(50):
+        base = random.randrange(10000, max(_ephemeral_low(), 20000) - 100, 100)
+        http_ports = [base + i for i in range(nodes)]
+        raft_bases = [base + 10 + i * (shards + 2) for i in range(nodes)]
+        if _ports_free("127.0.0.1", http_ports + [b + s for b in raft_bases for s in range(shards)]):
+            return http_ports, raft_bases
+    raise RuntimeError("no free port range found")
+
+
 class Cluster:
     def __init__(
         self,
@@ -81,15 +94,7 @@ class Cluster:
         self.http: dict[str, int] = {}
         node_cfgs = []
         total = nodes + spare
-        for _attempt in range(50):
-            base = random.randrange(10000, max(_ephemeral_low(), 20000) - 100, 100)
-            http_ports = [base + i for i in range(total)]
-            raft_bases = [base + 10 + i * (shards + 2) for i in range(total)]
-            wanted = http_ports + [b + s for b in raft_bases for s in range(shards)]
-            if _ports_free("127.0.0.1", wanted):
-                break
-        else:
-            raise RuntimeError("no free port range found")
+        http_ports, raft_bases = free_port_block(total, shards)
         self.spare: dict[str, tuple[int, int]] = {}
         for i in range(nodes, total):
             node_id = f"n{i + 1}"

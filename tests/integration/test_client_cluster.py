@@ -1,5 +1,5 @@
-"""raftmem.client against a real 3-node cluster on 127.0.0.1:8781-8783 (Raft ports
-9100-9303). Node processes are started here (as `raftmem cluster up` does), polled
+"""raftmem.client against a real 3-node cluster configured as `raftmem cluster up`
+does, on free ports of 127.0.0.1. Node processes are started here, polled
 on /readyz with a deadline, and always stopped by the fixture's finalizer. The
 failover test kills a node with SIGKILL and restarts it; it runs last."""
 
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.client
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,13 +25,12 @@ from raftmem.client import (
     shard_for,
 )
 
-from .cluster import wait_for
+from .cluster import free_port_block, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 NODES = ("n1", "n2", "n3")
-HTTP_PORTS = (8781, 8782, 8783)
-RAFT_PORT_BASES = (9100, 9200, 9300)
 SHARDS = 4
+HTTP_PORTS, RAFT_PORT_BASES = free_port_block(len(NODES), SHARDS)
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 FAILOVER_TIMEOUT_S = 20.0
@@ -49,22 +47,14 @@ def _ready(port: int) -> bool:
         conn.close()
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        # As the nodes bind: a TIME-WAIT left by a cluster just stopped is no conflict.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 class LocalCluster:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.config_path = root / "cluster.yaml"
-        self.config_path.write_text(yaml.safe_dump(local_config(len(NODES), SHARDS, str(root / "data"))))
+        config = local_config(len(NODES), SHARDS, str(root / "data"))
+        for node, http_port, raft_base in zip(config["cluster"]["nodes"], HTTP_PORTS, RAFT_PORT_BASES, strict=True):
+            node.update(http_port=http_port, raft_port_base=raft_base)
+        self.config_path.write_text(yaml.safe_dump(config))
         (root / "logs").mkdir(exist_ok=True)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -107,9 +97,6 @@ class LocalCluster:
 
 @pytest.fixture(scope="module")
 def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    busy = [p for p in HTTP_PORTS + tuple(b + s for b in RAFT_PORT_BASES for s in range(SHARDS)) if not _port_free(p)]
-    if busy:
-        pytest.fail(f"ports {busy} are in use: is a dev cluster running? (raftmem cluster down)")
     cluster = LocalCluster(tmp_path_factory.mktemp("client-cluster"))
     try:
         for node in NODES:
