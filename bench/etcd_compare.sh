@@ -275,7 +275,7 @@ stop_raftmem
 # This VM's speed drifts by up to 2x within minutes (a fixed Python loop took 0.39 s
 # and 0.72 s in the same hour), so the phases above, minutes apart, can mislead.
 # Here both clusters are up (each idle while the other is measured) and short
-# write runs alternate, the order flipping every pair.
+# runs of each workload alternate between them, the order flipping every pair.
 if ((PAIRS > 0)); then
     log "interleaved pairs: $PAIRS x (etcd, raftmem) x 3 workloads, ${PAIR_S}s each"
     restart_dead_etcd

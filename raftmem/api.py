@@ -3,7 +3,6 @@ errors are mapped to HTTP once, in `_error_to_response`."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import tempfile
 import time
@@ -66,7 +65,7 @@ def _error_to_response(request: web.Request, exc: Exception) -> web.Response:
         err = RaftmemError(f"method {request.method} not allowed on {request.path}", allowed=sorted(e.allowed_methods))
         err.status, err.code = 405, "method_not_allowed"
         return _error_response(err)
-    except (web.HTTPException, asyncio.CancelledError):
+    except web.HTTPException:
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
