@@ -158,7 +158,10 @@ class Config:
 _TOP_KEYS = {"cluster", "replication", "raft", "consistency", "storage", "limits", "debug"}
 _CLUSTER_KEYS = {"name", "shards", "nodes"}
 _NODE_KEYS = {"id", "host", "http_port", "raft_port_base", "zone"}
-_DEBUG_KEYS = {"unsafe_local_reads", "unsafe_early_ack", "disable_prevote"}
+_DEBUG_KEYS = {
+    "unsafe_local_reads", "unsafe_early_ack", "disable_prevote",
+    "slow_snapshot_disk", "inline_snapshot_install",
+}
 
 
 def _check_keys(section: str, data: Mapping[str, Any], allowed: set[str]) -> None:

@@ -31,6 +31,7 @@ import errno
 import logging
 import os
 import select
+import shutil
 import socket
 import threading
 import time
@@ -64,6 +65,10 @@ if _so.VERSION != PYSYNCOBJ_VERSION:
     raise ImportError(f"raftmem needs pysyncobj=={PYSYNCOBJ_VERSION}, found {_so.VERSION}")
 
 APPEND_BATCH_BYTES = 4 * 1024 * 1024
+# The `slow_snapshot_disk` fault: extra seconds to stage each received snapshot.
+SLOW_DISK_STAGE_S = 5.0
+# A staged snapshot waits this long between checks for a compaction to finish.
+STAGED_RETRY_S = 0.05
 # On-demand heartbeats (for ReadIndex) are at least this far apart: under a read
 # flood, one round confirms every read that arrived before it.
 HEARTBEAT_GAP_MIN_S = 0.001
@@ -293,6 +298,11 @@ class _Transport(TCPTransport):  # type: ignore[misc]
         super().__init__(syncObj, selfNode, otherNodes)
 
     def _onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
+        if isinstance(message, dict) and self.hooks.snapshots.intercept(node, message, self._deliver):
+            return
+        self._deliver(node, message)
+
+    def _deliver(self, node: Any, message: Any) -> None:
         if isinstance(message, dict) and self.hooks.on_receive(node, message):
             return
         if isinstance(message, dict) and message.get("type") == "next_node_idx":
@@ -355,6 +365,7 @@ class _Hooks:
         self.votes_ignored = 0
         self.prevotes_started = 0
         self.prevote_enabled = True
+        self.snapshots: _Snapshots | None = None
 
     def sticky(self, now: float) -> bool:
         """Heard from a live leader within the minimum election timeout?"""
@@ -393,10 +404,7 @@ class _Hooks:
         term = obj.raftCurrentTerm
         if kind == "append_entries":
             if message["term"] >= term:
-                self.follower.on_append(
-                    node.address, message["term"], message.get("rm_ts"), message.get("commit_index", 0), now,
-                    commit_complete=bool(message.get("rm_cc")),
-                )
+                self.heard_from_leader(node, message, now)
                 return self.trim_append(node, message)
             self._maybe_bump(node, now)
             return False
@@ -432,6 +440,12 @@ class _Hooks:
                 self.transfer_term = term
             return False
         return False
+
+    def heard_from_leader(self, node: Any, message: dict[str, Any], now: float) -> None:
+        self.follower.on_append(
+            node.address, message["term"], message.get("rm_ts"), message.get("commit_index", 0), now,
+            commit_complete=bool(message.get("rm_cc")),
+        )
 
     def trim_append(self, node: Any, message: dict[str, Any]) -> bool:
         """Raft appends only what is new and truncates only at a conflict; pysyncobj
@@ -517,9 +531,18 @@ class Replica(Protocol):
 
     def pack_checkpoint(self, directory: Path, path: Path, meta: bytes) -> None: ...
 
-    def install_snapshot(self, path: Path) -> None: ...
+    def stage_snapshot(self, path: Path) -> Path: ...
+
+    def install_staged(self, staged: Path) -> None: ...
 
     def read_snapshot_meta(self, path: Path) -> bytes: ...
+
+
+def _discard(path: Path | None) -> None:
+    if path is not None:
+        threading.Thread(
+            target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True}, daemon=True
+        ).start()
 
 
 def _entry_to_json(entry: tuple[bytes, int, int]) -> list[Any]:
@@ -530,19 +553,47 @@ def _entry_from_json(data: list[Any]) -> tuple[bytes, int, int]:
     return (base64.b64decode(data[0]), int(data[1]), int(data[2]))
 
 
-class _Snapshots:
-    """pysyncobj's serializer/deserializer/serializeChecker hooks."""
+@dataclass
+class _Receipt:
+    """A snapshot whose last chunk arrived and is being staged off the loop."""
 
-    def __init__(self, replica: Replica, directory: Path, shard: int) -> None:
+    node: Any
+    message: dict[str, Any]
+    deliver: Callable[[Any, Any], None]
+    aborted: bool = False
+    staged: Path | None = None
+    meta: dict[str, Any] | None = None
+    failed: bool = False
+
+
+class _Snapshots:
+    """pysyncobj's serializer/deserializer/serializeChecker hooks, and the
+    off-loop half of installing a snapshot received from the leader."""
+
+    def __init__(self, replica: Replica, directory: Path, shard: int, ticker: Ticker) -> None:
         self.replica = replica
         self.directory = directory
         self.shard = shard
+        self.ticker = ticker
         self.dump_path = directory / "raft.dump"
         self._state = SERIALIZER_STATE.NOT_SERIALIZING
         self._thread: threading.Thread | None = None
+        self.obj: Any = None
+        self.hooks: _Hooks | None = None
+        self.receipt: _Receipt | None = None
+        self._ready: _Receipt | None = None  # staged, handed to pysyncobj, not yet installed
+        self.closed = False
+        self.installs = {"staged": 0, "inline": 0}
+        self.stage_delay_s = 0.0  # fault injection: a slow disk under every install
+        self.stage_inline = False  # negative control: the whole install on the loop
 
     def serialize(self, tmp_file: str, data: Any) -> None:
         last, prev, cluster = data
+        if self.receipt is not None or self._ready is not None:
+            # A received snapshot is about to replace the dump: a compaction of the
+            # old state must not rename its older dump over it afterwards.
+            self._state = SERIALIZER_STATE.FAILED
+            return
         if self.replica.applied_index != last[1]:
             # Cannot happen while apply and compaction share the loop thread; if it
             # ever does, refuse rather than label a checkpoint with the wrong index.
@@ -590,18 +641,138 @@ class _Snapshots:
         return state
 
     def deserialize(self, file_name: str) -> tuple[Any, Any, Any]:
-        # A dump received from the leader was renamed into place without fsync.
+        # A dump received from the leader was renamed into place without fsync
+        # (a no-op when it was staged: the stager fsynced it).
         fsync_file(file_name)
         fsync_dir(self.directory)
         meta = orjson.loads(self.replica.read_snapshot_meta(Path(file_name)))
+        ready, self._ready = self._ready, None
         if self.replica.applied_index < meta["applied"]:
             log.info(
                 "shard %d: installing snapshot at index %d (applied %d)",
                 self.shard, meta["applied"], self.replica.applied_index,
                 extra={"shard": self.shard, "index": meta["applied"]},
             )
-            self.replica.install_snapshot(Path(file_name))
+            if ready is not None and ready.staged is not None and ready.meta == meta:
+                self.replica.install_staged(ready.staged)
+                ready.staged = None
+                self.installs["staged"] += 1
+            else:
+                # At start-up, or when staging failed: the whole install here.
+                self.replica.install_staged(self._stage_files(Path(file_name)))
+                self.installs["inline"] += 1
+        if ready is not None:
+            _discard(ready.staged)
         return _entry_from_json(meta["last"]), _entry_from_json(meta["prev"]), meta["cluster"]
+
+    # -- receiving a snapshot: stage off the loop, install in one short step --------
+    # pysyncobj writes the chunks of a snapshot into `raft.dump.1.tmp` as they
+    # come; on the last one it renames the file over the dump and calls
+    # `deserialize`, inside its message handler on the loop thread. Unpacking and
+    # fsyncing a large snapshot there would stall every shard of the node (and
+    # its HTTP API) for seconds, past election timeouts. So the last chunk is held
+    # back: a thread fsyncs the received file and unpacks it into a staging
+    # directory, then the chunk is handed to pysyncobj and `deserialize` only has
+    # to rename the staged database into place. Meanwhile the leader's messages
+    # are dropped (it re-sends what we do not acknowledge) but still count as a
+    # sign of life, so this replica does not campaign; anything else (a vote, a
+    # higher term, another sender) abandons the staging and lets pysyncobj go on.
+    def intercept(self, node: Any, message: dict[str, Any], deliver: Callable[[Any, Any], None]) -> bool:
+        """Called with every message before pysyncobj sees it: True if consumed."""
+        receipt = self.receipt
+        if receipt is not None:
+            return self._while_staging(receipt, node, message)
+        serialized = message.get("serialized") if message.get("type") == "append_entries" else None
+        if not serialized or not serialized[2] or self.stage_inline:
+            return False
+        obj = self.obj
+        incoming = obj._SyncObj__serializer._Serializer__incomingTransmissionFile
+        if incoming is None or message.get("term") != obj.raftCurrentTerm or obj._isLeader():
+            return False
+        incoming.flush()
+        self.receipt = receipt = _Receipt(node, message, deliver)
+        received = Path(f"{self.dump_path}.1.tmp")  # pysyncobj's name for it
+        threading.Thread(
+            target=self._stage, args=(receipt, received), name=f"snapshot-stage-{self.shard}", daemon=True
+        ).start()
+        return True
+
+    def _while_staging(self, receipt: _Receipt, node: Any, message: dict[str, Any]) -> bool:
+        obj, hooks = self.obj, self.hooks
+        kind, term = message.get("type"), message.get("term")
+        now = time.monotonic()
+        if kind == "append_entries" and node == receipt.node and term == obj.raftCurrentTerm:
+            # Our leader, going on: a sign of life (no campaign, votes stay sticky),
+            # answered the way pysyncobj answers a chunk, which keeps the leader's
+            # view of us fresh (quorum, lease echo) and changes nothing else.
+            hooks.heard_from_leader(node, message, now)
+            obj._SyncObj__raftElectionDeadline = now + obj._SyncObj__generateRaftTimeout()
+            hooks.transport.send(node, {
+                "type": "next_node_idx", "next_node_idx": obj._SyncObj__getCurrentLogIndex() + 1,
+                "reset": False, "success": False,
+            })
+            return True
+        if (
+            kind in ("rm_prevote", "rm_prevote_resp")  # no term change: the hooks answer them
+            or (term is not None and term < obj.raftCurrentTerm)  # pysyncobj ignores these
+            or (kind == "request_vote" and not message.get("rm_transfer") and hooks.sticky(now))
+        ):
+            return False
+        log.info("shard %d: snapshot staging abandoned (%s from %s)", self.shard, kind, node)
+        receipt.aborted = True
+        self.receipt = None
+        return False
+
+    def _stage(self, receipt: _Receipt, received: Path) -> None:
+        """On a thread of its own: touches files only, never the live database."""
+        try:
+            if self.closed:
+                raise RuntimeError("replica closed")
+            fsync_file(received)
+            meta = orjson.loads(self.replica.read_snapshot_meta(received))
+            receipt.meta = meta
+            if self.replica.applied_index < meta["applied"]:
+                receipt.staged = self._stage_files(received)
+        except Exception:
+            if not receipt.aborted:  # an abandoned receipt's file may be rewritten under us
+                log.exception("shard %d: staging a received snapshot failed", self.shard)
+            receipt.failed = True
+        self.ticker.call_soon(lambda: self._staged(receipt))
+
+    def _retry_staged(self, receipt: _Receipt) -> None:
+        loop = self.ticker.loop
+        assert loop is not None
+        loop.call_later(STAGED_RETRY_S, self.ticker.call_soon, lambda: self._staged(receipt))
+
+    def _stage_files(self, path: Path) -> Path:
+        if self.stage_delay_s:
+            time.sleep(self.stage_delay_s)
+        return self.replica.stage_snapshot(path)
+
+    def _staged(self, receipt: _Receipt) -> None:
+        """Back on the loop thread, in a tick pass."""
+        if self._state != SERIALIZER_STATE.NOT_SERIALIZING and not receipt.aborted and not self.closed:
+            # A compaction started before the snapshot arrived is still packing (or
+            # not yet reported to pysyncobj): install after it, so its dump can
+            # never land over the new one.
+            self._retry_staged(receipt)
+            return
+        if self.receipt is receipt:
+            self.receipt = None
+        obj = self.obj
+        if (
+            receipt.aborted or self.closed or obj._isLeader()
+            or obj.raftCurrentTerm != receipt.message["term"]
+        ):
+            _discard(receipt.staged)
+            return
+        self._ready = None if receipt.failed else receipt
+        try:
+            receipt.deliver(receipt.node, receipt.message)
+        finally:
+            if self._ready is receipt:  # pysyncobj did not load it after all
+                self._ready = None
+                _discard(receipt.staged)
 
     def recover_interrupted_compaction(self, journal: DurableJournal) -> None:
         """A crash after the dump was renamed into place but before the journal was
@@ -650,6 +821,10 @@ class GroupSpec:
     # Negative control only: elections without a pre-vote round (an isolated node
     # bumps its term and deposes the leader when it comes back).
     disable_prevote: bool = False
+    # Fault injection: every snapshot install takes SLOW_DISK_STAGE_S longer.
+    slow_snapshot_disk: bool = False
+    # Negative control only: install received snapshots wholly on the loop thread.
+    inline_snapshot_install: bool = False
 
 
 class RaftGroup:
@@ -668,7 +843,9 @@ class RaftGroup:
         else:
             timeouts = (lo + (hi - lo) / 2, hi)
         self.journal = DurableJournal(spec.directory / "raft.journal", fsync_enabled=raft.fsync != "never")
-        self.snapshots = _Snapshots(replica, spec.directory, spec.shard)
+        self.snapshots = _Snapshots(replica, spec.directory, spec.shard, ticker)
+        self.snapshots.stage_delay_s = SLOW_DISK_STAGE_S if spec.slow_snapshot_disk else 0.0
+        self.snapshots.stage_inline = spec.inline_snapshot_install
         self.snapshots.recover_interrupted_compaction(self.journal)
         self.leader_changes = 0
         self.role_since = time.monotonic()
@@ -705,6 +882,8 @@ class RaftGroup:
         )
         self.hooks = _Hooks(raft, cluster_size=len(spec.peer_addresses) + 1, journal=self.journal)
         self.hooks.prevote_enabled = not spec.disable_prevote
+        self.hooks.snapshots = self.snapshots
+        self.snapshots.hooks = self.hooks
         _building.journal = self.journal
         self.poller_view = _GroupPoller(ticker.poller)
         self.last_tick = 0.0
@@ -723,6 +902,7 @@ class RaftGroup:
         self._transport: _Transport = self._obj._SyncObj__transport
         self.hooks.obj = self._obj
         self.hooks.transport = self._transport
+        self.snapshots.obj = self._obj
         ticker.add(self)
 
     def _on_state_changed(self, old: int, new: int) -> None:
@@ -853,6 +1033,8 @@ class RaftGroup:
             "votes_ignored": self.hooks.votes_ignored,
             "prevotes_started": self.hooks.prevotes_started,
             "lease_clock_resets": self.hooks.lease.clock_resets,
+            "snapshot_installs": dict(self.snapshots.installs),
+            "snapshot_staging": self.snapshots.receipt is not None,
         }
         now = time.monotonic()
         if obj._isLeader():
@@ -933,6 +1115,7 @@ class RaftGroup:
 
     def destroy(self) -> None:
         """Stop this replica's Raft membership on this node (its data stays)."""
+        self.snapshots.closed = True
         self.ticker.remove(self)
         with self.ticker.lock:
             self._obj._doDestroy()
@@ -1077,7 +1260,11 @@ class Ticker:
             with self.lock:
                 calls, self._calls = self._calls, []
                 for fn in calls:
-                    fn()
+                    try:
+                        fn()
+                    except Exception:  # one failing call must not drop the others
+                        self.tick_errors += 1
+                        log.exception("raft call failed")
                 now = time.monotonic()
                 for group in self.groups:
                     if (

@@ -77,6 +77,8 @@ class ShardReplica:
             naive_step_down=bool(config.debug.get("unsafe_local_reads")),
             preferred_leader=preferred_leader,
             disable_prevote=bool(config.debug.get("disable_prevote")),
+            slow_snapshot_disk=bool(config.debug.get("slow_snapshot_disk")),
+            inline_snapshot_install=bool(config.debug.get("inline_snapshot_install")),
         )
         self._queue: list[_Pending] = []
         self._flush_scheduled = False
@@ -433,8 +435,11 @@ class _ApplyHook:
     def pack_checkpoint(self, directory: Path, path: Path, meta: bytes) -> None:
         self._sm.pack_checkpoint(directory, path, meta)
 
-    def install_snapshot(self, path: Path) -> None:
-        self._sm.install_snapshot(path)
+    def stage_snapshot(self, path: Path) -> Path:
+        return self._sm.stage_snapshot(path)
+
+    def install_staged(self, staged: Path) -> None:
+        self._sm.install_staged(staged)
 
     def read_snapshot_meta(self, path: Path) -> bytes:
         return self._sm.read_snapshot_meta(path)

@@ -345,7 +345,13 @@ class StateMachine:
         return Store.read_snapshot_meta(path)
 
     def install_snapshot(self, path: Path) -> None:
-        self.store.install_snapshot(path)
+        self.install_staged(self.store.stage_snapshot(path))
+
+    def stage_snapshot(self, path: Path) -> Path:
+        return self.store.stage_snapshot(path)
+
+    def install_staged(self, staged: Path) -> None:
+        self.store.install_staged(staged)
         raw = self.store.get(APPLIED_KEY)
         self.applied_index = codec.from_u64(raw) if raw else 0
 

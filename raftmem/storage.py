@@ -2,8 +2,10 @@
 
 Each replica directory holds numbered database generations (`db-000001`, ...)
 and a `DB_CURRENT` file naming the live one. Installing a snapshot unpacks into
-a new generation, fsyncs it, and only then atomically repoints `DB_CURRENT`: a
-crash at any step leaves either the old or the new database, never a mix.
+a staging directory and fsyncs it (off the event loop: `stage_snapshot`), then
+renames it into a new generation and only then atomically repoints
+`DB_CURRENT` (`install_staged`): a crash at any step leaves either the old or
+the new database, never a mix.
 
 Snapshots are RocksDB checkpoints (hard links of immutable SST files, taken
 after a memtable flush) packed with a small metadata blob into one tar file.
@@ -15,6 +17,8 @@ import io
 import os
 import shutil
 import tarfile
+import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +27,8 @@ from rocksdict import AccessType, Checkpoint, Options, Rdict, WriteBatch, WriteO
 CURRENT_FILE = "DB_CURRENT"
 SNAPSHOT_META_NAME = "raftmem-snapshot-meta"
 SNAPSHOT_DB_DIR = "db"
+# Snapshots unpacked ahead of their install; a name no live generation can have.
+STAGED_PREFIX = "staged-"
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -103,7 +109,7 @@ class Store:
         # Leftovers of an interrupted snapshot install or of a swap whose cleanup
         # did not finish.
         for child in self.directory.iterdir():
-            if child.name.startswith("db-") and child != self._db_path(generation):
+            if child.name.startswith(("db-", STAGED_PREFIX)) and child != self._db_path(generation):
                 shutil.rmtree(child, ignore_errors=True)
         return generation
 
@@ -158,27 +164,51 @@ class Store:
 
     def install_snapshot(self, path: str | Path) -> None:
         """Replace the database with the snapshot's, crash-safely."""
+        self.install_staged(self.stage_snapshot(path))
+
+    def stage_snapshot(self, path: str | Path) -> Path:
+        """Unpack a packed snapshot next to the live database and fsync it: the slow
+        half of an install. Touches no open database, so it may run on any thread
+        while the replica goes on serving; `install_staged` finishes the job."""
+        # Unique, so a late thread of a dropped replica never touches a newer one's.
+        staged = self.directory / f"{STAGED_PREFIX}{uuid.uuid4().hex}"
+        unpack = staged.with_name(staged.name + ".unpack")
+        for leftover in (staged, unpack):
+            shutil.rmtree(leftover, ignore_errors=True)
+        try:
+            with tarfile.open(str(path), mode="r") as tar:
+                members = [m for m in tar.getmembers() if m.name.startswith(SNAPSHOT_DB_DIR)]
+                tar.extractall(str(unpack), members=members, filter="data")
+            os.replace(unpack / SNAPSHOT_DB_DIR, staged)
+            for root, _dirs, files in os.walk(staged):
+                for name in files:
+                    fsync_file(Path(root) / name)
+            fsync_dir(staged)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(unpack, ignore_errors=True)
+        return staged
+
+    def install_staged(self, staged: Path) -> None:
+        """Make a staged snapshot the live database: a rename, a RocksDB open and
+        one small atomic file write. The old generation is removed in the
+        background (a crash before that is cleaned up at the next open)."""
         generation = self._generation + 1
         target = self._db_path(generation)
-        unpack = self.directory / "unpack.tmp"
-        shutil.rmtree(unpack, ignore_errors=True)
         shutil.rmtree(target, ignore_errors=True)
-        with tarfile.open(str(path), mode="r") as tar:
-            members = [m for m in tar.getmembers() if m.name.startswith(SNAPSHOT_DB_DIR)]
-            tar.extractall(str(unpack), members=members, filter="data")
-        os.replace(unpack / SNAPSHOT_DB_DIR, target)
-        shutil.rmtree(unpack, ignore_errors=True)
-        for root, _dirs, files in os.walk(target):
-            for name in files:
-                fsync_file(Path(root) / name)
-        fsync_dir(target)
+        os.replace(staged, target)
         fsync_dir(self.directory)
         new_db = Rdict(str(target), _options())
         write_file_atomically(self.directory / CURRENT_FILE, f"{generation}\n".encode())
         old_db, old_path = self._db, self._db_path(self._generation)
         self._db, self._generation = new_db, generation
         old_db.close()
-        shutil.rmtree(old_path, ignore_errors=True)
+        threading.Thread(
+            target=shutil.rmtree, args=(old_path,), kwargs={"ignore_errors": True},
+            name="snapshot-cleanup", daemon=True,
+        ).start()
 
     @staticmethod
     def scan_snapshot(path: str | Path, start: bytes, end: bytes, workdir: str | Path) -> Iterator[tuple[bytes, bytes]]:

@@ -10,7 +10,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cluster import Cluster, wait_for
+import pytest
+
+from .cluster import POLL_S, Cluster, wait_for
 
 NS = "dur"
 
@@ -147,7 +149,7 @@ def test_compaction_bounds_the_log_and_a_wiped_node_catches_up_by_snapshot(tmp_p
         load.start()
         # Sustained writes: far more entries than the compaction threshold.
         wait_for(lambda: _view_max(c, "n1", "commit_index") >= 600, 120, "600 entries in some shard")
-        wait_for(lambda: _view_max(c, "n1", "log_first_index") > 100, 60, "a compaction")
+        wait_for(lambda: _compacted_everywhere(c, ["n1", "n2"]), 60, "every shard compacted on n1 and n2")
         for node in c.node_ids:
             entries = _view_max(c, node, "log_entries")
             assert entries <= 100 + 200, f"{node}: log holds {entries} entries despite compaction"
@@ -157,16 +159,11 @@ def test_compaction_bounds_the_log_and_a_wiped_node_catches_up_by_snapshot(tmp_p
         c.wipe("n3")
         c.start("n3")
         c.wait_ready(["n3"])
-
-        def caught_up() -> bool:
-            leader_view = {s["shard"]: s for s in c.cluster_view("n1")["shards"]}
-            mine = c.cluster_view("n3")["shards"]
-            return all(s["applied_index"] >= leader_view[s["shard"]]["commit_index"] - 5 and
-                       s["log_first_index"] is not None for s in mine)
-
-        wait_for(caught_up, 60, "wiped n3 caught up")
-        # It had nothing: catching up past compacted entries means a snapshot install.
+        wait_for(lambda: _caught_up(c, "n3"), 60, "wiped n3 caught up")
+        # It had nothing: catching up past compacted entries means a snapshot install,
+        # staged off the event loop.
         assert "installing snapshot" in c.log_text("n3")
+        assert _installs(c, "n3")["staged"] >= 1
         wait_for(lambda: _eventual_has(c, "n3", acked), 60, "n3 serving every acknowledged write locally")
         # Restart after the install: state is durable (generation switch + journal).
         c.stop("n3")
@@ -175,3 +172,102 @@ def test_compaction_bounds_the_log_and_a_wiped_node_catches_up_by_snapshot(tmp_p
         wait_for(lambda: _eventual_has(c, "n3", acked), 60, "n3 still has everything after restart")
     finally:
         c.stop_all()
+
+
+def _compacted_everywhere(c: Cluster, nodes: list[str]) -> bool:
+    """Every shard's log compacted on each of `nodes`: whichever of them leads a
+    shard when a wiped node comes back must send it a snapshot."""
+    return all((s["log_first_index"] or 0) > 1 for n in nodes for s in c.cluster_view(n)["shards"])
+
+
+def _caught_up(c: Cluster, node: str) -> bool:
+    leader_view = {s["shard"]: s for s in c.cluster_view("n1")["shards"]}
+    mine = c.cluster_view(node)["shards"]
+    return all(s["applied_index"] >= leader_view[s["shard"]]["commit_index"] - 5 and
+               s["log_first_index"] is not None for s in mine)
+
+
+def _installs(c: Cluster, node: str) -> dict[str, int]:
+    total = {"staged": 0, "inline": 0}
+    for shard in c.cluster_view(node)["shards"]:
+        for how, count in shard["snapshot_installs"].items():
+            total[how] += count
+    return total
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["staged", "inline-negative-control"])
+def test_a_node_installing_snapshots_keeps_answering(tmp_path: Any, inline: bool) -> None:
+    """Snapshots are unpacked and fsynced off the event loop, so a node catching up
+    on a slow disk (5 s more per install, injected) still answers HTTP while it
+    installs. The negative control installs on the loop, as pysyncobj would: the
+    same probes then time out."""
+    debug = {"slow_snapshot_disk": True, "inline_snapshot_install": inline}
+    c = Cluster(tmp_path, raft={"log_compaction_entries": 100, "log_compaction_min_s": 3600}, debug=debug)
+    try:
+        c.start_all()
+        load = WriteLoad(c, writers=8)
+        load.start()
+        wait_for(lambda: _compacted_everywhere(c, ["n1", "n2"]), 120, "every shard compacted on n1 and n2")
+        load.stop()
+        c.stop("n3")
+        c.wipe("n3")
+        prober = _Prober(c, "n3", timeout_s=2.0)  # well under the injected 5 s per install
+        c.start("n3")
+        prober.start()  # from the moment n3 starts: it may install before it is ready
+        seen_staging = []
+
+        def caught_up() -> bool:
+            view = c.cluster_view("n3")  # an answer from n3 while it stages, if any shard does
+            seen_staging.extend(s["shard"] for s in view["shards"] if s["snapshot_staging"])
+            return _caught_up(c, "n3")
+
+        try:
+            wait_for(caught_up, 120, "wiped n3 caught up")
+        finally:
+            prober.stop()
+        installs = _installs(c, "n3")
+        summary = f"{prober.answers} answers, {prober.timeouts} timeouts, errors {prober.errors}; installs {installs}"
+        assert prober.answers > 0 and not prober.errors, summary
+        if inline:
+            assert installs["inline"] >= 1, summary
+            assert prober.timeouts >= 1, f"installing on the loop never stalled n3: {summary}"
+        else:
+            assert installs["staged"] >= 1 and installs["inline"] == 0, summary
+            assert seen_staging, f"n3 never answered while staging: {summary}"
+            assert prober.timeouts == 0, f"probes of n3 timed out while it installed: {summary}"
+    finally:
+        c.stop_all()
+
+
+class _Prober(threading.Thread):
+    """Asks a node for /healthz back to back; counts answers and timeouts (a
+    refused connection means not listening yet, and counts as neither)."""
+
+    def __init__(self, c: Cluster, node: str, timeout_s: float) -> None:
+        super().__init__(daemon=True)
+        self.c, self.node, self.timeout_s = c, node, timeout_s
+        self.answers = self.timeouts = 0
+        self.errors: list[str] = []  # anything else: a reset, a bad status
+        self._stop_probing = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_probing.is_set():
+            try:
+                status, _, _ = self.c.request(self.node, "GET", "/healthz", timeout_s=self.timeout_s)
+            except ConnectionRefusedError:
+                self._stop_probing.wait(POLL_S)
+                continue
+            except TimeoutError:
+                self.timeouts += 1
+                continue
+            except Exception as e:  # noqa: BLE001 (reported by the test)
+                self.errors.append(repr(e))
+                continue
+            if status == 200:
+                self.answers += 1
+            else:
+                self.errors.append(f"status {status}")
+
+    def stop(self) -> None:
+        self._stop_probing.set()
+        self.join(timeout=10)

@@ -125,3 +125,32 @@ def test_snapshot_restores_on_another_replica(tmp_path: Path) -> None:
     dst.store.close()
     again = sm_at(tmp_path / "dst")
     assert again.applied_index == 29 and again.get("ns", "stale", NOW) is None
+
+
+def test_a_staged_snapshot_is_invisible_until_installed(tmp_path: Path) -> None:
+    """Staging (the slow half of an install, run off the event loop) leaves the live
+    database alone; a crash before the install discards the staging at the next
+    open, and the install itself switches generations."""
+    sm = sm_at(tmp_path / "src")
+    for i in range(1, 11):
+        sm.apply(i, entry(put(f"k{i}", content=i)))
+    sm.create_checkpoint(tmp_path / "cp")
+    sm.pack_checkpoint(tmp_path / "cp", tmp_path / "snap", b'{"applied": 10}')
+    dst = sm_at(tmp_path / "dst")
+    dst.apply(1, entry(put("mine")))
+    staged = dst.stage_snapshot(tmp_path / "snap")
+    assert staged.is_dir() and staged.parent == tmp_path / "dst"
+    assert dst.applied_index == 1 and dst.get("ns", "mine", NOW) is not None
+    # "Crash" with the staging in place: reopening keeps the live generation only.
+    dst.store.close()
+    dst = sm_at(tmp_path / "dst")
+    assert not staged.exists()
+    assert dst.applied_index == 1 and dst.get("ns", "mine", NOW) is not None
+    # Stage again and install: the snapshot's state, durable across a reopen.
+    dst.install_staged(dst.stage_snapshot(tmp_path / "snap"))
+    assert dst.applied_index == 10 and dst.get("ns", "mine", NOW) is None
+    assert list(dst.iter_records()) == list(sm.iter_records())
+    dst.store.close()
+    again = sm_at(tmp_path / "dst")
+    assert again.applied_index == 10
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir() if p.is_dir()) == ["db-000002"]
