@@ -126,7 +126,11 @@ def _get(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     consistency = args.consistency
     if args.after and consistency is None:
         consistency = "session"
-    memory = client.get(args.namespace, args.id, consistency=consistency, after=args.after)
+    if args.max_staleness_ms is not None and consistency is None:
+        consistency = "bounded"
+    memory = client.get(
+        args.namespace, args.id, consistency=consistency, after=args.after, max_staleness_ms=args.max_staleness_ms
+    )
     if args.json:
         _dump(memory, out)
     else:
@@ -203,6 +207,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("id")
     p.add_argument("--consistency", choices=CONSISTENCY_LEVELS, help="default: the server's policy")
     p.add_argument("--after", metavar="TOKEN", help="a write's token <shard>:<index> (implies session)")
+    p.add_argument("--max-staleness-ms", type=int, metavar="N",
+                   help="serve from a replica at most N ms behind its leader (implies bounded)")
     p.set_defaults(func=_run(_get))
 
     p = sub.add_parser("delete", parents=[global_options()], help="delete a memory")

@@ -21,6 +21,8 @@ import yaml
 
 CONSISTENCY_LEVELS = ("linearizable", "strong", "session", "bounded", "eventual")
 FSYNC_MODES = ("always", "batch", "never")
+# The largest max_staleness_ms a bounded read (or a bounded tag policy) may ask for.
+STALENESS_MS_MAX = 3_600_000
 
 # Limits (DESIGN.md section 4). Defaults here, overridable under `limits:`.
 NAMESPACE_CHARS_MAX = 128
@@ -61,10 +63,16 @@ class RaftConfig:
     clock_drift_bound: float = 0.1
     fsync: str = "always"
     fsync_batch_ms: int = 10
-    # The leader's periodic append-entries (heartbeat, lease renewal). New entries
-    # do not wait for it (the ticker ships them at once), nor do ReadIndex reads
-    # (they ask for a round), so it only paces idle traffic.
-    append_entries_period_ms: int = 50
+    # `heartbeat_ms` is the longest a follower goes without hearing from a live
+    # leader. The leader sends its periodic append-entries (heartbeat, lease
+    # renewal) twice as often, so one lost message does not break that promise.
+    # New entries do not wait for it (the ticker ships them at once), nor do
+    # ReadIndex reads (they ask for a round), so it only paces idle traffic.
+    append_entries_period_ms: int = 0  # 0: heartbeat_ms / 2
+
+    @property
+    def append_period_ms(self) -> int:
+        return self.append_entries_period_ms or max(1, self.heartbeat_ms // 2)
     # A leader that heard from no quorum for this long steps down (pysyncobj's
     # default of 30 s would let a cut-off leader accept writes for 30 s).
     leader_fallback_timeout_ms: int = 0  # 0: derive from election_timeout_ms_min
@@ -86,6 +94,7 @@ class RaftConfig:
 class TagOverride:
     tags: tuple[str, ...]
     model: str
+    max_staleness_ms: int | None = None  # bounded only
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,14 @@ class ConsistencyConfig:
         if not found:
             return None
         return min(found, key=CONSISTENCY_LEVELS.index)
+
+    def bound_for_tags(self, tags: tuple[str, ...] | list[str]) -> int | None:
+        """The tightest `max_staleness_ms` of the bounded overrides the tags match."""
+        bounds = [
+            o.max_staleness_ms for o in self.overrides
+            if o.max_staleness_ms is not None and any(t in o.tags for t in tags)
+        ]
+        return min(bounds) if bounds else None
 
 
 @dataclass(frozen=True)
@@ -252,11 +269,22 @@ def parse(data: Any, source: str = "<embedded>") -> Config:
     for i, raw in enumerate(cons.get("overrides") or []):
         section = f"consistency.overrides[{i}]"
         raw = _mapping(section, raw)
-        _check_keys(section, raw, {"tags", "model"})
+        _check_keys(section, raw, {"tags", "model", "max_staleness_ms"})
         tags = raw.get("tags")
         if not isinstance(tags, list) or not tags or not all(isinstance(t, str) for t in tags):
             raise ConfigError(f"{section}.tags: must be a non-empty list of strings")
-        overrides.append(TagOverride(tags=tuple(tags), model=str(raw.get("model"))))
+        model = str(raw.get("model"))
+        bound = raw.get("max_staleness_ms")
+        if model == "session":
+            raise ConfigError(f"{section}: session needs a token per request (after=); it cannot be a tag policy")
+        if model == "bounded":
+            if isinstance(bound, bool) or not isinstance(bound, int) or not 0 <= bound <= STALENESS_MS_MAX:
+                raise ConfigError(
+                    f"{section}.max_staleness_ms: model bounded needs an integer in [0, {STALENESS_MS_MAX}]"
+                )
+        elif bound is not None:
+            raise ConfigError(f"{section}.max_staleness_ms: only for model bounded")
+        overrides.append(TagOverride(tags=tuple(tags), model=model, max_staleness_ms=bound))
     consistency = ConsistencyConfig(default=str(cons.get("default", "strong")), overrides=tuple(overrides))
     storage = _mapping("storage", top.get("storage"))
     _check_keys("storage", storage, {"data_dir"})
@@ -325,7 +353,7 @@ def validate(config: Config) -> None:
             f"election_timeout_ms_min ({r.election_timeout_ms_min}), or followers start "
             f"elections against a live leader"
         )
-    if not r.append_entries_period_ms <= r.heartbeat_ms:
+    if not 0 <= r.append_entries_period_ms <= r.heartbeat_ms:
         raise ConfigError(
             f"raft: append_entries_period_ms ({r.append_entries_period_ms}) must not exceed "
             f"heartbeat_ms ({r.heartbeat_ms})"

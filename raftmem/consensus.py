@@ -858,7 +858,7 @@ class RaftGroup:
             bindAddress=spec.self_address,
             raftMinTimeout=timeouts[0],
             raftMaxTimeout=timeouts[1],
-            appendEntriesPeriod=raft.append_entries_period_ms / 1000.0,
+            appendEntriesPeriod=raft.append_period_ms / 1000.0,
             leaderFallbackTimeout=30.0 if spec.naive_step_down else raft.leader_fallback_timeout_s,
             connectionTimeout=max(3.5, raft.election_timeout_ms_max / 1000.0 * 2),
             connectionRetryTime=0.3,

@@ -11,14 +11,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
 if TYPE_CHECKING:
+    from .consensus import Ticker
     from .service import MemoryService
 
 LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class _ShardCollector:
-    def __init__(self) -> None:
+    def __init__(self, ticker: Ticker | None) -> None:
         self.service: MemoryService | None = None
+        self.ticker = ticker  # the node's, even when it hosts no replica
 
     def collect(self) -> Any:
         if self.service is None:
@@ -41,11 +43,12 @@ class _ShardCollector:
             "read_index": CounterMetricFamily("raftmem_shard_read_index_reads", "Reads confirmed by ReadIndex (lease fallbacks included)", labels=["shard"]),
             "outcomes": CounterMetricFamily("raftmem_shard_log_entries_settled", "Proposed log entries by outcome (rejected/unknown: quorum or leadership lost)", labels=["shard", "outcome"]),
             "votes_ignored": CounterMetricFamily("raftmem_shard_votes_ignored", "Vote requests ignored while a leader was live", labels=["shard"]),
+            "snapshot_installs": CounterMetricFamily("raftmem_shard_snapshot_installs", "Snapshots received and installed, staged off the event loop or inline (at start-up, or when staging failed)", labels=["shard", "how"]),
         }
         lag = GaugeMetricFamily("raftmem_shard_replication_lag_entries", "Leader's last index minus a follower's match index", labels=["shard", "follower"])
         commit = SummaryMetricFamily("raftmem_shard_commit_seconds", "Time from proposal to commit and apply on the leader", labels=["shard"])
         node_replicas = GaugeMetricFamily("raftmem_node_replicas", "Shard replicas placed on each node (skew)", labels=["node"])
-        ticker = next((r.group.ticker for r in self.service.replicas.values()), None)
+        ticker = self.ticker
         if ticker is not None:
             yield CounterMetricFamily("raftmem_raft_fsync_rounds", "Group-commit fsync rounds (each syncs every dirty journal)", value=ticker.sync_rounds)
             yield CounterMetricFamily("raftmem_raft_tick_passes", "Tick passes over the node's Raft groups", value=ticker.passes)
@@ -67,6 +70,8 @@ class _ShardCollector:
             counters["lease_reads"].add_metric(label, replica.lease_reads)
             counters["read_index"].add_metric(label, replica.read_index_reads)
             counters["votes_ignored"].add_metric(label, group.hooks.votes_ignored)
+            for how, count in group.snapshots.installs.items():
+                counters["snapshot_installs"].add_metric([str(shard), how], count)
             for outcome, count in replica.outcomes.items():
                 counters["outcomes"].add_metric([str(shard), outcome], count)
             settled = sum(replica.outcomes.values())
@@ -90,7 +95,7 @@ class _ShardCollector:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, ticker: Ticker | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Histogram(
             "raftmem_http_request_seconds",
@@ -100,7 +105,7 @@ class Metrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, int], Any] = {}
-        self._shards = _ShardCollector()
+        self._shards = _ShardCollector(ticker)
         self.registry.register(self._shards)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:

@@ -85,7 +85,7 @@ class Node:
         self.ticker.start()
         await self.forwarder.start()
         self.service = MemoryService(self.config, self.node_id, self.replicas, table, self.forwarder, self.clock)
-        app = build_app(self.service, self.config, Metrics())
+        app = build_app(self.service, self.config, Metrics(self.ticker))
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.me.host, self.me.http_port, reuse_address=True)

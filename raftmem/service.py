@@ -24,7 +24,7 @@ import orjson
 from . import backup
 from . import validation as v
 from .clock import Clock
-from .config import Config, NodeConfig
+from .config import STALENESS_MS_MAX, Config, NodeConfig
 from .errors import (
     Conflict,
     Indeterminate,
@@ -49,7 +49,6 @@ FORWARD_HOPS_MAX = 2
 LEADER_WAIT_POLL_S = 0.05
 SESSION_WAIT_S = 0.5
 FRESH_LEVELS = ("linearizable", "strong")
-BOUNDED_MS_MAX = 3_600_000
 SNAPSHOT_CONTENT_TYPE = "application/octet-stream"
 RESTORE_CHUNK_OPS = 200
 TABLE_CAS_ATTEMPTS = 5
@@ -82,6 +81,17 @@ class Reply:
 
     def json(self) -> Any:
         return orjson.loads(self.body) if isinstance(self.body, bytes | bytearray) else self.body
+
+
+@dataclass
+class _ListPart:
+    """One shard's share of a list page."""
+
+    items: list[dict[str, Any]]
+    more: bool
+    level: str
+    token: str
+    staleness_ms: int | None = None
 
 
 class ForwardNotSent(Exception):
@@ -214,7 +224,8 @@ class MemoryService:
             mid = "i-" + hashlib.blake2b(f"{ns}\0{key}".encode(), digest_size=12).hexdigest()
         else:
             mid = f"{self.clock.wall_ms():013d}-{os.urandom(6).hex()}"
-        headers = dict(call.headers)
+        # Canonical names: `call.headers` may be case-insensitive, a dict is not.
+        headers = {name: value for name in FORWARD_HEADERS if (value := call.header(name)) is not None}
         headers["If-None-Match"] = "*"
         as_put = Call("PUT", f"/v1/memories/{ns}/{mid}", call.query, headers, call.body, call.hops)
         return await self.put(ns, mid, as_put)
@@ -300,19 +311,23 @@ class MemoryService:
         q = call.query
         level = v.consistency(q.get("consistency") or call.header("X-Raftmem-Consistency"))
         replica = self.replicas.get(shard)
+        tag_bound_ms = -1
         if level is None:
+            policy = self.config.consistency
             local_rec = replica.sm.get(ns, mid, self.clock.wall_ms()) if replica else None
-            tagged = self.config.consistency.level_for_tags(local_rec["tags"]) if local_rec else None
-            level = tagged or self.config.consistency.default
+            tagged = policy.level_for_tags(local_rec["tags"]) if local_rec else None
+            bound = policy.bound_for_tags(local_rec["tags"]) if local_rec and tagged == "bounded" else None
+            tag_bound_ms = -1 if bound is None else bound
+            level = tagged or policy.default
         after = v.tokens(q.get("after"), self.config.shards).get(shard, 0)
-        bound_ms = v.int_param("max_staleness_ms", q.get("max_staleness_ms"), -1, 0, BOUNDED_MS_MAX)
+        bound_ms = v.int_param("max_staleness_ms", q.get("max_staleness_ms"), tag_bound_ms, 0, STALENESS_MS_MAX)
         if level == "bounded" and bound_ms < 0:
             raise InvalidRequest("consistency=bounded needs max_staleness_ms", field="max_staleness_ms")
         if replica is not None and level == "eventual":
             return self._record_reply(replica, ns, mid, "eventual", self._staleness_ms(replica))
         if replica is not None and not replica.group.is_leader():
             if level == "session" and await replica.wait_applied(after, SESSION_WAIT_S):
-                return self._record_reply(replica, ns, mid, "session")
+                return self._record_reply(replica, ns, mid, "session", self._staleness_ms(replica))
             if level == "bounded":
                 staleness_ms = await self._bounded_ready(replica, bound_ms)
                 if staleness_ms is not None:
@@ -366,7 +381,10 @@ class MemoryService:
         if staleness_ms is not None and level not in FRESH_LEVELS:
             headers["X-Raftmem-Staleness-Ms"] = str(staleness_ms)
         if rec is None:
-            raise NotFound(f"memory {ns}/{mid} not found", token=replica.token)
+            # A reply, not a raise: a miss carries the read headers too (the level
+            # served, and the token that says how far this replica had applied).
+            missing = NotFound(f"memory {ns}/{mid} not found", token=replica.token)
+            return Reply(missing.status, missing.body(), headers)
         headers["ETag"] = str(rec["version"])
         return Reply(200, public(rec, replica.shard), headers)
 
@@ -401,10 +419,15 @@ class MemoryService:
         items: list[dict[str, Any]] = []
         served: set[str] = set()
         more = False
-        for part_items, part_more, part_level in parts:
-            items.extend(part_items)
-            more = more or part_more
-            served.add(part_level)
+        tokens: list[str] = []
+        stalest: int | None = None
+        for part in parts:
+            items.extend(part.items)
+            more = more or part.more
+            served.add(part.level)
+            tokens.append(part.token)
+            if part.staleness_ms is not None:
+                stalest = max(stalest or 0, part.staleness_ms)
         items.sort(key=lambda m: (m["created_at"], m["id"]))
         if len(items) > query.limit:
             items, more = items[: query.limit], True
@@ -412,20 +435,27 @@ class MemoryService:
         if more and items:
             body["cursor"] = v.encode_cursor(items[-1]["created_at"], items[-1]["id"])
         level_served = next((lv for lv in ("eventual", "strong", "linearizable") if lv in served), level)
-        return Reply(200, body, {"X-Raftmem-Consistency": level_served, "X-Raftmem-Served-By": self.node_id})
+        # One token per shard (what `after=` takes), and the stalest shard's staleness.
+        headers = {
+            "X-Raftmem-Consistency": level_served,
+            "X-Raftmem-Served-By": self.node_id,
+            "X-Raftmem-Token": ",".join(tokens),
+        }
+        if level_served == "eventual" and stalest is not None:
+            headers["X-Raftmem-Staleness-Ms"] = str(stalest)
+        return Reply(200, body, headers)
 
-    async def _list_shard(
-        self, shard: int, query: ListQuery, level: str, call: Call
-    ) -> tuple[list[dict[str, Any]], bool, str]:
+    async def _list_shard(self, shard: int, query: ListQuery, level: str, call: Call) -> _ListPart:
         replica = self.replicas.get(shard)
         if level == "eventual" and replica is not None:
-            return self._list_local(replica, query) + ("eventual",)
+            items, more = self._list_local(replica, query)
+            return _ListPart(items, more, "eventual", replica.token, self._staleness_ms(replica))
 
         async def local(replica: ShardReplica) -> Reply:
             (items, more), served = await self._leader_read(
                 replica, level if level == "strong" else "linearizable", lambda: self._list_local(replica, query)
             )
-            return Reply(200, {"items": items, "more": more, "level": served}, {})
+            return Reply(200, {"items": items, "more": more, "level": served, "token": replica.token}, {})
 
         params = dict(call.query)
         params["consistency"] = "strong" if level == "strong" else "linearizable"
@@ -435,7 +465,7 @@ class MemoryService:
         body = reply.json()
         if reply.status != 200:
             raise from_result(body)
-        return body["items"], body["more"], body.get("level", "linearizable")
+        return _ListPart(body["items"], body["more"], body.get("level", "linearizable"), body.get("token", f"{shard}:0"))
 
     def _list_local(self, replica: ShardReplica, query: ListQuery) -> tuple[list[dict[str, Any]], bool]:
         probe = ListQuery(**{**query.__dict__, "limit": query.limit + 1})
@@ -450,8 +480,8 @@ class MemoryService:
         v.name("namespace", ns, self.limits.namespace_chars_max)
         query = self._list_query(ns, call)
         level = "strong" if call.query.get("consistency") == "strong" else "linearizable"
-        items, more, served = await self._list_shard(shard, query, level, call)
-        return Reply(200, {"items": items, "more": more, "level": served}, {})
+        part = await self._list_shard(shard, query, level, call)
+        return Reply(200, {"items": part.items, "more": part.more, "level": part.level, "token": part.token}, {})
 
     # -- batch ---------------------------------------------------------------------
     async def batch(self, call: Call) -> Reply:

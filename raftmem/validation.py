@@ -13,7 +13,7 @@ import orjson
 from .config import CONSISTENCY_LEVELS, LimitsConfig
 from .errors import InvalidRequest, PayloadTooLarge
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9._:-]+$")
+_NAME_RE = re.compile(r"[A-Za-z0-9._:-]+")  # fullmatch: "$" would let a final "\n" through
 MEMORY_FIELDS = frozenset({"agent_id", "kind", "content", "tags", "metadata", "ttl_s"})
 TTL_S_MAX = 10 * 365 * 24 * 3600
 AGENT_CHARS_MAX = 256
@@ -26,7 +26,7 @@ def name(what: str, value: str, chars_max: int) -> str:
         raise InvalidRequest(f"{what} must not be empty", field=what)
     if len(value) > chars_max:
         raise InvalidRequest(f"{what} is longer than {chars_max} characters", field=what)
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise InvalidRequest(f"{what} {value[:64]!r} must match [A-Za-z0-9._:-]+", field=what)
     return value
 

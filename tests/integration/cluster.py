@@ -115,6 +115,7 @@ class Cluster:
                 "overrides": [
                     {"tags": ["critical", "lock"], "model": "linearizable"},
                     {"tags": ["analytics", "metric"], "model": "eventual"},
+                    {"tags": ["dashboard"], "model": "bounded", "max_staleness_ms": 5000},
                 ],
             },
             "storage": {"data_dir": str(root / "data")},

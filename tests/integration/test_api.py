@@ -78,6 +78,14 @@ def test_idempotent_retry_returns_first_result(cluster: Cluster) -> None:
     status, _, a = cluster.request("n1", "POST", f"/v1/memories/{ns}", {"content": "c"}, {"Idempotency-Key": "post-1"})
     status_b, _, b = cluster.request("n2", "POST", f"/v1/memories/{ns}", {"content": "c"}, {"Idempotency-Key": "post-1"})
     assert status == status_b == 201 and a["id"] == b["id"] and b["version"] == 1
+    # Header names are case-insensitive (HTTP/2 gateways and fetch send them lowercased),
+    # through forwarding too: every node answers the retry with the first result.
+    lower = {"idempotency-key": uuid.uuid4().hex}
+    replies = [cluster.request(n, "POST", f"/v1/memories/{ns}", {"content": "c"}, lower) for n in cluster.node_ids]
+    assert [r[0] for r in replies] == [201] * len(replies), replies
+    assert len({r[2]["id"] for r in replies}) == 1 and all(r[2]["version"] == 1 for r in replies), replies
+    status, _, body = cluster.request("n2", "POST", f"/v1/memories/{ns}", {"content": "d"}, lower)
+    assert status == 409 and body["error"]["code"] == "idempotency_key_reused", body
 
 
 def test_cas_race_exactly_one_wins(cluster: Cluster) -> None:
@@ -179,6 +187,7 @@ def test_ttl_expires(cluster: Cluster) -> None:
         ("PUT", "/v1/memories/NS/x", b'{"content": 1}', {"If-None-Match": "v1"}, 400, "invalid_request"),
         ("PUT", "/v1/memories/N%20S/x", b'{"content": 1}', {}, 400, "invalid_request"),
         ("PUT", "/v1/memories/NS/" + "y" * 300, b'{"content": 1}', {}, 400, "invalid_request"),
+        ("PUT", "/v1/memories/NS/x%0A", b'{"content": 1}', {}, 400, "invalid_request"),
         ("PUT", "/v1/memories/NS/x", b'{"content": "' + b"z" * (1 << 20) + b'"}', {}, 413, "payload_too_large"),
         ("GET", "/v1/memories/NS/x?consistency=psychic", b"", {}, 400, "invalid_request"),
         ("GET", "/v1/memories/NS?limit=0", b"", {}, 400, "invalid_request"),
@@ -233,7 +242,8 @@ def test_metrics_are_prometheus_text(cluster: Cluster) -> None:
     assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/plain")
     for name in ("raftmem_shard_term", "raftmem_shard_commit_index", "raftmem_shard_applied_index",
                  "raftmem_http_request_seconds_bucket", "raftmem_shard_lease_reads_total",
-                 "raftmem_shard_commit_seconds_count", "raftmem_node_replicas", "raftmem_shard_db_bytes"):
+                 "raftmem_shard_commit_seconds_count", "raftmem_node_replicas", "raftmem_shard_db_bytes",
+                 "raftmem_raft_fsync_rounds_total", "raftmem_shard_snapshot_installs_total"):
         assert name in text, name
     assert 'route="/v1/memories/{namespace}/{id}"' in text
 

@@ -83,6 +83,9 @@ def test_memory_commands_still_work(cluster: Cluster, capsys: pytest.CaptureFixt
     assert code == 0 and put["version"] == 1
     code, got = run_json(cluster, capsys, "get", "cli", "m1", "--consistency", "linearizable", nodes=("n3",))
     assert code == 0 and got["content"] == {"x": 1}
+    for extra in (["--max-staleness-ms", "60000"], ["--consistency", "bounded", "--max-staleness-ms", "0"]):
+        code, got = run_json(cluster, capsys, "get", "cli", "m1", *extra, nodes=("n2",))
+        assert code == 0 and got["content"] == {"x": 1}, extra
     code, page = run_json(cluster, capsys, "list", "cli")
     assert code == 0 and [m["id"] for m in page["items"]] == ["m1"]
     assert run_cli(cluster, capsys, "delete", "cli", "m1")[0] == 0

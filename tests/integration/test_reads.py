@@ -74,6 +74,14 @@ def test_tag_policy_picks_the_level(cluster: Cluster) -> None:
              "replication to the follower")
     status, headers, _ = cluster.request(f, "GET", f"/v1/memories/{ns}/{mid}")
     assert headers["X-Raftmem-Consistency"] == "eventual" and headers["X-Raftmem-Served-By"] == f
+    # A bounded policy brings its own bound: the follower serves within it.
+    cluster.request(leader, "PUT", f"/v1/memories/{ns}/{mid}", {"content": 2, "tags": ["dashboard"]})
+    wait_for(lambda: cluster.request(f, "GET", f"/v1/memories/{ns}/{mid}?consistency=eventual")[2]["content"] == 2,
+             10, "replication of the update")
+    status, headers, got = cluster.request(f, "GET", f"/v1/memories/{ns}/{mid}")
+    assert status == 200 and got["content"] == 2, got
+    assert headers["X-Raftmem-Consistency"] == "bounded" and headers["X-Raftmem-Served-By"] == f
+    assert 0 <= int(headers["X-Raftmem-Staleness-Ms"]) <= 5000
     lock_shard = cluster.shard_of(ns, "lock")
     lock_leader = wait_for(lambda: cluster.leader_of(lock_shard), 10, "lock shard leader")
     reader = next(n for n in cluster.node_ids if n != lock_leader)
@@ -81,6 +89,20 @@ def test_tag_policy_picks_the_level(cluster: Cluster) -> None:
     assert headers["X-Raftmem-Consistency"] == "linearizable" and headers["X-Raftmem-Served-By"] == lock_leader
     status, headers, page = cluster.request(reader, "GET", f"/v1/memories/{ns}?tag=metric")
     assert headers["X-Raftmem-Consistency"] == "eventual" and [m["id"] for m in page["items"]] in ([mid], [])
+    # Every read says what it saw: lists carry one token per shard (what after= takes)
+    # and, served stale, the staleness; a miss carries the read headers too.
+    assert [t.split(":")[0] for t in headers["X-Raftmem-Token"].split(",")] == [
+        str(s) for s in range(cluster.shards)
+    ]
+    assert int(headers["X-Raftmem-Staleness-Ms"]) >= 0
+    status, headers, _ = cluster.request(reader, "GET", f"/v1/memories/{ns}?consistency=linearizable")
+    assert status == 200 and len(headers["X-Raftmem-Token"].split(",")) == cluster.shards
+    assert "X-Raftmem-Staleness-Ms" not in headers
+    status, headers, body = cluster.request(reader, "GET", f"/v1/memories/{ns}/absent?consistency=eventual")
+    assert status == 404 and body["error"]["code"] == "not_found"
+    assert headers["X-Raftmem-Consistency"] == "eventual" and headers["X-Raftmem-Token"].startswith(
+        f"{cluster.shard_of(ns, 'absent')}:"
+    )
     status, headers, _ = cluster.request(reader, "GET", f"/v1/memories/{ns}/{mid}?consistency=linearizable")
     assert headers["X-Raftmem-Consistency"] == "linearizable"  # an explicit level wins
 

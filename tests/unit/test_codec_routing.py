@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from raftmem import codec
+from raftmem import codec, validation
+from raftmem.errors import InvalidRequest
 from raftmem.routing import placement, shard_for
 
 json_values = st.recursive(
@@ -70,3 +71,10 @@ def test_adding_a_fourth_node_moves_about_a_quarter() -> None:
     four = placement(["n1", "n2", "n3", "n4"], shards, 3)
     moved = sum(len(set(four[s]) - set(three[s])) for s in range(shards))
     assert 0.15 < moved / (shards * 3) < 0.35
+
+
+def test_names_refuse_a_trailing_newline() -> None:
+    assert validation.name("id", "m-1", 256) == "m-1"
+    for bad in ("m-1\n", "\nm-1", "m 1", "m/1"):
+        with pytest.raises(InvalidRequest):
+            validation.name("id", bad, 256)

@@ -33,6 +33,28 @@ def test_embedded_default_is_the_design_card_layout() -> None:
     assert c.raft.leader_fallback_timeout_s == pytest.approx(0.3)
 
 
+def test_a_bounded_tag_policy_carries_its_bound() -> None:
+    d = base()
+    d["consistency"]["overrides"] += [
+        {"tags": ["dash"], "model": "bounded", "max_staleness_ms": 500},
+        {"tags": ["board"], "model": "bounded", "max_staleness_ms": 200},
+    ]
+    c = parse(d)
+    assert c.consistency.level_for_tags(["dash"]) == "bounded"
+    assert c.consistency.bound_for_tags(["dash", "board"]) == 200  # the tightest bound
+    assert c.consistency.level_for_tags(["dash", "lock"]) == "linearizable"
+    assert c.consistency.bound_for_tags(["lock"]) is None
+
+
+def test_heartbeat_ms_paces_the_leader() -> None:
+    assert embedded_default().raft.append_period_ms == 50  # twice per heartbeat_ms (100)
+    d = base()
+    d["raft"].update(heartbeat_ms=300, election_timeout_ms_min=1000, election_timeout_ms_max=2000)
+    assert parse(d).raft.append_period_ms == 150
+    d["raft"].update(append_entries_period_ms=40)
+    assert parse(d).raft.append_period_ms == 40
+
+
 def test_shipped_config_file_matches_embedded(tmp_path: Any) -> None:
     assert load("configs/local-3node.yaml").nodes == embedded_default().nodes
 
@@ -55,6 +77,10 @@ def test_shipped_config_file_matches_embedded(tmp_path: Any) -> None:
         (lambda d: d["cluster"].update(shards=0), "out of range"),
         (lambda d: d["cluster"]["nodes"][0].pop("http_port"), "missing http_port"),
         (lambda d: d["raft"].update(heartbeat_ms="fast"), "integer"),
+        (lambda d: d["consistency"]["overrides"].append({"tags": ["x"], "model": "bounded"}), "needs an integer"),
+        (lambda d: d["consistency"]["overrides"].append({"tags": ["x"], "model": "session"}), "token per request"),
+        (lambda d: d["consistency"]["overrides"].append(
+            {"tags": ["x"], "model": "eventual", "max_staleness_ms": 5}), "only for model bounded"),
     ],
 )
 def test_validation_refuses_with_a_clear_message(mutate: Any, message: str) -> None:
