@@ -59,8 +59,10 @@ class AdminClient:
         retry: RetryPolicy = ADMIN_RETRY,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        token: str | None = None,
     ) -> None:
         self.urls = [u.rstrip("/") for u in urls if u.strip()]
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         if not self.urls:
             raise ValueError("no node URL given (--url or RAFTMEM_URL)")
         for url in self.urls:
@@ -149,7 +151,7 @@ class AdminClient:
                 conn.connect()
             except OSError as e:
                 raise ConnectionFailed(f"{base}: {e}") from e
-            headers = {"Accept": "application/json"}
+            headers = {"Accept": "application/json", **self._auth}
             try:
                 if upload is not None:
                     headers["Content-Type"] = "application/octet-stream"

@@ -138,16 +138,18 @@ def key_id(key: int) -> str:
 class RaftmemTarget:
     def __init__(
         self, urls: list[str], session: aiohttp.ClientSession, value: str, levels: list[str],
-        timeout_s: float, idempotent: bool,
+        timeout_s: float, idempotent: bool, token: str | None = None,
     ) -> None:
         unknown = [lv for lv in levels if lv not in CONSISTENCY_LEVELS]
         if unknown:
             raise ValueError(f"raftmem has no consistency level {', '.join(unknown)} (known: {', '.join(CONSISTENCY_LEVELS)})")
         self.levels = levels
         self.value = value
-        self.client = AsyncClient(urls, session=session, retry=NO_RETRY, timeout_s=timeout_s, idempotent=idempotent)
+        self.client = AsyncClient(
+            urls, session=session, retry=NO_RETRY, timeout_s=timeout_s, idempotent=idempotent, token=token
+        )
         self.preload_client = AsyncClient(
-            urls, session=session, retry=RetryPolicy(attempts_max=PRELOAD_ATTEMPTS), timeout_s=timeout_s
+            urls, session=session, retry=RetryPolicy(attempts_max=PRELOAD_ATTEMPTS), timeout_s=timeout_s, token=token
         )
 
     async def start(self) -> None:
@@ -392,7 +394,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         if args.target == "etcd":
             target = EtcdTarget(urls, session, value, levels, args.timeout)
         else:
-            target = RaftmemTarget(urls, session, value, levels, args.timeout, args.idempotent)
+            target = RaftmemTarget(urls, session, value, levels, args.timeout, args.idempotent, args.token)
         await target.start()
         preload_s = 0.0
         if read_share > 0:

@@ -36,6 +36,7 @@ def global_options() -> argparse.ArgumentParser:
     parent.add_argument("--url", default=argparse.SUPPRESS, help="a node's API, or several, comma-separated "
                         "(env RAFTMEM_URL)")
     parent.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    parent.add_argument("--token", default=argparse.SUPPRESS, help="bearer token (env RAFTMEM_TOKEN)")
     return parent
 
 

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--url", default=DEFAULT_URL,
                         help=f"a node's API, or several comma-separated (env RAFTMEM_URL; default {DEFAULT_URL})")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--token", default=os.environ.get("RAFTMEM_TOKEN") or None,
+                        help="bearer token, for clusters with auth on (env RAFTMEM_TOKEN)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run one node")

@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from .auth import Authenticator, need_for
 from .config import Config
 from .errors import InvalidRequest, NotFound, PayloadTooLarge, RaftmemError
 from .metrics import Metrics
@@ -48,6 +49,9 @@ def _error_response(error: RaftmemError) -> web.Response:
     retry_after = getattr(error, "retry_after_s", None)
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
+    challenge = getattr(error, "www_authenticate", None)
+    if challenge is not None:
+        headers["WWW-Authenticate"] = challenge
     return _json_response(error.status, error.body(), headers)
 
 
@@ -78,6 +82,8 @@ class HttpForwarder:
     def __init__(self, config: Config) -> None:
         self.urls = {n.id: n.http_url for n in config.nodes}
         self._session: aiohttp.ClientSession | None = None
+        # Node to node: the cluster token, never the client's (checked at the edge).
+        self._auth_headers = Authenticator(config.auth).cluster_headers()
 
     def set_urls(self, urls: dict[str, str]) -> None:
         self.urls = dict(urls)
@@ -98,6 +104,7 @@ class HttpForwarder:
         assert self._session is not None
         headers = {h: call.headers[h] for h in FORWARD_HEADERS if h in call.headers}
         headers[FORWARDED_HEADER] = str(call.hops + 1)
+        headers.update(self._auth_headers)
         base = self.urls.get(node_id)
         if base is None:
             raise ForwardNotSent(f"no address known for node {node_id}")
@@ -250,6 +257,7 @@ class Api:
 
 def build_app(service: MemoryService, config: Config, metrics: Metrics) -> web.Application:
     api = Api(service, metrics)
+    authenticator = Authenticator(config.auth)
 
     # One middleware, not a timing one around an error one: aiohttp wraps every
     # middleware layer in a coroutine of its own, per request.
@@ -257,6 +265,10 @@ def build_app(service: MemoryService, config: Config, metrics: Metrics) -> web.A
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
         try:
+            if authenticator.enabled:
+                body = await request.read() if request.path == "/v1/batch" else b""
+                need = need_for(request.method, request.path, request.match_info, body)
+                authenticator.check(request.headers.get("Authorization"), need)
             response = await handler(request)
         except Exception as e:  # noqa: BLE001 (mapped, or re-raised, in one place)
             response = _error_to_response(request, e)

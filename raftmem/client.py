@@ -419,7 +419,9 @@ class AsyncClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        token: str | None = None,
     ) -> None:
+        """`token`: the bearer token, for clusters that require one."""
         seeds = [u.rstrip("/") for u in urls if u.strip()]
         if not seeds:
             raise ValueError("AsyncClient needs at least one node URL")
@@ -441,6 +443,7 @@ class AsyncClient:
         self._refresh_lock: asyncio.Lock | None = None
         self._refreshed_at = -ROUTES_REFRESH_INTERVAL_S
         self.stats = {"attempts": 0, "retries": 0, "route_refreshes": 0}
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -525,7 +528,7 @@ class AsyncClient:
     async def _fetch_cluster(self, url: str) -> dict[str, Any] | None:
         try:
             async with self._http().get(
-                url + "/v1/cluster", timeout=aiohttp.ClientTimeout(total=CLUSTER_TIMEOUT_S)
+                url + "/v1/cluster", headers=self._auth or None, timeout=aiohttp.ClientTimeout(total=CLUSTER_TIMEOUT_S)
             ) as resp:
                 if resp.status != 200:
                     return None
@@ -547,7 +550,7 @@ class AsyncClient:
                 url + request.path,
                 params=request.params or None,
                 data=request.body,
-                headers=request.headers or None,
+                headers={**request.headers, **self._auth} or None,
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as resp:
                 raw = await resp.read()

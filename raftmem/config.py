@@ -10,7 +10,9 @@ This module imports nothing from the package.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -146,6 +148,32 @@ class LimitsConfig:
     forward_timeout_ms: int = 6000
 
 
+AUTH_ROLES = ("read", "write", "admin")  # each includes the ones before it
+AUTH_SECRET_CHARS_MIN = 16
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    name: str
+    sha256: str  # hex digest of the bearer token; the token itself need not be stored
+    role: str
+    namespaces: tuple[str, ...] | None = None  # None: every namespace
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """API authentication: off unless `cluster_token` is set. Clients present
+    `Authorization: Bearer <token>`; nodes present the cluster token to each other."""
+
+    cluster_token: str | None = None
+    tokens: tuple[ApiToken, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return self.cluster_token is not None
+
+
 @dataclass(frozen=True)
 class Config:
     name: str
@@ -156,6 +184,7 @@ class Config:
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     data_dir: str = "./data"
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     # Debug switches that make the store unsafe, for the harness's negative
     # controls only. Never set them in production.
     debug: Mapping[str, bool] = field(default_factory=dict)
@@ -172,7 +201,7 @@ class Config:
         return Path(self.data_dir) / node_id
 
 
-_TOP_KEYS = {"cluster", "replication", "raft", "consistency", "storage", "limits", "debug"}
+_TOP_KEYS = {"cluster", "replication", "raft", "consistency", "storage", "limits", "auth", "debug"}
 _CLUSTER_KEYS = {"name", "shards", "nodes"}
 _NODE_KEYS = {"id", "host", "http_port", "raft_port_base", "zone"}
 _DEBUG_KEYS = {
@@ -224,7 +253,7 @@ def _dataclass_from(section: str, cls: type, data: Mapping[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -300,11 +329,62 @@ def parse(data: Any, source: str = "<embedded>") -> Config:
         consistency=consistency,
         data_dir=str(storage.get("data_dir", "./data")),
         limits=limits,
+        auth=_parse_auth(_mapping("auth", top.get("auth"))),
         debug={k: bool(v) for k, v in debug.items()},
         source=source,
     )
     validate(config)
     return config
+
+
+def _parse_auth(raw: Mapping[str, Any]) -> AuthConfig:
+    _check_keys("auth", raw, {"cluster_token", "tokens"})
+    if not raw:
+        return AuthConfig()
+    cluster_token = raw.get("cluster_token")
+    if not isinstance(cluster_token, str) or len(cluster_token) < AUTH_SECRET_CHARS_MIN:
+        raise ConfigError(
+            f"auth.cluster_token: a secret of at least {AUTH_SECRET_CHARS_MIN} characters "
+            f"(nodes present it to each other) is needed to turn authentication on"
+        )
+    tokens: list[ApiToken] = []
+    raw_tokens = raw.get("tokens") or []
+    if not isinstance(raw_tokens, list):
+        raise ConfigError("auth.tokens: must be a list")
+    for i, item in enumerate(raw_tokens):
+        section = f"auth.tokens[{i}]"
+        item = _mapping(section, item)
+        _check_keys(section, item, {"name", "token", "token_sha256", "role", "namespaces"})
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{section}.name: a non-empty string")
+        if ("token" in item) == ("token_sha256" in item):
+            raise ConfigError(f"{section}: give exactly one of token and token_sha256")
+        if "token" in item:
+            token = item["token"]
+            if not isinstance(token, str) or len(token) < AUTH_SECRET_CHARS_MIN:
+                raise ConfigError(f"{section}.token: at least {AUTH_SECRET_CHARS_MIN} characters")
+            digest = hashlib.sha256(token.encode()).hexdigest()
+        else:
+            digest = str(item["token_sha256"]).lower()
+            if not _SHA256_HEX.fullmatch(digest):
+                raise ConfigError(f"{section}.token_sha256: 64 hex digits (sha256 of the token)")
+        role = item.get("role")
+        if role not in AUTH_ROLES:
+            raise ConfigError(f"{section}.role: one of {', '.join(AUTH_ROLES)}")
+        namespaces = item.get("namespaces")
+        if namespaces is not None:
+            if role == "admin":
+                raise ConfigError(f"{section}.namespaces: an admin token acts on the whole cluster")
+            if not isinstance(namespaces, list) or not namespaces or not all(
+                isinstance(n, str) and n for n in namespaces
+            ):
+                raise ConfigError(f"{section}.namespaces: a non-empty list of namespace names")
+            namespaces = tuple(namespaces)
+        if any(t.sha256 == digest for t in tokens) or digest == hashlib.sha256(cluster_token.encode()).hexdigest():
+            raise ConfigError(f"{section}: the same token is configured twice")
+        tokens.append(ApiToken(name=name, sha256=digest, role=role, namespaces=namespaces))
+    return AuthConfig(cluster_token=cluster_token, tokens=tuple(tokens))
 
 
 def validate(config: Config) -> None:
@@ -373,7 +453,7 @@ def validate(config: Config) -> None:
         raise ConfigError("raft.log_compaction_entries: must be at least 100")
     if r.password is None:
         for n in config.nodes:
-            if not _is_loopback(n.host):
+            if not is_loopback(n.host):
                 raise ConfigError(
                     f"node {n.id}: host {n.host} is not loopback and raft.password is not set; "
                     f"pysyncobj unpickles every Raft frame and accepts admin commands from any "

@@ -3,6 +3,8 @@
     RaftmemError                      500 internal
     ├── InvalidRequest                400 invalid_request
     │   └── PayloadTooLarge           413 payload_too_large
+    ├── Unauthorized                  401 unauthorized      (no or unknown bearer token)
+    ├── Forbidden                     403 forbidden         (the token's role or namespaces)
     ├── NotFound                      404 not_found
     ├── Conflict                      409 conflict
     ├── PreconditionFailed            412 precondition_failed
@@ -43,6 +45,17 @@ class InvalidRequest(RaftmemError):
 class PayloadTooLarge(InvalidRequest):
     status = 413
     code = "payload_too_large"
+
+
+class Unauthorized(RaftmemError):
+    status = 401
+    code = "unauthorized"
+    www_authenticate = 'Bearer realm="raftmem"'
+
+
+class Forbidden(RaftmemError):
+    status = 403
+    code = "forbidden"
 
 
 class NotFound(RaftmemError):

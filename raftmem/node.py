@@ -17,7 +17,7 @@ from aiohttp import web
 
 from .api import HttpForwarder, build_app
 from .clock import Clock, SystemClock
-from .config import Config, NodeConfig, check_ports_free
+from .config import Config, NodeConfig, check_ports_free, is_loopback
 from .consensus import Ticker
 from .errors import RaftmemError
 from .membership import Table, preferred_leaders
@@ -72,6 +72,11 @@ class Node:
 
     async def start(self) -> None:
         check_ports_free(self.config, self.me)
+        if not self.config.auth.enabled and not is_loopback(self.me.host):
+            log.warning(
+                "node %s: the API on %s is open to anyone who can reach it; set auth.cluster_token "
+                "and auth.tokens to require bearer tokens", self.node_id, self.me.http_url,
+            )
         self._loop = asyncio.get_running_loop()
         self.ticker.attach(self._loop)
         table = Table.seed(self.config)

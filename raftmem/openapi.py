@@ -14,6 +14,8 @@ def _resp(desc: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 _ERRORS = {
     "400": _resp("invalid request", _ERR),
+    "401": _resp("a bearer token is required (clusters with auth on)", _ERR),
+    "403": _resp("the token's role or namespaces do not allow this", _ERR),
     "404": _resp("not found", _ERR),
     "412": _resp("precondition failed", _ERR),
     "413": _resp("body too large", _ERR),
@@ -90,7 +92,10 @@ OPENAPI: dict[str, Any] = {
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _resp("alive", {"type": "object"})}}},
         "/readyz": {"get": {"summary": "Readiness", "responses": {"200": _resp("ready", {"type": "object"}), "503": _resp("not ready", _ERR)}}},
     },
+    # Optional: only clusters with auth.cluster_token set check it.
+    "security": [{}, {"bearer": []}],
     "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": {
             "Error": {
                 "type": "object",

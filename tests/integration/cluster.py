@@ -85,9 +85,13 @@ class Cluster:
         limits: dict[str, Any] | None = None,
         debug: dict[str, Any] | None = None,
         spare: int = 0,
+        auth: dict[str, Any] | None = None,
+        token: str | None = None,
     ) -> None:
-        """`spare`: extra nodes with reserved ports, started later with `start_joining`."""
+        """`spare`: extra nodes with reserved ports, started later with `start_joining`.
+        `auth`: the config's auth section; `token`: sent by `request` unless told otherwise."""
         self.root = root
+        self.auth_headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.shards = shards
         self.node_ids = [f"n{i + 1}" for i in range(nodes)]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -124,6 +128,8 @@ class Cluster:
             config["limits"] = limits
         if debug:
             config["debug"] = debug
+        if auth:
+            config["auth"] = auth
         root.mkdir(parents=True, exist_ok=True)
         self.config_path = root / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
@@ -204,7 +210,7 @@ class Cluster:
         conn = http.client.HTTPConnection("127.0.0.1", self.http[node_id], timeout=timeout_s)
         try:
             data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-            conn.request(method, path, body=data, headers=headers or {})
+            conn.request(method, path, body=data, headers={**self.auth_headers, **(headers or {})})
             resp = conn.getresponse()
             payload = resp.read()
             parsed = json.loads(payload) if payload else None

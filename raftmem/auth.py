@@ -1,0 +1,102 @@
+"""API authentication and authorization (on when `auth.cluster_token` is set).
+
+Authenticated at the edge: the node a client talks to checks the client's
+bearer token against the whole request (role, and every namespace it touches).
+Requests between nodes (forwarding to a shard leader, list fan-out, snapshot
+and membership calls) carry the cluster token instead, and a node trusts them:
+the edge has already decided. Internal endpoints accept the cluster token only.
+
+Roles: `read` (reads, lists, the cluster view), `write` (and writes), `admin`
+(and /v1/admin/*). A token may be limited to some namespaces. Health, readiness,
+metrics and the OpenAPI document stay open, for probes and scrapers.
+
+This module imports nothing of aiohttp: the API middleware hands it the method,
+path, path parameters and (for batches) the body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import orjson
+
+from .config import AUTH_ROLES, ApiToken, AuthConfig
+from .errors import Forbidden, Unauthorized
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+INTERNAL_PREFIX = "/v1/internal/"
+ADMIN_PREFIX = "/v1/admin/"
+BATCH_WRITE_OPS = frozenset({"put", "create", "delete"})
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a request needs: a role, on some namespaces (empty: none named)."""
+
+    role: str
+    namespaces: frozenset[str] = frozenset()
+    internal: bool = False
+
+
+def need_for(method: str, path: str, params: Mapping[str, str], body: bytes = b"") -> Need | None:
+    """The permission a request needs, or None for an open endpoint."""
+    if path in OPEN_PATHS:
+        return None
+    if path.startswith(INTERNAL_PREFIX):
+        return Need("admin", internal=True)
+    if path.startswith(ADMIN_PREFIX):
+        return Need("admin")
+    if path == "/v1/batch" and method == "POST":
+        return _batch_need(body)
+    namespace = params.get("namespace")
+    if namespace is not None:
+        return Need("read" if method in ("GET", "HEAD") else "write", frozenset({namespace}))
+    return Need("read")  # the cluster view, and unknown paths (which answer 404)
+
+
+def _batch_need(body: bytes) -> Need:
+    try:
+        ops = orjson.loads(body).get("ops")
+    except (orjson.JSONDecodeError, AttributeError):
+        ops = None
+    if not isinstance(ops, list):
+        return Need("read")  # malformed: the handler refuses it, and nothing happens
+    namespaces = {op["namespace"] for op in ops if isinstance(op, dict) and isinstance(op.get("namespace"), str)}
+    writes = any(isinstance(op, dict) and op.get("op") in BATCH_WRITE_OPS for op in ops)
+    return Need("write" if writes else "read", frozenset(namespaces))
+
+
+class Authenticator:
+    def __init__(self, config: AuthConfig) -> None:
+        self.enabled = config.enabled
+        self._cluster = (config.cluster_token or "").encode()
+        self._tokens: dict[str, ApiToken] = {t.sha256: t for t in config.tokens}
+
+    def cluster_headers(self) -> dict[str, str]:
+        """What a node adds to its requests to other nodes."""
+        return {"Authorization": f"Bearer {self._cluster.decode()}"} if self.enabled else {}
+
+    def check(self, authorization: str | None, need: Need | None) -> None:
+        """Raise Unauthorized (no or unknown credentials) or Forbidden (not allowed)."""
+        if not self.enabled or need is None:
+            return
+        scheme, _, secret = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Unauthorized("this cluster requires a bearer token (Authorization: Bearer <token>)")
+        presented = secret.strip().encode()
+        if hmac.compare_digest(presented, self._cluster):
+            return
+        token = self._tokens.get(hashlib.sha256(presented).hexdigest())
+        if token is None:
+            raise Unauthorized("unknown token")
+        if need.internal:
+            raise Forbidden(f"token {token.name!r}: internal endpoints are for the cluster's nodes")
+        if AUTH_ROLES.index(token.role) < AUTH_ROLES.index(need.role):
+            raise Forbidden(f"token {token.name!r} has role {token.role}; this needs {need.role}")
+        if token.namespaces is not None:
+            outside = sorted(need.namespaces - set(token.namespaces))
+            if outside:
+                raise Forbidden(f"token {token.name!r} may not use namespace(s) {', '.join(outside)}")
