@@ -399,7 +399,9 @@ def _memory_body(
 
 
 def _new_key() -> str:
-    return uuid.uuid4().hex
+    """Time-ordered (milliseconds first, like a UUIDv7): a create keyed with it gets a
+    time-ordered id that every retry derives again (see the server's create)."""
+    return f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex}"
 
 
 # -- the async client ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ FORWARD_HOPS_MAX = 2
 LEADER_WAIT_POLL_S = 0.05
 SESSION_WAIT_S = 0.5
 FRESH_LEVELS = ("linearizable", "strong")
+# An idempotency key that starts with a 13-digit millisecond time.
+TIME_KEY_RE = re.compile(r"(\d{13})-")
 SNAPSHOT_CONTENT_TYPE = "application/octet-stream"
 RESTORE_CHUNK_OPS = 200
 TABLE_CAS_ATTEMPTS = 5
@@ -220,8 +223,12 @@ class MemoryService:
         v.name("namespace", ns, self.limits.namespace_chars_max)
         key = v.idempotency_key(call.header("Idempotency-Key"))
         if key is not None:
-            # A retry must land on the same shard and id: derive the id from the key.
-            mid = "i-" + hashlib.blake2b(f"{ns}\0{key}".encode(), digest_size=12).hexdigest()
+            # A retry must land on the same shard and id: derive the id from the key,
+            # time-ordered when the key starts with its creation time in ms (the
+            # bundled client's keys do).
+            digest = hashlib.blake2b(f"{ns}\0{key}".encode(), digest_size=12).hexdigest()
+            stamped = TIME_KEY_RE.match(key)
+            mid = f"{stamped.group(1)}-{digest}" if stamped else f"i-{digest}"
         else:
             mid = f"{self.clock.wall_ms():013d}-{os.urandom(6).hex()}"
         # Canonical names: `call.headers` may be case-insensitive, a dict is not.

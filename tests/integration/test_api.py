@@ -86,6 +86,11 @@ def test_idempotent_retry_returns_first_result(cluster: Cluster) -> None:
     assert len({r[2]["id"] for r in replies}) == 1 and all(r[2]["version"] == 1 for r in replies), replies
     status, _, body = cluster.request("n2", "POST", f"/v1/memories/{ns}", {"content": "d"}, lower)
     assert status == 409 and body["error"]["code"] == "idempotency_key_reused", body
+    # A key that starts with its time (the bundled client's do) gives a time-ordered id.
+    stamped = {"Idempotency-Key": "1763700000123-" + uuid.uuid4().hex}
+    _, _, first = cluster.request("n1", "POST", f"/v1/memories/{ns}", {"content": "t"}, stamped)
+    _, _, again = cluster.request("n3", "POST", f"/v1/memories/{ns}", {"content": "t"}, stamped)
+    assert first["id"].startswith("1763700000123-") and again["id"] == first["id"]
 
 
 def test_cas_race_exactly_one_wins(cluster: Cluster) -> None:

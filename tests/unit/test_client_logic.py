@@ -156,3 +156,13 @@ def test_parse_token() -> None:
     assert parse_token("5:1207") == (5, 1207)
     assert parse_token("5") is None
     assert parse_token("a:b") is None
+
+
+def test_idempotency_keys_are_time_ordered_and_match_the_server() -> None:
+    from raftmem.client import _new_key
+    from raftmem.service import TIME_KEY_RE
+
+    keys = [_new_key() for _ in range(50)]
+    assert all(TIME_KEY_RE.match(k) for k in keys)  # the server derives time-ordered ids from them
+    assert [k[:13] for k in keys] == sorted(k[:13] for k in keys)
+    assert len(set(keys)) == len(keys)
