@@ -13,6 +13,8 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from .auth import Authenticator, need_for
 from .config import Config
@@ -21,6 +23,7 @@ from .metrics import Metrics
 from .openapi import OPENAPI
 from .service import (
     FORWARD_HEADERS,
+    FORWARD_HOPS_MAX,
     FORWARDED_HEADER,
     Call,
     ForwardLost,
@@ -71,6 +74,9 @@ def _error_to_response(request: web.Request, exc: Exception) -> web.Response:
         return _error_response(err)
     except web.HTTPException:
         raise
+    except (HttpProcessingError, RequestPayloadError) as e:
+        # e.g. a body that does not decode as its Content-Encoding says
+        return _error_response(InvalidRequest(f"unreadable request body: {e}"))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _error_response(RaftmemError("internal error; see the node's log"))
@@ -131,7 +137,9 @@ def _call(request: web.Request, body: bytes = b"") -> Call:
     try:
         hops = int(request.headers.get(FORWARDED_HEADER, "0"))
     except ValueError:
-        raise InvalidRequest(f"{FORWARDED_HEADER} must be an integer") from None
+        hops = -1
+    if not 0 <= hops <= FORWARD_HOPS_MAX + 1:  # the count after the last allowed hop
+        raise InvalidRequest(f"{FORWARDED_HEADER} must be an integer in [0, {FORWARD_HOPS_MAX + 1}]")
     return Call(
         method=request.method,
         path=request.path,
@@ -266,9 +274,11 @@ def build_app(service: MemoryService, config: Config, metrics: Metrics) -> web.A
         start = time.perf_counter()
         try:
             if authenticator.enabled:
-                body = await request.read() if request.path == "/v1/batch" else b""
-                need = need_for(request.method, request.path, request.match_info, body)
-                authenticator.check(request.headers.get("Authorization"), need)
+                # Who first: nobody without a valid token gets a body read or parsed.
+                token = authenticator.authenticate(request.headers.get("Authorization"), request.path)
+                if token is not None:
+                    body = await request.read() if request.path == "/v1/batch" else b""
+                    authenticator.authorize(token, need_for(request.method, request.path, request.match_info, body))
             response = await handler(request)
         except Exception as e:  # noqa: BLE001 (mapped, or re-raised, in one place)
             response = _error_to_response(request, e)

@@ -73,25 +73,36 @@ class Authenticator:
     def __init__(self, config: AuthConfig) -> None:
         self.enabled = config.enabled
         self._cluster = (config.cluster_token or "").encode()
+        # Rotation: nodes may accept more cluster tokens than the one they send.
+        self._cluster_accepted = [self._cluster] + [t.encode() for t in config.cluster_tokens_also_accepted]
         self._tokens: dict[str, ApiToken] = {t.sha256: t for t in config.tokens}
 
     def cluster_headers(self) -> dict[str, str]:
         """What a node adds to its requests to other nodes."""
         return {"Authorization": f"Bearer {self._cluster.decode()}"} if self.enabled else {}
 
-    def check(self, authorization: str | None, need: Need | None) -> None:
-        """Raise Unauthorized (no or unknown credentials) or Forbidden (not allowed)."""
-        if not self.enabled or need is None:
-            return
+    def authenticate(self, authorization: str | None, path: str) -> ApiToken | None:
+        """The client's token; None for a node (the cluster token), or for an open
+        path or a cluster with auth off. Raises Unauthorized."""
+        if not self.enabled or path in OPEN_PATHS:
+            return None
         scheme, _, secret = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise Unauthorized("this cluster requires a bearer token (Authorization: Bearer <token>)")
         presented = secret.strip().encode()
-        if hmac.compare_digest(presented, self._cluster):
-            return
+        # Every candidate compared, in constant time each: no early exit to time.
+        if any([hmac.compare_digest(presented, c) for c in self._cluster_accepted]):
+            return None
         token = self._tokens.get(hashlib.sha256(presented).hexdigest())
         if token is None:
             raise Unauthorized("unknown token")
+        return token
+
+    @staticmethod
+    def authorize(token: ApiToken, need: Need | None) -> None:
+        """Raise Forbidden unless `token` may do what `need` says."""
+        if need is None:
+            return
         if need.internal:
             raise Forbidden(f"token {token.name!r}: internal endpoints are for the cluster's nodes")
         if AUTH_ROLES.index(token.role) < AUTH_ROLES.index(need.role):
@@ -100,3 +111,10 @@ class Authenticator:
             outside = sorted(need.namespaces - set(token.namespaces))
             if outside:
                 raise Forbidden(f"token {token.name!r} may not use namespace(s) {', '.join(outside)}")
+
+    def check(self, authorization: str | None, method: str, path: str, params: Mapping[str, str],
+              body: bytes = b"") -> None:
+        """Both steps, for callers that already hold the body."""
+        token = self.authenticate(authorization, path)
+        if token is not None:
+            self.authorize(token, need_for(method, path, params, body))

@@ -151,6 +151,7 @@ class LimitsConfig:
 AUTH_ROLES = ("read", "write", "admin")  # each includes the ones before it
 AUTH_SECRET_CHARS_MIN = 16
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_SECRET_RE = re.compile(r"[!-~]+")
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,8 @@ class AuthConfig:
     """API authentication: off unless `cluster_token` is set. Clients present
     `Authorization: Bearer <token>`; nodes present the cluster token to each other."""
 
-    cluster_token: str | None = None
+    cluster_token: str | None = None  # what this node sends to the others
+    cluster_tokens_also_accepted: tuple[str, ...] = ()  # for a rolling rotation
     tokens: tuple[ApiToken, ...] = ()
 
     @property
@@ -338,7 +340,7 @@ def parse(data: Any, source: str = "<embedded>") -> Config:
 
 
 def _parse_auth(raw: Mapping[str, Any]) -> AuthConfig:
-    _check_keys("auth", raw, {"cluster_token", "tokens"})
+    _check_keys("auth", raw, {"cluster_token", "cluster_tokens_also_accepted", "tokens"})
     if not raw:
         return AuthConfig()
     cluster_token = raw.get("cluster_token")
@@ -347,6 +349,12 @@ def _parse_auth(raw: Mapping[str, Any]) -> AuthConfig:
             f"auth.cluster_token: a secret of at least {AUTH_SECRET_CHARS_MIN} characters "
             f"(nodes present it to each other) is needed to turn authentication on"
         )
+    _check_secret("auth.cluster_token", cluster_token)
+    also = raw.get("cluster_tokens_also_accepted") or []
+    if not isinstance(also, list) or not all(isinstance(t, str) for t in also):
+        raise ConfigError("auth.cluster_tokens_also_accepted: a list of secrets")
+    for i, secret in enumerate(also):
+        _check_secret(f"auth.cluster_tokens_also_accepted[{i}]", secret)
     tokens: list[ApiToken] = []
     raw_tokens = raw.get("tokens") or []
     if not isinstance(raw_tokens, list):
@@ -362,8 +370,9 @@ def _parse_auth(raw: Mapping[str, Any]) -> AuthConfig:
             raise ConfigError(f"{section}: give exactly one of token and token_sha256")
         if "token" in item:
             token = item["token"]
-            if not isinstance(token, str) or len(token) < AUTH_SECRET_CHARS_MIN:
-                raise ConfigError(f"{section}.token: at least {AUTH_SECRET_CHARS_MIN} characters")
+            if not isinstance(token, str):
+                raise ConfigError(f"{section}.token: a string")
+            _check_secret(f"{section}.token", token)
             digest = hashlib.sha256(token.encode()).hexdigest()
         else:
             digest = str(item["token_sha256"]).lower()
@@ -384,7 +393,16 @@ def _parse_auth(raw: Mapping[str, Any]) -> AuthConfig:
         if any(t.sha256 == digest for t in tokens) or digest == hashlib.sha256(cluster_token.encode()).hexdigest():
             raise ConfigError(f"{section}: the same token is configured twice")
         tokens.append(ApiToken(name=name, sha256=digest, role=role, namespaces=namespaces))
-    return AuthConfig(cluster_token=cluster_token, tokens=tuple(tokens))
+    return AuthConfig(cluster_token=cluster_token, cluster_tokens_also_accepted=tuple(also), tokens=tuple(tokens))
+
+
+def _check_secret(where: str, secret: str) -> None:
+    # Clients' tokens arrive stripped, in a header: only printable ASCII without
+    # spaces can ever match.
+    if len(secret) < AUTH_SECRET_CHARS_MIN or not _SECRET_RE.fullmatch(secret):
+        raise ConfigError(
+            f"{where}: at least {AUTH_SECRET_CHARS_MIN} printable ASCII characters, no spaces"
+        )
 
 
 def validate(config: Config) -> None:

@@ -902,6 +902,8 @@ class RaftGroup:
         self._transport: _Transport = self._obj._SyncObj__transport
         self.hooks.obj = self._obj
         self.hooks.transport = self._transport
+        self._followers: frozenset[str] = frozenset()
+        self.sync_members()
         self.snapshots.obj = self._obj
         ticker.add(self)
 
@@ -1092,6 +1094,14 @@ class RaftGroup:
 
         self.ticker.call_soon(run)
 
+    def sync_members(self) -> None:
+        """Lease and pre-vote quorums follow the voters pysyncobj has now."""
+        followers = frozenset(n.address for n in self._obj.otherNodes)
+        if followers != self._followers:
+            self._followers = followers
+            self.hooks.lease.set_members(followers)
+            self.hooks.prevote.cluster_size = len(followers) + 1
+
     def tick(self) -> None:
         """One pysyncobj tick. A leader ships entries it appended (or a wanted
         heartbeat) at once rather than at the next append-entries period."""
@@ -1276,6 +1286,7 @@ class Ticker:
                         continue
                     group.poller_view.active = False
                     group.last_tick = now
+                    group.sync_members()
                     group.hooks.lease.check_clock(now)
                     group.hooks.prevote_gate(now)
                     group.tick()

@@ -45,6 +45,7 @@ class LeaderLease:
     revoked_term: int = -1  # a leadership transfer was started in this term
     last_now: float = 0.0
     clock_resets: int = 0
+    members: frozenset[str] | None = None  # the followers that vote; None: not told yet
 
     @property
     def duration_s(self) -> float:
@@ -59,6 +60,15 @@ class LeaderLease:
         """Stamps and acks of an earlier term say nothing about this one."""
         if term != self.term:
             self.reset(term)
+
+    def set_members(self, followers: frozenset[str]) -> None:
+        """The voters besides the leader changed (a membership change): quorums
+        count the new voters, and a removed node's acknowledgements no longer
+        count (it cannot vote, so its stickiness stops no election)."""
+        self.members = followers
+        self.cluster_size = len(followers) + 1
+        self.acked = {n: t for n, t in self.acked.items() if n in followers}
+        self.quorum_ack = min(self.quorum_ack, quorum_time(list(self.acked.values()), self.cluster_size))
 
     def check_clock(self, now: float) -> None:
         """A monotonic clock that ran backwards (or a stamp from the future) voids
@@ -76,6 +86,8 @@ class LeaderLease:
         self.check_clock(now)
         if term != self.term or stamp > now + CLOCK_SLACK_S:
             return False
+        if self.members is not None and node not in self.members:
+            return False  # a removed node's late reply
         if stamp <= self.acked.get(node, 0.0):
             return False
         self.acked[node] = stamp

@@ -28,6 +28,10 @@ def name(what: str, value: str, chars_max: int) -> str:
         raise InvalidRequest(f"{what} is longer than {chars_max} characters", field=what)
     if not _NAME_RE.fullmatch(value):
         raise InvalidRequest(f"{what} {value[:64]!r} must match [A-Za-z0-9._:-]+", field=what)
+    if not value.strip("."):
+        # "." and ".." are path segments that URL normalisation removes: a request
+        # forwarded to another node would name something else.
+        raise InvalidRequest(f"{what} must not be made of dots only", field=what)
     return value
 
 

@@ -199,6 +199,8 @@ def test_ttl_expires(cluster: Cluster) -> None:
         ("GET", "/v1/memories/NS?cursor=garbage", b"", {}, 400, "invalid_request"),
         ("GET", "/v1/memories/NS/x?consistency=session&after=zz", b"", {}, 400, "invalid_request"),
         ("POST", "/v1/batch", b'{"ops": 5}', {}, 400, "invalid_request"),
+        ("POST", "/v1/batch", b"not gzip", {"Content-Encoding": "gzip"}, 400, "invalid_request"),
+        ("PUT", "/v1/memories/NS/x", b'{"content": 1}', {"X-Raftmem-Forwarded": "-5"}, 400, "invalid_request"),
         ("POST", "/v1/batch", b'{"ops": [{"op": "nuke"}]}', {}, 400, "invalid_request"),
         ("GET", "/v1/nothing", b"", {}, 404, "not_found"),
         ("PATCH", "/v1/memories/NS/x", b"{}", {}, 405, "method_not_allowed"),

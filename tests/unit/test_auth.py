@@ -37,9 +37,8 @@ def auth_config() -> AuthConfig:
 
 def check(token: str | None, method: str, path: str, params: dict[str, str] | None = None, body: Any = None) -> str:
     raw = orjson.dumps(body) if body is not None else b""
-    need = need_for(method, path, params or {}, raw)
     try:
-        Authenticator(auth_config()).check(f"Bearer {token}" if token else None, need)
+        Authenticator(auth_config()).check(f"Bearer {token}" if token else None, method, path, params or {}, raw)
     except Unauthorized:
         return "401"
     except Forbidden:
@@ -58,9 +57,8 @@ def test_no_or_unknown_token_is_401() -> None:
     assert check("nope-nope-nope-nope", *mem) == "401"
     assert check(None, "GET", "/v1/cluster") == "401"
     assert check(None, "GET", "/v1/nothing") == "401"  # no probing of paths without a token
-    need = need_for(*mem)
     with pytest.raises(Unauthorized):
-        Authenticator(auth_config()).check(f"Basic {READER}", need)
+        Authenticator(auth_config()).check(f"Basic {READER}", *mem)
 
 
 def test_roles_and_namespaces() -> None:
@@ -97,10 +95,23 @@ def test_internal_endpoints_take_the_cluster_token_only() -> None:
     assert check(CLUSTER, "PUT", "/v1/memories/team-b/x", {"namespace": "team-b"}) == "ok"
 
 
+def test_cluster_token_rotation_accepts_the_next_one() -> None:
+    d = yaml.safe_load(LOCAL_3NODE_YAML)
+    d["auth"] = {"cluster_token": CLUSTER, "cluster_tokens_also_accepted": ["n" * 24]}
+    rotating = Authenticator(parse(d).auth)
+    internal = ("POST", "/v1/internal/members", {})
+    rotating.check(f"Bearer {'n' * 24}", *internal)
+    rotating.check(f"Bearer {CLUSTER}", *internal)
+    assert rotating.cluster_headers() == {"Authorization": f"Bearer {CLUSTER}"}  # sends the current one
+    with pytest.raises(Unauthorized):
+        rotating.check(f"Bearer {'m' * 24}", *internal)
+
+
 def test_off_by_default() -> None:
     off = Authenticator(AuthConfig())
     assert not off.enabled and off.cluster_headers() == {}
-    off.check(None, need_for("POST", "/v1/internal/members", {}))
+    off.check(None, "POST", "/v1/internal/members", {})
+    assert need_for("GET", "/healthz", {}) is None
     assert Authenticator(auth_config()).cluster_headers() == {"Authorization": f"Bearer {CLUSTER}"}
 
 
@@ -120,6 +131,10 @@ def test_off_by_default() -> None:
                                                 {"name": "y", "token": READER, "role": "write"}]}, "twice"),
         ({"cluster_token": CLUSTER, "tokens": [{"name": "x", "token": CLUSTER, "role": "read"}]}, "twice"),
         ({"cluster_token": CLUSTER, "surprise": 1}, "unknown key"),
+        ({"cluster_token": CLUSTER + " "}, "no spaces"),
+        ({"cluster_token": CLUSTER, "tokens": [{"name": "x", "token": "tab\there-0123456789", "role": "read"}]},
+         "no spaces"),
+        ({"cluster_token": CLUSTER, "cluster_tokens_also_accepted": ["short"]}, "at least 16"),
     ],
 )
 def test_auth_config_is_validated(auth: dict[str, Any], message: str) -> None:

@@ -75,6 +75,7 @@ def test_adding_a_fourth_node_moves_about_a_quarter() -> None:
 
 def test_names_refuse_a_trailing_newline() -> None:
     assert validation.name("id", "m-1", 256) == "m-1"
-    for bad in ("m-1\n", "\nm-1", "m 1", "m/1"):
+    assert validation.name("id", ".m.", 256) == ".m."
+    for bad in ("m-1\n", "\nm-1", "m 1", "m/1", ".", "..", "..."):
         with pytest.raises(InvalidRequest):
             validation.name("id", bad, 256)

@@ -41,6 +41,23 @@ def test_stale_and_foreign_echoes_do_not_extend_the_lease() -> None:
     assert lz.remaining_s(10.02, 3) == 0.0
 
 
+def test_membership_changes_move_the_quorum() -> None:
+    lz = lease()  # leader + n2 + n3
+    lz.on_echo("n2", 2, 10.0, 10.01)
+    lz.on_echo("n3", 2, 10.2, 10.21)
+    assert lz.quorum_ack == 10.2  # one follower besides the leader is a majority of 3
+    # n3 removed: its acknowledgement no longer holds up the lease.
+    lz.set_members(frozenset({"n2"}))
+    assert lz.quorum_ack == 10.0
+    # n4 and n5 added (5 voters): two followers must have acknowledged.
+    lz.set_members(frozenset({"n2", "n4", "n5"}))
+    assert lz.quorum_ack == 0.0 and lz.remaining_s(10.3, 2) == 0.0
+    lz.on_echo("n4", 2, 10.3, 10.31)
+    assert lz.quorum_ack == 10.0  # the older of the two latest
+    assert not lz.on_echo("n3", 2, 10.4, 10.41)  # a removed node's late reply counts for nothing
+    assert lz.quorum_ack == 10.0
+
+
 def test_clock_running_backwards_voids_the_lease() -> None:
     lz = lease()
     lz.on_echo("n2", 2, 10.0, 10.01)
