@@ -287,6 +287,7 @@ class Cluster:
         deadline = started + timeout_s
         wanted = nodes or [n for n in self.node_ids if self.nodes[n].alive]
         pending = set(wanted)
+        why: dict[str, Any] = {}
         while pending:
             for node in sorted(pending):
                 if not self.nodes[node].alive:
@@ -294,10 +295,16 @@ class Cluster:
                 answer = await self.probe(client, node, "/readyz")
                 if answer is not None and answer.status == 200:
                     pending.discard(node)
+                else:  # what it said last, for the report
+                    why[node] = answer.body.get("problems") if answer is not None and isinstance(
+                        answer.body, dict) else "no answer"
             if not pending:
                 break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"nodes {sorted(pending)} not ready after {timeout_s:.0f}s")
+                raise TimeoutError(
+                    f"nodes {sorted(pending)} not ready after {timeout_s:.0f}s: "
+                    + "; ".join(f"{n}: {why.get(n)}" for n in sorted(pending))
+                )
             await asyncio.sleep(POLL_S)
         return time.monotonic() - started
 

@@ -144,8 +144,15 @@ def _delete_netns(name: str) -> None:
 
 
 def _delete_link(name: str) -> None:
-    if os.path.exists(f"/sys/class/net/{name}"):
+    if not os.path.exists(f"/sys/class/net/{name}"):
+        return
+    try:
         run_command(["ip", "link", "del", name])
+    except CommandError:
+        # Deleting a namespace tears its veth pairs down asynchronously: the
+        # peer may vanish between the check and the delete. Gone is what we want.
+        if os.path.exists(f"/sys/class/net/{name}"):
+            raise
 
 
 # -- partition shapes (grudges), after Jepsen's nemesis ------------------------------
