@@ -3,8 +3,8 @@ errors are mapped to HTTP once, in `_error_to_response`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,6 +26,7 @@ from .service import (
     FORWARD_HOPS_MAX,
     FORWARDED_HEADER,
     Call,
+    FileBody,
     ForwardLost,
     ForwardNotSent,
     MemoryService,
@@ -35,6 +36,9 @@ from .service import (
 log = logging.getLogger(__name__)
 
 PASS_HEADERS = ("ETag", "Retry-After", "Idempotent-Replayed", "Content-Disposition")
+STREAM_CHUNK_BYTES = 1 << 20
+# A snapshot download between nodes fails when no byte arrives for this long.
+DOWNLOAD_STALL_S = 60.0
 BACKUP_BYTES_MAX = 64 << 30
 RESTORE_CHUNK_BYTES_MAX = 256 << 20
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -115,6 +119,11 @@ class HttpForwarder:
         if base is None:
             raise ForwardNotSent(f"no address known for node {node_id}")
         url = base + call.path
+        # A download may take long: it fails only when the data stops flowing.
+        timeout = (
+            aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=DOWNLOAD_STALL_S)
+            if call.download is not None else aiohttp.ClientTimeout(total=timeout_s)
+        )
         try:
             async with self._session.request(
                 call.method,
@@ -122,11 +131,16 @@ class HttpForwarder:
                 params=dict(call.query),
                 data=call.body or None,
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                timeout=timeout,
             ) as resp:
-                body = await resp.read()
                 out = {k: v for k, v in resp.headers.items() if k.startswith("X-Raftmem-") or k in PASS_HEADERS}
-                return Reply(resp.status, body, out, resp.content_type or "application/json")
+                ctype = resp.content_type or "application/json"
+                if call.download is not None and resp.status == 200:
+                    with open(call.download, "wb") as f:
+                        async for chunk in resp.content.iter_chunked(STREAM_CHUNK_BYTES):
+                            await asyncio.to_thread(f.write, chunk)
+                    return Reply(resp.status, FileBody(call.download), out, ctype)
+                return Reply(resp.status, await resp.read(), out, ctype)
         except aiohttp.ClientConnectorError as e:
             raise ForwardNotSent(str(e)) from e
         except (TimeoutError, aiohttp.ClientError) as e:
@@ -172,6 +186,17 @@ def _reply(reply: Reply) -> web.Response:
     return _json_response(reply.status, reply.body, reply.headers, reply.content_type)
 
 
+async def _send(request: web.Request, reply: Reply) -> web.StreamResponse:
+    """A reply whose body may be a file: streamed (sendfile) before the caller
+    removes it, so the response is complete when this returns."""
+    if not isinstance(reply.body, FileBody):
+        return _reply(reply)
+    response = web.FileResponse(reply.body.path, chunk_size=STREAM_CHUNK_BYTES, status=reply.status,
+                                headers={**reply.headers, "Content-Type": reply.content_type})
+    await response.prepare(request)
+    return response
+
+
 class Api:
     def __init__(self, service: MemoryService, metrics: Metrics) -> None:
         self.service = service
@@ -206,18 +231,22 @@ class Api:
     async def transfer_leader(self, request: web.Request) -> web.Response:
         return _reply(await self.service.transfer_leader(_shard(request), _call(request)))
 
-    async def shard_snapshot(self, request: web.Request) -> web.Response:
-        return _reply(await self.service.shard_snapshot(_shard(request), _call(request)))
+    async def shard_snapshot(self, request: web.Request) -> web.StreamResponse:
+        with self.service.scratch() as tmp:
+            call = _call(request)
+            call.download = Path(tmp) / "shard.snapshot"
+            return await _send(request, await self.service.shard_snapshot(_shard(request), call))
 
     async def apply_restore(self, request: web.Request) -> web.Response:
         body = await _read_limited(request, RESTORE_CHUNK_BYTES_MAX)
         return _reply(await self.service.apply_restore(_shard(request), _call(request, body)))
 
-    async def backup(self, request: web.Request) -> web.Response:
-        return _reply(await self.service.backup(_call(request)))
+    async def backup(self, request: web.Request) -> web.StreamResponse:
+        with self.service.scratch() as tmp:
+            return await _send(request, await self.service.backup(_call(request), Path(tmp)))
 
     async def restore(self, request: web.Request) -> web.Response:
-        with tempfile.TemporaryDirectory(prefix="raftmem-restore-") as tmp:
+        with self.service.scratch() as tmp:
             path = Path(tmp) / "upload.backup"
             size = 0
             with open(path, "wb") as f:

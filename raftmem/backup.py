@@ -1,4 +1,5 @@
-"""Backup files: one tar holding `manifest.json` and one shard snapshot per shard.
+"""Backup files: one tar holding `manifest.json` and one shard snapshot per shard,
+written and checked in chunks (a backup costs disk, not memory).
 
 Each shard snapshot is a RocksDB checkpoint taken at the shard leader after a
 ReadIndex round, so it holds every write acknowledged before the backup began.
@@ -20,39 +21,50 @@ from .errors import InvalidRequest
 
 FORMAT = "raftmem-backup-v1"
 MANIFEST = "manifest.json"
+CHUNK_BYTES = 1 << 20
 
 
 def shard_member(shard: int) -> str:
     return f"shard-{shard:03d}.snapshot"
 
 
-def build(cluster: str, shard_count: int, snapshots: dict[int, tuple[int, bytes]], created_at_ms: int) -> bytes:
-    """`snapshots`: shard -> (applied index, packed snapshot bytes)."""
-    manifest: dict[str, Any] = {
-        "format": FORMAT,
-        "cluster": cluster,
-        "shard_count": shard_count,
-        "created_at": created_at_ms,
-        "shards": [
-            {
-                "shard": shard,
-                "applied_index": applied,
-                "bytes": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "file": shard_member(shard),
-            }
-            for shard, (applied, data) in sorted(snapshots.items())
-        ],
+def build_file(
+    out: Path, cluster: str, shard_count: int, snapshots: dict[int, tuple[int, Path]], created_at_ms: int
+) -> None:
+    """Write the backup to `out`. `snapshots`: shard -> (applied index, packed
+    snapshot file); each file is streamed in and then deleted, so a backup needs
+    disk, not memory, in proportion to the data."""
+    entries = []
+    for shard, (applied, path) in sorted(snapshots.items()):
+        size, digest = _size_and_sha256(path)
+        entries.append(
+            {"shard": shard, "applied_index": applied, "bytes": size, "sha256": digest, "file": shard_member(shard)}
+        )
+    manifest = {
+        "format": FORMAT, "cluster": cluster, "shard_count": shard_count, "created_at": created_at_ms,
+        "shards": entries,
     }
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for name, data in [(MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))] + [
-            (shard_member(s), d) for s, (_, d) in sorted(snapshots.items())
-        ]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
+    data = orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
+    with open(out, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
+        info = tarfile.TarInfo(MANIFEST)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        for shard, (_, path) in sorted(snapshots.items()):
+            info = tarfile.TarInfo(shard_member(shard))
+            info.size = path.stat().st_size
+            with open(path, "rb") as src:
+                tar.addfile(info, src)
+            path.unlink()
+
+
+def _size_and_sha256(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def verify(path: Path, shard_count: int, directory: Path) -> dict[str, Any]:
@@ -74,10 +86,15 @@ def verify(path: Path, shard_count: int, directory: Path) -> dict[str, Any]:
                 data_member = tar.extractfile(entry["file"])
                 if data_member is None:
                     raise InvalidRequest(f"backup is missing {entry['file']}")
-                data = data_member.read()
-                if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                digest = hashlib.sha256()
+                size = 0
+                with open(directory / entry["file"], "wb") as out:
+                    while chunk := data_member.read(CHUNK_BYTES):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        out.write(chunk)
+                if size != entry["bytes"] or digest.hexdigest() != entry["sha256"]:
                     raise InvalidRequest(f"corrupt backup: checksum mismatch for shard {entry['shard']}")
-                (directory / entry["file"]).write_bytes(data)
     except (tarfile.TarError, orjson.JSONDecodeError, KeyError, EOFError) as e:
         raise InvalidRequest(f"corrupt or truncated backup file: {e}") from None
     return dict(manifest)

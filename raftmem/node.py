@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import shutil
 import signal
 import time
 from contextlib import suppress
@@ -22,7 +23,7 @@ from .consensus import Ticker
 from .errors import RaftmemError
 from .membership import Table, preferred_leaders
 from .metrics import Metrics
-from .service import FORWARD_HOPS_MAX, Call, ForwardLost, ForwardNotSent, MemoryService
+from .service import FORWARD_HOPS_MAX, SCRATCH_DIR, Call, ForwardLost, ForwardNotSent, MemoryService
 from .shards import EXPIRE_PERIOD_S, ShardReplica
 from .storage import write_file_atomically
 
@@ -81,6 +82,7 @@ class Node:
         self.ticker.attach(self._loop)
         table = Table.seed(self.config)
         data_dir = self.config.node_data_dir(self.node_id)
+        shutil.rmtree(Path(data_dir) / SCRATCH_DIR, ignore_errors=True)  # transfers a crash cut short
         for shard in range(self.config.shards):
             peers = _load_peers(data_dir / f"shard-{shard:03d}")
             if peers is None and self.node_id in table.assignment[shard] and not _joined(data_dir):

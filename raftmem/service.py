@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import re
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ FRESH_LEVELS = ("linearizable", "strong")
 # An idempotency key that starts with a 13-digit millisecond time.
 TIME_KEY_RE = re.compile(r"(\d{13})-")
 SNAPSHOT_CONTENT_TYPE = "application/octet-stream"
+# Under the node's data directory: backups and snapshots in transit (emptied at start).
+SCRATCH_DIR = "scratch"
 RESTORE_CHUNK_OPS = 200
 TABLE_CAS_ATTEMPTS = 5
 RESTORE_CHUNK_BYTES = 4 << 20
@@ -70,9 +73,18 @@ class Call:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
     hops: int = 0
+    # Where a large answer (a snapshot) goes, here or when forwarded: a file, not memory.
+    download: Path | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
+
+
+@dataclass(frozen=True)
+class FileBody:
+    """A reply body on disk (snapshots, backups), streamed to the client."""
+
+    path: Path
 
 
 @dataclass
@@ -571,29 +583,44 @@ class MemoryService:
         return await self._on_leader(shard, call, local, is_write=True)
 
     async def shard_snapshot(self, shard: int, call: Call) -> Reply:
-        """Internal: one shard's consistent snapshot, taken at its leader."""
+        """Internal: one shard's consistent snapshot, taken at its leader, into
+        `call.download` (here, or streamed there from the leader)."""
         if not 0 <= shard < self.config.shards:
             raise InvalidRequest(f"no shard {shard}")
+        dest = call.download
+        assert dest is not None, "a snapshot needs a file to go to"
 
         async def local(replica: ShardReplica) -> Reply:
-            applied, data = await replica.snapshot_bytes()
-            return Reply(200, data, {"X-Raftmem-Applied-Index": str(applied)}, SNAPSHOT_CONTENT_TYPE)
+            applied = await replica.snapshot_to(dest)
+            return Reply(200, FileBody(dest), {"X-Raftmem-Applied-Index": str(applied)}, SNAPSHOT_CONTENT_TYPE)
 
         return await self._on_leader(shard, call, local, is_write=False)
 
-    async def backup(self, call: Call) -> Reply:
-        """An online backup of every shard (writes keep flowing while it runs)."""
-        async def one(shard: int) -> tuple[int, tuple[int, bytes]]:
-            reply = await self.shard_snapshot(
-                shard, Call("GET", f"/v1/internal/shards/{shard}/snapshot", {}, {}, b"", call.hops)
-            )
+    async def backup(self, call: Call, workdir: Path) -> Reply:
+        """An online backup of every shard (writes keep flowing while it runs),
+        built in `workdir`: disk, not memory, in proportion to the data."""
+        async def one(shard: int) -> tuple[int, tuple[int, Path]]:
+            dest = workdir / f"shard-{shard:03d}.snapshot"
+            path = f"/v1/internal/shards/{shard}/snapshot"
+            reply = await self.shard_snapshot(shard, Call("GET", path, {}, {}, b"", call.hops, download=dest))
             if reply.status != 200:
                 raise from_result({"status": reply.status, **reply.json()})
-            return shard, (int(reply.headers.get("X-Raftmem-Applied-Index", 0)), bytes(reply.body))
+            return shard, (int(reply.headers.get("X-Raftmem-Applied-Index", 0)), dest)
 
         parts = dict(await asyncio.gather(*(one(s) for s in range(self.config.shards))))
-        data = backup.build(self.config.name, self.config.shards, parts, self.clock.wall_ms())
-        return Reply(200, data, {"Content-Disposition": "attachment; filename=raftmem.backup"}, SNAPSHOT_CONTENT_TYPE)
+        out = workdir / "raftmem.backup"
+        await asyncio.to_thread(
+            backup.build_file, out, self.config.name, self.config.shards, parts, self.clock.wall_ms()
+        )
+        headers = {"Content-Disposition": "attachment; filename=raftmem.backup"}
+        return Reply(200, FileBody(out), headers, SNAPSHOT_CONTENT_TYPE)
+
+    def scratch(self) -> tempfile.TemporaryDirectory[str]:
+        """A private directory for a large transfer, on the node's data disk (not /tmp,
+        which may be small or in memory); removed when the context ends."""
+        root = Path(self.config.node_data_dir(self.node_id)) / SCRATCH_DIR
+        root.mkdir(parents=True, exist_ok=True)
+        return tempfile.TemporaryDirectory(prefix="xfer-", dir=root)
 
     async def restore(self, path: Path, workdir: Path) -> Reply:
         """Load a backup file into this cluster through the Raft log of each shard

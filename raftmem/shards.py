@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from .config import Config, NodeConfig
 from .consensus import OK, REJECTED, GroupSpec, RaftGroup, Ticker
 from .errors import Indeterminate, NoLeader, Overloaded, Unavailable
 from .statemachine import StateMachine
-from .storage import Store
+from .storage import BACKUP_PREFIX, Store
 
 log = logging.getLogger(__name__)
 
@@ -352,26 +352,25 @@ class ShardReplica:
     def token(self) -> str:
         return f"{self.shard}:{self.applied_index}"
 
-    async def snapshot_bytes(self) -> tuple[int, bytes]:
-        """A consistent snapshot holding every write acknowledged before the call:
-        ReadIndex first, then a RocksDB checkpoint (point-in-time) packed to bytes."""
+    async def snapshot_to(self, dest: Path) -> int:
+        """Write a consistent snapshot holding every write acknowledged before the
+        call to `dest`: ReadIndex first, then a RocksDB checkpoint (point-in-time)
+        packed into the file. Returns its applied index."""
         index = await self.read_index()
         if not await self.wait_applied(index, self.limits.read_timeout_ms / 1000):
             raise Unavailable(f"shard {self.shard}: apply is behind", shard=self.shard)
         applied = self.sm.applied_index
-        work = self.store.directory / f"backup-{os.getpid()}-{id(self)}"
+        checkpoint = self.store.directory / f"{BACKUP_PREFIX}{uuid.uuid4().hex}"
 
-        def pack() -> bytes:
-            checkpoint, packed = work / "checkpoint", work / "snapshot"
-            work.mkdir(parents=True, exist_ok=True)
+        def pack() -> None:
             try:
                 self.store.create_checkpoint(checkpoint)
-                Store.pack_checkpoint(checkpoint, packed, codec.dumps({"shard": self.shard, "applied": applied}))
-                return packed.read_bytes()
+                Store.pack_checkpoint(checkpoint, dest, codec.dumps({"shard": self.shard, "applied": applied}))
             finally:
-                shutil.rmtree(work, ignore_errors=True)
+                shutil.rmtree(checkpoint, ignore_errors=True)
 
-        return applied, await asyncio.to_thread(pack)
+        await asyncio.to_thread(pack)
+        return applied
 
     async def change_membership(self, add: bool, address: str) -> bool:
         future: asyncio.Future[bool] = self.loop.create_future()

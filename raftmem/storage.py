@@ -29,6 +29,8 @@ SNAPSHOT_META_NAME = "raftmem-snapshot-meta"
 SNAPSHOT_DB_DIR = "db"
 # Snapshots unpacked ahead of their install; a name no live generation can have.
 STAGED_PREFIX = "staged-"
+# Checkpoints taken for a backup, removed once packed (or at the next open).
+BACKUP_PREFIX = "backup-"
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -109,7 +111,7 @@ class Store:
         # Leftovers of an interrupted snapshot install or of a swap whose cleanup
         # did not finish.
         for child in self.directory.iterdir():
-            if child.name.startswith(("db-", STAGED_PREFIX)) and child != self._db_path(generation):
+            if child.name.startswith(("db-", STAGED_PREFIX, BACKUP_PREFIX)) and child != self._db_path(generation):
                 shutil.rmtree(child, ignore_errors=True)
         return generation
 

@@ -106,9 +106,14 @@ def test_pending_shards() -> None:
 
 
 def _backup_file(tmp_path: Path) -> Path:
-    data = server_backup.build("c", 2, {0: (5, b"zero" * 100), 1: (7, b"one" * 100)}, 1_700_000_000_000)
+    parts = {}
+    for shard, (applied, data) in {0: (5, b"zero" * 100), 1: (7, b"one" * 100)}.items():
+        snap = tmp_path / f"s{shard}"
+        snap.write_bytes(data)
+        parts[shard] = (applied, snap)
     path = tmp_path / "b.backup"
-    path.write_bytes(data)
+    server_backup.build_file(path, "c", 2, parts, 1_700_000_000_000)
+    assert not any(p.exists() for _, p in parts.values())  # streamed in, then removed
     return path
 
 
