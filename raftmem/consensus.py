@@ -65,6 +65,8 @@ if _so.VERSION != PYSYNCOBJ_VERSION:
     raise ImportError(f"raftmem needs pysyncobj=={PYSYNCOBJ_VERSION}, found {_so.VERSION}")
 
 APPEND_BATCH_BYTES = 4 * 1024 * 1024
+_ROLE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}  # pysyncobj's _RAFT_STATE
+_LEADER_STATE = 2
 # The `slow_snapshot_disk` fault: extra seconds to stage each received snapshot.
 SLOW_DISK_STAGE_S = 5.0
 # A staged snapshot waits this long between checks for a compaction to finish.
@@ -849,6 +851,7 @@ class RaftGroup:
         self.snapshots.recover_interrupted_compaction(self.journal)
         self.leader_changes = 0
         self.role_since = time.monotonic()
+        self.led_until = float("-inf")
         self._applied_seen = 0
         self._shipped_upto = 0
         self.heartbeat_wanted = False
@@ -910,10 +913,11 @@ class RaftGroup:
     def _on_state_changed(self, old: int, new: int) -> None:
         self.leader_changes += 1
         self.role_since = time.monotonic()
-        names = {0: "follower", 1: "candidate", 2: "leader"}
+        if old == _LEADER_STATE:
+            self.led_until = self.role_since
         term = self._obj.raftCurrentTerm
         log.info(
-            "shard %d: %s -> %s at term %d", self.shard, names.get(old, old), names.get(new, new), term,
+            "shard %d: %s -> %s at term %d", self.shard, _ROLE_NAMES.get(old, old), _ROLE_NAMES.get(new, new), term,
             extra={"shard": self.shard, "term": term, "index": self._obj.raftCommitIndex},
         )
 
@@ -1016,7 +1020,7 @@ class RaftGroup:
         match = dict(obj._SyncObj__raftMatchIndex) if obj._isLeader() else {}
         status = {
             "shard": self.shard,
-            "role": "leader" if obj._isLeader() else "follower",
+            "role": _ROLE_NAMES.get(obj._SyncObj__raftState, "follower"),
             "leader": self.leader_node(),
             "term": obj.raftCurrentTerm,
             "commit_index": obj.raftCommitIndex,
@@ -1079,6 +1083,14 @@ class RaftGroup:
             return 0.0
         return now - self.hooks.follower.last_contact
 
+    def seconds_out_of_touch(self, now: float) -> float:
+        """Since this replica last led the group or heard from its leader: a
+        replica that just handed leadership over has been in touch until then,
+        and stays a voter until the new leader removes it."""
+        if self._obj._isLeader():
+            return 0.0
+        return now - max(self.hooks.follower.last_contact, self.led_until)
+
     def force_compaction(self) -> None:
         with self.ticker.lock:
             self._obj.forceLogCompaction()
@@ -1095,12 +1107,13 @@ class RaftGroup:
         self.ticker.call_soon(run)
 
     def sync_members(self) -> None:
-        """Lease and pre-vote quorums follow the voters pysyncobj has now."""
+        """Lease quorums follow the voters pysyncobj has now. (Pre-vote keeps the
+        size the replica started with: it guards liveness only, and the real
+        election counts the current voters anyway.)"""
         followers = frozenset(n.address for n in self._obj.otherNodes)
         if followers != self._followers:
             self._followers = followers
             self.hooks.lease.set_members(followers)
-            self.hooks.prevote.cluster_size = len(followers) + 1
 
     def tick(self) -> None:
         """One pysyncobj tick. A leader ships entries it appended (or a wanted

@@ -145,7 +145,10 @@ class Node:
             _save_peers(replica.store.directory, members)
             if replica.group.is_leader():
                 await self._converge(replica, desired, members, table)
-            elif self.node_id not in desired and replica.group.seconds_since_leader(now) > self._drop_after_s():
+            elif self.node_id not in desired and replica.group.seconds_out_of_touch(now) > self._drop_after_s():
+                # Not at once: an outgoing leader is still a voter until its
+                # successor removes it, and a group short of a voter tolerates
+                # one failure fewer.
                 log.info("node %s: dropping shard %d (no longer assigned here)", self.node_id, shard)
                 del self.replicas[shard]
                 await asyncio.to_thread(replica.drop)

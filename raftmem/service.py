@@ -804,7 +804,11 @@ class MemoryService:
         now = time.monotonic()
         for s, replica in self.replicas.items():
             if self.leader_of(s) is None:
-                problems.append(f"shard {s}: no known leader")
+                st = replica.group.status()
+                problems.append(
+                    f"shard {s}: no known leader ({st['role']} at term {st['term']}, "
+                    f"voters {','.join(st['members'])}, log to {st['commit_index']}/{st['applied_index']})"
+                )
                 continue
             if sync and not replica.group.is_leader():
                 staleness, commit = replica.group.follower_freshness(now)
