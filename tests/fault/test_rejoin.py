@@ -71,8 +71,11 @@ async def _cut_off_a_follower_and_heal(tmp_path: Path, debug: dict[str, bool]) -
                 answer = await cluster.probe(client, victim, "/v1/cluster")
                 if answer is None:
                     return False
-                followers = [e for e in answer.body["shards"] if e.get("role") == "follower"]
-                return all((e.get("last_contact_ms") or 10**9) < 500 for e in followers)
+                # Every replica it does not lead follows someone (a candidate does not).
+                others = [e for e in answer.body["shards"] if e.get("role") != "leader"]
+                return all(
+                    e.get("role") == "follower" and (e.get("last_contact_ms") or 10**9) < 500 for e in others
+                )
 
             await poll_until(victim_following_again, 60, f"{victim} following a leader again")
             after = await poll_until(all_led, 30, "a leader for every shard after the heal")
