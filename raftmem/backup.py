@@ -13,7 +13,7 @@ import hashlib
 import io
 import tarfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -36,7 +36,8 @@ def build_file(
     disk, not memory, in proportion to the data."""
     entries = []
     for shard, (applied, path) in sorted(snapshots.items()):
-        size, digest = _size_and_sha256(path)
+        with open(path, "rb") as f:
+            size, digest = _read_hashing(f)
         entries.append(
             {"shard": shard, "applied_index": applied, "bytes": size, "sha256": digest, "file": shard_member(shard)}
         )
@@ -57,13 +58,16 @@ def build_file(
             path.unlink()
 
 
-def _size_and_sha256(path: Path) -> tuple[int, str]:
+def _read_hashing(src: IO[bytes], copy_to: IO[bytes] | None = None) -> tuple[int, str]:
+    """Read `src` to the end in chunks (copying them to `copy_to`, if given):
+    its size and SHA-256."""
     digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
+    while chunk := src.read(CHUNK_BYTES):
+        digest.update(chunk)
+        size += len(chunk)
+        if copy_to is not None:
+            copy_to.write(chunk)
     return size, digest.hexdigest()
 
 
@@ -86,14 +90,9 @@ def verify(path: Path, shard_count: int, directory: Path) -> dict[str, Any]:
                 data_member = tar.extractfile(entry["file"])
                 if data_member is None:
                     raise InvalidRequest(f"backup is missing {entry['file']}")
-                digest = hashlib.sha256()
-                size = 0
                 with open(directory / entry["file"], "wb") as out:
-                    while chunk := data_member.read(CHUNK_BYTES):
-                        digest.update(chunk)
-                        size += len(chunk)
-                        out.write(chunk)
-                if size != entry["bytes"] or digest.hexdigest() != entry["sha256"]:
+                    size, digest = _read_hashing(data_member, out)
+                if size != entry["bytes"] or digest != entry["sha256"]:
                     raise InvalidRequest(f"corrupt backup: checksum mismatch for shard {entry['shard']}")
     except (tarfile.TarError, orjson.JSONDecodeError, KeyError, EOFError) as e:
         raise InvalidRequest(f"corrupt or truncated backup file: {e}") from None

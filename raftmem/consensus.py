@@ -31,7 +31,6 @@ import errno
 import logging
 import os
 import select
-import shutil
 import socket
 import threading
 import time
@@ -54,7 +53,7 @@ from pysyncobj.transport import TCPTransport
 from .config import RaftConfig
 from .leases import FollowerView, LeaderLease, PreVote, log_up_to_date
 from .raftlog import DurableJournal
-from .storage import fsync_dir, fsync_file
+from .storage import fsync_dir, fsync_file, remove_in_background
 
 log = logging.getLogger(__name__)
 
@@ -542,9 +541,7 @@ class Replica(Protocol):
 
 def _discard(path: Path | None) -> None:
     if path is not None:
-        threading.Thread(
-            target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True}, daemon=True
-        ).start()
+        remove_in_background(path)
 
 
 def _entry_to_json(entry: tuple[bytes, int, int]) -> list[Any]:

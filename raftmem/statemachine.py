@@ -345,6 +345,7 @@ class StateMachine:
         return Store.read_snapshot_meta(path)
 
     def install_snapshot(self, path: Path) -> None:
+        """Replace the state with the snapshot's, crash-safely, in one go (both halves)."""
         self.install_staged(self.store.stage_snapshot(path))
 
     def stage_snapshot(self, path: Path) -> Path:

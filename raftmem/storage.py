@@ -49,6 +49,14 @@ def fsync_file(path: str | Path) -> None:
         os.close(fd)
 
 
+def remove_in_background(path: Path) -> None:
+    """Delete a directory tree on a thread of its own (a large one takes a while);
+    what a crash leaves behind is cleaned up at the next open."""
+    threading.Thread(
+        target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True}, name="remove", daemon=True
+    ).start()
+
+
 def write_file_atomically(path: Path, data: bytes, durable: bool = True) -> None:
     """Write, fsync, rename over, fsync the directory: readers see old or new.
     `durable=False` skips the fsyncs (still atomic, may be lost on power loss)."""
@@ -164,10 +172,6 @@ class Store:
                 raise ValueError(f"{path}: snapshot has no metadata")
             return member.read()
 
-    def install_snapshot(self, path: str | Path) -> None:
-        """Replace the database with the snapshot's, crash-safely."""
-        self.install_staged(self.stage_snapshot(path))
-
     def stage_snapshot(self, path: str | Path) -> Path:
         """Unpack a packed snapshot next to the live database and fsync it: the slow
         half of an install. Touches no open database, so it may run on any thread
@@ -207,10 +211,7 @@ class Store:
         old_db, old_path = self._db, self._db_path(self._generation)
         self._db, self._generation = new_db, generation
         old_db.close()
-        threading.Thread(
-            target=shutil.rmtree, args=(old_path,), kwargs={"ignore_errors": True},
-            name="snapshot-cleanup", daemon=True,
-        ).start()
+        remove_in_background(old_path)
 
     @staticmethod
     def scan_snapshot(path: str | Path, start: bytes, end: bytes, workdir: str | Path) -> Iterator[tuple[bytes, bytes]]:
