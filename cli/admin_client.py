@@ -37,6 +37,7 @@ from raftmem.client import (
     Indeterminate,
     RetryPolicy,
     Unavailable,
+    bearer_headers,
     error_from_response,
 )
 
@@ -62,7 +63,7 @@ class AdminClient:
         token: str | None = None,
     ) -> None:
         self.urls = [u.rstrip("/") for u in urls if u.strip()]
-        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self._auth = bearer_headers(token)
         if not self.urls:
             raise ValueError("no node URL given (--url or RAFTMEM_URL)")
         for url in self.urls:

@@ -398,6 +398,11 @@ def _memory_body(
     return body
 
 
+def bearer_headers(token: str | None) -> dict[str, str]:
+    """The Authorization header for clusters with auth on (none without a token)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _new_key() -> str:
     """Time-ordered (milliseconds first, like a UUIDv7): a create keyed with it gets a
     time-ordered id that every retry derives again (see the server's create)."""
@@ -445,7 +450,7 @@ class AsyncClient:
         self._refresh_lock: asyncio.Lock | None = None
         self._refreshed_at = -ROUTES_REFRESH_INTERVAL_S
         self.stats = {"attempts": 0, "retries": 0, "route_refreshes": 0}
-        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self._auth = bearer_headers(token)
 
     async def __aenter__(self) -> AsyncClient:
         return self
