@@ -37,6 +37,8 @@ def global_options() -> argparse.ArgumentParser:
                         "(env RAFTMEM_URL)")
     parent.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     parent.add_argument("--token", default=argparse.SUPPRESS, help="bearer token (env RAFTMEM_TOKEN)")
+    parent.add_argument("--token-file", default=argparse.SUPPRESS,
+                        help="read the bearer token from this file (env RAFTMEM_TOKEN_FILE)")
     return parent
 
 

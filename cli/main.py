@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from . import admin as admin_cmd
 from . import bench as bench_cmd
@@ -58,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"a node's API, or several comma-separated (env RAFTMEM_URL; default {DEFAULT_URL})")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--token", default=os.environ.get("RAFTMEM_TOKEN") or None,
-                        help="bearer token, for clusters with auth on (env RAFTMEM_TOKEN)")
+                        help="bearer token, for clusters with auth on (env RAFTMEM_TOKEN; "
+                        "`ps` shows it: prefer --token-file or the environment)")
+    parser.add_argument("--token-file", default=os.environ.get("RAFTMEM_TOKEN_FILE") or None,
+                        help="read the bearer token from this file, over --token (env RAFTMEM_TOKEN_FILE)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run one node")
@@ -82,7 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "token_file", None):
+        try:
+            args.token = Path(args.token_file).read_text().strip() or None
+        except OSError as e:
+            parser.error(f"--token-file: {e.strerror}: {args.token_file}")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

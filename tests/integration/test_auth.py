@@ -109,6 +109,18 @@ def test_client_cli_and_status_pass_the_token(secured: Cluster, capsys: pytest.C
     assert json.loads(capsys.readouterr().out)["content"] == 1
     assert cli_main.main(["--url", url, "--token", ADMIN, "--json", "status"]) == 0
     assert json.loads(capsys.readouterr().out)["ok"]
+    # From a file (kept out of `ps`): it wins over the environment's token.
+    token_file = tmp_path / "token"
+    token_file.write_text(ADMIN + "\n")
+    assert cli_main.main(["--url", url, "--token-file", str(token_file), "--json", "member", "list"]) == 0
+    capsys.readouterr()
+    assert cli_main.main(["--url", url, "--json", "member", "list"]) == 1  # the reader's token from the env
+    assert "403" in capsys.readouterr().err
+    monkeypatch.setenv("RAFTMEM_TOKEN_FILE", str(tmp_path / "missing"))
+    with pytest.raises(SystemExit):
+        cli_main.main(["--url", url, "--json", "get", "team-a", "via-cli"])
+    assert "--token-file" in capsys.readouterr().err
+    monkeypatch.delenv("RAFTMEM_TOKEN_FILE")
     # A backup gathers every shard's snapshot from its leader: node-to-node calls.
     backup = tmp_path / "all.backup"
     assert cli_main.main(["--url", url, "--token", READER, "snapshot", "save", str(backup)]) == 1
