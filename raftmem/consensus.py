@@ -65,6 +65,7 @@ if _so.VERSION != PYSYNCOBJ_VERSION:
 
 APPEND_BATCH_BYTES = 4 * 1024 * 1024
 _ROLE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}  # pysyncobj's _RAFT_STATE
+_FOLLOWER_STATE = 0
 _LEADER_STATE = 2
 # The `slow_snapshot_disk` fault: extra seconds to stage each received snapshot.
 SLOW_DISK_STAGE_S = 5.0
@@ -366,6 +367,7 @@ class _Hooks:
         self.votes_ignored = 0
         self.prevotes_started = 0
         self.prevote_enabled = True
+        self.adopt_terms = True
         self.snapshots: _Snapshots | None = None
 
     def sticky(self, now: float) -> bool:
@@ -430,11 +432,15 @@ class _Hooks:
                     obj._SyncObj__getCurrentLogTerm(), obj._SyncObj__getCurrentLogIndex(),
                 )
             )
-            self.transport.send(node, {"type": "rm_prevote_resp", "term": message["term"], "granted": granted})
+            self.transport.send(node, {
+                "type": "rm_prevote_resp", "term": message["term"], "granted": granted, "rm_term": term,
+            })
             return True
         if kind == "rm_prevote_resp":
             if self.prevote.on_response(node.address, message["term"], message["granted"]):
                 obj._SyncObj__raftElectionDeadline = 0  # let pysyncobj start the real election
+            elif not message["granted"] and self.adopt_terms:
+                self._adopt_term(int(message.get("rm_term", 0)))
             return True
         if kind == "timeout_now":
             if message["term"] >= term and node == obj._getLeader():
@@ -483,6 +489,19 @@ class _Hooks:
             "type": "next_node_idx", "next_node_idx": entries[-1][1] + 1, "reset": False, "success": True,
         })
         return True
+
+    def _adopt_term(self, peer_term: int) -> None:
+        """A peer refused our pre-vote and is at a higher term: take its term (as
+        etcd's pre-candidate does), or a node with the longest log, behind in term,
+        asks forever at a term nobody grants while the nodes at the higher term
+        cannot win without its vote. Not a vote: only term and role change."""
+        obj = self.obj
+        if peer_term <= obj.raftCurrentTerm or obj._isLeader():
+            return
+        log.info("raft: pre-vote refused at term %d; adopting the peer's term", peer_term)
+        obj._SyncObj__setCurrentTerm(peer_term, None)
+        obj._SyncObj__setState(_FOLLOWER_STATE)
+        obj._SyncObj__raftLeader = None
 
     def _maybe_bump(self, node: Any, now: float) -> None:
         """A node stuck at a higher term (it won a pre-vote, then lost the race)
@@ -1104,13 +1123,12 @@ class RaftGroup:
         self.ticker.call_soon(run)
 
     def sync_members(self) -> None:
-        """Lease quorums follow the voters pysyncobj has now. (Pre-vote keeps the
-        size the replica started with: it guards liveness only, and the real
-        election counts the current voters anyway.)"""
+        """Lease and pre-vote quorums follow the voters pysyncobj has now."""
         followers = frozenset(n.address for n in self._obj.otherNodes)
         if followers != self._followers:
             self._followers = followers
             self.hooks.lease.set_members(followers)
+            self.hooks.prevote.cluster_size = len(followers) + 1
 
     def tick(self) -> None:
         """One pysyncobj tick. A leader ships entries it appended (or a wanted

@@ -1,0 +1,107 @@
+"""The consensus adapter alone: real pysyncobj groups of one shard, in this process,
+on one ticker and event loop, talking over real sockets on 127.0.0.1, with real
+journals and RocksDB. For Raft situations a node-level test cannot set up on
+purpose, such as logs and terms that disagree in a given way."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+from raftmem.config import RaftConfig
+from raftmem.consensus import GroupSpec, RaftGroup, Ticker
+from raftmem.raftlog import DurableJournal
+from raftmem.shards import _ApplyHook
+from raftmem.statemachine import StateMachine
+from raftmem.storage import Store
+
+from .cluster import free_port_block
+
+NO_OP = b"\x01"  # pysyncobj's _COMMAND_TYPE.NO_OP entry
+POLL_S = 0.05
+
+
+def _seed(directory: Path, term: int, entries: int) -> None:
+    """A journal as a crash would leave it: `entries` no-op entries of term 1, and
+    the node's current term."""
+    directory.mkdir(parents=True)
+    journal = DurableJournal(directory / "raft.journal")
+    for idx in range(1, entries + 1):
+        journal.add(NO_OP, idx, 1)
+    journal.setCurrentTerm(term, None)
+    journal._destroy()
+
+
+@contextmanager
+def _groups(root: Path, seeds: dict[str, tuple[int, int]], absent: list[str]) -> Iterator[dict[str, RaftGroup]]:
+    """One shard whose voters are `seeds` (running, from the seeded journals) and
+    `absent` (voters that never come up)."""
+    _, bases = free_port_block(len(seeds) + len(absent), 1)
+    names = [*seeds, *absent]
+    address = {name: f"127.0.0.1:{base}" for name, base in zip(names, bases, strict=True)}
+    raft = RaftConfig(election_timeout_ms_min=300, election_timeout_ms_max=600)
+    ticker = Ticker(raft.fsync)
+    ticker.attach(asyncio.get_running_loop())
+    stores: list[Store] = []
+    groups: dict[str, RaftGroup] = {}
+    try:
+        for name, (term, entries) in seeds.items():
+            directory = root / name
+            _seed(directory, term, entries)
+            store = Store(directory / "db")
+            stores.append(store)
+            spec = GroupSpec(
+                shard=0,
+                self_address=address[name],
+                peer_addresses=[a for n, a in address.items() if n != name],
+                directory=directory,
+                raft=raft,
+                address_to_node={a: n for n, a in address.items()},
+            )
+            groups[name] = RaftGroup(spec, _ApplyHook(SimpleNamespace(sm=StateMachine(store, 0))), ticker)
+        ticker.start()
+        yield groups
+    finally:
+        ticker.stop()
+        for store in stores:
+            store.close()
+
+
+async def _leader(groups: dict[str, RaftGroup], within_s: float) -> str | None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        leaders = [name for name, g in groups.items() if g.is_leader()]
+        if leaders:
+            return leaders[0]
+        await asyncio.sleep(POLL_S)
+    return None
+
+
+# A 4-voter shard with one voter down. `a` holds the longest log but is behind in
+# term (it missed elections the others held and lost); `b` and `c` are at a higher
+# term with shorter logs. Only `a` can win (the others need its vote and it refuses
+# them, their logs being behind), and `b` and `c` refuse `a`'s pre-votes for any
+# term not above their own.
+BEHIND_IN_TERM = {"a": (1, 5), "b": (3, 3), "c": (3, 3)}
+
+
+async def test_a_pre_candidate_behind_in_term_adopts_it_and_wins(tmp_path: Path) -> None:
+    with _groups(tmp_path, BEHIND_IN_TERM, absent=["d"]) as groups:
+        leader = await _leader(groups, within_s=20)
+        assert leader == "a", {n: (g.term, g.is_leader()) for n, g in groups.items()}
+        assert groups["a"].term > 3
+        assert groups["a"].journal.getCurrentTerm() == groups["a"].term  # adopted durably
+
+
+async def test_negative_control_without_adopting_the_term_nobody_is_elected(tmp_path: Path) -> None:
+    with _groups(tmp_path, BEHIND_IN_TERM, absent=["d"]) as groups:
+        for group in groups.values():
+            group.hooks.adopt_terms = False
+        # Many election timeouts (0.3-0.6 s), and pre-vote rounds, go by.
+        assert await _leader(groups, within_s=6) is None
+        assert groups["a"].term == 1
+        assert min(g.hooks.prevotes_started for g in groups.values()) >= 3
