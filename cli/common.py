@@ -28,11 +28,22 @@ EXIT_UNAVAILABLE = 3
 EXIT_INDETERMINATE = 4
 
 
+class Parser(argparse.ArgumentParser):
+    """No abbreviated options: with prefixes on, a subcommand's `--to` collides
+    with the global `--token`/`--token-file` (argparse checks every word against
+    the top parser first), and a new global option could silently change what an
+    old command line means. Subparsers inherit the class."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
 def global_options() -> argparse.ArgumentParser:
     """`--url` and `--json` again on a subcommand, so `raftmem status --json` works
     as well as `raftmem --json status`. SUPPRESS: absent, they leave the global
     value alone."""
-    parent = argparse.ArgumentParser(add_help=False)
+    parent = Parser(add_help=False)
     parent.add_argument("--url", default=argparse.SUPPRESS, help="a node's API, or several, comma-separated "
                         "(env RAFTMEM_URL)")
     parent.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")

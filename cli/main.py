@@ -14,7 +14,7 @@ from . import cluster as cluster_cmd
 from . import logfmt
 from . import memory as memory_cmd
 from . import status as status_cmd
-from .common import EXIT_FAILED, EXIT_INDETERMINATE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from .common import EXIT_FAILED, EXIT_INDETERMINATE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, Parser
 
 DEFAULT_URL = os.environ.get("RAFTMEM_URL", "http://127.0.0.1:8781")
 
@@ -49,7 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="raftmem",
         description="raftmem: replicated memory for agents",
         epilog="exit codes: 0 ok, 1 failed, 2 usage, 3 unavailable (nothing happened; safe to retry), "

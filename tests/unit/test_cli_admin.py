@@ -53,6 +53,19 @@ def test_global_options_before_or_after_the_command() -> None:
     assert args.json is True
 
 
+def test_subcommand_options_that_prefix_a_global_option() -> None:
+    """`--to` is a prefix of the global `--token` and `--token-file`: with argparse's
+    abbreviations on, the top parser rejects it as ambiguous before the subcommand
+    sees it (this broke `transfer-leader --to`). Abbreviations are off everywhere."""
+    parser = cli_main.build_parser()
+    args = parser.parse_args(["transfer-leader", "1", "--to", "n2", "--token", "t"])
+    assert args.to == "n2" and args.token == "t"
+    for argv in (["--jso", "status"], ["status", "--jso"], ["rebalance", "--dry"]):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(argv)
+        assert e.value.code == 2, argv
+
+
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["member", "add", "n4"], ["transfer-leader", "x"], ["rebalance", "--timeout", "-1"]):
         with pytest.raises(SystemExit) as e:
