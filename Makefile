@@ -9,7 +9,7 @@ APT_PACKAGES := nftables iproute2 fuse3 gcc libc6-dev util-linux
 SHARDS ?= 8
 NODES ?= 3
 
-.PHONY: run test unit integration lint jepsen jepsen-quick bench bench-etcd apt-deps clean
+.PHONY: run test unit integration lint jepsen jepsen-quick bench bench-etcd bench-wrk apt-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
@@ -54,7 +54,10 @@ bench: $(STAMP)
 	$(VENV)/bin/raftmem bench --url http://127.0.0.1:8781 --clients 32 --duration 20 --mix 0:100 --value-bytes 200
 
 bench-etcd: $(STAMP)
-	bash bench/etcd_compare.sh
+	PYTHON=$(PY) bash bench/etcd_compare.sh
+
+bench-wrk: $(STAMP)
+	PYTHON=$(PY) bash bench/wrk_compare.sh
 
 clean:
 	rm -rf data runs .pytest_cache
