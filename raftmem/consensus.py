@@ -871,6 +871,7 @@ class RaftGroup:
         self._applied_seen = 0
         self._shipped_upto = 0
         self.heartbeat_wanted = False
+        self.read_rounds = 0  # append-entries rounds requested by ReadIndex (reads share them)
         self._on_applied: Callable[[], None] | None = None
         conf = SyncObjConf(
             autoTick=False,
@@ -989,6 +990,7 @@ class RaftGroup:
             return  # a round was sent after this read arrived: its acks will do
         if not self.heartbeat_wanted:
             self.heartbeat_wanted = True
+            self.read_rounds += 1
             self.poller_view.active = True
             self.ticker.wake()
 

@@ -41,6 +41,7 @@ class _ShardCollector:
             "syncs": CounterMetricFamily("raftmem_shard_journal_fsyncs", "Journal fsyncs", labels=["shard"]),
             "lease_reads": CounterMetricFamily("raftmem_shard_lease_reads", "Strong reads served under the lease", labels=["shard"]),
             "read_index": CounterMetricFamily("raftmem_shard_read_index_reads", "Reads confirmed by ReadIndex (lease fallbacks included)", labels=["shard"]),
+            "read_rounds": CounterMetricFamily("raftmem_shard_read_index_rounds", "Heartbeat rounds requested by ReadIndex reads (reads waiting together share one; reads / rounds is the batching)", labels=["shard"]),
             "outcomes": CounterMetricFamily("raftmem_shard_log_entries_settled", "Proposed log entries by outcome (rejected/unknown: quorum or leadership lost)", labels=["shard", "outcome"]),
             "votes_ignored": CounterMetricFamily("raftmem_shard_votes_ignored", "Vote requests ignored while a leader was live", labels=["shard"]),
             "snapshot_installs": CounterMetricFamily("raftmem_shard_snapshot_installs", "Snapshots received and installed, staged off the event loop or inline (at start-up, or when staging failed)", labels=["shard", "how"]),
@@ -69,6 +70,7 @@ class _ShardCollector:
             counters["syncs"].add_metric(label, group.journal.syncs)
             counters["lease_reads"].add_metric(label, replica.lease_reads)
             counters["read_index"].add_metric(label, replica.read_index_reads)
+            counters["read_rounds"].add_metric(label, group.read_rounds)
             counters["votes_ignored"].add_metric(label, group.hooks.votes_ignored)
             for how, count in group.snapshots.installs.items():
                 counters["snapshot_installs"].add_metric([str(shard), how], count)

@@ -37,6 +37,51 @@ def test_strong_reads_use_the_lease_and_linearizable_uses_read_index(cluster: Cl
     assert "X-Raftmem-Staleness-Ms" not in headers
 
 
+def _shard_counter(c: Cluster, node: str, name: str, shard: int) -> float:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", c.http[node], timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    prefix = f'{name}_total{{shard="{shard}"}} '
+    return next(float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_concurrent_read_index_reads_share_rounds(cluster: Cluster) -> None:
+    """Reads waiting together share one confirmation round: the rounds counter moves,
+    and by less than the reads do."""
+    ns, mid, shard = _key(cluster)
+    assert cluster.request("n1", "PUT", f"/v1/memories/{ns}/{mid}", {"content": 1})[0] == 201
+    for _attempt in range(3):  # again if leadership moved meanwhile (counters are per node)
+        leader, _ = _followers(cluster, shard)
+        reads0 = _shard_counter(cluster, leader, "raftmem_shard_read_index_reads", shard)
+        rounds0 = _shard_counter(cluster, leader, "raftmem_shard_read_index_rounds", shard)
+        statuses: list[int] = []
+
+        def reader(leader: str = leader, statuses: list[int] = statuses) -> None:
+            for _ in range(10):
+                path = f"/v1/memories/{ns}/{mid}?consistency=linearizable"
+                statuses.append(cluster.request(leader, "GET", path)[0])
+
+        threads = [threading.Thread(target=reader) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert statuses == [200] * 160
+        if cluster.leader_of(shard) != leader:
+            continue
+        reads = _shard_counter(cluster, leader, "raftmem_shard_read_index_reads", shard) - reads0
+        rounds = _shard_counter(cluster, leader, "raftmem_shard_read_index_rounds", shard) - rounds0
+        assert reads == 160
+        assert 1 <= rounds < reads, (rounds, reads)
+        return
+    raise AssertionError(f"shard {shard}'s leadership kept moving")
+
+
 def test_eventual_bounded_and_session_on_followers(cluster: Cluster) -> None:
     ns, mid, shard = _key(cluster)
     leader, followers = _followers(cluster, shard)
