@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -237,6 +238,18 @@ class Cluster:
         status, _, body = self.request(node_id, "GET", "/v1/cluster", timeout_s=5)
         assert status == 200, body
         return body
+
+    def shard_counter(self, node_id: str, name: str, shard: int) -> float:
+        """A per-shard counter from the node's /metrics (`name` without `_total`)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.http[node_id], timeout=5)
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        match = re.search(rf'^{name}_total{{shard="{shard}"}} (\S+)$', text, re.M)
+        assert match, f"{name} for shard {shard} not in {node_id}'s /metrics"
+        return float(match.group(1))
 
     def leader_of(self, shard: int) -> str | None:
         """The node that reports itself leader of `shard` (asking itself)."""

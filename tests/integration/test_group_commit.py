@@ -5,24 +5,14 @@ a lone writer never waits."""
 
 from __future__ import annotations
 
-import re
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from .cluster import Cluster, wait_for
 
 WRITERS = 8
 ROUNDS = 6
-
-
-def _shard_counter(c: Cluster, node: str, name: str, shard: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{c.http[node]}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    match = re.search(rf'^{name}_total{{shard="{shard}"}} (\S+)$', text, re.M)
-    assert match, f"{name} for shard {shard} not in /metrics"
-    return float(match.group(1))
 
 
 def _leader(c: Cluster) -> str:
@@ -34,8 +24,8 @@ def test_a_crowd_of_writers_rides_in_one_entry_per_round(tmp_path: Path) -> None
     try:
         c.start_all()
         leader = _leader(c)
-        proposals0 = _shard_counter(c, leader, "raftmem_shard_proposals", 0)
-        entries0 = _shard_counter(c, leader, "raftmem_shard_entries_proposed", 0)
+        proposals0 = c.shard_counter(leader, "raftmem_shard_proposals", 0)
+        entries0 = c.shard_counter(leader, "raftmem_shard_entries_proposed", 0)
         errors: list[object] = []
 
         def writer(w: int) -> None:
@@ -50,8 +40,8 @@ def test_a_crowd_of_writers_rides_in_one_entry_per_round(tmp_path: Path) -> None
         for t in threads:
             t.join(timeout=60)
         assert not errors, errors
-        proposals = _shard_counter(c, leader, "raftmem_shard_proposals", 0) - proposals0
-        entries = _shard_counter(c, leader, "raftmem_shard_entries_proposed", 0) - entries0
+        proposals = c.shard_counter(leader, "raftmem_shard_proposals", 0) - proposals0
+        entries = c.shard_counter(leader, "raftmem_shard_entries_proposed", 0) - entries0
     finally:
         c.stop_all()
     assert proposals == WRITERS * ROUNDS

@@ -37,19 +37,6 @@ def test_strong_reads_use_the_lease_and_linearizable_uses_read_index(cluster: Cl
     assert "X-Raftmem-Staleness-Ms" not in headers
 
 
-def _shard_counter(c: Cluster, node: str, name: str, shard: int) -> float:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", c.http[node], timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    prefix = f'{name}_total{{shard="{shard}"}} '
-    return next(float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix))
-
-
 def test_concurrent_read_index_reads_share_rounds(cluster: Cluster) -> None:
     """Reads waiting together share one confirmation round: the rounds counter moves,
     and by less than the reads do."""
@@ -57,8 +44,8 @@ def test_concurrent_read_index_reads_share_rounds(cluster: Cluster) -> None:
     assert cluster.request("n1", "PUT", f"/v1/memories/{ns}/{mid}", {"content": 1})[0] == 201
     for _attempt in range(3):  # again if leadership moved meanwhile (counters are per node)
         leader, _ = _followers(cluster, shard)
-        reads0 = _shard_counter(cluster, leader, "raftmem_shard_read_index_reads", shard)
-        rounds0 = _shard_counter(cluster, leader, "raftmem_shard_read_index_rounds", shard)
+        reads0 = cluster.shard_counter(leader, "raftmem_shard_read_index_reads", shard)
+        rounds0 = cluster.shard_counter(leader, "raftmem_shard_read_index_rounds", shard)
         statuses: list[int] = []
 
         def reader(leader: str = leader, statuses: list[int] = statuses) -> None:
@@ -74,8 +61,8 @@ def test_concurrent_read_index_reads_share_rounds(cluster: Cluster) -> None:
         assert statuses == [200] * 160
         if cluster.leader_of(shard) != leader:
             continue
-        reads = _shard_counter(cluster, leader, "raftmem_shard_read_index_reads", shard) - reads0
-        rounds = _shard_counter(cluster, leader, "raftmem_shard_read_index_rounds", shard) - rounds0
+        reads = cluster.shard_counter(leader, "raftmem_shard_read_index_reads", shard) - reads0
+        rounds = cluster.shard_counter(leader, "raftmem_shard_read_index_rounds", shard) - rounds0
         assert reads == 160
         assert 1 <= rounds < reads, (rounds, reads)
         return
