@@ -52,18 +52,15 @@ check_ports_free
 
 # -- runners ---------------------------------------------------------------------------
 bench() { # TARGET NAME MIX LEVELS URLS PIDS...
-    local target=$1 name=$2 mix=$3 levels=$4 urls=$5 busy0 srv0 t0
+    local target=$1 name=$2 mix=$3 levels=$4 urls=$5
     shift 5
     log "bench $target $name (${DURATION_S}s)"
-    busy0=$(machine_busy_ticks); srv0=$(pids_ticks "$@"); t0=$(date +%s.%N)
+    cpu_start "$@"
     (cd "$REPO" && "$PYTHON" -m cli.main bench --target "$target" --url "$urls" --clients "$CLIENTS" \
         --duration "$DURATION_S" --warmup "$WARMUP_S" --mix "$mix" --value-bytes "$VALUE_BYTES" \
         --keys "$KEYS" --consistency "$levels" --json) >"$OUT/$target-$name.json" \
         || log "bench $target $name failed (exit $?)"
-    printf '{"wall_s": %s, "machine_busy_cpu_s": %s, "server_cpu_s": %s}\n' \
-        "$(echo "$(date +%s.%N) - $t0" | bc)" \
-        "$(echo "scale=2; ($(machine_busy_ticks) - $busy0) / $CLK_TCK" | bc)" \
-        "$(echo "scale=2; ($(pids_ticks "$@") - $srv0) / $CLK_TCK" | bc)" >"$OUT/$target-$name.cpu.json"
+    cpu_stop "$OUT/$target-$name.cpu.json"
 }
 
 failover() { # TARGET URLS: TRIES times: measure (bench/failover.py kills the leader), restart, wait ready

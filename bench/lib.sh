@@ -75,23 +75,28 @@ wait_http() {
     done
 }
 
+# ensure_command COMMAND PACKAGE: install Debian's PACKAGE with apt-get when COMMAND is missing.
+ensure_command() {
+    local command=$1 package=$2 apt_log="$WORK/logs/apt-$2.log" sudo=""
+    command -v "$command" >/dev/null && return 0
+    [[ $(id -u) == 0 ]] || sudo=sudo
+    log "installing $package with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! $sudo apt-get install -y --no-install-recommends "$package" >"$apt_log" 2>&1; then
+        $sudo apt-get update >>"$apt_log" 2>&1
+        $sudo apt-get install -y --no-install-recommends "$package" >>"$apt_log" 2>&1 \
+            || { cat "$apt_log" >&2; die "could not install $package"; }
+    fi
+}
+
 # check_prereqs: the interpreter can import raftmem; curl and bc exist; etcd is
-# installed (Debian's etcd-server, with apt-get) when missing.
+# installed (Debian's etcd-server) when missing.
 check_prereqs() {
     "$PYTHON" -c 'import raftmem.client, cli.bench, aiohttp' 2>/dev/null \
         || die "$PYTHON cannot import raftmem (set PYTHON=/path/to/venv/bin/python)"
     command -v curl >/dev/null || die "curl is needed"
     command -v bc >/dev/null || die "bc is needed"
-    if ! command -v etcd >/dev/null; then
-        SUDO=""; [[ $(id -u) == 0 ]] || SUDO=sudo
-        log "installing etcd-server with apt-get"
-        export DEBIAN_FRONTEND=noninteractive
-        if ! $SUDO apt-get install -y --no-install-recommends etcd-server >"$WORK/logs/apt.log" 2>&1; then
-            $SUDO apt-get update >>"$WORK/logs/apt.log" 2>&1
-            $SUDO apt-get install -y --no-install-recommends etcd-server >>"$WORK/logs/apt.log" 2>&1 \
-                || { cat "$WORK/logs/apt.log" >&2; die "could not install etcd-server"; }
-        fi
-    fi
+    ensure_command etcd etcd-server
 }
 
 CLK_TCK=$(getconf CLK_TCK)
@@ -106,6 +111,18 @@ pids_ticks() {
         total=$((total + ${ticks:-0}))
     done
     echo "$total"
+}
+
+# cpu_start PIDS...; (the measured run); cpu_stop FILE: wall time, busy CPU of the
+# machine and CPU of PIDS over the run, as JSON in FILE.
+cpu_start() {
+    CPU_PIDS=("$@"); CPU_BUSY0=$(machine_busy_ticks); CPU_SRV0=$(pids_ticks "$@"); CPU_T0=$(date +%s.%N)
+}
+cpu_stop() {
+    printf '{"wall_s": %s, "machine_busy_cpu_s": %s, "server_cpu_s": %s}\n' \
+        "$(echo "$(date +%s.%N) - $CPU_T0" | bc)" \
+        "$(echo "scale=2; ($(machine_busy_ticks) - $CPU_BUSY0) / $CLK_TCK" | bc)" \
+        "$(echo "scale=2; ($(pids_ticks "${CPU_PIDS[@]}") - $CPU_SRV0) / $CLK_TCK" | bc)" >"$1"
 }
 
 # -- etcd ------------------------------------------------------------------------------

@@ -52,12 +52,7 @@ mkdir -p "$OUT" "$WORK/logs" "$REQ"
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
 check_prereqs
-if ! command -v wrk >/dev/null; then
-    SUDO=""; [[ $(id -u) == 0 ]] || SUDO=sudo
-    log "installing wrk with apt-get"
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends wrk >"$WORK/logs/apt-wrk.log" 2>&1 \
-        || die "could not install wrk (log: $WORK/logs/apt-wrk.log)"
-fi
+ensure_command wrk wrk
 ETCD_VERSION=$(etcd --version 2>/dev/null | sed -n 1p)
 check_ports_free
 
@@ -77,21 +72,18 @@ declare -A FILE=(
 WORKLOADS=(health write read-strong read-linearizable read-eventual)
 
 run() { # TARGET WORKLOAD PAIR: three wrk processes at once, then CPU accounting
-    local target=$1 load=$2 pair=$3 i busy0 srv0 t0 pids=() wrk_pids=()
+    local target=$1 load=$2 pair=$3 i pids=() wrk_pids=()
     local name="$target-$load-pair$pair"
     if [[ $target == etcd ]]; then pids=("${ETCD_PID[@]}"); else pids=("${RM_PID[@]}"); fi
     log "wrk $name (${RUN_S}s)"
-    busy0=$(machine_busy_ticks); srv0=$(pids_ticks "${pids[@]}"); t0=$(date +%s.%N)
+    cpu_start "${pids[@]}"
     for i in 0 1 2; do
         wrk -t1 -c"$CONNS" -d"${RUN_S}s" --timeout "${WRK_TIMEOUT_S}s" -s "$REPO/bench/wrk/requests.lua" \
             "$(cat "$REQ/$target-$i.url")" -- "$REQ/$target-$i-${FILE[$target.$load]}.req" >"$OUT/$name.$i.txt" 2>&1 &
         wrk_pids+=($!)
     done
     for i in "${wrk_pids[@]}"; do wait "$i" || log "a wrk of $name failed (exit $?)"; done
-    printf '{"wall_s": %s, "machine_busy_cpu_s": %s, "server_cpu_s": %s}\n' \
-        "$(echo "$(date +%s.%N) - $t0" | bc)" \
-        "$(echo "scale=2; ($(machine_busy_ticks) - $busy0) / $CLK_TCK" | bc)" \
-        "$(echo "scale=2; ($(pids_ticks "${pids[@]}") - $srv0) / $CLK_TCK" | bc)" >"$OUT/$name.cpu.json"
+    cpu_stop "$OUT/$name.cpu.json"
 }
 
 for pair in $(seq 1 "$PAIRS"); do
