@@ -267,11 +267,18 @@ class StateMachine:
         batch: Batch,
         overlay: dict[bytes, dict[str, Any] | None],
     ) -> None:
-        """Replace `old` (if any) by `rec`: the record and its index entries."""
+        """Replace `old` (if any) by `rec`: the record and its index entries.
+        Only index entries that change are written: an overwrite that keeps the
+        agent, tags, creation time and expiry (the common case) writes the
+        record alone, rather than a tombstone and a put for each entry."""
+        new_keys = _index_keys(rec)
         if old is not None:
-            for k in _index_keys(old):
-                batch.delete(k)
-        for k in _index_keys(rec):
+            old_keys = _index_keys(old)
+            for k in old_keys:
+                if k not in new_keys:
+                    batch.delete(k)
+            new_keys = [k for k in new_keys if k not in old_keys]
+        for k in new_keys:
             batch.put(k, b"")
         batch.put(key, codec.dumps(rec))
         overlay[key] = rec

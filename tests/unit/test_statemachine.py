@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from raftmem import codec
-from raftmem.statemachine import ListQuery, StateMachine
+from raftmem.statemachine import ListQuery, StateMachine, _index_keys
 from raftmem.storage import Store
 
 NOW = 1_763_700_000_000
@@ -154,3 +154,38 @@ def test_a_staged_snapshot_is_invisible_until_installed(tmp_path: Path) -> None:
     again = sm_at(tmp_path / "dst")
     assert again.applied_index == 10
     assert sorted(p.name for p in (tmp_path / "dst").iterdir() if p.is_dir()) == ["db-000002"]
+
+
+def _index_invariant(sm: StateMachine) -> None:
+    """Every index entry in the store belongs to a stored record, and every
+    stored record has all of its index entries."""
+    stored = {k for p in (b"c", b"a", b"t", b"x") for k, _ in sm.store.scan(p + b"\x00", p + b"\x01")}
+    expected = {k for rec in sm.iter_records() for k in _index_keys(rec)}
+    assert stored == expected
+
+
+def test_overwrites_write_only_the_index_entries_that_change(tmp_path: Path) -> None:
+    sm = sm_at(tmp_path)
+    counts: list[int] = []
+    commit = sm.store.commit
+    sm.store.commit = lambda batch: (counts.append(batch.count), commit(batch))[1]  # type: ignore[method-assign]
+    steps = [
+        put("a", tags=["x", "y"], agent_id="al"),
+        put("a", now=NOW + 1, tags=["x", "y"], agent_id="al"),  # same indexes: the record alone
+        put("a", now=NOW + 2, tags=["y", "z"], agent_id="al"),  # tag x out, z in
+        put("a", now=NOW + 3, tags=["y", "z"], agent_id="bo", ttl_s=5),  # agent changes, expiry appears
+        put("a", now=NOW + 4, tags=["y", "z"], agent_id="bo", ttl_s=9),  # expiry moves
+        put("a", now=NOW + 20_000, tags=["y"]),  # over an expired record: created_at is new
+        {"t": "delete", "ns": "ns", "id": "a", "now": NOW + 20_001},
+    ]
+    for index, op in enumerate(steps, start=1):
+        sm.apply(index, entry(op))
+        _index_invariant(sm)
+    # Record + applied index only; then tag x deleted, z put.
+    assert counts[1] == 2
+    assert counts[2] == 4
+    # Several writes of one key in one entry (the overlay carries the old record).
+    sm.apply(10, entry(put("b", tags=["p"]), put("b", now=NOW + 1, tags=["q"]), put("b", now=NOW + 2, tags=["q"])))
+    _index_invariant(sm)
+    assert [m["id"] for m in sm.list(ListQuery("ns", tag="q"), NOW + 10)] == ["b"]
+    assert sm.list(ListQuery("ns", tag="p"), NOW + 10) == []
