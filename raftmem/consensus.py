@@ -10,10 +10,12 @@ DESIGN.md in this folder):
   (fsync, atomic term/vote, crash-safe compaction) instead of its mmap journal.
 - `createPoller` is replaced so all groups share one epoll set, which the event
   loop watches: Raft and HTTP callbacks take turns on one thread.
-- A `TCPTransport` subclass defers every outgoing message of a tick until the
-  journals written in that tick are fsynced (group commit: one parallel round of
-  fsyncs covers all shards). So a follower never acknowledges, and a leader never
-  ships, an entry that is not durable on its own disk. It also refuses
+- A `TCPTransport` subclass defers outgoing messages of a tick until the
+  journals written in that tick are fsynced (group commit: one round of fsyncs
+  covers all shards). So a follower never acknowledges an entry that is not
+  durable on its own disk. A leader's append-entries leave at once, and the
+  leader counts itself towards a commit only up to its own durable index
+  (`_DurableMatch`), so its fsync runs while the followers' do. It also refuses
   pysyncobj's admin ("utility") commands on Raft ports, which would otherwise be
   accepted from any connection.
 - The snapshot serializer hooks pack a RocksDB checkpoint (taken in a tick
@@ -328,7 +330,12 @@ class _Transport(TCPTransport):  # type: ignore[misc]
         if isinstance(message, dict):
             self.hooks.on_send(node, message)
         if self.defer:
-            self.outbox.append((node, message, self.hooks.journal.appended_seq))
+            # A leader's append-entries need not wait for its own fsync (Raft
+            # thesis 10.2.1): the leader counts itself towards a commit only up to
+            # its durable index (`_DurableMatch`). They still leave in order,
+            # behind anything held before them.
+            durable_needed = 0 if message.get("type") == "append_entries" else self.hooks.journal.appended_seq
+            self.outbox.append((node, message, durable_needed))
             return True
         return bool(super().send(node, message))
 
@@ -810,6 +817,23 @@ class _Snapshots:
             log.warning("shard %d: finished a compaction interrupted by a crash", self.shard)
 
 
+class _DurableMatch(dict):  # type: ignore[type-arg]
+    """pysyncobj's per-follower match index. While `cap` is set (a leader's tick
+    with `fsync: always`), reads return at most the leader's durable log index.
+    pysyncobj counts the leader itself towards every commit quorum; capping each
+    follower at the leader's durable index means an entry commits only once the
+    leader and enough followers all have it on disk, so the leader may ship
+    entries before its own fsync. Plain `dict.get` (leadership transfer) is not
+    capped; neither are writes."""
+
+    cap: int | None = None
+
+    def __getitem__(self, node: Any) -> int:
+        value = int(dict.__getitem__(self, node))
+        cap = self.cap
+        return value if cap is None or value <= cap else cap
+
+
 class _ShardSyncObj(SyncObj):  # type: ignore[misc]
     def __init__(self, apply_fn: Callable[[int, bytes], Any], *args: Any, **kwargs: Any) -> None:
         self._raftmem_apply = apply_fn
@@ -870,6 +894,7 @@ class RaftGroup:
         self.led_until = float("-inf")
         self._applied_seen = 0
         self._shipped_upto = 0
+        self.inline_syncs = 0  # leader fsyncs on the loop before an apply (see _apply)
         self.heartbeat_wanted = False
         self.read_rounds = 0  # append-entries rounds requested by ReadIndex (reads share them)
         self._on_applied: Callable[[], None] | None = None
@@ -920,6 +945,11 @@ class RaftGroup:
             _building.defer_sends = False
             _building.hooks = None
         self._transport: _Transport = self._obj._SyncObj__transport
+        self._match = _DurableMatch(self._obj._SyncObj__raftMatchIndex)
+        self._obj._SyncObj__raftMatchIndex = self._match
+        # Off only for the negative control in test_raft_groups.
+        self.commit_needs_own_fsync = raft.fsync == "always"
+        self.durable_seen = 0
         self.hooks.obj = self._obj
         self.hooks.transport = self._transport
         self._followers: frozenset[str] = frozenset()
@@ -940,10 +970,15 @@ class RaftGroup:
 
     def _apply(self, index: int, payload: bytes) -> Any:
         assert index <= self._obj.raftCommitIndex, (index, self._obj.raftCommitIndex)
-        if self.journal.dirty and self._obj._isLeader():
-            # A lone replica commits without any follower: make its own log
-            # durable before the state (and the client) can see the entry.
+        if self.journal.durable_index < index and self._obj._isLeader():
+            # Invariant: a leader applies (and so acknowledges, and tells
+            # followers the commit of) only what is on its own disk. With
+            # followers, `_DurableMatch` holds the commit back until the fsync
+            # thread got there; a lone replica commits alone, and a new leader
+            # may apply entries committed before it led: fsync here, on the loop.
+            self.inline_syncs += 1
             self.journal.sync()
+            assert self.journal.durable_index >= index, (self.journal.durable_index, index)
         return self.replica.apply(index, payload)
 
     # -- the narrow interface ----------------------------------------------------
@@ -1136,7 +1171,13 @@ class RaftGroup:
         """One pysyncobj tick. A leader ships entries it appended (or a wanted
         heartbeat) at once rather than at the next append-entries period."""
         obj = self._obj
-        obj.doTick(0.0)
+        self.durable_seen = self.journal.durable_index
+        if self.commit_needs_own_fsync:
+            self._match.cap = self.durable_seen
+        try:
+            obj.doTick(0.0)
+        finally:
+            self._match.cap = None
         if obj._isLeader():
             last = self.journal[-1][1] if len(self.journal) else 0
             heartbeat_due = (
@@ -1310,6 +1351,7 @@ class Ticker:
                     if (
                         not group.poller_view.active
                         and not group.heartbeat_wanted
+                        and not (group.journal.durable_index != group.durable_seen and group.is_leader())
                         and now - group.last_tick
                         < (self.TICK_PERIOD_S if group.is_leader() else self.FOLLOWER_TICK_S)
                     ):

@@ -39,6 +39,7 @@ class _ShardCollector:
             "proposals": CounterMetricFamily("raftmem_shard_proposals", "Operations proposed", labels=["shard"]),
             "entries": CounterMetricFamily("raftmem_shard_entries_proposed", "Log entries proposed (group commit)", labels=["shard"]),
             "syncs": CounterMetricFamily("raftmem_shard_journal_fsyncs", "Journal fsyncs", labels=["shard"]),
+            "inline_syncs": CounterMetricFamily("raftmem_shard_leader_inline_fsyncs", "Journal fsyncs a leader made on the event loop before applying (a lone replica, or entries committed before it led); the fsync thread does the rest", labels=["shard"]),
             "lease_reads": CounterMetricFamily("raftmem_shard_lease_reads", "Strong reads served under the lease", labels=["shard"]),
             "read_index": CounterMetricFamily("raftmem_shard_read_index_reads", "Reads confirmed by ReadIndex (lease fallbacks included)", labels=["shard"]),
             "read_rounds": CounterMetricFamily("raftmem_shard_read_index_rounds", "Heartbeat rounds requested by ReadIndex reads (reads waiting together share one; reads / rounds is the batching)", labels=["shard"]),
@@ -68,6 +69,7 @@ class _ShardCollector:
             counters["proposals"].add_metric(label, replica.proposals)
             counters["entries"].add_metric(label, replica.entries_proposed)
             counters["syncs"].add_metric(label, group.journal.syncs)
+            counters["inline_syncs"].add_metric(label, group.inline_syncs)
             counters["lease_reads"].add_metric(label, replica.lease_reads)
             counters["read_index"].add_metric(label, replica.read_index_reads)
             counters["read_rounds"].add_metric(label, group.read_rounds)

@@ -56,6 +56,9 @@ class DurableJournal:
         # (the ticker's fsync thread) while the loop thread appends.
         self.appended_seq = 0
         self.synced_seq = 0
+        # The last index of the longest prefix of the log known to be on disk: a
+        # leader counts itself towards a commit only up to here.
+        self.durable_index = 0
         self._fd_lock = threading.Lock()
         self.syncs = 0
         self._meta: dict[str, Any] = self._load_meta()
@@ -102,7 +105,11 @@ class DurableJournal:
             os.fsync(fd)
         os.lseek(fd, pos, os.SEEK_SET)
         self._end = pos
+        self.durable_index = self._last_index()
         return fd
+
+    def _last_index(self) -> int:
+        return self._entries[-1][1] if self._entries else 0
 
     def _write_whole(self, entries: list[Entry]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -151,15 +158,19 @@ class DurableJournal:
     def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802 (pysyncobj's name)
         if entryFrom >= len(self._entries):
             return
-        cut = self._offsets[entryFrom]
-        for command, _, _ in self._entries[entryFrom:]:
-            self.bytes -= len(command) + _REC_IDX.size
-        del self._entries[entryFrom:]
-        del self._offsets[entryFrom:]
-        os.ftruncate(self._fd, cut)
-        os.lseek(self._fd, cut, os.SEEK_SET)
-        self._end = cut
-        self.appended_seq += 1
+        # Under the lock, so a sync in progress cannot then claim the indexes cut
+        # here (and appended again) as durable.
+        with self._fd_lock:
+            cut = self._offsets[entryFrom]
+            for command, _, _ in self._entries[entryFrom:]:
+                self.bytes -= len(command) + _REC_IDX.size
+            del self._entries[entryFrom:]
+            del self._offsets[entryFrom:]
+            os.ftruncate(self._fd, cut)
+            os.lseek(self._fd, cut, os.SEEK_SET)
+            self._end = cut
+            self.durable_index = min(self.durable_index, self._last_index())
+            self.appended_seq += 1
 
     def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802
         self._rewrite(self._entries[entryTo:])
@@ -217,10 +228,14 @@ class DurableJournal:
             seq = self.appended_seq
             if seq == self.synced_seq:
                 return
+            # Every entry listed now was written before the fdatasync below starts
+            # (add writes, then lists); truncation waits for the lock.
+            last = self._last_index()
             if self.fsync_enabled:
                 os.fdatasync(self._fd)
                 self.syncs += 1
             self.synced_seq = seq
+            self.durable_index = last
 
     def drop_before(self, idx: int, term: int) -> bool:
         """Finish a compaction that a crash interrupted: if the entry (idx, term)

@@ -6,12 +6,14 @@ purpose, such as logs and terms that disagree in a given way."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
+from raftmem import codec
 from raftmem.config import RaftConfig
 from raftmem.consensus import GroupSpec, RaftGroup, Ticker
 from raftmem.raftlog import DurableJournal
@@ -105,3 +107,69 @@ async def test_negative_control_without_adopting_the_term_nobody_is_elected(tmp_
         assert await _leader(groups, within_s=6) is None
         assert groups["a"].term == 1
         assert min(g.hooks.prevotes_started for g in groups.values()) >= 3
+
+
+@contextmanager
+def _fsync_thread_skips(journal: DurableJournal) -> Iterator[None]:
+    """The ticker's fsync thread leaves `journal` alone (as if its disk were slow);
+    a sync from any other thread still works."""
+    real_sync = journal.sync
+
+    def sync() -> None:
+        if threading.current_thread().name != "raft-fsync":
+            real_sync()
+
+    journal.sync = sync  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        journal.sync = real_sync  # type: ignore[method-assign]
+
+
+async def _until(condition: Callable[[], bool], within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+async def _commit_with_the_leaders_fsync_stalled(tmp_path: Path, cap: bool) -> tuple[bool, int]:
+    """Stall the leader's fsync thread, propose an entry, and wait for a follower
+    to acknowledge it. Returns whether the leader committed it in the next tick
+    passes, and how many fsyncs the leader then made on its event loop."""
+    with _groups(tmp_path, {"a": (1, 1), "b": (1, 1), "c": (1, 1)}, absent=[]) as groups:
+        name = await _leader(groups, within_s=20)
+        assert name is not None
+        leader = groups[name]
+        leader.commit_needs_own_fsync = cap
+        await _until(lambda: leader.noop_committed(), 10, "the leader's first entry to commit")
+        outcomes: list[str] = []
+        with _fsync_thread_skips(leader.journal):
+            index = leader.journal[-1][1] + 1
+            leader.propose(codec.encode_entry([{"t": "noop"}]), lambda outcome, _: outcomes.append(outcome))
+            await _until(lambda: leader.journal[-1][1] >= index, 10, "the leader to append the entry")
+            acked = lambda: any(dict.get(leader._match, n, 0) >= index for n in leader._obj.otherNodes)  # noqa: E731
+            await _until(acked, 10, "a follower to acknowledge")
+            passes = leader.ticker.passes
+            await _until(lambda: leader.ticker.passes >= passes + 3, 10, "three more tick passes")
+            committed = leader.commit_index >= index
+            assert leader.journal.durable_index >= index or not outcomes  # never acknowledged undurable
+        await _until(lambda: outcomes == ["ok"], 10, "the entry to commit once the fsync thread gets to it")
+        return committed, leader.inline_syncs
+
+
+async def test_a_leader_commits_only_what_its_fsync_thread_made_durable(tmp_path: Path) -> None:
+    # The leader shipped the entry before its own fsync, and a follower has it on
+    # disk: that is a majority by count, but not a majority of disks.
+    committed, inline_syncs = await _commit_with_the_leaders_fsync_stalled(tmp_path, cap=True)
+    assert not committed
+    assert inline_syncs == 0
+
+
+async def test_negative_control_without_the_cap_the_leader_commits_first(tmp_path: Path) -> None:
+    # pysyncobj counts the leader towards every quorum: uncapped, the entry commits
+    # on the follower's acknowledgement, and only the fsync before apply on the
+    # event loop keeps the acknowledgement durable.
+    committed, inline_syncs = await _commit_with_the_leaders_fsync_stalled(tmp_path, cap=False)
+    assert committed
+    assert inline_syncs >= 1

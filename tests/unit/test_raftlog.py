@@ -118,3 +118,25 @@ def test_a_failed_write_leaves_whole_records(tmp_path: Path, monkeypatch) -> Non
     j._destroy()
     k = DurableJournal(tmp_path / "j")
     assert [e[1] for e in k] == [1, 2, 3, 4, 5, 6] and k[-1][0] == b"after"
+
+
+def test_durable_index_is_the_synced_prefix(tmp_path: Path) -> None:
+    j = DurableJournal(tmp_path / "j")
+    for i in range(1, 6):
+        j.add(b"c%d" % i, i, 1)
+    assert j.durable_index == 0  # written, not synced
+    j.sync()
+    assert j.durable_index == 5
+    j.add(b"c6", 6, 1)
+    assert j.durable_index == 5
+    j.deleteEntriesFrom(3)  # a follower cuts a conflicting suffix (indexes 4..6)
+    assert j.durable_index == 3
+    j.add(b"x4", 4, 2)  # the replacement is not durable until synced
+    assert j.durable_index == 3
+    j.sync()
+    assert j.durable_index == 4
+    j.add(b"x5", 5, 2)
+    j.deleteEntriesTo(2)  # compaction rewrites the file, fsynced
+    assert j.durable_index == 5
+    j._destroy()
+    assert DurableJournal(tmp_path / "j").durable_index == 5  # what a restart finds is on disk
