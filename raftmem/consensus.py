@@ -372,6 +372,7 @@ class _Hooks:
         self._last_bump = float("-inf")
         self.last_append_sent = float("-inf")
         self.votes_ignored = 0
+        self.stale_acks = 0  # acknowledgements of another term's entries, dropped
         self.prevotes_started = 0
         self.prevote_enabled = True
         self.adopt_terms = True
@@ -420,6 +421,14 @@ class _Hooks:
             return False
         if kind == "next_node_idx":
             echo = message.get("rm_echo")
+            if obj._isLeader() and (echo is None or echo[0] != term):
+                # pysyncobj's acknowledgements carry no term. One that answers an
+                # earlier leader's entries (held for an fsync, say, while this
+                # node lost power, came back and won a later term) would credit
+                # the follower with entries this leader never sent it. Every
+                # answer to this leader echoes this term's stamp.
+                self.stale_acks += 1
+                return True
             if echo is not None and obj._isLeader():
                 self.lease.sync(term)
                 if self.lease.on_echo(node.address, echo[0], echo[1], now) and self.on_quorum_ack:

@@ -45,6 +45,7 @@ class _ShardCollector:
             "read_rounds": CounterMetricFamily("raftmem_shard_read_index_rounds", "Heartbeat rounds requested by ReadIndex reads (reads waiting together share one; reads / rounds is the batching)", labels=["shard"]),
             "outcomes": CounterMetricFamily("raftmem_shard_log_entries_settled", "Proposed log entries by outcome (rejected/unknown: quorum or leadership lost)", labels=["shard", "outcome"]),
             "votes_ignored": CounterMetricFamily("raftmem_shard_votes_ignored", "Vote requests ignored while a leader was live", labels=["shard"]),
+            "stale_acks": CounterMetricFamily("raftmem_shard_stale_acks_dropped", "Follower acknowledgements answering another term's entries, dropped by the leader", labels=["shard"]),
             "snapshot_installs": CounterMetricFamily("raftmem_shard_snapshot_installs", "Snapshots received and installed, staged off the event loop or inline (at start-up, or when staging failed)", labels=["shard", "how"]),
         }
         lag = GaugeMetricFamily("raftmem_shard_replication_lag_entries", "Leader's last index minus a follower's match index", labels=["shard", "follower"])
@@ -74,6 +75,7 @@ class _ShardCollector:
             counters["read_index"].add_metric(label, replica.read_index_reads)
             counters["read_rounds"].add_metric(label, group.read_rounds)
             counters["votes_ignored"].add_metric(label, group.hooks.votes_ignored)
+            counters["stale_acks"].add_metric(label, group.hooks.stale_acks)
             for how, count in group.snapshots.installs.items():
                 counters["snapshot_installs"].add_metric([str(shard), how], count)
             for outcome, count in replica.outcomes.items():

@@ -59,7 +59,9 @@ class DurableJournal:
         # The last index of the longest prefix of the log known to be on disk: a
         # leader counts itself towards a commit only up to here.
         self.durable_index = 0
-        self._fd_lock = threading.Lock()
+        self._fd_lock = threading.Lock()  # sync vs rewrite (the fd is replaced)
+        self._durable_lock = threading.Lock()  # sync's bookkeeping vs truncation; never held across I/O
+        self._truncations = 0
         self.syncs = 0
         self._meta: dict[str, Any] = self._load_meta()
         self._commit = self._load_commit()
@@ -102,6 +104,9 @@ class DurableJournal:
             pos = start + length
         if pos != len(data):
             os.ftruncate(fd, pos)
+        if self.fsync_enabled or pos != len(data):
+            # After a process crash the file may hold records the OS has not
+            # written back yet; they count as durable only once synced.
             os.fsync(fd)
         os.lseek(fd, pos, os.SEEK_SET)
         self._end = pos
@@ -158,9 +163,10 @@ class DurableJournal:
     def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802 (pysyncobj's name)
         if entryFrom >= len(self._entries):
             return
-        # Under the lock, so a sync in progress cannot then claim the indexes cut
-        # here (and appended again) as durable.
-        with self._fd_lock:
+        # Not under the fd lock (a sync in progress would stall the event loop
+        # for a whole fdatasync): a sync that began before this cut sees the
+        # truncation count change and does not raise durable_index.
+        with self._durable_lock:
             cut = self._offsets[entryFrom]
             for command, _, _ in self._entries[entryFrom:]:
                 self.bytes -= len(command) + _REC_IDX.size
@@ -170,6 +176,7 @@ class DurableJournal:
             os.lseek(self._fd, cut, os.SEEK_SET)
             self._end = cut
             self.durable_index = min(self.durable_index, self._last_index())
+            self._truncations += 1
             self.appended_seq += 1
 
     def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802
@@ -225,17 +232,21 @@ class DurableJournal:
         """Make every appended entry durable (a no-op when nothing is new).
         Thread-safe against appends on the loop thread."""
         with self._fd_lock:
-            seq = self.appended_seq
+            with self._durable_lock:
+                seq = self.appended_seq
+                # Every entry listed now was written before the fdatasync below
+                # starts (add writes, then lists).
+                last = self._last_index()
+                truncations = self._truncations
             if seq == self.synced_seq:
                 return
-            # Every entry listed now was written before the fdatasync below starts
-            # (add writes, then lists); truncation waits for the lock.
-            last = self._last_index()
             if self.fsync_enabled:
                 os.fdatasync(self._fd)
                 self.syncs += 1
-            self.synced_seq = seq
-            self.durable_index = last
+            with self._durable_lock:
+                self.synced_seq = seq
+                if truncations == self._truncations:  # else the cut lowered it; the next sync raises it
+                    self.durable_index = last
 
     def drop_before(self, idx: int, term: int) -> bool:
         """Finish a compaction that a crash interrupted: if the entry (idx, term)

@@ -173,3 +173,29 @@ async def test_negative_control_without_the_cap_the_leader_commits_first(tmp_pat
     committed, inline_syncs = await _commit_with_the_leaders_fsync_stalled(tmp_path, cap=False)
     assert committed
     assert inline_syncs >= 1
+
+
+async def test_a_leader_drops_acknowledgements_of_another_terms_entries(tmp_path: Path) -> None:
+    # pysyncobj's next_node_idx carries no term. A follower's answer to an earlier
+    # leader (held for its fsync) that reached a later leader would credit the
+    # follower with entries that leader never sent it.
+    with _groups(tmp_path, {"a": (1, 1), "b": (1, 1), "c": (1, 1)}, absent=[]) as groups:
+        name = await _leader(groups, within_s=20)
+        assert name is not None
+        leader = groups[name]
+        node = next(iter(leader._obj.otherNodes))
+        term = leader.term
+
+        def ack(echo: tuple[int, float] | None) -> dict[str, object]:
+            message: dict[str, object] = {"type": "next_node_idx", "next_node_idx": 2, "reset": False, "success": True}
+            if echo is not None:
+                message["rm_echo"] = echo
+            return message
+
+        with leader.ticker.lock:
+            assert leader.hooks.on_receive(node, ack((term - 1, 0.0))) is True  # consumed: dropped
+            assert leader.hooks.on_receive(node, ack(None)) is True
+            assert leader.hooks.stale_acks == 2
+            # Control: an answer to this term's append-entries goes on to pysyncobj.
+            assert leader.hooks.on_receive(node, ack((term, leader.hooks.last_append_sent))) is False
+            assert leader.hooks.stale_acks == 2

@@ -140,3 +140,37 @@ def test_durable_index_is_the_synced_prefix(tmp_path: Path) -> None:
     assert j.durable_index == 5
     j._destroy()
     assert DurableJournal(tmp_path / "j").durable_index == 5  # what a restart finds is on disk
+
+
+def test_a_cut_during_a_sync_is_not_claimed_durable(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # The loop thread may cut a conflicting suffix (and append its replacement)
+    # while the fsync thread is inside fdatasync: the indexes cut must not come
+    # back as durable when that sync returns.
+    j = filled(tmp_path / "j", 5)
+    j.add(b"c6", 6, 1)
+    j.add(b"c7", 7, 1)
+    real = os.fdatasync
+
+    def fdatasync_with_a_cut(fd: int) -> None:
+        j.deleteEntriesFrom(5)  # indexes 6, 7 go
+        j.add(b"x6", 6, 2)  # written after the sync began: not covered
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync_with_a_cut)
+    j.sync()
+    assert j.durable_index == 5
+    monkeypatch.setattr(os, "fdatasync", real)
+    j.sync()
+    assert j.durable_index == 6
+
+
+def test_opening_a_journal_syncs_what_a_crash_left_unsynced(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # After a process crash the file may hold records still only in the page
+    # cache; they are counted as durable only after this fsync.
+    filled(tmp_path / "j", 3)._destroy()
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    j = DurableJournal(tmp_path / "j")
+    assert synced, "the journal was not fsynced when opened"
+    assert j.durable_index == 3
