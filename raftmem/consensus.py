@@ -1367,12 +1367,19 @@ class Ticker:
                         continue
                     group.poller_view.active = False
                     group.last_tick = now
-                    group.sync_members()
-                    group.hooks.lease.check_clock(now)
-                    group.hooks.prevote_gate(now)
-                    group.tick()
-                    if group.journal.bytes > self.LOG_BYTES_COMPACT:
-                        group._obj.forceLogCompaction()
+                    try:
+                        group.sync_members()
+                        group.hooks.lease.check_clock(now)
+                        group.hooks.prevote_gate(now)
+                        group.tick()
+                        if group.journal.bytes > self.LOG_BYTES_COMPACT:
+                            group._obj.forceLogCompaction()
+                    except Exception:
+                        # pysyncobj retries a failing apply on the next tick (e.g.
+                        # disk full): count it, log it, and go on with the other
+                        # shards, their fsyncs and their messages.
+                        self.tick_errors += 1
+                        log.exception("shard %d: raft tick failed", group.shard)
                 now = time.monotonic()
                 dirty = any(g.journal.dirty for g in self.groups)
                 if dirty and (
@@ -1385,10 +1392,8 @@ class Ticker:
                     group._transport.flush_outbox()
                 wanted = any(g.heartbeat_wanted for g in self.groups)
         except Exception:
-            # pysyncobj retries a failing apply on the next tick (e.g. disk full):
-            # count it, log it, and go on rather than kill every shard.
             self.tick_errors += 1
-            log.exception("raft tick failed")
+            log.exception("raft tick pass failed")
             return
         if wanted and self._heartbeat_timer is None:
             # An on-demand heartbeat not yet due (HEARTBEAT_GAP_MIN_S): come back for it.

@@ -199,3 +199,27 @@ async def test_a_leader_drops_acknowledgements_of_another_terms_entries(tmp_path
             # Control: an answer to this term's append-entries goes on to pysyncobj.
             assert leader.hooks.on_receive(node, ack((term, leader.hooks.last_append_sent))) is False
             assert leader.hooks.stale_acks == 2
+
+
+async def test_a_failing_shard_does_not_stall_the_others_on_its_ticker(tmp_path: Path) -> None:
+    # One replica's tick raises every time (as a disk-full apply does, retried by
+    # pysyncobj on every tick). The other two, on the same ticker, still commit.
+    # Checked by hand against a pass that gave up at the first failing group:
+    # nothing was sent and the entry never committed.
+    with _groups(tmp_path, {"a": (1, 1), "b": (1, 1), "c": (1, 1)}, absent=[]) as groups:
+        name = await _leader(groups, within_s=20)
+        assert name is not None
+        leader = groups[name]
+        await _until(lambda: leader.noop_committed(), 10, "the leader's first entry to commit")
+        failing = next(g for g in leader.ticker.groups if g is not leader)
+
+        def broken_tick() -> None:
+            raise OSError(28, "No space left on device")
+
+        failing.tick = broken_tick  # type: ignore[method-assign]
+        failing.heartbeat_wanted = True  # so every pass ticks it (the broken tick never clears this)
+        errors = leader.ticker.tick_errors
+        outcomes: list[str] = []
+        leader.propose(codec.encode_entry([{"t": "noop"}]), lambda outcome, _: outcomes.append(outcome))
+        await _until(lambda: outcomes == ["ok"], 10, "the entry to commit on the leader and the healthy follower")
+        assert leader.ticker.tick_errors > errors
