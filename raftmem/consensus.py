@@ -1328,8 +1328,8 @@ class Ticker:
                 try:
                     journal.sync()
                 except OSError:
-                    # Disk full or failing: nothing that waits on this sync leaves;
-                    # the next round tries again.
+                    # A failed fsync stops the node (raftlog.stop_the_process);
+                    # where that is replaced (tests), nothing waiting on it leaves.
                     log.exception("journal fsync failed")
                     self._sync_stop.wait(0.05)
             self.wake()

@@ -20,10 +20,12 @@ This module imports nothing from pysyncobj; the adapter hands it to pysyncobj.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,11 @@ import orjson
 
 from .storage import fsync_dir, write_file_atomically
 
+log = logging.getLogger(__name__)
+
 MAGIC = b"RMJRNL01"
+# Exit status of a node stopped by a failed journal fsync (sysexits' EX_IOERR).
+FSYNC_FAILED_EXIT = 74
 _REC_HEAD = struct.Struct("<II")
 _REC_IDX = struct.Struct("<QQ")
 
@@ -41,6 +47,17 @@ Entry = tuple[bytes, int, int]
 def _encode(command: bytes, idx: int, term: int) -> bytes:
     payload = _REC_IDX.pack(idx, term) + command
     return _REC_HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def stop_the_process(path: Path, error: OSError) -> None:
+    """What a failed fsync does to a node, as in etcd and PostgreSQL: after one,
+    Linux may have marked the unwritten pages clean, so a retry that succeeds
+    proves nothing and nothing written since the last good fsync can be
+    trusted. Stop at once; a restart reloads the journal from what is on disk."""
+    log.critical("%s: fsync failed (%s): stopping the node; entries written since the last good fsync "
+                 "may not be on disk", path, error)
+    logging.shutdown()
+    os._exit(FSYNC_FAILED_EXIT)
 
 
 class DurableJournal:
@@ -62,6 +79,9 @@ class DurableJournal:
         self._fd_lock = threading.Lock()  # sync vs rewrite (the fd is replaced)
         self._durable_lock = threading.Lock()  # sync's bookkeeping vs truncation; never held across I/O
         self._truncations = 0
+        # A failed fdatasync poisons the journal: every later sync raises it.
+        self.fsync_error: OSError | None = None
+        self.on_fsync_error: Callable[[Path, OSError], None] = stop_the_process
         self.syncs = 0
         self._meta: dict[str, Any] = self._load_meta()
         self._commit = self._load_commit()
@@ -238,10 +258,17 @@ class DurableJournal:
                 # starts (add writes, then lists).
                 last = self._last_index()
                 truncations = self._truncations
+            if self.fsync_error is not None:
+                raise self.fsync_error
             if seq == self.synced_seq:
                 return
             if self.fsync_enabled:
-                os.fdatasync(self._fd)
+                try:
+                    os.fdatasync(self._fd)
+                except OSError as e:
+                    self.fsync_error = e
+                    self.on_fsync_error(self.path, e)
+                    raise
                 self.syncs += 1
             with self._durable_lock:
                 self.synced_seq = seq

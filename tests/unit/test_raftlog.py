@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
-from raftmem.raftlog import DurableJournal
+import pytest
+
+from raftmem.raftlog import FSYNC_FAILED_EXIT, DurableJournal
 
 
 def filled(path: Path, n: int) -> DurableJournal:
@@ -174,3 +179,45 @@ def test_opening_a_journal_syncs_what_a_crash_left_unsynced(tmp_path: Path, monk
     j = DurableJournal(tmp_path / "j")
     assert synced, "the journal was not fsynced when opened"
     assert j.durable_index == 3
+
+
+def test_a_failed_fsync_poisons_the_journal(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # After a failed fsync Linux may have marked the unwritten pages clean, so a
+    # later fsync that succeeds proves nothing: no sync may claim them again.
+    j = filled(tmp_path / "j", 3)
+    failures: list[OSError] = []
+    j.on_fsync_error = lambda _path, error: failures.append(error)
+    j.add(b"c4", 4, 1)
+    real = os.fdatasync
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(OSError):
+        j.sync()
+    monkeypatch.setattr(os, "fdatasync", real)
+    with pytest.raises(OSError):
+        j.sync()  # the disk answers again: still not trusted
+    assert [e.errno for e in failures] == [errno.EIO]
+    assert j.durable_index == 3
+    assert j.synced_seq < j.appended_seq
+
+
+def test_a_failed_fsync_stops_the_process(tmp_path: Path) -> None:
+    script = (
+        "import errno, os, sys\n"
+        "from raftmem.raftlog import DurableJournal\n"
+        f"j = DurableJournal({str(tmp_path / 'j')!r})\n"
+        "j.add(b'c1', 1, 1)\n"
+        "def failing(fd): raise OSError(errno.EIO, 'Input/output error')\n"
+        "os.fdatasync = failing\n"
+        "try:\n"
+        "    j.sync()\n"
+        "except OSError:\n"
+        "    sys.exit(1)  # still running: the failure was not fatal\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == FSYNC_FAILED_EXIT, done.stderr
+    assert "fsync failed" in done.stderr
