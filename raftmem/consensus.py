@@ -827,7 +827,7 @@ class _Snapshots:
 
 
 class _DurableMatch(dict):  # type: ignore[type-arg]
-    """pysyncobj's per-follower match index. While `cap` is set (a leader's tick
+    """pysyncobj's per-follower match index. While `cap` is set (during a tick,
     with `fsync: always`), reads return at most the leader's durable log index.
     pysyncobj counts the leader itself towards every commit quorum; capping each
     follower at the leader's durable index means an entry commits only once the
@@ -980,8 +980,8 @@ class RaftGroup:
     def _apply(self, index: int, payload: bytes) -> Any:
         assert index <= self._obj.raftCommitIndex, (index, self._obj.raftCommitIndex)
         if self.journal.durable_index < index and self._obj._isLeader():
-            # Invariant: a leader applies (and so acknowledges, and tells
-            # followers the commit of) only what is on its own disk. With
+            # Invariant: a leader applies (and so acknowledges) only what is
+            # on its own disk. With
             # followers, `_DurableMatch` holds the commit back until the fsync
             # thread got there; a lone replica commits alone, and a new leader
             # may apply entries committed before it led: fsync here, on the loop.
@@ -1188,7 +1188,7 @@ class RaftGroup:
         finally:
             self._match.cap = None
         if obj._isLeader():
-            last = self.journal[-1][1] if len(self.journal) else 0
+            last = self.journal.last_index()
             heartbeat_due = (
                 self.heartbeat_wanted
                 and time.monotonic() - self.hooks.last_append_sent >= HEARTBEAT_GAP_MIN_S
@@ -1357,12 +1357,12 @@ class Ticker:
                         log.exception("raft call failed")
                 now = time.monotonic()
                 for group in self.groups:
+                    leading = group.is_leader()
                     if (
                         not group.poller_view.active
                         and not group.heartbeat_wanted
-                        and not (group.journal.durable_index != group.durable_seen and group.is_leader())
-                        and now - group.last_tick
-                        < (self.TICK_PERIOD_S if group.is_leader() else self.FOLLOWER_TICK_S)
+                        and not (leading and group.journal.durable_index != group.durable_seen)
+                        and now - group.last_tick < (self.TICK_PERIOD_S if leading else self.FOLLOWER_TICK_S)
                     ):
                         continue
                     group.poller_view.active = False

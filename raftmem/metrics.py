@@ -84,7 +84,7 @@ class _ShardCollector:
             commit.add_metric(label, count_value=settled, sum_value=replica.commit_seconds_sum)
             if group.is_leader():
                 status = group.status()
-                last = len(group.journal) and group.journal[-1][1]
+                last = group.journal.last_index()
                 for follower, match in status.get("match_index", {}).items():
                     lag.add_metric([str(shard), follower], max(0, last - match))
         per_node: dict[str, int] = {}

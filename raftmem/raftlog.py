@@ -130,10 +130,11 @@ class DurableJournal:
             os.fsync(fd)
         os.lseek(fd, pos, os.SEEK_SET)
         self._end = pos
-        self.durable_index = self._last_index()
+        self.durable_index = self.last_index()
         return fd
 
-    def _last_index(self) -> int:
+    def last_index(self) -> int:
+        """The index of the last entry held (0 when none)."""
         return self._entries[-1][1] if self._entries else 0
 
     def _write_whole(self, entries: list[Entry]) -> None:
@@ -195,7 +196,7 @@ class DurableJournal:
             os.ftruncate(self._fd, cut)
             os.lseek(self._fd, cut, os.SEEK_SET)
             self._end = cut
-            self.durable_index = min(self.durable_index, self._last_index())
+            self.durable_index = min(self.durable_index, self.last_index())
             self._truncations += 1
             self.appended_seq += 1
 
@@ -256,7 +257,7 @@ class DurableJournal:
                 seq = self.appended_seq
                 # Every entry listed now was written before the fdatasync below
                 # starts (add writes, then lists).
-                last = self._last_index()
+                last = self.last_index()
                 truncations = self._truncations
             if self.fsync_error is not None:
                 raise self.fsync_error
