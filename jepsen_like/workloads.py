@@ -35,7 +35,6 @@ Workloads:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import random
 import time
@@ -46,6 +45,7 @@ from typing import Any
 from jepsen_like.checker.history import Event
 from jepsen_like.httpclient import LOST, NOT_SENT, Answer, HttpClient
 from jepsen_like.recorder import Recorder
+from raftmem.shardhash import shard_for
 
 # Back-off after an operation that did not succeed, so a dead node is not spun on.
 BACKOFF_S = 0.1
@@ -54,11 +54,9 @@ LIST_PAGES_MAX = 1000
 FINAL_READ_TIMEOUT_S = 30.0
 
 
-def shard_of(namespace: str, memory_id: str, shards: int) -> int:
-    """The server's routing function (DESIGN.md section 3), reimplemented: the
-    harness never imports the server."""
-    digest = hashlib.blake2b(namespace.encode() + b"\0" + memory_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % shards
+# The server's routing function, from the one leaf module that holds it (the
+# harness imports nothing else of raftmem: it talks HTTP and sends signals).
+shard_of = shard_for
 
 
 def id_on_shard(namespace: str, stem: str, shard: int, shards: int) -> str:

@@ -1,26 +1,20 @@
 """Keys to shards, and shard replicas to nodes.
 
-Pure functions, stable across processes and Python versions: never Python's
-`hash()`, which is salted per process. Clients may reimplement `shard_for` (it
-is published in GET /v1/cluster as `hash`) to route straight to a shard leader.
+Pure functions, stable across processes and Python versions. The key hash lives
+in `shardhash` (a leaf module the client and the harness share); it is published
+in GET /v1/cluster as `hash`, so other clients may reimplement it.
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
 from collections.abc import Sequence
 
-HASH_NAME = "blake2b-64(namespace NUL id) mod shards"
+from .shardhash import HASH_NAME, h64, shard_for
+
+__all__ = ["HASH_NAME", "Ring", "placement", "shard_for"]
+
 VNODES_PER_NODE = 64
-
-
-def _h64(data: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
-
-
-def shard_for(namespace: str, memory_id: str, shards: int) -> int:
-    return _h64(namespace.encode() + b"\0" + memory_id.encode()) % shards
 
 
 class Ring:
@@ -32,7 +26,7 @@ class Ring:
         points = []
         for node_id in node_ids:
             for v in range(vnodes):
-                points.append((_h64(f"{node_id}#{v}".encode()), node_id))
+                points.append((h64(f"{node_id}#{v}".encode()), node_id))
         points.sort()
         self._points = points
         self._keys = [p for p, _ in points]
@@ -41,7 +35,7 @@ class Ring:
     def replicas(self, shard: int, factor: int) -> list[str]:
         if factor > len(self._nodes):
             raise ValueError(f"factor {factor} exceeds {len(self._nodes)} nodes")
-        start = bisect.bisect(self._keys, _h64(f"shard-{shard}".encode()))
+        start = bisect.bisect(self._keys, h64(f"shard-{shard}".encode()))
         chosen: list[str] = []
         i = start
         while len(chosen) < factor:

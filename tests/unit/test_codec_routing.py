@@ -79,3 +79,10 @@ def test_names_refuse_a_trailing_newline() -> None:
     for bad in ("m-1\n", "\nm-1", "m 1", "m/1", ".", "..", "..."):
         with pytest.raises(InvalidRequest):
             validation.name("id", bad, 256)
+
+
+def test_the_shard_hash_keeps_its_values() -> None:
+    """Placement of every stored memory depends on it: the server, the client and
+    the harness share one function (raftmem.shardhash), so pin what it gives."""
+    assert [shard_for("team-a", f"m-{i}", 8) for i in range(12)] == [6, 5, 4, 0, 0, 1, 7, 3, 4, 3, 7, 4]
+    assert shard_for("ns", "k", 256) == 194

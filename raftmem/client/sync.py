@@ -1,0 +1,134 @@
+"""The blocking facade: an AsyncClient run on a private event-loop thread."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import threading
+from collections.abc import Awaitable, Coroutine, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+from .aio import AsyncClient, AsyncSession
+from .routing import RouteTable
+from .types import BatchResult
+
+T = TypeVar("T")
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+class Client:
+    """A blocking client: the same logic as AsyncClient, run on a private event-loop
+    thread. Use as a context manager or call `close()`."""
+
+    def __init__(self, urls: Sequence[str], **kw: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="raftmem-client", daemon=True)
+        self._thread.start()
+        self._closed = False
+        try:
+            self._async = self._run(self._make(urls, kw))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    @staticmethod
+    async def _make(urls: Sequence[str], kw: dict[str, Any]) -> AsyncClient:
+        return AsyncClient(urls, **kw)
+
+    def _run(self, awaitable: Awaitable[T]) -> T:
+        if self._closed:
+            if isinstance(awaitable, Coroutine):
+                awaitable.close()
+            raise RuntimeError("the client is closed")
+        return asyncio.run_coroutine_threadsafe(_awaited(awaitable), self._loop).result()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self._run(self._async.close())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    @property
+    def routes(self) -> RouteTable:
+        return self._async.routes
+
+    def put(self, namespace: str, memory_id: str, content: Any = None, **kw: Any) -> dict[str, Any]:
+        return self._run(self._async.put(namespace, memory_id, content, **kw))
+
+    def create(self, namespace: str, content: Any = None, **kw: Any) -> dict[str, Any]:
+        return self._run(self._async.create(namespace, content, **kw))
+
+    def get(self, namespace: str, memory_id: str, **kw: Any) -> dict[str, Any]:
+        return self._run(self._async.get(namespace, memory_id, **kw))
+
+    def delete(self, namespace: str, memory_id: str, **kw: Any) -> dict[str, Any]:
+        return self._run(self._async.delete(namespace, memory_id, **kw))
+
+    def list_page(self, namespace: str, **kw: Any) -> dict[str, Any]:
+        return self._run(self._async.list_page(namespace, **kw))
+
+    def list(self, namespace: str, **kw: Any) -> Iterator[dict[str, Any]]:
+        pages = self._async.list(namespace, **kw)
+        try:
+            while True:
+                try:
+                    item = self._run(pages.__anext__())
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            if not self._closed:
+                self._run(pages.aclose())
+
+    def batch(self, ops: Sequence[Mapping[str, Any]], **kw: Any) -> builtins.list[BatchResult]:
+        return self._run(self._async.batch(ops, **kw))
+
+    def cluster(self) -> dict[str, Any]:
+        return self._run(self._async.cluster())
+
+    def refresh_routes(self) -> bool:
+        return self._run(self._async.refresh_routes(force=True))
+
+    def session(self) -> Session:
+        return Session(self, self._async.session())
+
+
+class Session:
+    """The blocking face of AsyncSession."""
+
+    def __init__(self, client: Client, inner: AsyncSession) -> None:
+        self._client = client
+        self._inner = inner
+
+    @property
+    def tokens(self) -> dict[int, int]:
+        return self._inner.tokens
+
+    def put(self, namespace: str, memory_id: str, content: Any = None, **kw: Any) -> dict[str, Any]:
+        return self._client._run(self._inner.put(namespace, memory_id, content, **kw))
+
+    def create(self, namespace: str, content: Any = None, **kw: Any) -> dict[str, Any]:
+        return self._client._run(self._inner.create(namespace, content, **kw))
+
+    def delete(self, namespace: str, memory_id: str, **kw: Any) -> dict[str, Any]:
+        return self._client._run(self._inner.delete(namespace, memory_id, **kw))
+
+    def get(self, namespace: str, memory_id: str, **kw: Any) -> dict[str, Any]:
+        return self._client._run(self._inner.get(namespace, memory_id, **kw))
