@@ -1,0 +1,263 @@
+"""Loading the YAML config: keys checked against the schema, types converted,
+then the cross-field rules applied (`rules.validate`)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .rules import validate
+from .schema import (
+    AUTH_ROLES,
+    AUTH_SECRET_CHARS_MIN,
+    SHARDS_MAX,
+    STALENESS_MS_MAX,
+    ApiToken,
+    AuthConfig,
+    Config,
+    ConfigError,
+    ConsistencyConfig,
+    LimitsConfig,
+    NodeConfig,
+    RaftConfig,
+    TagOverride,
+)
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_SECRET_RE = re.compile(r"[!-~]+")
+
+_TOP_KEYS = {"cluster", "replication", "raft", "consistency", "storage", "limits", "auth", "debug"}
+_CLUSTER_KEYS = {"name", "shards", "nodes"}
+_NODE_KEYS = {"id", "host", "http_port", "raft_port_base", "zone"}
+_DEBUG_KEYS = {
+    "unsafe_local_reads", "unsafe_early_ack", "disable_prevote",
+    "slow_snapshot_disk", "inline_snapshot_install",
+}
+
+
+def _check_keys(section: str, data: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{section}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
+        )
+
+
+def _mapping(section: str, value: Any) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{section}: must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _int(section: str, key: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{section}.{key}: must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{section}.{key}: {value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def _dataclass_from(section: str, cls: type, data: Mapping[str, Any]) -> Any:
+    fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    _check_keys(section, data, set(fields))
+    kwargs = {}
+    for key, value in data.items():
+        default = fields[key].default
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{section}.{key}: must be true or false, got {value!r}")
+        elif isinstance(default, int):
+            value = _int(section, key, value, 0, 1 << 40)
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{section}.{key}: must be a number, got {value!r}")
+            value = float(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def parse(data: Any, source: str = "<embedded>") -> Config:
+    """Build and validate a Config from the parsed YAML document."""
+    top = _mapping("config", data)
+    _check_keys("config", top, _TOP_KEYS)
+    cluster = _mapping("cluster", top.get("cluster"))
+    _check_keys("cluster", cluster, _CLUSTER_KEYS)
+    name = str(cluster.get("name", "local"))
+    shards = _int("cluster", "shards", cluster.get("shards", 8), 1, SHARDS_MAX)
+    raw_nodes = cluster.get("nodes")
+    if not isinstance(raw_nodes, list) or not raw_nodes:
+        raise ConfigError("cluster.nodes: must be a non-empty list of nodes")
+    nodes = []
+    for i, raw in enumerate(raw_nodes):
+        section = f"cluster.nodes[{i}]"
+        raw = _mapping(section, raw)
+        _check_keys(section, raw, _NODE_KEYS)
+        for key in ("id", "host", "http_port", "raft_port_base"):
+            if key not in raw:
+                raise ConfigError(f"{section}: missing {key}")
+        nodes.append(
+            NodeConfig(
+                id=str(raw["id"]),
+                host=str(raw["host"]),
+                http_port=_int(section, "http_port", raw["http_port"], 1, 65535),
+                raft_port_base=_int(section, "raft_port_base", raw["raft_port_base"], 1, 65535),
+                zone=str(raw.get("zone", "")),
+            )
+        )
+    replication = _mapping("replication", top.get("replication"))
+    _check_keys("replication", replication, {"factor"})
+    factor = _int("replication", "factor", replication.get("factor", 3), 1, 7)
+    raft = _dataclass_from("raft", RaftConfig, _mapping("raft", top.get("raft")))
+    cons = _mapping("consistency", top.get("consistency"))
+    _check_keys("consistency", cons, {"default", "overrides"})
+    overrides = []
+    for i, raw in enumerate(cons.get("overrides") or []):
+        section = f"consistency.overrides[{i}]"
+        raw = _mapping(section, raw)
+        _check_keys(section, raw, {"tags", "model", "max_staleness_ms"})
+        tags = raw.get("tags")
+        if not isinstance(tags, list) or not tags or not all(isinstance(t, str) for t in tags):
+            raise ConfigError(f"{section}.tags: must be a non-empty list of strings")
+        model = str(raw.get("model"))
+        bound = raw.get("max_staleness_ms")
+        if model == "session":
+            raise ConfigError(f"{section}: session needs a token per request (after=); it cannot be a tag policy")
+        if model == "bounded":
+            if isinstance(bound, bool) or not isinstance(bound, int) or not 0 <= bound <= STALENESS_MS_MAX:
+                raise ConfigError(
+                    f"{section}.max_staleness_ms: model bounded needs an integer in [0, {STALENESS_MS_MAX}]"
+                )
+        elif bound is not None:
+            raise ConfigError(f"{section}.max_staleness_ms: only for model bounded")
+        overrides.append(TagOverride(tags=tuple(tags), model=model, max_staleness_ms=bound))
+    consistency = ConsistencyConfig(default=str(cons.get("default", "strong")), overrides=tuple(overrides))
+    storage = _mapping("storage", top.get("storage"))
+    _check_keys("storage", storage, {"data_dir"})
+    limits = _dataclass_from("limits", LimitsConfig, _mapping("limits", top.get("limits")))
+    debug = dict(_mapping("debug", top.get("debug")))
+    _check_keys("debug", debug, _DEBUG_KEYS)
+    config = Config(
+        name=name,
+        shards=shards,
+        nodes=tuple(nodes),
+        replication_factor=factor,
+        raft=raft,
+        consistency=consistency,
+        data_dir=str(storage.get("data_dir", "./data")),
+        limits=limits,
+        auth=_parse_auth(_mapping("auth", top.get("auth"))),
+        debug={k: bool(v) for k, v in debug.items()},
+        source=source,
+    )
+    validate(config)
+    return config
+
+
+def _parse_auth(raw: Mapping[str, Any]) -> AuthConfig:
+    _check_keys("auth", raw, {"cluster_token", "cluster_tokens_also_accepted", "tokens"})
+    if not raw:
+        return AuthConfig()
+    cluster_token = raw.get("cluster_token")
+    if not isinstance(cluster_token, str) or len(cluster_token) < AUTH_SECRET_CHARS_MIN:
+        raise ConfigError(
+            f"auth.cluster_token: a secret of at least {AUTH_SECRET_CHARS_MIN} characters "
+            f"(nodes present it to each other) is needed to turn authentication on"
+        )
+    _check_secret("auth.cluster_token", cluster_token)
+    also = raw.get("cluster_tokens_also_accepted") or []
+    if not isinstance(also, list) or not all(isinstance(t, str) for t in also):
+        raise ConfigError("auth.cluster_tokens_also_accepted: a list of secrets")
+    for i, secret in enumerate(also):
+        _check_secret(f"auth.cluster_tokens_also_accepted[{i}]", secret)
+    tokens: list[ApiToken] = []
+    raw_tokens = raw.get("tokens") or []
+    if not isinstance(raw_tokens, list):
+        raise ConfigError("auth.tokens: must be a list")
+    for i, item in enumerate(raw_tokens):
+        section = f"auth.tokens[{i}]"
+        item = _mapping(section, item)
+        _check_keys(section, item, {"name", "token", "token_sha256", "role", "namespaces"})
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{section}.name: a non-empty string")
+        if ("token" in item) == ("token_sha256" in item):
+            raise ConfigError(f"{section}: give exactly one of token and token_sha256")
+        if "token" in item:
+            token = item["token"]
+            if not isinstance(token, str):
+                raise ConfigError(f"{section}.token: a string")
+            _check_secret(f"{section}.token", token)
+            digest = hashlib.sha256(token.encode()).hexdigest()
+        else:
+            digest = str(item["token_sha256"]).lower()
+            if not _SHA256_HEX.fullmatch(digest):
+                raise ConfigError(f"{section}.token_sha256: 64 hex digits (sha256 of the token)")
+        role = item.get("role")
+        if role not in AUTH_ROLES:
+            raise ConfigError(f"{section}.role: one of {', '.join(AUTH_ROLES)}")
+        namespaces = item.get("namespaces")
+        if namespaces is not None:
+            if role == "admin":
+                raise ConfigError(f"{section}.namespaces: an admin token acts on the whole cluster")
+            if not isinstance(namespaces, list) or not namespaces or not all(
+                isinstance(n, str) and n for n in namespaces
+            ):
+                raise ConfigError(f"{section}.namespaces: a non-empty list of namespace names")
+            namespaces = tuple(namespaces)
+        if any(t.sha256 == digest for t in tokens) or digest == hashlib.sha256(cluster_token.encode()).hexdigest():
+            raise ConfigError(f"{section}: the same token is configured twice")
+        tokens.append(ApiToken(name=name, sha256=digest, role=role, namespaces=namespaces))
+    return AuthConfig(cluster_token=cluster_token, cluster_tokens_also_accepted=tuple(also), tokens=tuple(tokens))
+
+
+def _check_secret(where: str, secret: str) -> None:
+    # Clients' tokens arrive stripped, in a header: only printable ASCII without
+    # spaces can ever match.
+    if len(secret) < AUTH_SECRET_CHARS_MIN or not _SECRET_RE.fullmatch(secret):
+        raise ConfigError(
+            f"{where}: at least {AUTH_SECRET_CHARS_MIN} printable ASCII characters, no spaces"
+        )
+
+
+def load(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    return parse(data, source=str(path))
+
+
+LOCAL_3NODE_YAML = """\
+cluster:
+  name: local
+  shards: 8
+  nodes:
+    - {id: n1, host: 127.0.0.1, http_port: 8781, raft_port_base: 9100, zone: a}
+    - {id: n2, host: 127.0.0.1, http_port: 8782, raft_port_base: 9200, zone: b}
+    - {id: n3, host: 127.0.0.1, http_port: 8783, raft_port_base: 9300, zone: c}
+replication: {factor: 3}
+raft: {election_timeout_ms_min: 400, election_timeout_ms_max: 1000, heartbeat_ms: 100,
+       clock_drift_bound: 0.1, fsync: always}
+consistency:
+  default: strong
+  overrides:
+    - {tags: [critical, lock], model: linearizable}
+    - {tags: [analytics, metric], model: eventual}
+storage: {data_dir: ./data}
+"""
+
+
+def embedded_default() -> Config:
+    return parse(yaml.safe_load(LOCAL_3NODE_YAML), source="<embedded local-3node>")

@@ -1,0 +1,127 @@
+"""Rules across fields, checked before a node starts (etcd-io/raft's
+Config.validate() in spirit): replica counts Raft cannot serve, timeouts out of
+order, ports that clash or are taken, Raft ports off loopback without a password."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from .schema import CONSISTENCY_LEVELS, FSYNC_MODES, Config, ConfigError, NodeConfig
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def validate(config: Config) -> None:
+    """Rules across fields, in the manner of etcd-io/raft's Config.validate()."""
+    r = config.raft
+    if config.replication_factor % 2 == 0:
+        raise ConfigError(
+            f"replication.factor: {config.replication_factor} is even; Raft needs a majority, so an "
+            f"even count tolerates no more failures than one less replica: use an odd factor"
+        )
+    if config.replication_factor > len(config.nodes):
+        raise ConfigError(
+            f"replication.factor: {config.replication_factor} replicas need at least that many "
+            f"nodes, the cluster has {len(config.nodes)}"
+        )
+    ids = [n.id for n in config.nodes]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"cluster.nodes: duplicate node ids in {ids}")
+    for n in config.nodes:
+        if not n.id or not all(c.isalnum() or c in "-_." for c in n.id):
+            raise ConfigError(f"cluster.nodes: node id {n.id!r} must be [A-Za-z0-9._-]+")
+    endpoints: dict[tuple[str, int], str] = {}
+    for n in config.nodes:
+        ports = [("http_port", n.http_port)] + [
+            (f"raft port of shard {s}", n.raft_port(s)) for s in range(config.shards)
+        ]
+        if n.raft_port(config.shards - 1) > 65535:
+            raise ConfigError(
+                f"node {n.id}: raft_port_base {n.raft_port_base} + {config.shards} shards exceeds 65535"
+            )
+        for what, port in ports:
+            key = (n.host, port)
+            if key in endpoints:
+                raise ConfigError(
+                    f"node {n.id}: {what} {n.host}:{port} is also used by {endpoints[key]}"
+                )
+            endpoints[key] = f"node {n.id} ({what})"
+    if not 50 <= r.election_timeout_ms_min < r.election_timeout_ms_max:
+        raise ConfigError(
+            f"raft: election_timeout_ms_min ({r.election_timeout_ms_min}) must be >= 50 and below "
+            f"election_timeout_ms_max ({r.election_timeout_ms_max})"
+        )
+    if r.heartbeat_ms * 3 > r.election_timeout_ms_min:
+        raise ConfigError(
+            f"raft: heartbeat_ms ({r.heartbeat_ms}) must be at most a third of "
+            f"election_timeout_ms_min ({r.election_timeout_ms_min}), or followers start "
+            f"elections against a live leader"
+        )
+    if not 0 <= r.append_entries_period_ms <= r.heartbeat_ms:
+        raise ConfigError(
+            f"raft: append_entries_period_ms ({r.append_entries_period_ms}) must not exceed "
+            f"heartbeat_ms ({r.heartbeat_ms})"
+        )
+    if r.leader_fallback_timeout_ms and not (
+        2 * r.heartbeat_ms < r.leader_fallback_timeout_ms <= r.election_timeout_ms_min
+    ):
+        raise ConfigError(
+            f"raft.leader_fallback_timeout_ms ({r.leader_fallback_timeout_ms}) must be above two "
+            f"heartbeats and at most election_timeout_ms_min ({r.election_timeout_ms_min})"
+        )
+    if not 0.0 <= r.clock_drift_bound < 0.5:
+        raise ConfigError(f"raft: clock_drift_bound {r.clock_drift_bound} must be in [0, 0.5)")
+    if r.fsync not in FSYNC_MODES:
+        raise ConfigError(f"raft.fsync: {r.fsync!r} is not one of {', '.join(FSYNC_MODES)}")
+    if r.log_compaction_entries < 100:
+        raise ConfigError("raft.log_compaction_entries: must be at least 100")
+    if r.password is None:
+        for n in config.nodes:
+            if not is_loopback(n.host):
+                raise ConfigError(
+                    f"node {n.id}: host {n.host} is not loopback and raft.password is not set; "
+                    f"pysyncobj unpickles every Raft frame and accepts admin commands from any "
+                    f"connection, so Raft ports must be encrypted outside loopback"
+                )
+    for level in [config.consistency.default] + [o.model for o in config.consistency.overrides]:
+        if level not in CONSISTENCY_LEVELS:
+            raise ConfigError(
+                f"consistency: unknown model {level!r} (known: {', '.join(CONSISTENCY_LEVELS)})"
+            )
+    if config.consistency.default in ("session", "bounded"):
+        raise ConfigError(
+            "consistency.default: session and bounded need per-request parameters "
+            "(after=, max_staleness_ms=); use linearizable, strong or eventual"
+        )
+    lim = config.limits
+    if not 1 <= lim.list_page_max <= 10000:
+        raise ConfigError("limits.list_page_max: must be in [1, 10000]")
+    if lim.entries_in_flight_max < 1:
+        raise ConfigError("limits.entries_in_flight_max: must be at least 1")
+    if not 0 <= lim.group_commit_linger_ms <= 1000:
+        raise ConfigError("limits.group_commit_linger_ms: must be in [0, 1000]")
+    if lim.body_bytes_max < 1024:
+        raise ConfigError("limits.body_bytes_max: must be at least 1024")
+
+
+def check_ports_free(config: Config, node: NodeConfig) -> None:
+    """Refuse to start when one of this node's ports is taken, naming it."""
+    wanted = [("http_port", node.http_port)] + [
+        (f"raft port of shard {s}", node.raft_port(s)) for s in range(config.shards)
+    ]
+    for what, port in wanted:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((node.host, port))
+            except OSError as e:
+                raise ConfigError(
+                    f"node {node.id}: {what} {node.host}:{port} is not available: {e.strerror}"
+                ) from e
+

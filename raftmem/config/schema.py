@@ -1,0 +1,187 @@
+"""The configuration's shape: one frozen, typed object (`Config`) and the named
+limits with their defaults. No I/O, no validation (see `rules`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONSISTENCY_LEVELS = ("linearizable", "strong", "session", "bounded", "eventual")
+FSYNC_MODES = ("always", "batch", "never")
+# The largest max_staleness_ms a bounded read (or a bounded tag policy) may ask for.
+STALENESS_MS_MAX = 3_600_000
+
+# Limits (DESIGN.md section 4). Defaults here, overridable under `limits:`.
+NAMESPACE_CHARS_MAX = 128
+ID_CHARS_MAX = 256
+BODY_BYTES_MAX = 1 << 20
+TAGS_MAX = 64
+TAG_CHARS_MAX = 128
+LIST_PAGE_MAX = 1000
+BATCH_OPS_MAX = 1000
+SHARDS_MAX = 256
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says what and why."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    id: str
+    host: str
+    http_port: int
+    raft_port_base: int
+    zone: str = ""
+
+    def raft_port(self, shard: int) -> int:
+        return self.raft_port_base + shard
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+
+@dataclass(frozen=True)
+class RaftConfig:
+    election_timeout_ms_min: int = 400
+    election_timeout_ms_max: int = 1000
+    heartbeat_ms: int = 100
+    clock_drift_bound: float = 0.1
+    fsync: str = "always"
+    fsync_batch_ms: int = 10
+    # `heartbeat_ms` is the longest a follower goes without hearing from a live
+    # leader. The leader sends its periodic append-entries (heartbeat, lease
+    # renewal) twice as often, so one lost message does not break that promise.
+    # New entries do not wait for it (the ticker ships them at once), nor do
+    # ReadIndex reads (they ask for a round), so it only paces idle traffic.
+    append_entries_period_ms: int = 0  # 0: heartbeat_ms / 2
+
+    @property
+    def append_period_ms(self) -> int:
+        return self.append_entries_period_ms or max(1, self.heartbeat_ms // 2)
+    # A leader that heard from no quorum for this long steps down (pysyncobj's
+    # default of 30 s would let a cut-off leader accept writes for 30 s).
+    leader_fallback_timeout_ms: int = 0  # 0: derive from election_timeout_ms_min
+    log_compaction_entries: int = 5000
+    log_compaction_min_s: int = 300
+    password: str | None = None
+
+    @property
+    def leader_fallback_timeout_s(self) -> float:
+        if self.leader_fallback_timeout_ms:
+            return self.leader_fallback_timeout_ms / 1000.0
+        # Step down before any follower may vote for someone else, so a cut-off
+        # leader stops accepting writes (and followers' reads from it stop being
+        # fresh) before a new leader can exist.
+        return 0.75 * self.election_timeout_ms_min / 1000.0
+
+
+@dataclass(frozen=True)
+class TagOverride:
+    tags: tuple[str, ...]
+    model: str
+    max_staleness_ms: int | None = None  # bounded only
+
+
+@dataclass(frozen=True)
+class ConsistencyConfig:
+    default: str = "strong"
+    overrides: tuple[TagOverride, ...] = ()
+
+    def level_for_tags(self, tags: tuple[str, ...] | list[str]) -> str | None:
+        """The strictest override that any of the tags asks for, or None."""
+        found: list[str] = []
+        for override in self.overrides:
+            if any(t in override.tags for t in tags):
+                found.append(override.model)
+        if not found:
+            return None
+        return min(found, key=CONSISTENCY_LEVELS.index)
+
+    def bound_for_tags(self, tags: tuple[str, ...] | list[str]) -> int | None:
+        """The tightest `max_staleness_ms` of the bounded overrides the tags match."""
+        bounds = [
+            o.max_staleness_ms for o in self.overrides
+            if o.max_staleness_ms is not None and any(t in o.tags for t in tags)
+        ]
+        return min(bounds) if bounds else None
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    namespace_chars_max: int = NAMESPACE_CHARS_MAX
+    id_chars_max: int = ID_CHARS_MAX
+    body_bytes_max: int = BODY_BYTES_MAX
+    tags_max: int = TAGS_MAX
+    tag_chars_max: int = TAG_CHARS_MAX
+    list_page_max: int = LIST_PAGE_MAX
+    batch_ops_max: int = BATCH_OPS_MAX
+    # Proposals waiting for the log, per shard; past it writes answer 429.
+    pending_writes_max: int = 10000
+    # Uncommitted log entries per shard at once; more writes wait for the next entry.
+    entries_in_flight_max: int = 1
+    # Commands packed into one Raft log entry (group commit).
+    group_commit_ops_max: int = 256
+    group_commit_bytes_max: int = 512 * 1024
+    # After an entry commits, wait up to this long for as many writes as it
+    # answered (plus those already queued) before proposing the next one; 0: never.
+    group_commit_linger_ms: float = 4.0
+    write_timeout_ms: int = 5000
+    read_timeout_ms: int = 5000
+    idempotency_keys_max: int = 100000
+
+
+AUTH_ROLES = ("read", "write", "admin")  # each includes the ones before it
+AUTH_SECRET_CHARS_MIN = 16
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    name: str
+    sha256: str  # hex digest of the bearer token; the token itself need not be stored
+    role: str
+    namespaces: tuple[str, ...] | None = None  # None: every namespace
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """API authentication: off unless `cluster_token` is set. Clients present
+    `Authorization: Bearer <token>`; nodes present the cluster token to each other."""
+
+    cluster_token: str | None = None  # what this node sends to the others
+    cluster_tokens_also_accepted: tuple[str, ...] = ()  # for a rolling rotation
+    tokens: tuple[ApiToken, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return self.cluster_token is not None
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    shards: int
+    nodes: tuple[NodeConfig, ...]
+    replication_factor: int = 3
+    raft: RaftConfig = field(default_factory=RaftConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    data_dir: str = "./data"
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    # Debug switches that make the store unsafe, for the harness's negative
+    # controls only. Never set them in production.
+    debug: Mapping[str, bool] = field(default_factory=dict)
+    source: str = "<embedded>"
+
+    def node(self, node_id: str) -> NodeConfig:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        known = ", ".join(n.id for n in self.nodes)
+        raise ConfigError(f"node {node_id!r} is not in the cluster config (known: {known})")
+
+    def node_data_dir(self, node_id: str) -> Path:
+        return Path(self.data_dir) / node_id
+
