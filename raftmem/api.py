@@ -204,49 +204,49 @@ class Api:
 
     async def put(self, request: web.Request) -> web.Response:
         ns, mid = request.match_info["namespace"], request.match_info["id"]
-        return _reply(await self.service.put(ns, mid, _call(request, await request.read())))
+        return _reply(await self.service.memories.put(ns, mid, _call(request, await request.read())))
 
     async def create(self, request: web.Request) -> web.Response:
         ns = request.match_info["namespace"]
-        return _reply(await self.service.create(ns, _call(request, await request.read())))
+        return _reply(await self.service.memories.create(ns, _call(request, await request.read())))
 
     async def get(self, request: web.Request) -> web.Response:
         ns, mid = request.match_info["namespace"], request.match_info["id"]
-        return _reply(await self.service.get(ns, mid, _call(request)))
+        return _reply(await self.service.queries.get(ns, mid, _call(request)))
 
     async def delete(self, request: web.Request) -> web.Response:
         ns, mid = request.match_info["namespace"], request.match_info["id"]
-        return _reply(await self.service.delete(ns, mid, _call(request)))
+        return _reply(await self.service.memories.delete(ns, mid, _call(request)))
 
     async def list(self, request: web.Request) -> web.Response:
-        return _reply(await self.service.list(request.match_info["namespace"], _call(request)))
+        return _reply(await self.service.queries.list(request.match_info["namespace"], _call(request)))
 
     async def list_shard(self, request: web.Request) -> web.Response:
         ns = request.match_info["namespace"]
-        return _reply(await self.service.list_shard(_shard(request), ns, _call(request)))
+        return _reply(await self.service.queries.list_shard(_shard(request), ns, _call(request)))
 
     async def batch(self, request: web.Request) -> web.Response:
-        return _reply(await self.service.batch(_call(request, await request.read())))
+        return _reply(await self.service.memories.batch(_call(request, await request.read())))
 
     async def transfer_leader(self, request: web.Request) -> web.Response:
-        return _reply(await self.service.transfer_leader(_shard(request), _call(request)))
+        return _reply(await self.service.transfers.transfer_leader(_shard(request), _call(request)))
 
     async def shard_snapshot(self, request: web.Request) -> web.StreamResponse:
-        with self.service.scratch() as tmp:
+        with self.service.transfers.scratch() as tmp:
             call = _call(request)
             call.download = Path(tmp) / "shard.snapshot"
-            return await _send(request, await self.service.shard_snapshot(_shard(request), call))
+            return await _send(request, await self.service.transfers.shard_snapshot(_shard(request), call))
 
     async def apply_restore(self, request: web.Request) -> web.Response:
         body = await _read_limited(request, RESTORE_CHUNK_BYTES_MAX)
-        return _reply(await self.service.apply_restore(_shard(request), _call(request, body)))
+        return _reply(await self.service.transfers.apply_restore(_shard(request), _call(request, body)))
 
     async def backup(self, request: web.Request) -> web.StreamResponse:
-        with self.service.scratch() as tmp:
-            return await _send(request, await self.service.backup(_call(request), Path(tmp)))
+        with self.service.transfers.scratch() as tmp:
+            return await _send(request, await self.service.transfers.backup(_call(request), Path(tmp)))
 
     async def restore(self, request: web.Request) -> web.Response:
-        with self.service.scratch() as tmp:
+        with self.service.transfers.scratch() as tmp:
             path = Path(tmp) / "upload.backup"
             size = 0
             with open(path, "wb") as f:
@@ -255,32 +255,32 @@ class Api:
                     if size > BACKUP_BYTES_MAX:
                         raise PayloadTooLarge(f"backup larger than {BACKUP_BYTES_MAX} bytes")
                     f.write(chunk)
-            return _reply(await self.service.restore(path, Path(tmp)))
+            return _reply(await self.service.transfers.restore(path, Path(tmp)))
 
     async def members(self, request: web.Request) -> web.Response:
-        return _reply(await self.service.members(_call(request)))
+        return _reply(await self.service.membership.members(_call(request)))
 
     async def member_add(self, request: web.Request) -> web.Response:
-        return _reply(await self.service.member_add(_call(request, await request.read())))
+        return _reply(await self.service.membership.member_add(_call(request, await request.read())))
 
     async def member_remove(self, request: web.Request) -> web.Response:
-        return _reply(await self.service.member_remove(request.match_info["node"], _call(request)))
+        return _reply(await self.service.membership.member_remove(request.match_info["node"], _call(request)))
 
     async def rebalance(self, request: web.Request) -> web.Response:
-        return _reply(await self.service.rebalance(_call(request)))
+        return _reply(await self.service.membership.rebalance(_call(request)))
 
     async def internal_members(self, request: web.Request) -> web.Response:
-        return _reply(await self.service.internal_write_table(_call(request, await request.read())))
+        return _reply(await self.service.membership.internal_write_table(_call(request, await request.read())))
 
     async def cluster(self, _request: web.Request) -> web.Response:
-        return _reply(self.service.cluster())
+        return _reply(self.service.status.cluster())
 
     async def healthz(self, _request: web.Request) -> web.Response:
         return _json_response(200, {"status": "ok", "node": self.service.node_id})
 
     async def readyz(self, request: web.Request) -> web.Response:
         sync = request.query.get("sync", "").lower() in ("1", "true", "yes")
-        ready, problems = self.service.readiness(sync=sync)
+        ready, problems = self.service.status.readiness(sync=sync)
         body = {"ready": ready, "node": self.service.node_id, "problems": problems}
         return _json_response(200 if ready else 503, body, None if ready else {"Retry-After": "1"})
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
 from .errors import InvalidRequest
+from .statemachine import snapshot_records
 
 FORMAT = "raftmem-backup-v1"
 MANIFEST = "manifest.json"
@@ -46,7 +48,7 @@ def build_file(
         "shards": entries,
     }
     data = orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
-    with open(out, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
+    with open(out, "wb") as out_file, tarfile.open(fileobj=out_file, mode="w") as tar:
         info = tarfile.TarInfo(MANIFEST)
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
@@ -97,3 +99,9 @@ def verify(path: Path, shard_count: int, directory: Path) -> dict[str, Any]:
     except (tarfile.TarError, orjson.JSONDecodeError, KeyError, EOFError) as e:
         raise InvalidRequest(f"corrupt or truncated backup file: {e}") from None
     return dict(manifest)
+
+
+def shard_records(path: Path, workdir: Path) -> Iterator[dict[str, Any]]:
+    """The memories in one shard snapshot of a verified backup (unpacked in
+    `workdir`); the key layout stays the state machine's."""
+    return snapshot_records(path, workdir)

@@ -1,5 +1,5 @@
 """Lease, ReadIndex, pre-vote and follower-freshness logic: pure, no sockets, no
-threads, no pysyncobj, so tests drive it with numbers. consensus.py feeds it
+threads, no pysyncobj, so tests drive it with numbers. The consensus package feeds it
 events (a message sent, an acknowledgement echoed, an append received) and asks
 it questions (is the lease valid, should this vote be ignored).
 

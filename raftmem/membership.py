@@ -3,7 +3,7 @@
 The seed is the config's node list, placed by the consistent-hash ring. Changes
 (`member add`, `member remove`, `rebalance`) are compare-and-set writes of the
 whole table into shard 0's state machine, so every node reads one linearizable
-history of it. Nodes then reconcile towards it (reconciler.py): shard leaders add
+history of it. Nodes then reconcile towards it (`Node.reconcile` in node.py): shard leaders add
 or remove one Raft member at a time, nodes start and drop replicas.
 
 Pure functions here: no I/O.

@@ -1,7 +1,8 @@
 """Prometheus metrics (prometheus-client), one registry per node process.
 
 Request metrics are observed as requests complete; shard gauges are read from
-the replicas at scrape time, so nothing on the write path pays for them."""
+each replica's `stats()` (the Shard port) at scrape time, so nothing on the
+write path pays for them."""
 
 from __future__ import annotations
 
@@ -56,39 +57,35 @@ class _ShardCollector:
             yield CounterMetricFamily("raftmem_raft_fsync_rounds", "Group-commit fsync rounds (each syncs every dirty journal)", value=ticker.sync_rounds)
             yield CounterMetricFamily("raftmem_raft_tick_passes", "Tick passes over the node's Raft groups", value=ticker.passes)
             yield CounterMetricFamily("raftmem_raft_tick_errors", "Tick passes that raised (logged; retried)", value=ticker.tick_errors)
-        for shard, replica in self.service.replicas.items():
-            label = [str(shard)]
-            group = replica.group
-            gauges["term"].add_metric(label, group.term)
-            gauges["commit_index"].add_metric(label, group.commit_index)
-            gauges["applied_index"].add_metric(label, replica.sm.applied_index)
-            gauges["is_leader"].add_metric(label, 1 if group.is_leader() else 0)
-            gauges["log_entries"].add_metric(label, len(group.journal))
-            gauges["log_bytes"].add_metric(label, group.journal.bytes)
-            gauges["db_bytes"].add_metric(label, replica.store.size_bytes())
-            counters["leader_changes"].add_metric(label, group.leader_changes)
-            counters["proposals"].add_metric(label, replica.proposals)
-            counters["entries"].add_metric(label, replica.entries_proposed)
-            counters["syncs"].add_metric(label, group.journal.syncs)
-            counters["inline_syncs"].add_metric(label, group.inline_syncs)
-            counters["lease_reads"].add_metric(label, replica.lease_reads)
-            counters["read_index"].add_metric(label, replica.read_index_reads)
-            counters["read_rounds"].add_metric(label, group.read_rounds)
-            counters["votes_ignored"].add_metric(label, group.hooks.votes_ignored)
-            counters["stale_acks"].add_metric(label, group.hooks.stale_acks)
-            for how, count in group.snapshots.installs.items():
-                counters["snapshot_installs"].add_metric([str(shard), how], count)
-            for outcome, count in replica.outcomes.items():
-                counters["outcomes"].add_metric([str(shard), outcome], count)
-            settled = sum(replica.outcomes.values())
-            commit.add_metric(label, count_value=settled, sum_value=replica.commit_seconds_sum)
-            if group.is_leader():
-                status = group.status()
-                last = group.journal.last_index()
-                for follower, match in status.get("match_index", {}).items():
-                    lag.add_metric([str(shard), follower], max(0, last - match))
+        for replica in self.service.router.shards.values():
+            st = replica.stats()
+            label = [str(st.shard)]
+            gauges["term"].add_metric(label, st.term)
+            gauges["commit_index"].add_metric(label, st.commit_index)
+            gauges["applied_index"].add_metric(label, st.applied_index)
+            gauges["is_leader"].add_metric(label, 1 if st.leading else 0)
+            gauges["log_entries"].add_metric(label, st.log_entries)
+            gauges["log_bytes"].add_metric(label, st.log_bytes)
+            gauges["db_bytes"].add_metric(label, st.db_bytes)
+            counters["leader_changes"].add_metric(label, st.leader_changes)
+            counters["proposals"].add_metric(label, st.proposals)
+            counters["entries"].add_metric(label, st.entries_proposed)
+            counters["syncs"].add_metric(label, st.journal_syncs)
+            counters["inline_syncs"].add_metric(label, st.inline_syncs)
+            counters["lease_reads"].add_metric(label, st.lease_reads)
+            counters["read_index"].add_metric(label, st.read_index_reads)
+            counters["read_rounds"].add_metric(label, st.read_rounds)
+            counters["votes_ignored"].add_metric(label, st.votes_ignored)
+            counters["stale_acks"].add_metric(label, st.stale_acks)
+            for how, count in st.snapshot_installs.items():
+                counters["snapshot_installs"].add_metric([str(st.shard), how], count)
+            for outcome, count in st.outcomes.items():
+                counters["outcomes"].add_metric([str(st.shard), outcome], count)
+            commit.add_metric(label, count_value=sum(st.outcomes.values()), sum_value=st.commit_seconds_sum)
+            for follower, behind in st.replication_lag.items():
+                lag.add_metric([str(st.shard), follower], behind)
         per_node: dict[str, int] = {}
-        for replicas in self.service.placement.values():
+        for replicas in self.service.router.placement.values():
             for node in replicas:
                 per_node[node] = per_node.get(node, 0) + 1
         for node, count in sorted(per_node.items()):

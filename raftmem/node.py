@@ -21,10 +21,12 @@ from .clock import Clock, SystemClock
 from .config import Config, NodeConfig, check_ports_free, is_loopback
 from .consensus import Ticker
 from .errors import RaftmemError
+from .events import ChangeFeed
 from .membership import Table, preferred_leaders
 from .metrics import Metrics
+from .replica import EXPIRE_PERIOD_S, ShardReplica
 from .service import FORWARD_HOPS_MAX, SCRATCH_DIR, Call, ForwardLost, ForwardNotSent, MemoryService
-from .shards import EXPIRE_PERIOD_S, ShardReplica
+from .shard import Shard
 from .storage import write_file_atomically
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,10 @@ class Node:
         self.node_id = node_id
         self.me = me or config.node(node_id)
         self.clock = clock or SystemClock()
-        self.replicas: dict[int, ShardReplica] = {}
+        self.replicas: dict[int, Shard] = {}
+        # Change events of every replica here, in log order per shard; open before
+        # any replica starts, so a subscriber can see what a start-up applies.
+        self.feed = ChangeFeed()
         self.ticker = Ticker(config.raft.fsync, config.raft.fsync_batch_ms)
         self.forwarder = HttpForwarder(config)
         self.runner: web.AppRunner | None = None
@@ -66,8 +71,8 @@ class Node:
         members = sorted(set(peers) | {self.node_id})
         preferred = preferred_leaders(table.assignment).get(shard) == self.node_id
         replica = ShardReplica(shard, self.node_id, self.config, self.ticker, self._loop, self.clock,
-                               members, self._nodes(table), preferred_leader=preferred)
-        _save_peers(replica.store.directory, members)
+                               members, self._nodes(table), preferred_leader=preferred, feed=self.feed)
+        _save_peers(replica.directory, members)
         self.replicas[shard] = replica
         return replica
 
@@ -122,8 +127,8 @@ class Node:
         no longer holds."""
         service = self.service
         assert service is not None
-        table = await service.current_table(Call("GET", "/v1/admin/members"))
-        service.set_table(table)
+        table = await service.membership.current_table(Call("GET", "/v1/admin/members"))
+        service.router.set_table(table)
         member = self.node_id in table.nodes
         if member:
             _mark_joined(self.config.node_data_dir(self.node_id))
@@ -131,7 +136,6 @@ class Node:
         for shard, desired in sorted(table.assignment.items()):
             replica = self.replicas.get(shard)
             known = self._nodes(table)
-            addresses = {f"{n.host}:{n.raft_port(shard)}": i for i, n in known.items()}
             if replica is None:
                 if member and self.node_id in desired:
                     peers = await self._current_members(shard, table) or desired
@@ -139,59 +143,56 @@ class Node:
                     log.info("node %s: starting a replica of shard %d (peers %s)", self.node_id, shard, peers)
                     self._start_replica(shard, sorted(peers), table)
                 continue
-            # Keep the addresses of voters the table no longer lists (being removed).
-            replica.group.update_addresses({**replica.group.spec.address_to_node, **addresses})
-            members = replica.group.members()
-            _save_peers(replica.store.directory, members)
-            if replica.group.is_leader():
+            replica.learn_nodes(known)
+            members = replica.voters()
+            _save_peers(replica.directory, members)
+            if replica.role().leading:
                 await self._converge(replica, desired, members, table)
-            elif self.node_id not in desired and replica.group.seconds_out_of_touch(now) > self._drop_after_s():
+            elif self.node_id not in desired and replica.seconds_out_of_touch(now) > self._drop_after_s():
                 # Not at once: an outgoing leader is still a voter until its
                 # successor removes it, and a group short of a voter tolerates
                 # one failure fewer.
                 log.info("node %s: dropping shard %d (no longer assigned here)", self.node_id, shard)
                 del self.replicas[shard]
                 await asyncio.to_thread(replica.drop)
+                self.feed.shard_dropped(shard)
 
     def _drop_after_s(self) -> float:
         return 3 * self.config.raft.election_timeout_ms_max / 1000
 
-    async def _converge(self, replica: ShardReplica, desired: list[str], members: list[str], table: Table) -> None:
+    async def _converge(self, replica: Shard, desired: list[str], members: list[str], table: Table) -> None:
         shard = replica.shard
         add = [n for n in desired if n not in members]
         remove = [n for n in members if n not in desired]
         if add:
             log.info("node %s: shard %d: adding %s", self.node_id, shard, add[0])
-            await replica.change_membership(True, table.raft_address(add[0], shard))
+            await replica.add_voter(add[0])
         elif self.node_id in remove:
             target = next((n for n in desired if n != self.node_id), None)
             if target is not None:
                 log.info("node %s: shard %d: handing leadership to %s before leaving", self.node_id, shard, target)
-                await replica.transfer_leadership(table.raft_address(target, shard))
+                await replica.transfer_leadership(target)
         elif remove:
-            address = next(
-                (a for a, n in replica.group.spec.address_to_node.items() if n == remove[0]), remove[0]
-            )
-            log.info("node %s: shard %d: removing %s (%s)", self.node_id, shard, remove[0], address)
-            await replica.change_membership(False, address)
+            log.info("node %s: shard %d: removing %s", self.node_id, shard, remove[0])
+            await replica.remove_voter(remove[0])
         else:
             await self._balance_leader(replica, table)
 
-    async def _balance_leader(self, replica: ShardReplica, table: Table) -> None:
+    async def _balance_leader(self, replica: Shard, table: Table) -> None:
         """Hand leadership to the shard's preferred leader (placement spreads them)
         once this node has led it for a while: failovers otherwise pile leaders up."""
         preferred = preferred_leaders(table.assignment).get(replica.shard)
         now = time.monotonic()
-        if preferred in (None, self.node_id) or now - replica.group.role_since < LEADER_BALANCE_AFTER_S:
+        if preferred in (None, self.node_id) or now - replica.role().since < LEADER_BALANCE_AFTER_S:
             return
         if now - self._last_balance < LEADER_BALANCE_AFTER_S:
             return  # one hand-over at a time per node, spread out
-        match = replica.group.status().get("match_index", {})
-        if match.get(preferred, -1) < replica.group.commit_index:
+        status = replica.status()
+        if (status.match_index or {}).get(preferred, -1) < status.commit_index:
             return  # not caught up: pysyncobj would refuse the transfer anyway
         self._last_balance = now
         log.info("node %s: shard %d: handing leadership to preferred leader %s", self.node_id, replica.shard, preferred)
-        await replica.transfer_leadership(table.raft_address(preferred, replica.shard))
+        await replica.transfer_leadership(preferred)
 
     async def _current_members(self, shard: int, table: Table) -> list[str] | None:
         """Ask the nodes assigned to `shard` which voters its leader has."""
@@ -212,12 +213,11 @@ class Node:
     async def _reaper(self) -> None:
         while True:
             await asyncio.sleep(EXPIRE_PERIOD_S)
-            for replica in self.replicas.values():
-                if replica.group.is_leader():
-                    try:
-                        await replica.reap_expired()
-                    except Exception as e:  # the next period tries again
-                        log.debug("shard %d: expiry deferred: %s", replica.shard, e)
+            for replica in list(self.replicas.values()):
+                try:
+                    await replica.expire_due()
+                except Exception as e:  # the next period tries again
+                    log.debug("shard %d: expiry deferred: %s", replica.shard, e)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -230,6 +230,7 @@ class Node:
         self.ticker.stop()
         for replica in self.replicas.values():
             replica.close()
+        self.feed.close()
         log.info("node %s: stopped", self.node_id)
 
 

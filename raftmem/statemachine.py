@@ -1,13 +1,20 @@
-"""The shard state machine: `apply(index, entry)`, `snapshot(path)`, `restore(path)`.
+"""The shard state machine: `apply(index, entry)`, snapshots, and local reads.
 
 Rules (hashicorp/raft's FSM contract, made ours):
-- `apply` is deterministic: it reads only the entry and the stored state.
-  Timestamps, ids and expiry were chosen by the leader before proposing.
+- `apply` is deterministic: it reads only the entry's typed commands
+  (raftmem.commands) and the stored state. Timestamps, ids and expiry were
+  chosen by the leader before proposing.
 - `apply` never raises for a bad command: pysyncobj retries a raising apply on
-  every tick forever. A bad operation becomes an error *result*.
+  every tick forever. A bad operation becomes an error *result* (an `Outcome`,
+  never an HTTP status: the service maps outcomes once).
 - Data, secondary index entries and the applied index land in ONE write batch,
   and an entry at or below the applied index is skipped: replaying the log after
-  a crash is harmless.
+  a crash is harmless, and yields no change events.
+- Applying yields change events (raftmem.events) in log order, built while the
+  batch is assembled and handed out only after it is written.
+
+The key layout below belongs to this module alone: expiry scans, restores from a
+backup and lists go through its methods.
 
 Key layout (namespace and id are `[A-Za-z0-9._:-]`, tags and agent ids have no
 NUL, so NUL separates fields; times are 8-byte big-endian milliseconds so byte
@@ -26,17 +33,36 @@ order is time order):
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from . import codec
+from .commands import (
+    Command,
+    Delete,
+    Deleted,
+    Expire,
+    Invalid,
+    Noop,
+    Outcome,
+    Put,
+    Restore,
+    Result,
+    SetMembers,
+    decode_entry,
+    fingerprint,
+    idempotency_key,
+)
+from .events import Change, ChangeKind
+from .shard import TIME_MAX, ListQuery
 from .storage import Batch, Store
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Applied", "ListQuery", "StateMachine", "is_live", "memory_key"]
 
 APPLIED_KEY = b"m\x00applied"
 RECORD_FIELDS = (
@@ -45,13 +71,15 @@ RECORD_FIELDS = (
 )
 IDEM_COUNT_KEY = b"m\x00idem_count"
 MEMBERS_KEY = b"s\x00members"
-EXPIRE_OPS_MAX = 1000
 SEP = b"\x00"
-TIME_MAX = (1 << 64) - 1
+
+
+MEMORY_PREFIX, MEMORY_END = b"d\x00", b"d\x01"
+EXPIRY_PREFIX, EXPIRY_END = b"x\x00", b"x\x01"
 
 
 def memory_key(ns: str, mid: str) -> bytes:
-    return b"d\x00" + ns.encode() + SEP + mid.encode()
+    return MEMORY_PREFIX + ns.encode() + SEP + mid.encode()
 
 
 def _index_keys(rec: dict[str, Any]) -> list[bytes]:
@@ -64,21 +92,8 @@ def _index_keys(rec: dict[str, Any]) -> list[bytes]:
     for tag in rec.get("tags") or ():
         keys.append(b"t\x00" + ns + SEP + tag.encode() + SEP + ts + mid)
     if rec.get("expires_at") is not None:
-        keys.append(b"x\x00" + codec.u64(rec["expires_at"]) + ns + SEP + mid)
+        keys.append(EXPIRY_PREFIX + codec.u64(rec["expires_at"]) + ns + SEP + mid)
     return keys
-
-
-def _error(status: int, code: str, message: str, **details: Any) -> dict[str, Any]:
-    error = {"code": code, "message": message}
-    error.update(details)
-    return {"status": status, "error": error}
-
-
-def op_fingerprint(op: dict[str, Any]) -> str:
-    """What makes two requests "the same" for an idempotency key: everything but
-    the leader-chosen time and the key itself."""
-    stable = {k: v for k, v in op.items() if k not in ("now", "idem")}
-    return hashlib.blake2b(codec.dumps(stable), digest_size=12).hexdigest()
 
 
 def is_live(rec: dict[str, Any] | None, now_ms: int) -> bool:
@@ -86,186 +101,194 @@ def is_live(rec: dict[str, Any] | None, now_ms: int) -> bool:
 
 
 @dataclass
-class ListQuery:
-    namespace: str
-    agent_id: str | None = None
-    tag: str | None = None
-    since_ms: int = 0
-    until_ms: int = TIME_MAX
-    after: tuple[int, str] | None = None  # (created_at, id) of the last item already seen
-    limit: int = 100
+class Applied:
+    """What applying one entry came to: a result per command, and the changes."""
+
+    index: int
+    results: list[Result]
+    changes: list[Change] = field(default_factory=list)
+    replayed: bool = False  # at or below the applied index: skipped
+
+
+Overlay = dict[bytes, dict[str, Any] | None]
+
+
+@dataclass
+class _Entry:
+    """One entry's apply in progress: its batch, what it wrote so far (later
+    commands of the entry see earlier ones) and the changes it made."""
+
+    index: int
+    batch: Batch = field(default_factory=Batch)
+    overlay: Overlay = field(default_factory=dict)
+    changes: list[Change] = field(default_factory=list)
+    idem_added: int = 0
+
+
+def snapshot_records(path: Path, workdir: Path) -> Iterator[dict[str, Any]]:
+    """The memories in a packed snapshot (a backup's shard), without installing it."""
+    for _key, raw in Store.scan_snapshot(path, MEMORY_PREFIX, MEMORY_END, workdir):
+        yield codec.loads(raw)
 
 
 class StateMachine:
-    def __init__(self, store: Store, shard: int, idempotency_keys_max: int = 100000) -> None:
+    """One shard replica's state; also the Replica the consensus adapter drives
+    (apply, checkpoints, snapshot install)."""
+
+    def __init__(
+        self, store: Store, shard: int, idempotency_keys_max: int = 100000,
+        publish: Callable[[list[Change]], None] | None = None,
+    ) -> None:
+        """`publish`: where each entry's changes go once its batch is written
+        (the node's change feed); it must not block or raise."""
         self.store = store
         self.shard = shard
         self.idempotency_keys_max = idempotency_keys_max
-        raw = store.get(APPLIED_KEY)
-        self.applied_index = codec.from_u64(raw) if raw else 0
+        self.applied_index = self._stored_applied_index()
+        self._publish = publish
+
+    def _stored_applied_index(self) -> int:
+        raw = self.store.get(APPLIED_KEY)
+        return codec.from_u64(raw) if raw else 0
 
     # -- apply -----------------------------------------------------------------
-    def apply(self, index: int, entry: bytes) -> dict[str, Any]:
-        """Apply one log entry; returns its index and one result per operation. Never raises
-        for a bad entry; a storage failure (disk full) does raise, and pysyncobj
-        retries it until the disk recovers, which is the behaviour we want."""
+    def apply(self, index: int, entry: bytes) -> Applied:
+        """Apply one log entry. Never raises for a bad entry; a storage failure
+        (disk full) does raise, and pysyncobj retries it until the disk recovers,
+        which is the behaviour we want."""
         if index <= self.applied_index:
-            return {"index": index, "results": [], "replayed": True}
+            return Applied(index, [], replayed=True)
+        results: list[Result] = []
         try:
-            ops = codec.decode_entry(entry)
+            commands = decode_entry(entry)
         except codec.CodecError as e:
             log.error("shard %d index %d: undecodable entry skipped: %s", self.shard, index, e)
-            ops = []
-            results = [_error(400, "invalid_entry", str(e))]
-        else:
-            results = []
-        batch = Batch()
-        overlay: dict[bytes, dict[str, Any] | None] = {}
-        idem_added: list[str] = []
-        for seq, op in enumerate(ops):
+            commands = []
+            results.append(Result(Outcome.INVALID_ENTRY, str(e)))
+        work = _Entry(index)
+        for seq, command in enumerate(commands):
+            if isinstance(command, Invalid):
+                results.append(Result(Outcome.INVALID_OPERATION, command.reason))
+                continue
             try:
-                results.append(self._apply_op(index, seq, op, batch, overlay, idem_added))
+                results.append(self._apply_command(work, seq, command))
             except (KeyError, TypeError, ValueError, AttributeError) as e:
-                results.append(_error(400, "invalid_operation", f"{type(e).__name__}: {e}"))
-        if idem_added:
-            self._evict_idempotency_keys(batch, len(idem_added))
-        batch.put(APPLIED_KEY, codec.u64(index))
-        self.store.commit(batch)
+                results.append(Result(Outcome.INVALID_OPERATION, f"{type(e).__name__}: {e}"))
+        if work.idem_added:
+            self._evict_idempotency_keys(work.batch, work.idem_added)
+        work.batch.put(APPLIED_KEY, codec.u64(index))
+        self.store.commit(work.batch)
         self.applied_index = index
-        return {"index": index, "results": results}
+        if work.changes and self._publish is not None:
+            self._publish(work.changes)
+        return Applied(index, results, work.changes)
 
-    def _get(self, key: bytes, overlay: dict[bytes, dict[str, Any] | None]) -> dict[str, Any] | None:
+    def _get(self, key: bytes, overlay: Overlay) -> dict[str, Any] | None:
         if key in overlay:
             return overlay[key]
         raw = self.store.get(key)
         return codec.loads(raw) if raw is not None else None
 
-    def _apply_op(
-        self,
-        index: int,
-        seq: int,
-        op: dict[str, Any],
-        batch: Batch,
-        overlay: dict[bytes, dict[str, Any] | None],
-        idem_added: list[str],
-    ) -> dict[str, Any]:
-        kind = op["t"]
-        if kind == "noop":
-            return {"status": 200}
-        if kind == "expire":
-            return self._apply_expire(op, batch, overlay)
-        if kind == "restore":
-            return self._apply_restore(index, op, batch, overlay)
-        if kind == "members":
-            return self._apply_members(op, batch, overlay)
-        idem = op.get("idem")
-        if idem:
-            fingerprint = op_fingerprint(op)  # only keyed requests are compared
-            idem_key = b"k\x00" + idem.encode()
-            seen = self._get(idem_key, overlay)
-            if seen is not None:
-                if seen["fp"] != fingerprint:
-                    return _error(
-                        409,
-                        "idempotency_key_reused",
-                        "this Idempotency-Key was used for a different request",
-                    )
-                result = dict(seen["result"])
-                result["replayed"] = True
-                return result
-        if kind == "put":
-            result = self._apply_put(index, op, batch, overlay)
-        else:
-            result = self._apply_delete(op, batch, overlay)
-        if idem and result["status"] < 500:
-            stored = {"fp": fingerprint, "result": result}
-            overlay[idem_key] = stored
-            batch.put(idem_key, codec.dumps(stored))
-            batch.put(b"q\x00" + codec.u64(index) + seq.to_bytes(4, "big"), idem.encode())
-            idem_added.append(idem)
+    def _apply_command(self, work: _Entry, seq: int, command: Command) -> Result:
+        if isinstance(command, Noop):
+            return Result(Outcome.APPLIED)
+        if isinstance(command, Expire):
+            return self._apply_expire(work, command)
+        if isinstance(command, Restore):
+            return self._apply_restore(work, command)
+        if isinstance(command, SetMembers):
+            return self._apply_members(work, command)
+        key = idempotency_key(command)
+        if key is None:
+            return self._apply_write(work, command)
+        # Only keyed requests are compared: a retry gets the first result.
+        fp = fingerprint(command)
+        idem_key = b"k\x00" + key.encode()
+        seen = self._get(idem_key, work.overlay)
+        if seen is not None:
+            if seen["fp"] != fp:
+                return Result(Outcome.IDEMPOTENCY_KEY_REUSED, "this Idempotency-Key was used for a different request")
+            first = Result.from_wire(seen["result"])
+            return replace(first, replayed=True)
+        result = self._apply_write(work, command)
+        stored = {"fp": fp, "result": result.to_wire()}
+        work.overlay[idem_key] = stored
+        work.batch.put(idem_key, codec.dumps(stored))
+        work.batch.put(b"q\x00" + codec.u64(work.index) + seq.to_bytes(4, "big"), key.encode())
+        work.idem_added += 1
         return result
 
-    def _apply_put(
-        self, index: int, op: dict[str, Any], batch: Batch, overlay: dict[bytes, dict[str, Any] | None]
-    ) -> dict[str, Any]:
-        ns, mid, now = op["ns"], op["id"], int(op["now"])
+    def _apply_write(self, work: _Entry, command: Put | Delete) -> Result:
+        if isinstance(command, Put):
+            return self._apply_put(work, command)
+        return self._apply_delete(work, command)
+
+    def _apply_put(self, work: _Entry, op: Put) -> Result:
+        ns, mid, now = op.namespace, op.id, op.now_ms
         key = memory_key(ns, mid)
-        old = self._get(key, overlay)
-        if not is_live(old, now):
-            old_live = None
-        else:
-            old_live = old
-        if op.get("if_none_match") and old_live is not None:
-            return _error(412, "precondition_failed", "memory already exists", version=old_live["version"])
-        if op.get("if_match") is not None:
+        old = self._get(key, work.overlay)
+        old_live = old if is_live(old, now) else None
+        if op.if_none_match and old_live is not None:
+            return Result(Outcome.PRECONDITION_FAILED, "memory already exists", version=old_live["version"])
+        if op.if_match is not None:
             current = old_live["version"] if old_live else None
-            if current != op["if_match"]:
-                return _error(
-                    412,
-                    "precondition_failed",
-                    f"version is {current}, If-Match wanted {op['if_match']}",
+            if current != op.if_match:
+                return Result(
+                    Outcome.PRECONDITION_FAILED, f"version is {current}, If-Match wanted {op.if_match}",
                     version=current,
                 )
-        fields = op["fields"]
-        ttl_s = fields.get("ttl_s")
+        fields = op.fields
         rec = {
             "namespace": ns,
             "id": mid,
-            "agent_id": fields.get("agent_id"),
-            "kind": fields.get("kind"),
-            "content": fields.get("content"),
-            "tags": list(fields.get("tags") or []),
-            "metadata": fields.get("metadata") or {},
+            "agent_id": fields.agent_id,
+            "kind": fields.kind,
+            "content": fields.content,
+            "tags": list(fields.tags),
+            "metadata": dict(fields.metadata),
             "created_at": old_live["created_at"] if old_live else now,
             "updated_at": now,
-            "expires_at": now + int(ttl_s * 1000) if ttl_s is not None else None,
+            "expires_at": now + int(fields.ttl_s * 1000) if fields.ttl_s is not None else None,
             "version": (old["version"] + 1) if old else 1,
-            "rev": index,
+            "rev": work.index,
         }
-        self._write_record(key, old, rec, batch, overlay)
-        return {"status": 200 if old_live else 201, "memory": rec}
+        self._write_record(work, key, old, rec, old_live)
+        return Result(Outcome.UPDATED if old_live else Outcome.CREATED, memory=rec)
 
-    def _apply_members(
-        self, op: dict[str, Any], batch: Batch, overlay: dict[bytes, dict[str, Any] | None]
-    ) -> dict[str, Any]:
+    def _apply_members(self, work: _Entry, op: SetMembers) -> Result:
         """Compare-and-set of the membership table (kept in shard 0)."""
-        current = self._get(MEMBERS_KEY, overlay)
+        current = self._get(MEMBERS_KEY, work.overlay)
         version = current["version"] if current else 0
-        if op["if_version"] != version:
-            return _error(412, "precondition_failed", f"membership table is at version {version}", version=version)
-        table = dict(op["table"])
+        if op.if_version != version:
+            return Result(Outcome.PRECONDITION_FAILED, f"membership table is at version {version}", version=version)
+        table = dict(op.table)
         table["version"] = version + 1
-        batch.put(MEMBERS_KEY, codec.dumps(table))
-        overlay[MEMBERS_KEY] = table
-        return {"status": 200, "table": table}
+        work.batch.put(MEMBERS_KEY, codec.dumps(table))
+        work.overlay[MEMBERS_KEY] = table
+        return Result(Outcome.APPLIED, table=table)
 
     def members_table(self) -> dict[str, Any] | None:
         raw = self.store.get(MEMBERS_KEY)
         return codec.loads(raw) if raw is not None else None
 
-    def _apply_restore(
-        self, index: int, op: dict[str, Any], batch: Batch, overlay: dict[bytes, dict[str, Any] | None]
-    ) -> dict[str, Any]:
+    def _apply_restore(self, work: _Entry, op: Restore) -> Result:
         """Write a memory from a backup as it was (version, timestamps, tags),
         replacing whatever has its key."""
-        src = op["rec"]
-        rec = {field: src.get(field) for field in RECORD_FIELDS}
+        src = op.record
+        rec: dict[str, Any] = {name: src.get(name) for name in RECORD_FIELDS}
         rec["tags"] = list(rec["tags"] or [])
         rec["metadata"] = rec["metadata"] or {}
         rec["version"] = int(rec["version"])
         rec["created_at"] = int(rec["created_at"])
-        rec["rev"] = index
+        rec["rev"] = work.index
         key = memory_key(rec["namespace"], rec["id"])
-        self._write_record(key, self._get(key, overlay), rec, batch, overlay)
-        return {"status": 200, "restored": True}
+        old = self._get(key, work.overlay)
+        self._write_record(work, key, old, rec, old)
+        return Result(Outcome.APPLIED, restored=True)
 
     def _write_record(
-        self,
-        key: bytes,
-        old: dict[str, Any] | None,
-        rec: dict[str, Any],
-        batch: Batch,
-        overlay: dict[bytes, dict[str, Any] | None],
+        self, work: _Entry, key: bytes, old: dict[str, Any] | None, rec: dict[str, Any],
+        old_live: dict[str, Any] | None,
     ) -> None:
         """Replace `old` (if any) by `rec`: the record and its index entries.
         Only index entries that change are written: an overwrite that keeps the
@@ -276,56 +299,56 @@ class StateMachine:
             old_keys = _index_keys(old)
             for k in old_keys:
                 if k not in new_keys:
-                    batch.delete(k)
+                    work.batch.delete(k)
             new_keys = [k for k in new_keys if k not in old_keys]
         for k in new_keys:
-            batch.put(k, b"")
-        batch.put(key, codec.dumps(rec))
-        overlay[key] = rec
+            work.batch.put(k, b"")
+        work.batch.put(key, codec.dumps(rec))
+        work.overlay[key] = rec
+        work.changes.append(
+            Change(ChangeKind.PUT, self.shard, work.index, rec["namespace"], rec["id"], old_live, rec)
+        )
 
-    def _apply_delete(
-        self, op: dict[str, Any], batch: Batch, overlay: dict[bytes, dict[str, Any] | None]
-    ) -> dict[str, Any]:
-        ns, mid, now = op["ns"], op["id"], int(op["now"])
+    def _apply_delete(self, work: _Entry, op: Delete) -> Result:
+        ns, mid, now = op.namespace, op.id, op.now_ms
         key = memory_key(ns, mid)
-        old = self._get(key, overlay)
-        if not is_live(old, now):
-            return _error(404, "not_found", f"memory {ns}/{mid} not found")
-        assert old is not None
-        if op.get("if_match") is not None and old["version"] != op["if_match"]:
-            return _error(
-                412,
-                "precondition_failed",
-                f"version is {old['version']}, If-Match wanted {op['if_match']}",
+        old = self._get(key, work.overlay)
+        if old is None or not is_live(old, now):
+            return Result(Outcome.NOT_FOUND, f"memory {ns}/{mid} not found")
+        if op.if_match is not None and old["version"] != op.if_match:
+            return Result(
+                Outcome.PRECONDITION_FAILED, f"version is {old['version']}, If-Match wanted {op.if_match}",
                 version=old["version"],
             )
-        self._delete_record(key, old, batch, overlay)
-        return {"status": 200, "deleted": {"namespace": ns, "id": mid, "version": old["version"]}}
+        self._delete_record(work, key, old, ChangeKind.DELETE)
+        return Result(Outcome.DELETED, deleted=Deleted(ns, mid, old["version"]))
 
-    def _delete_record(
-        self, key: bytes, rec: dict[str, Any], batch: Batch, overlay: dict[bytes, dict[str, Any] | None]
-    ) -> None:
+    def _delete_record(self, work: _Entry, key: bytes, rec: dict[str, Any], kind: ChangeKind) -> None:
         for k in _index_keys(rec):
-            batch.delete(k)
-        batch.delete(key)
-        overlay[key] = None
+            work.batch.delete(k)
+        work.batch.delete(key)
+        work.overlay[key] = None
+        work.changes.append(Change(kind, self.shard, work.index, rec["namespace"], rec["id"], rec, None))
 
-    def _apply_expire(
-        self, op: dict[str, Any], batch: Batch, overlay: dict[bytes, dict[str, Any] | None]
-    ) -> dict[str, Any]:
-        now = int(op["now"])
-        limit = min(int(op.get("limit", EXPIRE_OPS_MAX)), EXPIRE_OPS_MAX)
+    def _apply_expire(self, work: _Entry, op: Expire) -> Result:
+        now = op.now_ms
+        limit = op.bounded_limit
         removed = 0
-        for k, _ in self.store.scan(b"x\x00", b"x\x00" + codec.u64(now + 1)):
+        for k, _ in self.store.scan(EXPIRY_PREFIX, EXPIRY_PREFIX + codec.u64(now + 1)):
             if removed >= limit:
                 break
-            ns, mid = k[10:].split(SEP, 1)
+            ns, mid = k[len(EXPIRY_PREFIX) + 8:].split(SEP, 1)
             key = memory_key(ns.decode(), mid.decode())
-            rec = self._get(key, overlay)
+            rec = self._get(key, work.overlay)
             if rec is not None and not is_live(rec, now):
-                self._delete_record(key, rec, batch, overlay)
+                self._delete_record(work, key, rec, ChangeKind.EXPIRE)
                 removed += 1
-        return {"status": 200, "expired": removed}
+        return Result(Outcome.APPLIED, expired=removed)
+
+    def next_expiry_ms(self) -> int | None:
+        """The earliest expiry of any stored memory (None: nothing expires)."""
+        first = next(self.store.scan(EXPIRY_PREFIX, EXPIRY_END), None)
+        return None if first is None else codec.from_u64(first[0][len(EXPIRY_PREFIX):len(EXPIRY_PREFIX) + 8])
 
     def _evict_idempotency_keys(self, batch: Batch, added: int) -> None:
         raw = self.store.get(IDEM_COUNT_KEY)
@@ -360,15 +383,16 @@ class StateMachine:
 
     def install_staged(self, staged: Path) -> None:
         self.store.install_staged(staged)
-        raw = self.store.get(APPLIED_KEY)
-        self.applied_index = codec.from_u64(raw) if raw else 0
+        self.applied_index = self._stored_applied_index()
+        if self._publish is not None:
+            self._publish([Change(ChangeKind.RESET, self.shard, self.applied_index)])
 
     # -- reads -----------------------------------------------------------------
     def get(self, ns: str, mid: str, now_ms: int) -> dict[str, Any] | None:
         raw = self.store.get(memory_key(ns, mid))
         if raw is None:
             return None
-        rec = codec.loads(raw)
+        rec: dict[str, Any] = codec.loads(raw)
         return rec if is_live(rec, now_ms) else None
 
     def list(self, q: ListQuery, now_ms: int) -> list[dict[str, Any]]:
@@ -399,5 +423,5 @@ class StateMachine:
         return out
 
     def iter_records(self) -> Iterator[dict[str, Any]]:
-        for _, raw in self.store.scan(b"d\x00", b"d\x01"):
+        for _, raw in self.store.scan(MEMORY_PREFIX, MEMORY_END):
             yield codec.loads(raw)

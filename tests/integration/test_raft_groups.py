@@ -11,13 +11,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 
 from raftmem import codec
 from raftmem.config import RaftConfig
 from raftmem.consensus import GroupSpec, RaftGroup, Ticker
-from raftmem.raftlog import DurableJournal
-from raftmem.shards import _ApplyHook
+from raftmem.consensus.journal import DurableJournal
 from raftmem.statemachine import StateMachine
 from raftmem.storage import Store
 
@@ -64,7 +62,7 @@ def _groups(root: Path, seeds: dict[str, tuple[int, int]], absent: list[str]) ->
                 raft=raft,
                 address_to_node={a: n for n, a in address.items()},
             )
-            groups[name] = RaftGroup(spec, _ApplyHook(SimpleNamespace(sm=StateMachine(store, 0))), ticker)
+            groups[name] = RaftGroup(spec, StateMachine(store, 0), ticker)
         ticker.start()
         yield groups
     finally:

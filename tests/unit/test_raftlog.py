@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from raftmem.raftlog import FSYNC_FAILED_EXIT, DurableJournal
+from raftmem.consensus.journal import FSYNC_FAILED_EXIT, DurableJournal
 
 
 def filled(path: Path, n: int) -> DurableJournal:
@@ -207,7 +207,7 @@ def test_a_failed_fsync_poisons_the_journal(tmp_path: Path, monkeypatch) -> None
 def test_a_failed_fsync_stops_the_process(tmp_path: Path) -> None:
     script = (
         "import errno, os, sys\n"
-        "from raftmem.raftlog import DurableJournal\n"
+        "from raftmem.consensus.journal import DurableJournal\n"
         f"j = DurableJournal({str(tmp_path / 'j')!r})\n"
         "j.add(b'c1', 1, 1)\n"
         "def failing(fd): raise OSError(errno.EIO, 'Input/output error')\n"

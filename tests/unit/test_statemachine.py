@@ -7,47 +7,53 @@ from pathlib import Path
 from typing import Any
 
 from raftmem import codec
+from raftmem.commands import Command, Delete, Expire, MemoryFields, Outcome, Put, encode_entry
 from raftmem.statemachine import ListQuery, StateMachine, _index_keys
 from raftmem.storage import Store
+
+CREATED, UPDATED, DELETED = Outcome.CREATED, Outcome.UPDATED, Outcome.DELETED
+PRECONDITION_FAILED, NOT_FOUND = Outcome.PRECONDITION_FAILED, Outcome.NOT_FOUND
 
 NOW = 1_763_700_000_000
 
 
-def put(mid: str, now: int = NOW, **kw: Any) -> dict[str, Any]:
-    fields = {"content": kw.pop("content", mid), "tags": kw.pop("tags", []), "agent_id": kw.pop("agent_id", None)}
-    if "ttl_s" in kw:
-        fields["ttl_s"] = kw.pop("ttl_s")
-    return {"t": "put", "ns": "ns", "id": mid, "now": now, "fields": fields, **kw}
+def put(mid: str, now: int = NOW, **kw: Any) -> Put:
+    fields = MemoryFields(content=kw.pop("content", mid), tags=tuple(kw.pop("tags", [])),
+                          agent_id=kw.pop("agent_id", None), ttl_s=kw.pop("ttl_s", None))
+    return Put("ns", mid, fields, if_match=kw.pop("if_match", None), if_none_match=kw.pop("if_none_match", False),
+               idempotency_key=kw.pop("idem", None), now_ms=now, **kw)
+
+
+def delete(mid: str, now: int = NOW, **kw: Any) -> Delete:
+    return Delete("ns", mid, now_ms=now, **kw)
 
 
 def sm_at(path: Path) -> StateMachine:
     return StateMachine(Store(path), shard=0, idempotency_keys_max=3)
 
 
-def entry(*ops: dict[str, Any]) -> bytes:
-    return codec.encode_entry(list(ops))
+def entry(*commands: Command) -> bytes:
+    return encode_entry(commands)
 
 
 def test_apply_results_and_preconditions(tmp_path: Path) -> None:
     sm = sm_at(tmp_path)
     r = sm.apply(1, entry(put("a"), put("a", content="again"), put("b", if_none_match=True)))
-    assert [x["status"] for x in r["results"]] == [201, 200, 201]
-    assert r["results"][1]["memory"]["version"] == 2  # same-entry writes see each other
+    assert [x.outcome for x in r.results] == [CREATED, UPDATED, CREATED]
+    assert r.results[1].memory["version"] == 2  # same-entry writes see each other
     r = sm.apply(2, entry(put("a", if_match=1), put("a", if_match=2), put("b", if_none_match=True)))
-    assert [x["status"] for x in r["results"]] == [412, 200, 412]
-    r = sm.apply(3, entry({"t": "delete", "ns": "ns", "id": "a", "now": NOW, "if_match": 9},
-                          {"t": "delete", "ns": "ns", "id": "a", "now": NOW},
-                          {"t": "delete", "ns": "ns", "id": "a", "now": NOW}))
-    assert [x["status"] for x in r["results"]] == [412, 200, 404]
+    assert [x.outcome for x in r.results] == [PRECONDITION_FAILED, UPDATED, PRECONDITION_FAILED]
+    r = sm.apply(3, entry(delete("a", if_match=9), delete("a"), delete("a")))
+    assert [x.outcome for x in r.results] == [PRECONDITION_FAILED, DELETED, NOT_FOUND]
     assert sm.get("ns", "a", NOW) is None and sm.get("ns", "b", NOW)["version"] == 1
 
 
 def test_bad_operations_become_results_not_exceptions(tmp_path: Path) -> None:
     sm = sm_at(tmp_path)
-    r = sm.apply(1, entry({"t": "put", "ns": "ns"}, put("ok")))
-    assert [x["status"] for x in r["results"]] == [400, 201]
+    r = sm.apply(1, codec.encode_entry([{"t": "put", "ns": "ns"}, put("ok").to_wire()]))
+    assert [x.outcome for x in r.results] == [Outcome.INVALID_OPERATION, CREATED]
     r = sm.apply(2, b"\x09garbage")
-    assert r["results"][0]["status"] == 400
+    assert r.results[0].outcome == Outcome.INVALID_ENTRY
     assert sm.applied_index == 2  # the log moves on
 
 
@@ -62,7 +68,7 @@ def test_replay_is_harmless(tmp_path: Path) -> None:
     sm = sm_at(tmp_path / "a")
     assert sm.applied_index == 19
     for i, e in enumerate(log, start=1):
-        assert sm.apply(i, e).get("replayed") is True
+        assert sm.apply(i, e).replayed is True
     assert list(sm.iter_records()) == state
     # A second replica applying the same log reaches the same state (determinism).
     other = sm_at(tmp_path / "b")
@@ -73,15 +79,15 @@ def test_replay_is_harmless(tmp_path: Path) -> None:
 
 def test_idempotency_keys_are_remembered_and_bounded(tmp_path: Path) -> None:
     sm = sm_at(tmp_path)
-    first = sm.apply(1, entry(put("a", idem="k1")))["results"][0]
-    again = sm.apply(2, entry(put("a", idem="k1", now=NOW + 5)))["results"][0]
-    assert again["replayed"] is True and again["memory"]["version"] == first["memory"]["version"] == 1
-    clash = sm.apply(3, entry(put("a", idem="k1", content="other")))["results"][0]
-    assert clash["status"] == 409
+    first = sm.apply(1, entry(put("a", idem="k1"))).results[0]
+    again = sm.apply(2, entry(put("a", idem="k1", now=NOW + 5))).results[0]
+    assert again.replayed is True and again.memory["version"] == first.memory["version"] == 1
+    clash = sm.apply(3, entry(put("a", idem="k1", content="other"))).results[0]
+    assert clash.outcome == Outcome.IDEMPOTENCY_KEY_REUSED
     for i in range(2, 6):  # bound is 3 keys: k1 gets evicted
         sm.apply(2 + i, entry(put(f"x{i}", idem=f"k{i}")))
-    replay = sm.apply(20, entry(put("a", idem="k1")))["results"][0]
-    assert "replayed" not in replay and replay["memory"]["version"] == 2
+    replay = sm.apply(20, entry(put("a", idem="k1"))).results[0]
+    assert not replay.replayed and replay.memory["version"] == 2
 
 
 def test_expiry_is_decided_by_the_proposed_time(tmp_path: Path) -> None:
@@ -89,8 +95,8 @@ def test_expiry_is_decided_by_the_proposed_time(tmp_path: Path) -> None:
     sm.apply(1, entry(put("short", ttl_s=1), put("long", ttl_s=100)))
     assert sm.get("ns", "short", NOW + 999) is not None
     assert sm.get("ns", "short", NOW + 1000) is None  # invisible once expired
-    r = sm.apply(2, entry({"t": "expire", "now": NOW + 5000}))
-    assert r["results"][0]["expired"] == 1
+    r = sm.apply(2, entry(Expire(NOW + 5000)))
+    assert r.results[0].expired == 1
     assert sm.get("ns", "long", NOW + 5000) is not None
     assert [m["id"] for m in sm.list(ListQuery("ns"), NOW + 5000)] == ["long"]
 
@@ -176,7 +182,7 @@ def test_overwrites_write_only_the_index_entries_that_change(tmp_path: Path) -> 
         put("a", now=NOW + 3, tags=["y", "z"], agent_id="bo", ttl_s=5),  # agent changes, expiry appears
         put("a", now=NOW + 4, tags=["y", "z"], agent_id="bo", ttl_s=9),  # expiry moves
         put("a", now=NOW + 20_000, tags=["y"]),  # over an expired record: created_at is new
-        {"t": "delete", "ns": "ns", "id": "a", "now": NOW + 20_001},
+        delete("a", now=NOW + 20_001),
     ]
     for index, op in enumerate(steps, start=1):
         sm.apply(index, entry(op))

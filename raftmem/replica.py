@@ -1,5 +1,9 @@
-"""A shard replica on the event loop: group commit of writes, read barriers,
-waiting for an applied index, and the expiry reaper.
+"""The shard implementation: one replica on the event loop, behind the Shard
+port (raftmem.shard). Group commit of typed commands, read barriers, the Raft
+facts the read protocol needs (raftmem.reads), waiting for an applied index,
+change events handed to the node's feed, membership operations, and expiry.
+
+The only module that holds a shard's Raft group, state machine and store.
 
 Everything here runs on the asyncio loop thread, as do the ticks of
 consensus.Ticker that apply entries and fire proposal callbacks; those
@@ -10,22 +14,28 @@ never runs request code.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import codec
 from .clock import Clock
+from .commands import Command, Committed, Expire, Noop, Outcome, Put, Result
 from .config import Config, NodeConfig
 from .consensus import OK, REJECTED, GroupSpec, RaftGroup, Ticker
 from .errors import Indeterminate, NoLeader, Overloaded, Unavailable
-from .statemachine import StateMachine
+from .events import ChangeFeed
+from .reads import Reads
+from .shard import MemoryReader, Served, ShardRole, ShardStats, ShardStatus
+from .statemachine import Applied, StateMachine
 from .storage import BACKUP_PREFIX, Store
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +46,8 @@ QUORUM_RECHECK_S = 0.05
 
 @dataclass
 class _Pending:
-    op: dict[str, Any] | None  # None: a read barrier
+    command: Command | None  # None: a read barrier
+    wire: dict[str, Any] | None  # its wire form, encoded once
     future: asyncio.Future[Any]
     size: int
 
@@ -51,11 +62,13 @@ class ShardReplica:
         loop: asyncio.AbstractEventLoop,
         clock: Clock,
         replicas: list[str],
-        nodes: dict[str, NodeConfig],
+        nodes: Mapping[str, NodeConfig],
         preferred_leader: bool = False,
+        feed: ChangeFeed | None = None,
     ) -> None:
         """`replicas`: the node ids the group starts with (this node included);
-        `nodes`: where every node listens (the membership table's node list)."""
+        `nodes`: where every node listens (the membership table's node list);
+        `feed`: where change events go (the node's)."""
         self.shard = shard
         self.node_id = node_id
         self.config = config
@@ -64,13 +77,15 @@ class ShardReplica:
         self.limits = config.limits
         directory = Path(config.node_data_dir(node_id)) / f"shard-{shard:03d}"
         me = nodes[node_id]
-        address_to_node = {f"{nodes[r].host}:{nodes[r].raft_port(shard)}": r for r in replicas}
+        # Every node it may meet (status names voters by node id), peers or not.
+        address_to_node = {f"{n.host}:{n.raft_port(shard)}": i for i, n in nodes.items()}
         self.store = Store(directory)
-        self.sm = StateMachine(self.store, shard, config.limits.idempotency_keys_max)
+        self.sm = StateMachine(self.store, shard, config.limits.idempotency_keys_max,
+                               publish=feed.publish if feed is not None else None)
         spec = GroupSpec(
             shard=shard,
             self_address=f"{me.host}:{me.raft_port(shard)}",
-            peer_addresses=[a for a, r in address_to_node.items() if r != node_id],
+            peer_addresses=[f"{nodes[r].host}:{nodes[r].raft_port(shard)}" for r in replicas if r != node_id],
             directory=directory,
             raft=config.raft,
             address_to_node=address_to_node,
@@ -79,6 +94,7 @@ class ShardReplica:
             disable_prevote=bool(config.debug.get("disable_prevote")),
             slow_snapshot_disk=bool(config.debug.get("slow_snapshot_disk")),
             inline_snapshot_install=bool(config.debug.get("inline_snapshot_install")),
+            read_timeout_s=config.limits.read_timeout_ms / 1000,
         )
         self._queue: list[_Pending] = []
         self._flush_scheduled = False
@@ -86,45 +102,44 @@ class ShardReplica:
         self._writers = 0  # writes answered by the last entry plus those queued then
         self._in_flight = 0
         self._entries_in_flight = 0
-        self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.proposals = 0
         self.entries_proposed = 0
         self.outcomes = {"ok": 0, "rejected": 0, "unknown": 0}
         self.commit_seconds_sum = 0.0
         self.unsafe_early_ack = bool(config.debug.get("unsafe_early_ack"))
-        self._quorum_waiters: list[asyncio.Future[None]] = []
-        self.lease_reads = 0
-        self.read_index_reads = 0
         try:
-            self.group = RaftGroup(spec, _ApplyHook(self), ticker)
+            self.group = RaftGroup(spec, self.sm, ticker)
         except BaseException:
             self.store.close()  # or the next attempt finds RocksDB locked
             raise
-        self.group.set_on_quorum_ack(self._quorum_ack_from_tick)
-        self.group.set_on_applied(self._on_applied_from_tick)
+        self.group.waits.barrier = self.barrier
+        self.reads = Reads(self.group, self.sm, clock, config.limits,
+                           unsafe_local_reads=bool(config.debug.get("unsafe_local_reads")))
 
     # -- writes: group commit ------------------------------------------------------
-    async def submit(self, op: dict[str, Any]) -> dict[str, Any]:
-        """Propose one write; returns `{"index", "result"}` once committed, durable
-        and applied here. Raises NoLeader/Overloaded (nothing was done) or
+    async def submit(self, command: Command) -> Committed:
+        """Propose one command; its index and result once committed, durable and
+        applied here. Raises NoLeader/Overloaded (nothing was done) or
         Indeterminate (it may or may not happen)."""
-        return await self._enqueue(op, len(codec.dumps(op)))
+        wire = command.to_wire()
+        done: Committed = await self._enqueue(command, wire, len(codec.dumps(wire)))
+        return done
 
     async def barrier(self) -> int:
         """Linearizable read fence: returns an index such that the local state,
         once applied up to it, includes every write acknowledged before the call.
         Implemented as an entry of the current term committed after the call."""
-        done = await self._enqueue(None, 0)
-        return int(done["index"])
+        index: int = await self._enqueue(None, None, 0)
+        return index
 
-    async def _enqueue(self, op: dict[str, Any] | None, size: int) -> dict[str, Any]:
+    async def _enqueue(self, command: Command | None, wire: dict[str, Any] | None, size: int) -> Any:
         if not self.group.is_leader():
             raise NoLeader(f"node {self.node_id} does not lead shard {self.shard}", shard=self.shard)
         if self._in_flight + len(self._queue) >= self.limits.pending_writes_max:
             raise Overloaded(f"shard {self.shard}: too many writes in flight", shard=self.shard)
         future: asyncio.Future[Any] = self.loop.create_future()
-        self._queue.append(_Pending(op, future, size))
-        if self._linger is not None and (op is None or len(self._queue) >= self._writers):
+        self._queue.append(_Pending(command, wire, future, size))
+        if self._linger is not None and (command is None or len(self._queue) >= self._writers):
             self._linger.cancel()  # everyone is back (or a read waits): no reason to wait
             self._linger = None
         self._schedule_flush()
@@ -147,17 +162,17 @@ class ShardReplica:
             barrier_waiters: list[_Pending] = []
             while taken < len(queue) and len(ops) < self.limits.group_commit_ops_max:
                 item = queue[taken]
-                if item.op is not None and ops and size + item.size > self.limits.group_commit_bytes_max:
+                if item.wire is not None and ops and size + item.size > self.limits.group_commit_bytes_max:
                     break
                 taken += 1
-                if item.op is None:
+                if item.wire is None:
                     barrier_waiters.append(item)
                     continue
                 batch.append(item)
-                ops.append(item.op)
+                ops.append(item.wire)
                 size += item.size
             if barrier_waiters:
-                ops.append({"t": "noop"})
+                ops.append(_NOOP_WIRE)
             if ops:
                 self._propose(ops, batch, barrier_waiters)
         del queue[:taken]
@@ -175,7 +190,7 @@ class ShardReplica:
         linger_s = self.limits.group_commit_linger_ms / 1000
         if (
             linger_s > 0 and self._writers > 1 and len(self._queue) < self._writers
-            and self._linger is None and not any(item.op is None for item in self._queue)
+            and self._linger is None and not any(item.command is None for item in self._queue)
         ):
             self._linger = self.loop.call_later(linger_s, self._linger_over)
             return
@@ -236,12 +251,11 @@ class ShardReplica:
             self.outcomes[outcome if outcome in self.outcomes else "unknown"] += 1
             self.commit_seconds_sum += time.perf_counter() - started
             if outcome == OK:
-                index = value["index"]
-                results = value["results"]
-                for item, result in zip(batch, results, strict=False):
-                    _resolve(item.future, {"index": index, "result": result})
+                applied: Applied = value
+                for item, result in zip(batch, applied.results, strict=False):
+                    _resolve(item.future, Committed(applied.index, result))
                 for item in barriers:
-                    _resolve(item.future, {"index": index})
+                    _resolve(item.future, applied.index)
                 return
             if outcome == REJECTED:
                 error: Exception = NoLeader(
@@ -261,103 +275,67 @@ class ShardReplica:
         if self.unsafe_early_ack:
             # Negative control only: acknowledge before commit (a lying store).
             self.group.propose(payload, lambda _o, _v: None)
-            fake = {"index": self.sm.applied_index, "results": [_fake_result(op) for op in ops]}
+            fake = Applied(self.sm.applied_index, [_fake_result(item.command) for item in batch])
             self.loop.call_soon(settle, OK, fake)
             return
         self.group.propose(payload, on_done)
 
-    # -- reads -----------------------------------------------------------------------
-    def lease_read_index(self) -> tuple[int, int] | None:
-        """(commit index, term) to read at under a valid leader lease, or None.
-        No network round trip: a quorum acknowledged a recent send, so no other
-        leader can exist until the lease ends (leases.py)."""
-        group = self.group
-        term = group.term
-        if group.lease_remaining_s(time.monotonic()) <= 0:
-            return None
-        return group.commit_index, term
-
-    def lease_still_valid(self, term: int) -> bool:
-        """Re-checked after a lease read: a pause (GC, SIGSTOP) between the check
-        and the read must not let an expired lease answer."""
-        return self.group.term == term and self.group.lease_remaining_s(time.monotonic()) > 0
-
-    async def read_index(self) -> int:
-        """ReadIndex: the commit index at arrival, once a quorum has acknowledged
-        a send made after arrival in the same term (leadership confirmed)."""
-        group = self.group
-        if not group.is_leader():
-            raise NoLeader(f"node {self.node_id} does not lead shard {self.shard}", shard=self.shard)
-        if not group.noop_committed():
-            return await self.barrier()  # commits an entry of this term, confirming leadership
-        term = group.term
-        index = group.commit_index
-        arrival = time.monotonic()
-        deadline = arrival + self.limits.read_timeout_ms / 1000
-        while group.quorum_ack_time(term) < arrival:
-            if group.term != term or not group.is_leader():
-                raise NoLeader(f"shard {self.shard}: leadership lost during a read", shard=self.shard)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise Unavailable(f"shard {self.shard}: no quorum confirmed leadership", shard=self.shard)
-            future: asyncio.Future[None] = self.loop.create_future()
-            self._quorum_waiters.append(future)
-            group.request_heartbeat(arrival)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(future, min(remaining, QUORUM_RECHECK_S))
-        if group.term != term:
-            raise NoLeader(f"shard {self.shard}: leadership lost during a read", shard=self.shard)
-        return index
-
-    def _quorum_ack_from_tick(self) -> None:
-        if self._quorum_waiters:
-            self.loop.call_soon(self._wake_quorum_waiters)
-
-    def _wake_quorum_waiters(self) -> None:
-        waiters, self._quorum_waiters = self._quorum_waiters, []
-        for future in waiters:
-            _resolve(future, None)
-
-    async def wait_applied(self, index: int, timeout_s: float) -> bool:
-        """Wait until the local replica has applied `index`; False on timeout."""
-        if self.applied_index >= index:
-            return True
-        future: asyncio.Future[None] = self.loop.create_future()
-        self._apply_waiters.append((index, future))
-        try:
-            await asyncio.wait_for(future, timeout_s)
-            return True
-        except TimeoutError:
-            return self.applied_index >= index
-        finally:
-            self._apply_waiters = [(i, f) for i, f in self._apply_waiters if f is not future]
+    # -- reads: the Shard port's read, over the ReadView below ----------------------
+    async def read(
+        self, level: str, fn: Callable[[MemoryReader], T], *, after: int = 0, bound_ms: int = -1
+    ) -> tuple[T, Served]:
+        return await self.reads.read(level, fn, after, bound_ms)
 
     @property
     def applied_index(self) -> int:
-        """Raft's applied index: it counts entries the state machine never sees
-        (a leader's no-op, membership changes), unlike `sm.applied_index`."""
+        """Raft's applied index (what tokens name)."""
         return self.group.last_applied
-
-    def _on_applied_from_tick(self) -> None:
-        if self._apply_waiters:
-            self.loop.call_soon(self._on_applied)
-
-    def _on_applied(self) -> None:
-        applied = self.applied_index
-        for index, future in self._apply_waiters:
-            if index <= applied and not future.done():
-                future.set_result(None)
 
     @property
     def token(self) -> str:
         return f"{self.shard}:{self.applied_index}"
 
+    @property
+    def directory(self) -> Path:
+        return self.store.directory
+
+    # -- role, status, stats ---------------------------------------------------------
+    def role(self) -> ShardRole:
+        group = self.group
+        leading = group.is_leader()
+        return ShardRole(self.shard, leading, self.node_id if leading else group.leader_node(), group.term,
+                         group.role_since)
+
+    def status(self) -> ShardStatus:
+        staleness, commit = self.group.follower_freshness(time.monotonic())
+        return ShardStatus(**self.group.status(), leader_staleness_s=staleness, leader_commit_index=commit)
+
+    def stats(self) -> ShardStats:
+        group = self.group
+        counters = group.counters()
+        return ShardStats(
+            shard=self.shard,
+            term=group.term,
+            commit_index=group.commit_index,
+            applied_index=self.sm.applied_index,
+            leading=group.is_leader(),
+            db_bytes=self.store.size_bytes(),
+            proposals=self.proposals,
+            entries_proposed=self.entries_proposed,
+            lease_reads=self.reads.lease_reads,
+            read_index_reads=self.reads.read_index_reads,
+            outcomes=dict(self.outcomes),
+            commit_seconds_sum=self.commit_seconds_sum,
+            replication_lag=group.replication_lag(),
+            **counters,
+        )
+
     async def snapshot_to(self, dest: Path) -> int:
         """Write a consistent snapshot holding every write acknowledged before the
         call to `dest`: ReadIndex first, then a RocksDB checkpoint (point-in-time)
         packed into the file. Returns its applied index."""
-        index = await self.read_index()
-        if not await self.wait_applied(index, self.limits.read_timeout_ms / 1000):
+        index = await self.group.read_index()
+        if not await self.group.wait_applied(index, self.limits.read_timeout_ms / 1000):
             raise Unavailable(f"shard {self.shard}: apply is behind", shard=self.shard)
         applied = self.sm.applied_index
         checkpoint = self.store.directory / f"{BACKUP_PREFIX}{uuid.uuid4().hex}"
@@ -372,7 +350,32 @@ class ShardReplica:
         await asyncio.to_thread(pack)
         return applied
 
-    async def change_membership(self, add: bool, address: str) -> bool:
+    # -- membership ----------------------------------------------------------------------
+    def learn_nodes(self, nodes: Mapping[str, NodeConfig]) -> None:
+        """Where nodes listen; voters the map no longer names keep their address
+        (a voter being removed)."""
+        known = self.group.address_to_node()
+        known.update({f"{n.host}:{n.raft_port(self.shard)}": i for i, n in nodes.items()})
+        self.group.update_addresses(known)
+
+    def voters(self) -> list[str]:
+        return self.group.members()
+
+    def seconds_out_of_touch(self, now: float) -> float:
+        return self.group.seconds_out_of_touch(now)
+
+    def _address(self, node_id: str) -> str:
+        """A voter's Raft address (its node id when unknown: pysyncobj then finds
+        no such node and refuses, which is the right answer)."""
+        return next((a for a, n in self.group.address_to_node().items() if n == node_id), node_id)
+
+    async def add_voter(self, node_id: str) -> bool:
+        return await self._change_membership(True, self._address(node_id))
+
+    async def remove_voter(self, node_id: str) -> bool:
+        return await self._change_membership(False, self._address(node_id))
+
+    async def _change_membership(self, add: bool, address: str) -> bool:
         future: asyncio.Future[bool] = self.loop.create_future()
 
         def done(ok: bool) -> None:
@@ -384,7 +387,9 @@ class ShardReplica:
         except TimeoutError:
             return False
 
-    async def transfer_leadership(self, address: str | None) -> bool:
+    async def transfer_leadership(self, node_id: str | None) -> bool:
+        """To `node_id`, or (None) the most caught-up follower. True once sent."""
+        address = None if node_id is None else self._address(node_id)
         future: asyncio.Future[bool] = self.loop.create_future()
 
         def done(ok: bool) -> None:
@@ -394,54 +399,26 @@ class ShardReplica:
         return await asyncio.wait_for(future, self.limits.write_timeout_ms / 1000)
 
     # -- background work ---------------------------------------------------------------
-    async def reap_expired(self) -> None:
+    async def expire_due(self) -> None:
         """Leader only: propose the deletion of expired memories. The time is
         chosen here, before proposing, so apply stays deterministic."""
-        now = self.clock.wall_ms()
-        first = next(self.store.scan(b"x\x00", b"x\x01"), None)
-        if first is None or codec.from_u64(first[0][2:10]) > now:
+        if not self.group.is_leader():
             return
-        await self.submit({"t": "expire", "now": now})
+        now = self.clock.wall_ms()
+        due = self.sm.next_expiry_ms()
+        if due is None or due > now:
+            return
+        await self.submit(Expire(now))
 
     def close(self) -> None:
         self.store.close()
 
     def drop(self) -> None:
-        """This node no longer holds the shard: stop the group, delete the data."""
+        """This node no longer holds the shard: stop the group, delete the data.
+        (Runs on a worker thread: the feed is told by the node, on the loop.)"""
         self.group.destroy()
         self.store.close()
         shutil.rmtree(self.store.directory, ignore_errors=True)
-
-
-class _ApplyHook:
-    """The Replica the consensus adapter sees: the state machine, plus a nudge to
-    the event loop when an applied index is awaited."""
-
-    def __init__(self, replica: ShardReplica) -> None:
-        self._r = replica
-        self._sm = replica.sm
-
-    @property
-    def applied_index(self) -> int:
-        return self._sm.applied_index
-
-    def apply(self, index: int, payload: bytes) -> Any:
-        return self._sm.apply(index, payload)
-
-    def create_checkpoint(self, directory: Path) -> None:
-        self._sm.create_checkpoint(directory)
-
-    def pack_checkpoint(self, directory: Path, path: Path, meta: bytes) -> None:
-        self._sm.pack_checkpoint(directory, path, meta)
-
-    def stage_snapshot(self, path: Path) -> Path:
-        return self._sm.stage_snapshot(path)
-
-    def install_staged(self, staged: Path) -> None:
-        self._sm.install_staged(staged)
-
-    def read_snapshot_meta(self, path: Path) -> bytes:
-        return self._sm.read_snapshot_meta(path)
 
 
 def _resolve(future: asyncio.Future[Any], value: Any) -> None:
@@ -454,9 +431,12 @@ def _fail(future: asyncio.Future[Any], error: Exception) -> None:
         future.set_exception(error)
 
 
-def _fake_result(op: dict[str, Any]) -> dict[str, Any]:
-    if op["t"] == "put":
-        fields = op["fields"]
-        rec = {"namespace": op["ns"], "id": op["id"], "version": 0, "rev": 0, **fields}
-        return {"status": 200, "memory": rec}
-    return {"status": 200}
+_NOOP_WIRE = Noop().to_wire()
+
+
+def _fake_result(command: Command | None) -> Result:
+    """The negative control's lie: success, before anything committed."""
+    if isinstance(command, Put):
+        rec = {"namespace": command.namespace, "id": command.id, "version": 0, "rev": 0, **command.fields.to_wire()}
+        return Result(Outcome.UPDATED, memory=rec)
+    return Result(Outcome.APPLIED)

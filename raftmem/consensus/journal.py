@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from .storage import fsync_dir, write_file_atomically
+from ..storage import fsync_dir, write_file_atomically
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,183 @@
+"""Change events: what an applied log entry changed, and the node-local feed
+that hands them to consumers (watch streams, derived indexes, history).
+
+Contract (shared DESIGN.md section 8):
+- The state machine yields events in log order, for an entry's commands in
+  their order, only after the entry's RocksDB batch is written, and never for
+  an index at or below the applied index it had on disk (a replay after a crash
+  emits nothing twice).
+- Publishing never blocks apply: each subscription has a bounded queue, and a
+  subscriber that falls that far behind is cut off (`Overflowed`, carrying the
+  last index it was given per shard), as etcd cancels a slow watcher. A
+  consumer that needs every change keeps its own durable watermark (the Raft
+  index it has absorbed) and rebuilds from the store past a cut or a `RESET`.
+- A `RESET` event says a replica's state was replaced wholesale (a snapshot
+  installed from the leader): whatever a consumer derived from that shard must
+  be rebuilt from the store as of `index`.
+
+Everything here runs on the node's event loop thread (apply runs in tick passes
+there), so there are no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+SUBSCRIPTION_QUEUE_MAX = 10_000
+
+
+class ChangeKind(StrEnum):
+    PUT = "put"  # created, updated or restored: `after` is the new record
+    DELETE = "delete"  # deleted by a client: `before` is the last record
+    EXPIRE = "expire"  # removed by expiry: `before` is the last record
+    RESET = "reset"  # the shard's state was replaced by a snapshot at `index` (0: dropped)
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: ChangeKind
+    shard: int
+    index: int  # the Raft index of the entry that made the change
+    namespace: str = ""
+    id: str = ""
+    before: Mapping[str, Any] | None = None  # the live record before, if any
+    after: Mapping[str, Any] | None = None  # the record after (PUT only)
+
+    @property
+    def version(self) -> int | None:
+        rec = self.after if self.after is not None else self.before
+        return None if rec is None else int(rec["version"])
+
+    @property
+    def token(self) -> str:
+        return f"{self.shard}:{self.index}"
+
+
+class Overflowed(Exception):
+    """The subscriber fell more than its queue behind and was cut off. `last`
+    maps each shard to the last index this subscription delivered."""
+
+    def __init__(self, last: Mapping[int, int]) -> None:
+        super().__init__(f"subscription fell behind and was closed (last delivered: {dict(last)})")
+        self.last = dict(last)
+
+
+class Closed(Exception):
+    """The subscription was closed (by its owner, or the feed shut down)."""
+
+
+@dataclass(eq=False)
+class Subscription:
+    """Changes of some shards (all when `shards` is None), in log order per shard."""
+
+    feed: ChangeFeed
+    shards: frozenset[int] | None
+    queue_max: int = SUBSCRIPTION_QUEUE_MAX
+    _queue: collections.deque[Change] = field(default_factory=collections.deque)
+    _waiter: asyncio.Future[None] | None = None
+    _error: Exception | None = None
+    _last: dict[int, int] = field(default_factory=dict)
+
+    def wants(self, change: Change) -> bool:
+        return self.shards is None or change.shard in self.shards
+
+    def _offer(self, change: Change) -> bool:
+        """False: this subscriber is full and is now cut off."""
+        if len(self._queue) >= self.queue_max:
+            self._fail(Overflowed(self._last))
+            return False
+        self._queue.append(change)
+        self._wake()
+        return True
+
+    def _fail(self, error: Exception) -> None:
+        if self._error is None:
+            self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def get_nowait(self) -> Change | None:
+        """The next change if one is queued; raises once cut off or closed
+        (after everything queued before that was taken)."""
+        if self._queue:
+            change = self._queue.popleft()
+            self._last[change.shard] = change.index
+            return change
+        if isinstance(self._error, Overflowed):
+            raise Overflowed(self._last)  # as of now: everything queued was taken
+        if self._error is not None:
+            raise self._error
+        return None
+
+    async def get(self, timeout_s: float | None = None) -> Change | None:
+        """The next change; None when `timeout_s` passes first."""
+        change = self.get_nowait()
+        if change is not None:
+            return change
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._waiter), timeout_s)
+        except TimeoutError:
+            return None
+        finally:
+            self._waiter = None
+        return self.get_nowait()
+
+    def close(self) -> None:
+        self.feed.unsubscribe(self)
+        self._fail(Closed("subscription closed"))
+
+
+class ChangeFeed:
+    """A node's change events, fanned out to its subscriptions."""
+
+    def __init__(self) -> None:
+        self._subscriptions: list[Subscription] = []
+        self.published = 0
+        self.overflows = 0
+        # Per shard: the index of the last change published (a watermark: every
+        # change at or below it has been handed to every live subscriber).
+        self.watermarks: dict[int, int] = {}
+
+    def subscribe(self, shards: Iterable[int] | None = None, queue_max: int = SUBSCRIPTION_QUEUE_MAX) -> Subscription:
+        sub = Subscription(self, None if shards is None else frozenset(shards), queue_max)
+        self._subscriptions.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        if sub in self._subscriptions:
+            self._subscriptions.remove(sub)
+
+    def publish(self, changes: Iterable[Change]) -> None:
+        """Hand changes to every subscriber that wants them; never blocks."""
+        # No assertion here: this runs inside apply, and a raising apply is
+        # retried by pysyncobj forever (log order is the state machine's to keep).
+        for change in changes:
+            self.watermarks[change.shard] = change.index
+            self.published += 1
+            for sub in list(self._subscriptions):
+                if sub.wants(change) and not sub._offer(change):
+                    self.overflows += 1
+                    self.unsubscribe(sub)
+
+    def shard_dropped(self, shard: int) -> None:
+        """This node no longer holds `shard` (its data is deleted): whatever was
+        derived from it goes, and a later replica of it starts again from index 0."""
+        self.publish([Change(ChangeKind.RESET, shard, 0)])
+        self.watermarks.pop(shard, None)
+
+    def close(self) -> None:
+        for sub in list(self._subscriptions):
+            sub.close()

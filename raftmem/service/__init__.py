@@ -1,0 +1,71 @@
+"""The memory service: validates requests, routes them to shards, and decides who
+serves: a local shard leader, a local replica (stale-tolerant reads), or the
+shard leader on another node (forwarding).
+
+It knows nothing of aiohttp (the API layer hands it a `Call` and gets a `Reply`;
+forwarding goes through the small `Forwarder` interface) and knows shards only
+by the Shard port (raftmem.shard). One module per concern:
+
+    calls       Call, Reply, Forwarder: what the service speaks
+    leaders     Router: who leads a shard, run a call there (or forward it)
+    outcomes    the one mapping of command outcomes to HTTP
+    memories    put, create, delete, batch (typed commands)
+    queries     get and list (the read protocol itself is raftmem.reads)
+    transfers   leadership transfer, snapshots, backup, restore
+    membership  the membership table as an API
+    status      GET /v1/cluster, readiness
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ..clock import Clock
+from ..config import Config
+from ..membership import Table
+from ..shard import Shard
+from .calls import (
+    FORWARD_HEADERS,
+    FORWARD_HOPS_MAX,
+    FORWARDED_HEADER,
+    SNAPSHOT_CONTENT_TYPE,
+    Call,
+    FileBody,
+    Forwarder,
+    ForwardLost,
+    ForwardNotSent,
+    Reply,
+)
+from .leaders import Router
+from .membership import Membership
+from .memories import TIME_KEY_RE, Memories
+from .queries import Queries
+from .status import Status
+from .transfers import SCRATCH_DIR, Transfers
+
+__all__ = [
+    "FORWARDED_HEADER", "FORWARD_HEADERS", "FORWARD_HOPS_MAX", "SCRATCH_DIR", "SNAPSHOT_CONTENT_TYPE",
+    "TIME_KEY_RE", "Call", "FileBody", "ForwardLost", "ForwardNotSent", "Forwarder", "MemoryService", "Reply",
+]
+
+
+class MemoryService:
+    """The service's parts, wired once per node."""
+
+    def __init__(
+        self,
+        config: Config,
+        node_id: str,
+        shards: Mapping[int, Shard],
+        table: Table,
+        forwarder: Forwarder,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.node_id = node_id
+        self.router = Router(config, node_id, shards, table, forwarder)
+        self.queries = Queries(config, self.router, clock)
+        self.memories = Memories(config, self.router, self.queries, clock)
+        self.transfers = Transfers(config, self.router, clock)
+        self.membership = Membership(config, self.router, self.memories)
+        self.status = Status(config, self.router)

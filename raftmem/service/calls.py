@@ -1,0 +1,73 @@
+"""What the service speaks: a `Call` in, a `Reply` out, and the small `Forwarder`
+interface it sends calls to other nodes through (the API layer implements it
+over aiohttp; the service knows nothing of HTTP libraries)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+FORWARDED_HEADER = "X-Raftmem-Forwarded"
+FORWARD_HOPS_MAX = 2
+FORWARD_HEADERS = ("If-Match", "If-None-Match", "Idempotency-Key", "X-Raftmem-Consistency", "Content-Type")
+SNAPSHOT_CONTENT_TYPE = "application/octet-stream"
+
+
+@dataclass
+class Call:
+    """A client request as the service sees it."""
+
+    method: str
+    path: str
+    query: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    hops: int = 0
+    # Where a large answer (a snapshot) goes, here or when forwarded: a file, not memory.
+    download: Path | None = None
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+@dataclass(frozen=True)
+class FileBody:
+    """A reply body on disk (snapshots, backups), streamed to the client."""
+
+    path: Path
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any  # a JSON-able value, or bytes passed through from another node
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+    def json(self) -> Any:
+        return orjson.loads(self.body) if isinstance(self.body, bytes | bytearray) else self.body
+
+
+class ForwardNotSent(Exception):
+    """The request never reached the other node: nothing happened there."""
+
+
+class ForwardLost(Exception):
+    """The request may have reached the other node, but no answer came back."""
+
+
+class Forwarder(Protocol):
+    async def forward(self, node_id: str, call: Call, timeout_s: float) -> Reply: ...
+
+    def set_urls(self, urls: dict[str, str]) -> None: ...
+
+
+def public(rec: Mapping[str, Any], shard: int) -> dict[str, Any]:
+    """A stored record as clients see it: its Raft index as a token."""
+    out = {k: val for k, val in rec.items() if k != "rev"}
+    out["token"] = f"{shard}:{rec['rev']}"
+    return out

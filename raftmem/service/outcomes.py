@@ -1,0 +1,50 @@
+"""The one place a command's outcome becomes HTTP: a success status, or the
+error (raftmem.errors maps each error class to its status)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..commands import Committed, Outcome, Result
+from ..errors import Conflict, InvalidRequest, NotFound, PreconditionFailed, RaftmemError
+from .calls import Reply, public
+
+SUCCESS_STATUS = {Outcome.CREATED: 201, Outcome.UPDATED: 200, Outcome.DELETED: 200, Outcome.APPLIED: 200}
+FAILURES: dict[Outcome, type[RaftmemError]] = {
+    Outcome.PRECONDITION_FAILED: PreconditionFailed,
+    Outcome.NOT_FOUND: NotFound,
+    Outcome.IDEMPOTENCY_KEY_REUSED: Conflict,
+    Outcome.INVALID_OPERATION: InvalidRequest,
+    Outcome.INVALID_ENTRY: InvalidRequest,
+}
+assert set(SUCCESS_STATUS) | set(FAILURES) == set(Outcome), "every outcome is mapped"
+
+
+def error_for(result: Result) -> RaftmemError:
+    details: dict[str, Any] = {}
+    if result.outcome is Outcome.PRECONDITION_FAILED:
+        details["version"] = result.version
+    error = FAILURES[result.outcome](result.message, **details)
+    error.code = result.outcome.value
+    return error
+
+
+def write_reply(node_id: str, shard: int, done: Committed) -> Reply:
+    """The answer to a committed write, or its error raised."""
+    result = done.result
+    if not result.outcome.ok:
+        raise error_for(result)
+    token = f"{shard}:{done.index}"
+    headers = {"X-Raftmem-Token": token, "X-Raftmem-Served-By": node_id}
+    body: dict[str, Any] = {"token": token}
+    if result.memory is not None:
+        body = public(result.memory, shard)
+        headers["ETag"] = str(result.memory["version"])
+    elif result.deleted is not None:
+        body.update(namespace=result.deleted.namespace, id=result.deleted.id, version=result.deleted.version)
+        body["deleted"] = True
+    elif result.table is not None:
+        body["table"] = dict(result.table)
+    if result.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return Reply(SUCCESS_STATUS[result.outcome], body, headers)

@@ -1,0 +1,181 @@
+"""Reading memories: one by key, or a page of a namespace gathered across shards.
+Where a read may be served is the read protocol's (raftmem.reads), run by the
+shard; this module picks the level, tries the local replica when it may serve,
+and otherwise sends the read to the shard leader."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import quote
+
+from .. import validation as v
+from ..clock import Clock
+from ..config import STALENESS_MS_MAX, Config
+from ..errors import InvalidRequest, NotFound, from_result
+from ..reads import NotHere, level_for
+from ..shard import FRESH_LEVELS, ListQuery, MemoryReader, Served, Shard
+from .calls import Call, Reply, public
+from .leaders import Router
+
+
+@dataclass
+class _ListPart:
+    """One shard's share of a list page."""
+
+    items: list[dict[str, Any]]
+    more: bool
+    level: str
+    token: str
+    staleness_ms: int | None = None
+
+
+class Queries:
+    def __init__(self, config: Config, router: Router, clock: Clock) -> None:
+        self.config = config
+        self.router = router
+        self.clock = clock
+        self.limits = config.limits
+        self.node_id = router.node_id
+
+    # -- one memory ------------------------------------------------------------------
+    async def get(self, ns: str, mid: str, call: Call) -> Reply:
+        v.name("namespace", ns, self.limits.namespace_chars_max)
+        v.name("id", mid, self.limits.id_chars_max)
+        shard_id = self.router.shard_of(ns, mid)
+        q = call.query
+        level = v.consistency(q.get("consistency") or call.header("X-Raftmem-Consistency"))
+        shard = self.router.local(shard_id)
+
+        def read(state: MemoryReader) -> dict[str, Any] | None:
+            return state.get(ns, mid, self.clock.wall_ms())
+
+        tag_bound_ms = -1
+        if level is None:
+            # The record's tags choose the level (what this replica holds of it).
+            local_rec = (await shard.read("eventual", read))[0] if shard is not None else None
+            level, tag_bound_ms = level_for(self.config.consistency, local_rec["tags"] if local_rec else None)
+        after = v.tokens(q.get("after"), self.config.shards).get(shard_id, 0)
+        bound_ms = v.int_param("max_staleness_ms", q.get("max_staleness_ms"), tag_bound_ms, 0, STALENESS_MS_MAX)
+        if level == "bounded" and bound_ms < 0:
+            raise InvalidRequest("consistency=bounded needs max_staleness_ms", field="max_staleness_ms")
+        if shard is not None and (level == "eventual" or not shard.role().leading):
+            try:
+                rec, served = await shard.read(level, read, after=after, bound_ms=bound_ms)
+                return self._reply_for(shard_id, ns, mid, rec, served)
+            except NotHere:
+                pass  # the leader serves it
+
+        async def local(leader: Shard) -> Reply:
+            rec, served = await leader.read(level, read, after=after, bound_ms=bound_ms)
+            return self._reply_for(shard_id, ns, mid, rec, served)
+
+        return await self.router.on_leader(shard_id, call, local, is_write=False)
+
+    def _reply_for(self, shard: int, ns: str, mid: str, rec: dict[str, Any] | None, served: Served) -> Reply:
+        headers = {
+            "X-Raftmem-Consistency": served.level,
+            "X-Raftmem-Served-By": self.node_id,
+            "X-Raftmem-Token": served.token,
+        }
+        if served.staleness_ms is not None and served.level not in FRESH_LEVELS:
+            headers["X-Raftmem-Staleness-Ms"] = str(served.staleness_ms)
+        if rec is None:
+            # A reply, not a raise: a miss carries the read headers too (the level
+            # served, and the token that says how far this replica had applied).
+            missing = NotFound(f"memory {ns}/{mid} not found", token=served.token)
+            return Reply(missing.status, missing.body(), headers)
+        headers["ETag"] = str(rec["version"])
+        return Reply(200, public(rec, shard), headers)
+
+    # -- lists ---------------------------------------------------------------------
+    def _list_query(self, ns: str, call: Call) -> ListQuery:
+        q = call.query
+        return ListQuery(
+            namespace=ns,
+            agent_id=q.get("agent_id") or None,
+            tag=q.get("tag") or None,
+            since_ms=v.int_param("since", q.get("since"), 0, 0, (1 << 63) - 1),
+            until_ms=v.int_param("until", q.get("until"), (1 << 63) - 1, 0, (1 << 63) - 1),
+            after=v.decode_cursor(q.get("cursor")),
+            limit=v.int_param("limit", q.get("limit"), 100, 1, self.limits.list_page_max),
+        )
+
+    def _list_level(self, call: Call, tag: str | None) -> str:
+        level = v.consistency(call.query.get("consistency") or call.header("X-Raftmem-Consistency"))
+        if level is None and tag is not None:
+            level = self.config.consistency.level_for_tags([tag])
+        return level or self.config.consistency.default
+
+    async def list(self, ns: str, call: Call) -> Reply:
+        v.name("namespace", ns, self.limits.namespace_chars_max)
+        query = self._list_query(ns, call)
+        level = self._list_level(call, query.tag)
+        parts = await asyncio.gather(
+            *(self._list_shard(s, query, level, call) for s in range(self.config.shards))
+        )
+        items: list[dict[str, Any]] = []
+        served: set[str] = set()
+        more = False
+        tokens: list[str] = []
+        stalest: int | None = None
+        for part in parts:
+            items.extend(part.items)
+            more = more or part.more
+            served.add(part.level)
+            tokens.append(part.token)
+            if part.staleness_ms is not None:
+                stalest = max(stalest or 0, part.staleness_ms)
+        items.sort(key=lambda m: (m["created_at"], m["id"]))
+        if len(items) > query.limit:
+            items, more = items[: query.limit], True
+        body: dict[str, Any] = {"items": items, "count": len(items)}
+        if more and items:
+            body["cursor"] = v.encode_cursor(items[-1]["created_at"], items[-1]["id"])
+        level_served = next((lv for lv in ("eventual", "strong", "linearizable") if lv in served), level)
+        # One token per shard (what `after=` takes), and the stalest shard's staleness.
+        headers = {
+            "X-Raftmem-Consistency": level_served,
+            "X-Raftmem-Served-By": self.node_id,
+            "X-Raftmem-Token": ",".join(tokens),
+        }
+        if level_served == "eventual" and stalest is not None:
+            headers["X-Raftmem-Staleness-Ms"] = str(stalest)
+        return Reply(200, body, headers)
+
+    def _page(self, state: MemoryReader, shard: int, query: ListQuery) -> tuple[builtins.list[dict[str, Any]], bool]:
+        recs = state.list(replace(query, limit=query.limit + 1), self.clock.wall_ms())
+        return [public(r, shard) for r in recs[: query.limit]], len(recs) > query.limit
+
+    async def _list_shard(self, shard_id: int, query: ListQuery, level: str, call: Call) -> _ListPart:
+        shard = self.router.local(shard_id)
+        if level == "eventual" and shard is not None:
+            (items, more), served = await shard.read("eventual", lambda s: self._page(s, shard_id, query))
+            return _ListPart(items, more, "eventual", served.token, served.staleness_ms)
+        fresh = "strong" if level == "strong" else "linearizable"
+
+        async def local(leader: Shard) -> Reply:
+            (items, more), served = await leader.read(fresh, lambda s: self._page(s, shard_id, query))
+            return Reply(200, {"items": items, "more": more, "level": served.level, "token": served.token}, {})
+
+        params = dict(call.query)
+        params["consistency"] = fresh
+        path = f"/v1/internal/shards/{shard_id}/list/{quote(query.namespace)}"
+        shard_call = Call("GET", path, params, {}, b"", call.hops)
+        reply = await self.router.on_leader(shard_id, shard_call, local, is_write=False)
+        body = reply.json()
+        if reply.status != 200:
+            raise from_result(body)
+        return _ListPart(body["items"], body["more"], body.get("level", "linearizable"), body.get("token", f"{shard_id}:0"))
+
+    async def list_shard(self, shard: int, ns: str, call: Call) -> Reply:
+        """Internal: one shard's page, served at its leader (the fan-out's far end)."""
+        if not 0 <= shard < self.config.shards:
+            raise InvalidRequest(f"no shard {shard}")
+        v.name("namespace", ns, self.limits.namespace_chars_max)
+        query = self._list_query(ns, call)
+        level = "strong" if call.query.get("consistency") == "strong" else "linearizable"
+        part = await self._list_shard(shard, query, level, call)
+        return Reply(200, {"items": part.items, "more": part.more, "level": part.level, "token": part.token}, {})

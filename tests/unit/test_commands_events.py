@@ -1,0 +1,162 @@
+"""Typed commands keep the log's wire format (journals and stored idempotency
+fingerprints from before they were typed still apply the same), results read
+the older stored form, and applying an entry yields exactly its change events,
+in order, never again on replay."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from raftmem import codec
+from raftmem.commands import (
+    Delete,
+    Expire,
+    MemoryFields,
+    Noop,
+    Outcome,
+    Put,
+    Restore,
+    Result,
+    SetMembers,
+    decode_entry,
+    encode_entry,
+    fingerprint,
+)
+from raftmem.events import Change, ChangeFeed, ChangeKind, Overflowed
+from raftmem.statemachine import StateMachine
+from raftmem.storage import Store
+
+NOW = 1_763_700_000_000
+
+# Entries as the untyped code wrote them (the dicts it built, key order included).
+OLD_PUT = {"t": "put", "ns": "ns", "id": "a",
+           "fields": {"agent_id": "al", "content": {"x": 1}, "tags": ["t"], "metadata": {}, "ttl_s": 5},
+           "if_match": None, "if_none_match": False, "idem": "k1", "now": NOW}
+OLD_DELETE = {"t": "delete", "ns": "ns", "id": "a", "if_match": 2, "idem": None, "now": NOW}
+
+
+def _old_fingerprint(op: dict) -> str:
+    stable = {k: v for k, v in op.items() if k not in ("now", "idem")}
+    return hashlib.blake2b(codec.dumps(stable), digest_size=12).hexdigest()
+
+
+def test_commands_write_the_entries_the_untyped_code_wrote() -> None:
+    old = [OLD_PUT, OLD_DELETE, {"t": "noop"}, {"t": "expire", "now": NOW}, {"t": "restore", "rec": {"id": "a"}},
+           {"t": "members", "table": {"nodes": []}, "if_version": 3}]
+    data = codec.encode_entry(old)
+    commands = decode_entry(data)
+    assert [type(c) for c in commands] == [Put, Delete, Noop, Expire, Restore, SetMembers]
+    assert encode_entry(commands) == data  # byte for byte
+    assert fingerprint(commands[0]) == _old_fingerprint(OLD_PUT)
+    assert fingerprint(commands[1]) == _old_fingerprint(OLD_DELETE)
+
+
+def test_control_a_changed_field_changes_the_fingerprint() -> None:
+    put = decode_entry(codec.encode_entry([OLD_PUT]))[0]
+    assert isinstance(put, Put)
+    other = Put(put.namespace, put.id, MemoryFields(content={"x": 2}, agent_id="al", tags=("t",), ttl_s=5))
+    assert fingerprint(other) != fingerprint(put)
+
+
+def test_a_malformed_command_is_invalid_not_an_exception() -> None:
+    commands = decode_entry(codec.encode_entry([{"t": "put", "ns": "ns"}, {"t": "delete", "ns": 3, "id": "a"}]))
+    assert [type(c).__name__ for c in commands] == ["Invalid", "Invalid"]
+    with pytest.raises(codec.CodecError):
+        decode_entry(b"\x01" + codec.dumps({"ops": [{"t": "drop_all"}]}))
+
+
+@pytest.mark.parametrize(
+    ("stored", "outcome"),
+    [
+        ({"status": 201, "memory": {"version": 1}}, Outcome.CREATED),
+        ({"status": 200, "memory": {"version": 2}}, Outcome.UPDATED),
+        ({"status": 200, "deleted": {"namespace": "ns", "id": "a", "version": 2}}, Outcome.DELETED),
+        ({"status": 412, "error": {"code": "precondition_failed", "message": "m", "version": 4}},
+         Outcome.PRECONDITION_FAILED),
+        ({"status": 404, "error": {"code": "not_found", "message": "m"}}, Outcome.NOT_FOUND),
+    ],
+)
+def test_results_stored_in_the_older_form_decode(stored: dict, outcome: Outcome) -> None:
+    result = Result.from_wire(stored)
+    assert result.outcome == outcome
+    assert Result.from_wire(result.to_wire()) == result
+    if outcome == Outcome.PRECONDITION_FAILED:
+        assert result.version == 4
+
+
+def test_a_key_stored_before_the_change_still_answers_its_retry(tmp_path: Path) -> None:
+    """A journal entry and a stored result as the untyped code left them on disk."""
+    store = Store(tmp_path)
+    sm = StateMachine(store, 0)
+    from raftmem.storage import Batch
+
+    batch = Batch()
+    stored = {"fp": _old_fingerprint(OLD_PUT), "result": {"status": 201, "memory": {"id": "a", "version": 1}}}
+    batch.put(b"k\x00k1", codec.dumps(stored))
+    store.commit(batch)
+    again = sm.apply(1, codec.encode_entry([OLD_PUT])).results[0]
+    assert again.replayed and again.outcome == Outcome.CREATED and again.memory == {"id": "a", "version": 1}
+    clash = sm.apply(2, codec.encode_entry([{**OLD_PUT, "fields": {**OLD_PUT["fields"], "content": 9}}])).results[0]
+    assert clash.outcome == Outcome.IDEMPOTENCY_KEY_REUSED
+    store.close()
+
+
+def _put(mid: str, now: int = NOW, **kw: object) -> Put:
+    return Put("ns", mid, MemoryFields(content=mid, **kw), now_ms=now)  # type: ignore[arg-type]
+
+
+def test_apply_yields_each_change_once_in_order(tmp_path: Path) -> None:
+    sm = StateMachine(Store(tmp_path / "db"), 3)
+    seen: list[Change] = []
+    log = [
+        encode_entry([_put("a"), _put("b", ttl_s=1)]),
+        encode_entry([_put("a", now=NOW + 1), Delete("ns", "b", now_ms=NOW + 1), Delete("ns", "zz", now_ms=NOW)]),
+        encode_entry([_put("c", ttl_s=1)]),
+        encode_entry([Expire(NOW + 5000), Noop()]),
+    ]
+    for index, entry in enumerate(log, start=1):
+        seen.extend(sm.apply(index, entry).changes)
+    assert [(c.kind, c.index, c.id, c.version) for c in seen] == [
+        (ChangeKind.PUT, 1, "a", 1), (ChangeKind.PUT, 1, "b", 1),
+        (ChangeKind.PUT, 2, "a", 2), (ChangeKind.DELETE, 2, "b", 1),
+        (ChangeKind.PUT, 3, "c", 1), (ChangeKind.EXPIRE, 4, "c", 1),
+    ]
+    assert all(c.shard == 3 for c in seen)
+    overwrite = seen[2]
+    assert overwrite.before is not None and overwrite.before["version"] == 1 and overwrite.after["version"] == 2
+    assert seen[0].before is None and seen[3].after is None
+    # Reopened and replayed from the start (a restart): nothing is emitted twice.
+    sm.store.close()
+    sm = StateMachine(Store(tmp_path / "db"), 3)
+    assert [sm.apply(i, e).changes for i, e in enumerate(log, start=1)] == [[], [], [], []]
+    assert [c.index for c in sm.apply(5, encode_entry([_put("d")])).changes] == [5]
+    sm.store.close()
+
+
+def test_a_failed_precondition_changes_nothing_and_says_nothing(tmp_path: Path) -> None:
+    sm = StateMachine(Store(tmp_path), 0)
+    sm.apply(1, encode_entry([_put("a")]))
+    applied = sm.apply(2, encode_entry([Put("ns", "a", MemoryFields(content=1), if_match=7, now_ms=NOW)]))
+    assert applied.results[0].outcome == Outcome.PRECONDITION_FAILED and applied.changes == []
+    sm.store.close()
+
+
+async def test_the_feed_delivers_in_order_and_cuts_off_a_subscriber_that_falls_behind() -> None:
+    feed = ChangeFeed()
+    everything = feed.subscribe()
+    shard_one = feed.subscribe(shards=[1])
+    slow = feed.subscribe(queue_max=2)
+    changes = [Change(ChangeKind.PUT, s, i, "ns", f"m{i}") for i, s in ((1, 0), (2, 1), (3, 0))]
+    feed.publish(changes)
+    assert [await everything.get(0.1) for _ in range(3)] == changes
+    assert await everything.get(0.01) is None  # nothing more: a timeout, not an error
+    assert [await shard_one.get(0.1)] == [changes[1]]
+    # The slow one got two, then was cut off; it learns where it stopped.
+    assert [slow.get_nowait(), slow.get_nowait()] == changes[:2]
+    with pytest.raises(Overflowed) as cut:
+        slow.get_nowait()
+    assert cut.value.last == {0: 1, 1: 2}
+    assert feed.overflows == 1 and feed.watermarks == {0: 3, 1: 2}
