@@ -32,6 +32,7 @@ run: $(STAMP)
 
 test: $(STAMP) apt-deps
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	$(MAKE) jepsen-quick
 
@@ -43,6 +44,7 @@ integration: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 jepsen: $(STAMP) apt-deps
 	$(PY) -m jepsen_like matrix --out runs/jepsen
