@@ -11,8 +11,8 @@ included, so journals, snapshots and stored idempotency fingerprints from
 before the change decode and compare as they did.
 
 Times (`now_ms`) are chosen by the leader before proposing: apply never reads a
-clock. Results stored for an idempotency key are decoded by `Result.from_wire`,
-which also reads the older form that carried an HTTP status.
+clock. Results stored for an idempotency key keep the form the first version
+wrote (`Result.to_wire` / `from_wire`), so stores stay readable both ways.
 
 This module imports only `codec` from the package.
 """
@@ -190,16 +190,17 @@ class SetMembers:
     TAG: ClassVar[str] = "members"
     table: Mapping[str, Any]
     if_version: int
+    now_ms: int = 0  # stamped like every write (unused by apply)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"t": self.TAG, "table": dict(self.table), "if_version": self.if_version}
+        return {"t": self.TAG, "table": dict(self.table), "if_version": self.if_version, "now": self.now_ms}
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> SetMembers:
         table = d["table"]
         if not isinstance(table, Mapping):
             raise TypeError("table must be an object")
-        return cls(table=dict(table), if_version=_int(d, "if_version"))
+        return cls(table=dict(table), if_version=_int(d, "if_version"), now_ms=int(d.get("now") or 0))
 
 
 Command = Put | Delete | Noop | Expire | Restore | SetMembers
@@ -219,7 +220,7 @@ class Invalid:
 
 def stamped(command: Command, now_ms: int) -> Command:
     """The command with the leader's time, for the commands that carry one."""
-    if isinstance(command, Put | Delete):
+    if isinstance(command, Put | Delete | SetMembers):
         return replace(command, now_ms=now_ms)
     return command
 
@@ -315,34 +316,34 @@ class Result:
     version: int | None = None  # the current version, when a precondition failed
     replayed: bool = False  # answered from an idempotency key's first result
 
+    # Stored for an idempotency key in the form the first version wrote, so a
+    # downgrade or a mixed-version cluster (a snapshot from a newer leader)
+    # reads it: the numbers are that form's encoding of the outcome, not an HTTP
+    # status map (which is the service's, in service/outcomes.py).
+    _STORED_CODES: ClassVar[dict[Outcome, int]] = {
+        Outcome.CREATED: 201, Outcome.UPDATED: 200, Outcome.DELETED: 200, Outcome.APPLIED: 200,
+        Outcome.PRECONDITION_FAILED: 412, Outcome.NOT_FOUND: 404, Outcome.IDEMPOTENCY_KEY_REUSED: 409,
+        Outcome.INVALID_OPERATION: 400, Outcome.INVALID_ENTRY: 400,
+    }
+
     def to_wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"o": self.outcome.value}
-        if self.message:
-            out["message"] = self.message
+        out: dict[str, Any] = {"status": self._STORED_CODES[self.outcome]}
         if self.memory is not None:
             out["memory"] = dict(self.memory)
         if self.deleted is not None:
             out["deleted"] = {"namespace": self.deleted.namespace, "id": self.deleted.id,
                               "version": self.deleted.version}
-        if self.version is not None:
-            out["version"] = self.version
+        if not self.outcome.ok:
+            error: dict[str, Any] = {"code": self.outcome.value, "message": self.message}
+            if self.outcome is Outcome.PRECONDITION_FAILED:
+                error["version"] = self.version
+            out["error"] = error
         return out
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> Result:
-        """A result stored for an idempotency key, in this form or the older one
-        (`{"status": 201, "memory": ...}`, `{"status": 412, "error": {...}}`)."""
-        if "o" not in d:
-            return cls._from_status_form(d)
-        deleted = d.get("deleted")
-        return cls(
-            Outcome(d["o"]), message=str(d.get("message", "")), memory=d.get("memory"),
-            deleted=Deleted(deleted["namespace"], deleted["id"], int(deleted["version"])) if deleted else None,
-            version=d.get("version"),
-        )
-
-    @classmethod
-    def _from_status_form(cls, d: Mapping[str, Any]) -> Result:
+        """A result stored for an idempotency key: `{"status": 201, "memory": ...}`,
+        `{"status": 200, "deleted": ...}`, `{"status": 412, "error": {...}}`."""
         status = int(d.get("status", 500))
         error = d.get("error") or {}
         deleted = d.get("deleted")
@@ -350,9 +351,12 @@ class Result:
             return cls(Outcome.CREATED, memory=d.get("memory"))
         if status == 200 and deleted:
             return cls(Outcome.DELETED, deleted=Deleted(deleted["namespace"], deleted["id"], int(deleted["version"])))
-        if status == 200:
+        if status == 200 and d.get("memory") is not None:
             return cls(Outcome.UPDATED, memory=d.get("memory"))
-        outcome = {412: Outcome.PRECONDITION_FAILED, 404: Outcome.NOT_FOUND}.get(status, Outcome.INVALID_OPERATION)
+        if status == 200:
+            return cls(Outcome.APPLIED)
+        outcome = Outcome(error["code"]) if error.get("code") in Outcome._value2member_map_ else (
+            {412: Outcome.PRECONDITION_FAILED, 404: Outcome.NOT_FOUND}.get(status, Outcome.INVALID_OPERATION))
         return cls(outcome, message=str(error.get("message", "")), version=error.get("version"))
 
 

@@ -54,6 +54,9 @@ class RaftFacts(Protocol):
     @property
     def applied_index(self) -> int: ...
 
+    @property
+    def commit_index(self) -> int: ...
+
     def is_leader(self) -> bool: ...
 
     def lease_index(self, now: float) -> tuple[int, int] | None:
@@ -92,6 +95,8 @@ class Reads:
         self, raft: RaftFacts, state: MemoryReader, clock: Clock, limits: LimitsConfig,
         unsafe_local_reads: bool = False,
     ) -> None:
+        """`clock.monotonic()` must be the clock the group's stamps use (a real
+        group: time.monotonic, so the replica passes a SystemClock)."""
         self.raft = raft
         self.state = state
         self.clock = clock
@@ -118,12 +123,14 @@ class Reads:
             return fn(self.state), Served("eventual", self._token(), self.staleness_ms())
         if not raft.is_leader():
             return await self._follower_read(level, fn, after, bound_ms)
-        if level == "session" and await raft.wait_applied(after, SESSION_WAIT_S):
+        if level == "session" and after <= raft.commit_index and await raft.wait_applied(after, SESSION_WAIT_S):
             # The leader has applied every token it acknowledged, and a token from
             # a later leader's term names a committed entry: applied >= token
-            # means the write is in this state (read-your-writes, monotonic).
-            return fn(self.state), Served("session", self._token(), 0)
-        return await self._leader_read("strong" if level == "strong" else "linearizable", fn)
+            # means the write is in this state (read-your-writes, monotonic). A
+            # token past our commit index came from a later leader (we may be
+            # deposed): confirm leadership instead of waiting for it.
+            return fn(self.state), Served("session", self._token())
+        return await self._leader_read(level, fn)
 
     async def _follower_read(
         self, level: str, fn: Callable[[MemoryReader], T], after: int, bound_ms: int
@@ -153,19 +160,20 @@ class Reads:
         return max(0, int(staleness * 1000))
 
     async def _leader_read(self, level: str, fn: Callable[[MemoryReader], T]) -> tuple[T, Served]:
+        """`strong` under the lease; any other level as `linearizable`."""
         served, lease_term = await self._fresh(level)
         value = fn(self.state)
         if lease_term is not None and not self.raft.lease_valid(lease_term, self.clock.monotonic()):
             # The lease ran out while we read (a pause): confirm with ReadIndex.
             served, _ = await self._fresh("linearizable")
             value = fn(self.state)
-        return value, Served(served, self._token())
+        return value, Served(served, self._token(), None if served in FRESH_LEVELS else 0)
 
     async def _fresh(self, level: str) -> tuple[str, int | None]:
         """Bring the leader's replica up to date for a fresh read. Returns the
         level served and, for a lease read, the term to re-check after reading."""
         if self.unsafe_local_reads:
-            return level, None
+            return level, None  # negative control: the level asked, unchecked
         raft = self.raft
         if level == "strong":
             lease = raft.lease_index(self.clock.monotonic())

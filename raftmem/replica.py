@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import codec
-from .clock import Clock
+from .clock import Clock, SystemClock
 from .commands import Command, Committed, Expire, Noop, Outcome, Put, Result
 from .config import Config, NodeConfig
 from .consensus import OK, REJECTED, GroupSpec, RaftGroup, Ticker
@@ -40,8 +40,6 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 EXPIRE_PERIOD_S = 1.0
-# ReadIndex waiters are woken by quorum acks; this is only a safety re-check.
-QUORUM_RECHECK_S = 0.05
 
 
 @dataclass
@@ -79,6 +77,8 @@ class ShardReplica:
         me = nodes[node_id]
         # Every node it may meet (status names voters by node id), peers or not.
         address_to_node = {f"{n.host}:{n.raft_port(shard)}": i for i, n in nodes.items()}
+        # Each node's current Raft address for this shard (membership changes).
+        self._addresses = {i: a for a, i in address_to_node.items()}
         self.store = Store(directory)
         self.sm = StateMachine(self.store, shard, config.limits.idempotency_keys_max,
                                publish=feed.publish if feed is not None else None)
@@ -113,7 +113,9 @@ class ShardReplica:
             self.store.close()  # or the next attempt finds RocksDB locked
             raise
         self.group.waits.barrier = self.barrier
-        self.reads = Reads(self.group, self.sm, clock, config.limits,
+        # The group's lease stamps are time.monotonic(): so are the reads' checks,
+        # whatever clock the node gives for record times.
+        self.reads = Reads(self.group, self.sm, SystemClock(), config.limits,
                            unsafe_local_reads=bool(config.debug.get("unsafe_local_reads")))
 
     # -- writes: group commit ------------------------------------------------------
@@ -280,7 +282,7 @@ class ShardReplica:
             return
         self.group.propose(payload, on_done)
 
-    # -- reads: the Shard port's read, over the ReadView below ----------------------
+    # -- reads: the Shard port's read (raftmem.reads over the group and the state) ---
     async def read(
         self, level: str, fn: Callable[[MemoryReader], T], *, after: int = 0, bound_ms: int = -1
     ) -> tuple[T, Served]:
@@ -352,10 +354,12 @@ class ShardReplica:
 
     # -- membership ----------------------------------------------------------------------
     def learn_nodes(self, nodes: Mapping[str, NodeConfig]) -> None:
-        """Where nodes listen; voters the map no longer names keep their address
-        (a voter being removed)."""
-        known = self.group.address_to_node()
-        known.update({f"{n.host}:{n.raft_port(self.shard)}": i for i, n in nodes.items()})
+        """Where nodes listen now. A voter's old address stays known while it is
+        a voter (one being removed, or re-added elsewhere under the same id)."""
+        self._addresses.update({i: f"{n.host}:{n.raft_port(self.shard)}" for i, n in nodes.items()})
+        before = self.group.address_to_node()
+        known = {a: i for i, a in self._addresses.items()}
+        known.update({a: before[a] for a in self.group.voter_addresses() if a in before})
         self.group.update_addresses(known)
 
     def voters(self) -> list[str]:
@@ -364,16 +368,19 @@ class ShardReplica:
     def seconds_out_of_touch(self, now: float) -> float:
         return self.group.seconds_out_of_touch(now)
 
-    def _address(self, node_id: str) -> str:
-        """A voter's Raft address (its node id when unknown: pysyncobj then finds
-        no such node and refuses, which is the right answer)."""
-        return next((a for a, n in self.group.address_to_node().items() if n == node_id), node_id)
-
     async def add_voter(self, node_id: str) -> bool:
-        return await self._change_membership(True, self._address(node_id))
+        """False when the node's address is not known (yet): the next
+        reconcile, which teaches it, tries again."""
+        address = self._addresses.get(node_id)
+        return address is not None and await self._change_membership(True, address)
 
     async def remove_voter(self, node_id: str) -> bool:
-        return await self._change_membership(False, self._address(node_id))
+        """By the address it is a voter at (it may have moved since). `voters()`
+        names a voter no node id is known for by its address: that works too."""
+        names = self.group.address_to_node()
+        voters = self.group.voter_addresses()
+        address = next((a for a in voters if names.get(a) == node_id), node_id if node_id in voters else None)
+        return address is not None and await self._change_membership(False, address)
 
     async def _change_membership(self, add: bool, address: str) -> bool:
         future: asyncio.Future[bool] = self.loop.create_future()
@@ -388,15 +395,23 @@ class ShardReplica:
             return False
 
     async def transfer_leadership(self, node_id: str | None) -> bool:
-        """To `node_id`, or (None) the most caught-up follower. True once sent."""
-        address = None if node_id is None else self._address(node_id)
+        """To `node_id`, or (None) the most caught-up follower. True once sent;
+        False when refused, or the node's address is not known."""
+        address = None
+        if node_id is not None:
+            address = self._addresses.get(node_id)
+            if address is None:
+                return False
         future: asyncio.Future[bool] = self.loop.create_future()
 
         def done(ok: bool) -> None:
             self.loop.call_soon(_resolve, future, ok)
 
         self.group.transfer_leadership(address, done)
-        return await asyncio.wait_for(future, self.limits.write_timeout_ms / 1000)
+        try:
+            return await asyncio.wait_for(future, self.limits.write_timeout_ms / 1000)
+        except TimeoutError:
+            return False
 
     # -- background work ---------------------------------------------------------------
     async def expire_due(self) -> None:

@@ -146,6 +146,7 @@ class StateMachine:
         self.idempotency_keys_max = idempotency_keys_max
         self.applied_index = self._stored_applied_index()
         self._publish = publish
+        self.publish_errors = 0
 
     def _stored_applied_index(self) -> int:
         raw = self.store.get(APPLIED_KEY)
@@ -179,9 +180,21 @@ class StateMachine:
         work.batch.put(APPLIED_KEY, codec.u64(index))
         self.store.commit(work.batch)
         self.applied_index = index
-        if work.changes and self._publish is not None:
-            self._publish(work.changes)
+        if work.changes:
+            self._emit(work.changes)
         return Applied(index, results, work.changes)
+
+    def _emit(self, changes: list[Change]) -> None:
+        """Hand changes to the feed. Never raises: this runs inside apply, after
+        the batch is written, and pysyncobj retries a raising apply forever (the
+        retry would find the index applied and answer nothing)."""
+        if self._publish is None:
+            return
+        try:
+            self._publish(changes)
+        except Exception:
+            self.publish_errors += 1
+            log.exception("shard %d: publishing %d change(s) failed", self.shard, len(changes))
 
     def _get(self, key: bytes, overlay: Overlay) -> dict[str, Any] | None:
         if key in overlay:
@@ -384,8 +397,7 @@ class StateMachine:
     def install_staged(self, staged: Path) -> None:
         self.store.install_staged(staged)
         self.applied_index = self._stored_applied_index()
-        if self._publish is not None:
-            self._publish([Change(ChangeKind.RESET, self.shard, self.applied_index)])
+        self._emit([Change(ChangeKind.RESET, self.shard, self.applied_index)])
 
     # -- reads -----------------------------------------------------------------
     def get(self, ns: str, mid: str, now_ms: int) -> dict[str, Any] | None:

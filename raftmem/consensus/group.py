@@ -376,6 +376,10 @@ class RaftGroup:
     def update_addresses(self, address_to_node: dict[str, str]) -> None:
         self.spec.address_to_node = dict(address_to_node)
 
+    def voter_addresses(self) -> list[str]:
+        """The Raft addresses of the voters this replica has now, itself included."""
+        return [n.address for n in self._obj.otherNodes] + [self.spec.self_address]
+
     def address_to_node(self) -> dict[str, str]:
         """Raft address -> node id, for every voter this replica has known."""
         return dict(self.spec.address_to_node)

@@ -45,7 +45,7 @@ def _old_fingerprint(op: dict) -> str:
 
 def test_commands_write_the_entries_the_untyped_code_wrote() -> None:
     old = [OLD_PUT, OLD_DELETE, {"t": "noop"}, {"t": "expire", "now": NOW}, {"t": "restore", "rec": {"id": "a"}},
-           {"t": "members", "table": {"nodes": []}, "if_version": 3}]
+           {"t": "members", "table": {"nodes": []}, "if_version": 3, "now": NOW}]
     data = codec.encode_entry(old)
     commands = decode_entry(data)
     assert [type(c) for c in commands] == [Put, Delete, Noop, Expire, Restore, SetMembers]
@@ -85,6 +85,18 @@ def test_results_stored_in_the_older_form_decode(stored: dict, outcome: Outcome)
     assert Result.from_wire(result.to_wire()) == result
     if outcome == Outcome.PRECONDITION_FAILED:
         assert result.version == 4
+
+
+def test_results_are_stored_in_the_form_the_first_version_wrote() -> None:
+    """So a downgrade, or an older follower installing a newer leader's snapshot,
+    reads the stored results of idempotency keys."""
+    memory = {"id": "a", "version": 1}
+    assert Result(Outcome.CREATED, memory=memory).to_wire() == {"status": 201, "memory": memory}
+    assert Result(Outcome.UPDATED, memory=memory).to_wire() == {"status": 200, "memory": memory}
+    assert Result(Outcome.PRECONDITION_FAILED, "version is 4", version=4).to_wire() == {
+        "status": 412, "error": {"code": "precondition_failed", "message": "version is 4", "version": 4}}
+    assert Result(Outcome.NOT_FOUND, "gone").to_wire() == {
+        "status": 404, "error": {"code": "not_found", "message": "gone"}}
 
 
 def test_a_key_stored_before_the_change_still_answers_its_retry(tmp_path: Path) -> None:
