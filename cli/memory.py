@@ -47,19 +47,26 @@ class UsageError(Exception):
     pass
 
 
-def _content(raw: str | None, stdin: TextIO) -> Any:
+def _content(raw: str | None, stdin: TextIO, mode: str = "auto") -> Any:
+    """The memory's content from the command line, as etcdctl and rqlite take a
+    value: JSON when it parses as JSON, else the text as given (`mode` "auto");
+    always the text ("text"); JSON or a usage error ("json")."""
     if raw is None:
         return None
     if raw == "-":
         raw = stdin.read(STDIN_BYTES_MAX + 1)
         if len(raw) > STDIN_BYTES_MAX:
             raise UsageError(f"--content -: stdin holds more than {STDIN_BYTES_MAX} bytes")
+    if mode == "text":
+        return raw
     try:
         return json.loads(raw)
     except json.JSONDecodeError as e:
-        raise UsageError(
-            f"--content must be JSON ({e.msg}); to store text, quote it: --content '\"some text\"'"
-        ) from None
+        if mode == "json":
+            raise UsageError(
+                f"--content is not JSON ({e.msg}); drop --json-content to store it as text"
+            ) from None
+        return raw
 
 
 def _short(value: Any, chars_max: int = CONTENT_CELL_CHARS_MAX) -> str:
@@ -108,7 +115,7 @@ def _put(client: Client, args: argparse.Namespace, out: TextIO) -> None:
     memory = client.put(
         args.namespace,
         args.id,
-        _content(args.content, sys.stdin),
+        _content(args.content, sys.stdin, "text" if args.text else "json" if args.json_content else "auto"),
         agent_id=args.agent,
         kind=args.kind,
         tags=args.tag,
@@ -193,7 +200,11 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("put", parents=[global_options()], help="write a memory (upsert; idempotent retries)")
     p.add_argument("namespace")
     p.add_argument("id")
-    p.add_argument("--content", help="a JSON value, or - to read it from stdin")
+    p.add_argument("--content", help="the content: a JSON value if it parses as one (42, true, {\"k\": 1}, "
+                                     "'\"quoted\"'), else the text as given; - reads it from stdin")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--text", action="store_true", help="store --content as text even if it parses as JSON")
+    mode.add_argument("--json-content", action="store_true", help="--content must be JSON (else a usage error)")
     p.add_argument("--agent", help="agent_id")
     p.add_argument("--tag", action="append", help="a tag (repeatable)")
     p.add_argument("--kind", help="episodic, fact, ...")

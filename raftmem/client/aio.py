@@ -22,6 +22,7 @@ from .errors import (
     Unavailable,
     error_from_response,
 )
+from .health import PROBE_TIMEOUT_S, HealthTable
 from .retry import ATTEMPT_S_MIN, RetryPolicy, may_retry
 from .routing import RouteTable
 from .types import (
@@ -42,7 +43,9 @@ from .types import (
 TIMEOUT_S_DEFAULT = 10.0  # one attempt: above the server's 5 s write timeout + a forward
 CLUSTER_TIMEOUT_S = 2.0  # one GET /v1/cluster while (re)loading the routes
 ROUTES_REFRESH_INTERVAL_S = 0.2  # at most this often, however many requests fail at once
-NODE_DOWN_COOLDOWN_S = 1.0  # skip a node that refused a connection for this long
+# A stale-tolerant read is served by a replica at once (a session read waits at
+# most 0.5 s there): an attempt that takes longer moves on to another replica.
+STALE_READ_ATTEMPT_S = 2.0
 CONNECTIONS_MAX = 256
 LIST_PAGES_MAX = 1_000_000  # an iterator never follows more cursors than this
 
@@ -83,7 +86,8 @@ class AsyncClient:
         self._clock = clock
         self._rng = rng or random.Random()
         self._rr = itertools.count()
-        self._down_until: dict[str, float] = {}
+        self.health_table = HealthTable(self._rng)
+        self._probes: set[asyncio.Task[None]] = set()
         self._refresh_lock: asyncio.Lock | None = None
         self._refreshed_at = -ROUTES_REFRESH_INTERVAL_S
         self.stats = {"attempts": 0, "retries": 0, "route_refreshes": 0}
@@ -96,6 +100,10 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        for task in list(self._probes):
+            task.cancel()
+        if self._probes:
+            await asyncio.gather(*self._probes, return_exceptions=True)
         if self._own_session and self._session is not None:
             await self._session.close()
         self._session = None
@@ -115,23 +123,54 @@ class AsyncClient:
         return urls + [u for u in self.seeds if u not in urls]
 
     def _any_url(self) -> str:
-        """Round robin over nodes not recently refusing connections (all if none)."""
+        """Round robin over nodes that answer (all if none does)."""
         now = self._clock()
         urls = self._all_urls()
-        live = [u for u in urls if self._down_until.get(u, 0.0) <= now]
+        live = [u for u in urls if self.health_table.usable(u, now)]
         pool = live or urls
         return pool[next(self._rr) % len(pool)]
 
     async def _url_for(self, request: _Request) -> str:
+        now = self._clock()
+        urls = self._all_urls()
+        for due in self.health_table.due_probe(urls, now):
+            self._start_probe(due)
         if self.route_direct and request.shard is not None:
-            url = self.routes.leader_url(request.shard)
-            if url is None:
+            leader = self.routes.leader_url(request.shard)
+            if leader is None:
                 # Forgotten after a failure (or never known): ask again, rate-limited.
                 await self.refresh_routes()
-                url = self.routes.leader_url(request.shard)
-            if url is not None and self._down_until.get(url, 0.0) <= self._clock():
-                return url
+                leader = self.routes.leader_url(request.shard)
+            if leader is not None and self.health_table.usable(leader, self._clock()):
+                return leader
+        if request.stale_tolerant:
+            return self.health_table.pick(urls, now)
         return self._any_url()
+
+    # -- health ----------------------------------------------------------------------
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Per node URL: whether it answers, its latency estimate, its failures."""
+        return self.health_table.snapshot(self._clock())
+
+    def _start_probe(self, url: str) -> None:
+        """A backed-off node whose back-off ran out is asked GET /healthz before
+        real traffic goes back to it."""
+        self.health_table.nodes[url].probing = True
+        task = asyncio.get_running_loop().create_task(self._probe(url))
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    async def _probe(self, url: str) -> None:
+        started = self._clock()
+        try:
+            async with self._http().get(url + "/healthz", timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)):
+                pass
+        except (aiohttp.ClientError, TimeoutError) as e:
+            self.health_table.no_answer(url, self._clock(), f"probe: {e.__class__.__name__}")
+        else:
+            self.health_table.answered(url, self._clock() - started)
+        finally:
+            self.health_table.nodes[url].probing = False
 
     def shard_of(self, namespace: str, memory_id: str) -> int | None:
         return self.routes.shard(namespace, memory_id)
@@ -178,7 +217,7 @@ class AsyncClient:
                     return None
                 body = orjson.loads(await resp.read())
         except aiohttp.ClientConnectorError:
-            self._down_until[url] = self._clock() + NODE_DOWN_COOLDOWN_S
+            self.health_table.no_answer(url, self._clock(), "connection refused")
             return None
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
             return None
@@ -188,6 +227,7 @@ class AsyncClient:
     async def _send_once(self, url: str, request: _Request, timeout_s: float) -> Response:
         self.stats["attempts"] += 1
         session = self._http()
+        started = self._clock()
         try:
             async with session.request(
                 request.method,
@@ -201,12 +241,14 @@ class AsyncClient:
                 headers = resp.headers
                 status = resp.status
         except aiohttp.ClientConnectorError as e:
-            self._down_until[url] = self._clock() + NODE_DOWN_COOLDOWN_S
+            self.health_table.no_answer(url, self._clock(), "connection refused")
             raise ConnectionFailed(f"{url}: {e}") from e
         except (TimeoutError, aiohttp.ClientError) as e:
             what = "timed out" if isinstance(e, TimeoutError) else f"lost: {e.__class__.__name__}"
+            self.health_table.no_answer(url, self._clock(), what)
             cls = Indeterminate if request.is_write else Unavailable
             raise cls(f"{request.method} {url}{request.path} {what}", code="no_answer") from e
+        self.health_table.answered(url, self._clock() - started)
         try:
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
@@ -227,7 +269,10 @@ class AsyncClient:
                 break
             url = await self._url_for(request)
             try:
-                response = await self._send_once(url, request, min(self.timeout_s, remaining))
+                attempt_s = min(self.timeout_s, remaining)
+                if request.stale_tolerant:
+                    attempt_s = min(attempt_s, STALE_READ_ATTEMPT_S)
+                response = await self._send_once(url, request, attempt_s)
             except ClientError as e:
                 last = e
                 if request.is_write and isinstance(e, Indeterminate):
@@ -368,6 +413,7 @@ class AsyncClient:
             is_write=False,
             shard=self.shard_of(namespace, memory_id) if leader_bound else None,
             params=params,
+            stale_tolerant=not leader_bound,
         )
         return await self._send(request, retry)
 

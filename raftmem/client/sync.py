@@ -103,6 +103,13 @@ class Client:
     def cluster(self) -> dict[str, Any]:
         return self._run(self._async.cluster())
 
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Per node URL: whether it answers, its latency estimate, its failures."""
+        return self._run(self._health())
+
+    async def _health(self) -> dict[str, dict[str, Any]]:
+        return self._async.health()
+
     def refresh_routes(self) -> bool:
         return self._run(self._async.refresh_routes(force=True))
 

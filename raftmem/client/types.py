@@ -48,6 +48,9 @@ class _Request:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
     keyed: bool = False  # a write whose every part carries an Idempotency-Key
+    # A read any replica may serve (eventual, bounded, session): it goes to a
+    # healthy, fast replica, with a short attempt timeout.
+    stale_tolerant: bool = False
 
     def __post_init__(self) -> None:
         if HEADER_IDEMPOTENCY_KEY in self.headers:

@@ -92,10 +92,26 @@ def test_put_reads_content_from_stdin(fake: FakeCluster, monkeypatch: pytest.Mon
 
 
 def test_usage_errors(fake: FakeCluster, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(fake, "put", "ns", "a", "--content", "not json") == 2
-    assert "quote it" in capsys.readouterr().err
+    assert run(fake, "put", "ns", "a", "--content", "not json", "--json-content") == 2
+    assert "drop --json-content" in capsys.readouterr().err
     assert run(fake, "put", "ns", "a", "--if-match", "1", "--create-only") == 2
     assert fake.data_requests() == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "stored"),
+    [
+        (["--content", "hello"], "hello"),  # not JSON: the text as given, as etcdctl takes a value
+        (["--content", "hello world"], "hello world"),
+        (["--content", "42"], 42),
+        (["--content", '{"x": 1}'], {"x": 1}),
+        (["--content", "42", "--text"], "42"),
+        (["--content", '"quoted"'], "quoted"),
+    ],
+)
+def test_put_takes_a_plain_value_as_text(fake: FakeCluster, argv: list[str], stored: object) -> None:
+    assert run(fake, "put", "ns", "a", *argv) == 0
+    assert json.loads(fake.data_requests()[-1].body)["content"] == stored
 
 
 def test_failures_map_to_exit_codes(fake: FakeCluster, capsys: pytest.CaptureFixture[str]) -> None:
