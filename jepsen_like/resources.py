@@ -90,7 +90,14 @@ atexit.register(Teardown.run_all)
 
 
 def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    # As SIGINT, so that inside asyncio.run its runner cancels the main task
+    # (its SIGINT handler) instead of a KeyboardInterrupt landing in the middle
+    # of the event loop's own code, which can leave futures that never finish
+    # and hang the teardown. Where SIGINT is ignored (a background job) or not
+    # Python's, the KeyboardInterrupt is raised here, as before.
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.raise_signal(signal.SIGINT)
 
 
 def install_signal_handlers() -> None:
