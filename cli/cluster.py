@@ -247,8 +247,14 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     if args.config:
         cfg = yaml.safe_load(Path(args.config).read_text())
+        fixed = {"--nodes": len(cfg["cluster"]["nodes"]), "--shards": cfg["cluster"].get("shards", 8)}
+        for option, given in (("--nodes", args.nodes), ("--shards", args.shards)):
+            if given is not None and given != fixed[option]:
+                print(f"raftmem: {option} {given} contradicts {args.config}, which has {fixed[option]}; "
+                      f"drop {option} or change the file", file=sys.stderr)
+                return 2
     else:
-        cfg = local_config(args.nodes, args.shards, str(data_dir), args.http_port_base, args.raft_port_base)
+        cfg = local_config(args.nodes or 3, args.shards or 8, str(data_dir), args.http_port_base, args.raft_port_base)
     # --data-dir is where the data goes, whatever the config file says.
     cfg.setdefault("storage", {})["data_dir"] = str(data_dir)
     config_path = data_dir / "cluster.yaml"
@@ -393,8 +399,10 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("cluster", help="local development cluster")
     csub = p.add_subparsers(dest="cluster_command", required=True)
     up = csub.add_parser("up", help="start a local cluster and supervise it (Ctrl-C or SIGTERM stops it)")
-    up.add_argument("--nodes", type=int, default=3)
-    up.add_argument("--shards", type=int, default=8)
+    up.add_argument("--nodes", type=int, help="nodes of the generated config (default 3); with --config, "
+                                               "must agree with it")
+    up.add_argument("--shards", type=int, help="shards of the generated config (default 8); with --config, "
+                                                "must agree with it")
     up.add_argument("--config", help="use this cluster YAML instead of a generated one (its data_dir is "
                                      "replaced by --data-dir)")
     up.add_argument("--data-dir", default="./data", help="where every node's data, the logs and the "

@@ -8,20 +8,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
 if TYPE_CHECKING:
     from .consensus import Ticker
     from .service import MemoryService
+    from .storage import MemoryBudget
 
 LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class _ShardCollector:
-    def __init__(self, ticker: Ticker | None) -> None:
+    def __init__(self, ticker: Ticker | None, budget: MemoryBudget | None) -> None:
         self.service: MemoryService | None = None
         self.ticker = ticker  # the node's, even when it hosts no replica
+        self.budget = budget
 
     def collect(self) -> Any:
         if self.service is None:
@@ -34,6 +42,7 @@ class _ShardCollector:
             "log_entries": GaugeMetricFamily("raftmem_shard_log_entries", "Entries in the Raft log", labels=["shard"]),
             "log_bytes": GaugeMetricFamily("raftmem_shard_log_bytes", "Bytes in the Raft log", labels=["shard"]),
             "db_bytes": GaugeMetricFamily("raftmem_shard_db_bytes", "RocksDB size on disk", labels=["shard"]),
+            "memtable_bytes": GaugeMetricFamily("raftmem_shard_memtable_bytes", "RocksDB memtables of this replica", labels=["shard"]),
         }
         counters = {
             "leader_changes": CounterMetricFamily("raftmem_shard_role_changes", "Raft role changes", labels=["shard"]),
@@ -57,6 +66,14 @@ class _ShardCollector:
             yield CounterMetricFamily("raftmem_raft_fsync_rounds", "Group-commit fsync rounds (each syncs every dirty journal)", value=ticker.sync_rounds)
             yield CounterMetricFamily("raftmem_raft_tick_passes", "Tick passes over the node's Raft groups", value=ticker.passes)
             yield CounterMetricFamily("raftmem_raft_tick_errors", "Tick passes that raised (logged; retried)", value=ticker.tick_errors)
+            yield GaugeMetricFamily("raftmem_node_raft_log_compaction_bytes", "A replica's log is compacted past this many bytes (raft.log_compaction_bytes)", value=ticker.log_compaction_bytes)
+        if self.budget is not None:
+            usage = self.budget.usage()
+            yield GaugeMetricFamily("raftmem_node_memtable_bytes", "RocksDB memtables of every replica of the node (one write buffer manager)", value=usage["memtable_bytes"])
+            yield GaugeMetricFamily("raftmem_node_memtable_budget_bytes", "storage.memtable_bytes_max", value=self.budget.memtable_bytes_max)
+            yield GaugeMetricFamily("raftmem_node_block_cache_bytes", "The node's shared RocksDB block cache in use", value=usage["block_cache_bytes"])
+            yield GaugeMetricFamily("raftmem_node_block_cache_pinned_bytes", "Block cache entries pinned (in use by readers)", value=usage["block_cache_pinned_bytes"])
+            yield GaugeMetricFamily("raftmem_node_block_cache_budget_bytes", "storage.block_cache_bytes", value=self.budget.block_cache_bytes)
         for replica in self.service.router.shards.values():
             st = replica.stats()
             label = [str(st.shard)]
@@ -67,6 +84,7 @@ class _ShardCollector:
             gauges["log_entries"].add_metric(label, st.log_entries)
             gauges["log_bytes"].add_metric(label, st.log_bytes)
             gauges["db_bytes"].add_metric(label, st.db_bytes)
+            gauges["memtable_bytes"].add_metric(label, st.memtable_bytes)
             counters["leader_changes"].add_metric(label, st.leader_changes)
             counters["proposals"].add_metric(label, st.proposals)
             counters["entries"].add_metric(label, st.entries_proposed)
@@ -98,8 +116,10 @@ class _ShardCollector:
 
 
 class Metrics:
-    def __init__(self, ticker: Ticker | None = None) -> None:
+    def __init__(self, ticker: Ticker | None = None, budget: MemoryBudget | None = None) -> None:
         self.registry = CollectorRegistry()
+        # process_resident_memory_bytes and friends, from /proc.
+        ProcessCollector(registry=self.registry)
         self.requests = Histogram(
             "raftmem_http_request_seconds",
             "HTTP request latency by route, method and status",
@@ -108,7 +128,7 @@ class Metrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, int], Any] = {}
-        self._shards = _ShardCollector(ticker)
+        self._shards = _ShardCollector(ticker, budget)
         self.registry.register(self._shards)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:

@@ -27,7 +27,7 @@ from .metrics import Metrics
 from .replica import EXPIRE_PERIOD_S, ShardReplica
 from .service import FORWARD_HOPS_MAX, SCRATCH_DIR, Call, ForwardLost, ForwardNotSent, MemoryService
 from .shard import Shard
-from .storage import write_file_atomically
+from .storage import MemoryBudget, write_file_atomically
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,9 @@ class Node:
         # Change events of every replica here, in log order per shard; open before
         # any replica starts, so a subscriber can see what a start-up applies.
         self.feed = ChangeFeed()
-        self.ticker = Ticker(config.raft.fsync, config.raft.fsync_batch_ms)
+        self.ticker = Ticker(config.raft.fsync, config.raft.fsync_batch_ms, config.raft.log_compaction_bytes)
+        # RocksDB memory, one budget for all the replicas here (storage.*).
+        self.budget = MemoryBudget(config.storage.memtable_bytes_max, config.storage.block_cache_bytes)
         self.forwarder = HttpForwarder(config)
         self.runner: web.AppRunner | None = None
         self.service: MemoryService | None = None
@@ -71,7 +73,8 @@ class Node:
         members = sorted(set(peers) | {self.node_id})
         preferred = preferred_leaders(table.assignment).get(shard) == self.node_id
         replica = ShardReplica(shard, self.node_id, self.config, self.ticker, self._loop, self.clock,
-                               members, self._nodes(table), preferred_leader=preferred, feed=self.feed)
+                               members, self._nodes(table), preferred_leader=preferred, feed=self.feed,
+                               budget=self.budget)
         _save_peers(replica.directory, members)
         self.replicas[shard] = replica
         return replica
@@ -97,7 +100,7 @@ class Node:
         self.ticker.start()
         await self.forwarder.start()
         self.service = MemoryService(self.config, self.node_id, self.replicas, table, self.forwarder, self.clock)
-        app = build_app(self.service, self.config, Metrics(self.ticker))
+        app = build_app(self.service, self.config, Metrics(self.ticker, self.budget))
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.me.host, self.me.http_port, reuse_address=True)

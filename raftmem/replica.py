@@ -33,7 +33,7 @@ from .events import ChangeFeed
 from .reads import Reads
 from .shard import MemoryReader, Served, ShardRole, ShardStats, ShardStatus
 from .statemachine import Applied, StateMachine
-from .storage import BACKUP_PREFIX, Store
+from .storage import BACKUP_PREFIX, MemoryBudget, Store
 
 T = TypeVar("T")
 
@@ -63,10 +63,12 @@ class ShardReplica:
         nodes: Mapping[str, NodeConfig],
         preferred_leader: bool = False,
         feed: ChangeFeed | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         """`replicas`: the node ids the group starts with (this node included);
         `nodes`: where every node listens (the membership table's node list);
-        `feed`: where change events go (the node's)."""
+        `feed`: where change events go (the node's); `budget`: the node's shared
+        RocksDB memory."""
         self.shard = shard
         self.node_id = node_id
         self.config = config
@@ -79,7 +81,7 @@ class ShardReplica:
         address_to_node = {f"{n.host}:{n.raft_port(shard)}": i for i, n in nodes.items()}
         # Each node's current Raft address for this shard (membership changes).
         self._addresses = {i: a for a, i in address_to_node.items()}
-        self.store = Store(directory)
+        self.store = Store(directory, budget)
         self.sm = StateMachine(self.store, shard, config.limits.idempotency_keys_max,
                                publish=feed.publish if feed is not None else None)
         spec = GroupSpec(
@@ -322,6 +324,7 @@ class ShardReplica:
             applied_index=self.sm.applied_index,
             leading=group.is_leader(),
             db_bytes=self.store.size_bytes(),
+            memtable_bytes=self.store.memtable_bytes(),
             proposals=self.proposals,
             entries_proposed=self.entries_proposed,
             lease_reads=self.reads.lease_reads,

@@ -138,6 +138,7 @@ class ShardStats:
     log_entries: int
     log_bytes: int
     db_bytes: int
+    memtable_bytes: int
     leader_changes: int
     proposals: int
     entries_proposed: int

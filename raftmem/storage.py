@@ -22,7 +22,17 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from rocksdict import AccessType, Checkpoint, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import (
+    AccessType,
+    BlockBasedOptions,
+    Cache,
+    Checkpoint,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteBufferManager,
+    WriteOptions,
+)
 
 CURRENT_FILE = "DB_CURRENT"
 SNAPSHOT_META_NAME = "raftmem-snapshot-meta"
@@ -71,6 +81,44 @@ def write_file_atomically(path: Path, data: bytes, durable: bool = True) -> None
         fsync_dir(path.parent)
 
 
+# One memtable of a replica flushes at this share of the node's memtable budget
+# (RocksDB's default, 64 MiB a memtable and 2 of them, is per database: 8
+# replicas could hold 1 GiB before any flush).
+WRITE_BUFFER_SHARE = 4
+WRITE_BUFFERS_MAX = 2
+
+
+class MemoryBudget:
+    """The RocksDB memory of one node, shared by all its replicas: one write
+    buffer manager bounds their memtables together, one LRU cache holds their
+    blocks. Its usage is read at scrape time (metrics)."""
+
+    def __init__(self, memtable_bytes_max: int, block_cache_bytes: int) -> None:
+        self.memtable_bytes_max = memtable_bytes_max
+        self.block_cache_bytes = block_cache_bytes
+        # allow_stall=False: past the budget, RocksDB flushes; it does not stall
+        # writers (which would stall the event loop that applies).
+        self._write_buffers = WriteBufferManager(memtable_bytes_max, False)
+        self._cache = Cache(block_cache_bytes)
+
+    def options(self) -> Options:
+        opts = _options()
+        opts.set_write_buffer_manager(self._write_buffers)
+        opts.set_write_buffer_size(max(1 << 20, self.memtable_bytes_max // WRITE_BUFFER_SHARE))
+        opts.set_max_write_buffer_number(WRITE_BUFFERS_MAX)
+        table = BlockBasedOptions()
+        table.set_block_cache(self._cache)
+        opts.set_block_based_table_factory(table)
+        return opts
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "memtable_bytes": int(self._write_buffers.get_usage()),
+            "block_cache_bytes": int(self._cache.get_usage()),
+            "block_cache_pinned_bytes": int(self._cache.get_pinned_usage()),
+        }
+
+
 def _options() -> Options:
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
@@ -96,15 +144,25 @@ class Batch:
 class Store:
     """A shard replica's key-value store (bytes to bytes)."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, budget: MemoryBudget | None = None) -> None:
+        """`budget`: the node's shared RocksDB memory (None: RocksDB's defaults,
+        for tools and tests that open one store)."""
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._budget = budget
         self._generation = self._recover_generation()
-        self._db = Rdict(str(self._db_path(self._generation)), _options())
+        self._db = Rdict(str(self._db_path(self._generation)), self._options())
         # The journal is the source of truth and is fsynced per raft.fsync; the
         # RocksDB WAL need not be synced: whatever it loses is re-applied from
         # the log at restart (apply is idempotent by index).
         self._write_opts = WriteOptions()
+
+    def _options(self) -> Options:
+        return self._budget.options() if self._budget is not None else _options()
+
+    def memtable_bytes(self) -> int:
+        """This replica's memtables now (RocksDB's cur-size-all-mem-tables)."""
+        return int(self._db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0)
 
     def _db_path(self, generation: int) -> Path:
         return self.directory / f"db-{generation:06d}"
@@ -206,7 +264,7 @@ class Store:
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staged, target)
         fsync_dir(self.directory)
-        new_db = Rdict(str(target), _options())
+        new_db = Rdict(str(target), self._options())
         write_file_atomically(self.directory / CURRENT_FILE, f"{generation}\n".encode())
         old_db, old_path = self._db, self._db_path(self._generation)
         self._db, self._generation = new_db, generation

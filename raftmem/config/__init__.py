@@ -35,6 +35,7 @@ from .schema import (
     LimitsConfig,
     NodeConfig,
     RaftConfig,
+    StorageConfig,
     TagOverride,
 )
 
@@ -42,6 +43,6 @@ __all__ = [
     "AUTH_ROLES", "AUTH_SECRET_CHARS_MIN", "BATCH_OPS_MAX", "BODY_BYTES_MAX", "CONSISTENCY_LEVELS",
     "FSYNC_MODES", "ID_CHARS_MAX", "LIST_PAGE_MAX", "LOCAL_3NODE_YAML", "NAMESPACE_CHARS_MAX",
     "SHARDS_MAX", "STALENESS_MS_MAX", "TAG_CHARS_MAX", "TAGS_MAX", "ApiToken", "AuthConfig",
-    "Config", "ConfigError", "ConsistencyConfig", "LimitsConfig", "NodeConfig", "RaftConfig",
+    "Config", "ConfigError", "ConsistencyConfig", "LimitsConfig", "NodeConfig", "RaftConfig", "StorageConfig",
     "TagOverride", "check_ports_free", "embedded_default", "is_loopback", "load", "parse", "validate",
 ]

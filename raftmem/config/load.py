@@ -25,6 +25,7 @@ from .schema import (
     LimitsConfig,
     NodeConfig,
     RaftConfig,
+    StorageConfig,
     TagOverride,
 )
 
@@ -139,7 +140,8 @@ def parse(data: Any, source: str = "<embedded>") -> Config:
         overrides.append(TagOverride(tags=tuple(tags), model=model, max_staleness_ms=bound))
     consistency = ConsistencyConfig(default=str(cons.get("default", "strong")), overrides=tuple(overrides))
     storage = _mapping("storage", top.get("storage"))
-    _check_keys("storage", storage, {"data_dir"})
+    _check_keys("storage", storage, {"data_dir", *StorageConfig.__dataclass_fields__})
+    storage_config = _dataclass_from("storage", StorageConfig, {k: v for k, v in storage.items() if k != "data_dir"})
     limits = _dataclass_from("limits", LimitsConfig, _mapping("limits", top.get("limits")))
     debug = dict(_mapping("debug", top.get("debug")))
     _check_keys("debug", debug, _DEBUG_KEYS)
@@ -151,6 +153,7 @@ def parse(data: Any, source: str = "<embedded>") -> Config:
         raft=raft,
         consistency=consistency,
         data_dir=str(storage.get("data_dir", "./data")),
+        storage=storage_config,
         limits=limits,
         auth=_parse_auth(_mapping("auth", top.get("auth"))),
         debug={k: bool(v) for k, v in debug.items()},

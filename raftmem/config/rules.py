@@ -81,6 +81,13 @@ def validate(config: Config) -> None:
         raise ConfigError(f"raft.fsync: {r.fsync!r} is not one of {', '.join(FSYNC_MODES)}")
     if r.log_compaction_entries < 100:
         raise ConfigError("raft.log_compaction_entries: must be at least 100")
+    if r.log_compaction_bytes < 1 << 20:
+        raise ConfigError("raft.log_compaction_bytes: must be at least 1 MiB (a compaction packs a snapshot)")
+    st = config.storage
+    if st.memtable_bytes_max < 4 << 20:
+        raise ConfigError("storage.memtable_bytes_max: must be at least 4 MiB")
+    if st.block_cache_bytes < 1 << 20:
+        raise ConfigError("storage.block_cache_bytes: must be at least 1 MiB")
     if r.password is None:
         for n in config.nodes:
             if not is_loopback(n.host):

@@ -65,6 +65,10 @@ class RaftConfig:
     # default of 30 s would let a cut-off leader accept writes for 30 s).
     leader_fallback_timeout_ms: int = 0  # 0: derive from election_timeout_ms_min
     log_compaction_entries: int = 5000
+    # Compact a replica's log (snapshot + truncate) once it holds this many bytes,
+    # whatever its entry count: the log is held in memory, and batch entries are
+    # large (64 memories of 200 bytes: ~15 KB), so entries alone do not bound it.
+    log_compaction_bytes: int = 4 << 20
     log_compaction_min_s: int = 300
     password: str | None = None
 
@@ -160,6 +164,17 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """RocksDB memory, bounded per node (every replica of the node shares it)."""
+
+    # Memtables of all the node's replicas together (one RocksDB write buffer
+    # manager): past ~90 % of it, RocksDB flushes the largest.
+    memtable_bytes_max: int = 32 << 20
+    # One LRU block cache for all the node's replicas (index, filter and data blocks).
+    block_cache_bytes: int = 16 << 20
+
+
+@dataclass(frozen=True)
 class Config:
     name: str
     shards: int
@@ -168,6 +183,7 @@ class Config:
     raft: RaftConfig = field(default_factory=RaftConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     data_dir: str = "./data"
+    storage: StorageConfig = field(default_factory=StorageConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     # Debug switches that make the store unsafe, for the harness's negative

@@ -34,10 +34,10 @@ class Ticker:
     # cluster 0.24 cores; at these values 0.14.
     TICK_PERIOD_S = 0.02
     FOLLOWER_TICK_S = 0.05
-    # Compact a log early when it holds this many bytes, whatever its entry count.
-    LOG_BYTES_COMPACT = 64 * 1024 * 1024
-
-    def __init__(self, fsync: str, fsync_batch_ms: int = 10) -> None:
+    def __init__(self, fsync: str, fsync_batch_ms: int = 10, log_compaction_bytes: int = 4 << 20) -> None:
+        """`log_compaction_bytes`: compact a group's log early when it holds this
+        many bytes (held in memory), whatever its entry count."""
+        self.log_compaction_bytes = log_compaction_bytes
         self.poller = EpollPoller()
         self.fsync = fsync
         self.fsync_batch_s = fsync_batch_ms / 1000.0
@@ -177,7 +177,7 @@ class Ticker:
                         group.hooks.lease.check_clock(now)
                         group.hooks.prevote_gate(now)
                         group.tick()
-                        if group.journal.bytes > self.LOG_BYTES_COMPACT:
+                        if group.journal.bytes > self.log_compaction_bytes:
                             group._obj.forceLogCompaction()
                     except Exception:
                         # pysyncobj retries a failing apply on the next tick (e.g.

@@ -85,6 +85,7 @@ class Cluster:
         raft: dict[str, Any] | None = None,
         limits: dict[str, Any] | None = None,
         debug: dict[str, Any] | None = None,
+        storage: dict[str, Any] | None = None,
         spare: int = 0,
         auth: dict[str, Any] | None = None,
         token: str | None = None,
@@ -123,7 +124,7 @@ class Cluster:
                     {"tags": ["dashboard"], "model": "bounded", "max_staleness_ms": 5000},
                 ],
             },
-            "storage": {"data_dir": str(root / "data")},
+            "storage": {"data_dir": str(root / "data"), **(storage or {})},
         }
         if limits:
             config["limits"] = limits

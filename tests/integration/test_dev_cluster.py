@@ -187,3 +187,10 @@ def test_the_data_goes_where_data_dir_says_even_with_a_config(tmp_path: Path) ->
             proc.kill()
             proc.wait()
     assert _unbound([http, raft])
+
+
+def test_nodes_or_shards_that_contradict_the_config_are_refused(tmp_path: Path) -> None:
+    config = REPO / "configs" / "local-3node.yaml"
+    refused = _run_cli("cluster", "up", "--config", str(config), "--shards", "4", "--data-dir", str(tmp_path))
+    assert refused.returncode == 2 and "--shards 4 contradicts" in refused.stderr
+    assert not (tmp_path / "cluster.json").exists()  # nothing started

@@ -113,3 +113,23 @@ def test_port_in_use_is_named() -> None:
 def test_unknown_node_is_named() -> None:
     with pytest.raises(ConfigError, match="n9"):
         embedded_default().node("n9")
+
+
+def test_memory_budgets_are_config_and_checked() -> None:
+    d = base()
+    d["storage"].update(memtable_bytes_max=64 << 20, block_cache_bytes=8 << 20)
+    d["raft"]["log_compaction_bytes"] = 2 << 20
+    c = parse(d)
+    assert (c.storage.memtable_bytes_max, c.storage.block_cache_bytes, c.raft.log_compaction_bytes) == (
+        64 << 20, 8 << 20, 2 << 20)
+    assert embedded_default().storage.memtable_bytes_max == 32 << 20  # the default
+    for section, key, value, message in [
+        ("storage", "memtable_bytes_max", 1 << 20, "at least 4 MiB"),
+        ("storage", "block_cache_bytes", 1000, "at least 1 MiB"),
+        ("raft", "log_compaction_bytes", 1000, "at least 1 MiB"),
+        ("storage", "memtable_bytes", 1 << 20, "unknown key"),
+    ]:
+        bad = base()
+        bad[section][key] = value
+        with pytest.raises(ConfigError, match=message):
+            parse(bad)

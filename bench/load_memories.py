@@ -1,0 +1,140 @@
+"""Load many memories through POST /v1/batch and watch each node's memory.
+
+    python bench/load_memories.py --url http://127.0.0.1:8781,... --count 1000000 \
+        [--batch 64] [--concurrency 16] [--value-bytes 200] [--pids-from data/cluster.json]
+
+Writes `count` memories (ids m-0 ... in namespace `load`), `batch` puts per
+request, `concurrency` requests in flight, spread over the nodes. Every second
+it samples each node's resident memory (VmRSS in /proc/<pid>/status, pids from
+`raftmem cluster up`'s cluster.json) and prints, at the end, the load rate, the
+peak and final RSS per node, and what each node's /metrics says holds memory
+(memtables, block cache, Raft log bytes). JSON with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+SAMPLE_S = 1.0
+PIECES = (
+    "raftmem_node_memtable_bytes",
+    "raftmem_node_block_cache_bytes",
+    "process_resident_memory_bytes",
+)
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
+    return int(match.group(1)) * 1024 if match else None
+
+
+async def metrics(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    async with session.get(url + "/metrics", timeout=aiohttp.ClientTimeout(total=10)) as resp:
+        text = await resp.text()
+    out: dict[str, float] = {}
+    for name in PIECES:
+        match = re.search(rf"^{name} (\S+)$", text, re.M)
+        if match:
+            out[name] = float(match.group(1))
+    out["raft_log_bytes"] = sum(float(v) for v in re.findall(r"^raftmem_shard_log_bytes\{[^}]*\} (\S+)$", text, re.M))
+    return out
+
+
+async def load(args: argparse.Namespace) -> dict[str, Any]:
+    urls = [u.rstrip("/") for u in args.url.split(",")]
+    pids: dict[str, int] = {}
+    if args.pids_from:
+        state = json.loads(Path(args.pids_from).read_text())
+        pids = {node: info["pid"] for node, info in state["nodes"].items() if info.get("pid")}
+    peaks = {node: 0 for node in pids}
+    value = "x" * args.value_bytes
+    batches = (args.count + args.batch - 1) // args.batch
+    next_batch = itertools.count()
+    errors = 0
+    written = 0
+
+    async def worker(session: aiohttp.ClientSession, wid: int) -> None:
+        nonlocal errors, written
+        while (b := next(next_batch)) < batches:
+            first = b * args.batch
+            ops = [{"op": "put", "namespace": args.namespace, "id": f"m-{i}", "body": {"content": value}}
+                   for i in range(first, min(first + args.batch, args.count))]
+            url = urls[(b + wid) % len(urls)]
+            try:
+                async with session.post(url + "/v1/batch", data=orjson.dumps({"ops": ops}),
+                                        timeout=aiohttp.ClientTimeout(total=60)) as resp:
+                    body = orjson.loads(await resp.read())
+                if resp.status != 200:
+                    errors += len(ops)
+                    continue
+                ok = sum(1 for r in body["results"] if r["status"] in (200, 201))
+                written += ok
+                errors += len(ops) - ok
+            except (aiohttp.ClientError, TimeoutError):
+                errors += len(ops)
+
+    async def sampler() -> None:
+        while True:
+            for node, pid in pids.items():
+                rss = rss_bytes(pid)
+                if rss is not None:
+                    peaks[node] = max(peaks[node], rss)
+            await asyncio.sleep(SAMPLE_S)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency * 2)) as session:
+        sampling = asyncio.create_task(sampler())
+        started = time.monotonic()
+        await asyncio.gather(*(worker(session, w) for w in range(args.concurrency)))
+        took = time.monotonic() - started
+        sampling.cancel()
+        pieces = {u: await metrics(session, u) for u in urls}
+    return {
+        "count": args.count, "written": written, "errors": errors, "seconds": round(took, 1),
+        "ops_per_s": round(written / took) if took else 0,
+        "peak_rss_mb": {n: round(v / 2**20, 1) for n, v in peaks.items()},
+        "final_rss_mb": {n: round((rss_bytes(p) or 0) / 2**20, 1) for n, p in pids.items()},
+        "metrics_mb": {u: {k: round(v / 2**20, 1) for k, v in m.items()} for u, m in pieces.items()},
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", default="http://127.0.0.1:8781,http://127.0.0.1:8782,http://127.0.0.1:8783")
+    p.add_argument("--count", type=int, default=1_000_000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--value-bytes", type=int, default=200)
+    p.add_argument("--namespace", default="load")
+    p.add_argument("--pids-from", help="cluster.json of `raftmem cluster up` (for RSS)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    result = asyncio.run(load(args))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['written']:,} memories in {result['seconds']} s ({result['ops_per_s']:,}/s), "
+              f"{result['errors']} errors")
+        for node in result["peak_rss_mb"]:
+            print(f"  {node}: RSS peak {result['peak_rss_mb'][node]} MB, now {result['final_rss_mb'][node]} MB")
+        for url, m in result["metrics_mb"].items():
+            print(f"  {url}: " + ", ".join(f"{k} {v} MB" for k, v in m.items()))
+    return 0 if result["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

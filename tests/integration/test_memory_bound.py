@@ -1,0 +1,110 @@
+"""A node's memory is bounded in bytes: with small budgets (RocksDB memtables and
+block cache shared by the node's replicas, and the Raft log compacted by bytes),
+loading several times those budgets leaves each node's resident memory within
+its start-up size plus the budgets plus a stated margin. The control runs the
+same load with budgets as large as the old defaults and shows the same check
+failing, so the check can tell."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .cluster import Cluster
+
+SHARDS = 4
+MIB = 1 << 20
+BOUNDED = {"memtable_bytes_max": 8 * MIB, "block_cache_bytes": 4 * MIB}
+BOUNDED_LOG_BYTES = 2 * MIB
+# Python's own heap (requests and entries in flight, the interpreter's arenas)
+# grows under load whatever the budgets: this much beyond them is allowed.
+MARGIN_BYTES = 48 * MIB
+VALUE_BYTES = 4096
+BATCH = 32
+LOAD_BYTES = 64 * MIB  # 8x the memtable budget, 32x a shard's log budget
+
+
+def _rss(pid: int) -> int:
+    match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+    assert match
+    return int(match.group(1)) * 1024
+
+
+def _batch(cluster: Cluster, node: str, first: int) -> None:
+    ops = [{"op": "put", "namespace": "mem", "id": f"m-{first + i}", "body": {"content": "x" * VALUE_BYTES}}
+           for i in range(BATCH)]
+    conn = http.client.HTTPConnection("127.0.0.1", cluster.http[node], timeout=60)
+    try:
+        conn.request("POST", "/v1/batch", body=json.dumps({"ops": ops}))
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+    finally:
+        conn.close()
+    assert resp.status == 200, body
+    assert all(r["status"] in (200, 201) for r in body["results"]), body
+
+
+def _growth_under_load(cluster: Cluster) -> dict[str, int]:
+    """Load LOAD_BYTES through every node; each node's peak RSS minus its RSS before."""
+    pids = {n: cluster.procs[n].pid for n in cluster.node_ids}
+    _batch(cluster, "n1", 10**9)  # warm: every code path loaded once
+    before = {n: _rss(p) for n, p in pids.items()}
+    peak = dict(before)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            for n, p in pids.items():
+                peak[n] = max(peak[n], _rss(p))
+            done.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    batches = LOAD_BYTES // (VALUE_BYTES * BATCH)
+    workers = []
+    per_worker = batches // 4
+    for w in range(4):
+        def run(w: int = w) -> None:
+            for b in range(per_worker):
+                _batch(cluster, cluster.node_ids[(w + b) % 3], (w * per_worker + b) * BATCH)
+        workers.append(threading.Thread(target=run))
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    time.sleep(0.3)  # one more sample after the last write  # noqa: ASYNC251 (a sampling period, not a sync)
+    done.set()
+    sampler.join()
+    return {n: peak[n] - before[n] for n in pids}
+
+
+def _allowed(storage: dict[str, int], log_bytes: int) -> int:
+    return storage["memtable_bytes_max"] + storage["block_cache_bytes"] + SHARDS * log_bytes + MARGIN_BYTES
+
+
+def _load_cluster(tmp_path: Path, storage: dict[str, int], log_bytes: int) -> dict[str, int]:
+    cluster = Cluster(tmp_path, shards=SHARDS, storage=storage, raft={"log_compaction_bytes": log_bytes})
+    try:
+        cluster.start_all()
+        return _growth_under_load(cluster)
+    finally:
+        cluster.stop_all()
+
+
+def test_resident_memory_stays_within_the_budgets(tmp_path: Path) -> None:
+    growth = _load_cluster(tmp_path, BOUNDED, BOUNDED_LOG_BYTES)
+    allowed = _allowed(BOUNDED, BOUNDED_LOG_BYTES)
+    assert all(g < allowed for g in growth.values()), {n: round(g / MIB) for n, g in growth.items()}
+
+
+@pytest.mark.slow
+def test_control_budgets_as_large_as_the_old_defaults_break_the_same_check(tmp_path: Path) -> None:
+    growth = _load_cluster(tmp_path, {"memtable_bytes_max": 512 * MIB, "block_cache_bytes": 4 * MIB}, 64 * MIB)
+    allowed = _allowed(BOUNDED, BOUNDED_LOG_BYTES)
+    assert max(growth.values()) > allowed, {n: round(g / MIB) for n, g in growth.items()}
