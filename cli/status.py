@@ -207,6 +207,7 @@ def summarize(snap: Snapshot) -> dict[str, Any]:
     return {
         "ok": all(s["available"] for s in shards) and bool(shards),
         "cluster": next(iter(views.values())).get("cluster") if views else None,
+        "quorums": next(iter(views.values())).get("quorums") if views else None,
         "shard_count": len(shards),
         "nodes": nodes,
         "shards": shards,
@@ -256,6 +257,12 @@ def render(summary: Mapping[str, Any], out: TextIO) -> None:
         + (f"; {moving} shard(s) moving replicas (~)" if moving else "")
         + "\n"
     )
+    q = summary.get("quorums")
+    if q:
+        out.write(
+            f"quorums: writes wait for {q['write']} of {q['replicas']} replicas (tolerate {q['writes_tolerate_failures']} "
+            f"down); reads at the default level need {q['read']} (tolerate {q['reads_tolerate_failures']} down)\n"
+        )
 
 
 def _status(args: argparse.Namespace) -> int:

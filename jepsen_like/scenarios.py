@@ -3,7 +3,8 @@ out (a pass, or for a negative control a FAIL).
 
 Schedules take the load time ``T`` and scale their waits to it, so a quick run
 and a full run inject the same faults, at different lengths. Every scenario
-runs all four workloads at once, on separate namespaces.
+runs all five workloads at once (register, set, session, stale, causal), on
+separate namespaces; a control may run only the workload it breaks.
 
 Names are fixed so that runs compare over time:
 
@@ -30,6 +31,7 @@ membership             a 4th node joins (rebalance) and leaves, under      pass
 control-local-reads    leader-isolate with debug.unsafe_local_reads        FAIL
 control-no-fsync       power-loss with raft.fsync: never                   FAIL
 control-early-ack      kill-rolling with debug.unsafe_early_ack            FAIL
+control-causal-blind   causal chains that never send their context         FAIL
 =====================  ==================================================  ======
 
 """
@@ -229,7 +231,7 @@ class Scenario:
     cluster: dict[str, Any] = field(default_factory=dict)
     quick_time_limit_s: float = 25.0
     time_limit_s: float = 60.0
-    workloads: tuple[str, ...] = ("register", "set", "session", "stale")
+    workloads: tuple[str, ...] = ("register", "set", "session", "stale", "causal")
 
     def cluster_spec(self) -> ClusterSpec:
         return ClusterSpec(**self.cluster)
@@ -271,16 +273,19 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("control-early-ack", "NEGATIVE CONTROL: writes acknowledged before commit under kill-rolling",
                  schedule_kill_rolling, expect_valid=False,
                  cluster={"debug": {"unsafe_early_ack": True}}, quick_time_limit_s=20),
+        Scenario("control-causal-blind", "NEGATIVE CONTROL: agents pass causal chains without the context",
+                 schedule_none, expect_valid=False, workloads=("causal-blind",), quick_time_limit_s=15),
     )
 }
 
 # The scenarios the issue fixes (make jepsen); extras run after them.
 REQUIRED = ("none", "leader-isolate", "halves", "leader-pause", "kill-rolling", "clock", "disk-full",
-            "power-loss", "membership", "control-local-reads", "control-no-fsync", "control-early-ack")
+            "power-loss", "membership", "control-local-reads", "control-no-fsync", "control-early-ack",
+            "control-causal-blind")
 FULL_MATRIX = (*REQUIRED, "majority-ring", "bridge", "disk-full-failover")
 # make jepsen-quick (CI): a short subset, with negative controls that must FAIL.
 QUICK_MATRIX = ("none", "leader-isolate", "kill-rolling", "power-loss", "control-local-reads",
-                "control-early-ack", "control-no-fsync")
+                "control-early-ack", "control-no-fsync", "control-causal-blind")
 
 
 def get(name: str) -> Scenario:

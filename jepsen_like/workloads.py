@@ -490,11 +490,16 @@ class StaleWorkload(Workload):
             await self.pause(self.mean_delay_s, failed=etype != "ok")
 
 
+# Workloads in modules of their own build on Workload above.
+from jepsen_like.causal import BlindCausalWorkload, CausalWorkload  # noqa: E402
+
 WORKLOAD_CLASSES: dict[str, type[Workload]] = {
     "register": RegisterWorkload,
     "set": SetWorkload,
     "session": SessionWorkload,
     "stale": StaleWorkload,
+    "causal": CausalWorkload,
+    "causal-blind": BlindCausalWorkload,
 }
 
 # Which checkers of jepsen_like.checker judge each harness workload.
@@ -503,4 +508,6 @@ WORKLOAD_CHECKS: dict[str, str] = {
     "set": "set",
     "session": "session",
     "stale": "stale",
+    "causal": "causal",
+    "causal-blind": "causal",
 }

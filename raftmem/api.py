@@ -16,12 +16,14 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from . import validation as v
 from .auth import Authenticator, need_for
 from .config import Config
 from .errors import InvalidRequest, NotFound, PayloadTooLarge, RaftmemError
 from .metrics import Metrics
 from .openapi import OPENAPI
 from .service import (
+    CONTEXT_HEADER,
     FORWARD_HEADERS,
     FORWARD_HOPS_MAX,
     FORWARDED_HEADER,
@@ -31,6 +33,7 @@ from .service import (
     ForwardNotSent,
     MemoryService,
     Reply,
+    with_context,
 )
 
 log = logging.getLogger(__name__)
@@ -202,31 +205,40 @@ class Api:
         self.service = service
         self.metrics = metrics
 
+    async def _memories(self, call: Call, run: Callable[[Call], Awaitable[Reply]], batch: bool = False) -> web.Response:
+        """A memory request: its causal context checked first (a bad one changes
+        nothing), and returned advanced by the reply (X-Raftmem-Context)."""
+        context = v.context(call.header(CONTEXT_HEADER), self.service.config.shards)
+        return _reply(with_context(await run(call), context, batch))
+
     async def put(self, request: web.Request) -> web.Response:
         ns, mid = request.match_info["namespace"], request.match_info["id"]
-        return _reply(await self.service.memories.put(ns, mid, _call(request, await request.read())))
+        return await self._memories(_call(request, await request.read()),
+                                    lambda call: self.service.memories.put(ns, mid, call))
 
     async def create(self, request: web.Request) -> web.Response:
         ns = request.match_info["namespace"]
-        return _reply(await self.service.memories.create(ns, _call(request, await request.read())))
+        return await self._memories(_call(request, await request.read()),
+                                    lambda call: self.service.memories.create(ns, call))
 
     async def get(self, request: web.Request) -> web.Response:
         ns, mid = request.match_info["namespace"], request.match_info["id"]
-        return _reply(await self.service.queries.get(ns, mid, _call(request)))
+        return await self._memories(_call(request), lambda call: self.service.queries.get(ns, mid, call))
 
     async def delete(self, request: web.Request) -> web.Response:
         ns, mid = request.match_info["namespace"], request.match_info["id"]
-        return _reply(await self.service.memories.delete(ns, mid, _call(request)))
+        return await self._memories(_call(request), lambda call: self.service.memories.delete(ns, mid, call))
 
     async def list(self, request: web.Request) -> web.Response:
-        return _reply(await self.service.queries.list(request.match_info["namespace"], _call(request)))
+        ns = request.match_info["namespace"]
+        return await self._memories(_call(request), lambda call: self.service.queries.list(ns, call))
 
     async def list_shard(self, request: web.Request) -> web.Response:
         ns = request.match_info["namespace"]
         return _reply(await self.service.queries.list_shard(_shard(request), ns, _call(request)))
 
     async def batch(self, request: web.Request) -> web.Response:
-        return _reply(await self.service.memories.batch(_call(request, await request.read())))
+        return await self._memories(_call(request, await request.read()), self.service.memories.batch, batch=True)
 
     async def transfer_leader(self, request: web.Request) -> web.Response:
         return _reply(await self.service.transfers.transfer_leader(_shard(request), _call(request)))

@@ -28,7 +28,15 @@ _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"
 _CONSISTENCY = {
     "name": "consistency",
     "in": "query",
-    "schema": {"type": "string", "enum": ["linearizable", "strong", "session", "bounded", "eventual"]},
+    "schema": {"type": "string", "enum": ["linearizable", "strong", "session", "causal", "bounded", "eventual",
+                                          "read-your-writes"]},
+}
+_CONTEXT = {
+    "name": "X-Raftmem-Context",
+    "in": "header",
+    "description": "the caller's causal context (one <shard>:<index> token per shard); every memory response "
+                   "returns it advanced",
+    "schema": {"type": "string", "pattern": "^[0-9]+:[0-9]+(,[0-9]+:[0-9]+)*$"},
 }
 _WRITE_BODY = {
     "required": True,
@@ -52,6 +60,7 @@ OPENAPI: dict[str, Any] = {
                     _NS,
                     _ID,
                     _CONSISTENCY,
+                    _CONTEXT,
                     {"name": "after", "in": "query", "schema": {"type": "string"}},
                     {"name": "max_staleness_ms", "in": "query", "schema": {"type": "integer"}},
                 ],

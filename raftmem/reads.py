@@ -3,8 +3,11 @@
     level        where                what must hold before `fn` runs
     eventual     any replica          nothing
     session      any replica          applied >= the caller's token (wait up to
-                                      SESSION_WAIT_S, else the leader); a leader
-                                      serves it from its own applied state
+    (read-your-                       SESSION_WAIT_S, else the leader); a leader
+    writes)                           serves it from its own applied state
+    causal       any replica          the same, with the token of the key's shard
+                                      from the caller's causal context (the
+                                      tokens it saw, handed on between agents)
     bounded      a follower           heard from its leader within the bound and
                                       applied the commit index it learned then;
                                       a leader serves it as linearizable
@@ -29,6 +32,7 @@ from typing import Protocol, TypeVar
 
 from .clock import Clock
 from .config import ConsistencyConfig, LimitsConfig
+from .config.schema import TOKEN_LEVELS
 from .errors import NoLeader, Unavailable
 from .shard import FRESH_LEVELS, MemoryReader, Served
 
@@ -123,20 +127,20 @@ class Reads:
             return fn(self.state), Served("eventual", self._token(), self.staleness_ms())
         if not raft.is_leader():
             return await self._follower_read(level, fn, after, bound_ms)
-        if level == "session" and after <= raft.commit_index and await raft.wait_applied(after, SESSION_WAIT_S):
+        if level in TOKEN_LEVELS and after <= raft.commit_index and await raft.wait_applied(after, SESSION_WAIT_S):
             # The leader has applied every token it acknowledged, and a token from
             # a later leader's term names a committed entry: applied >= token
             # means the write is in this state (read-your-writes, monotonic). A
             # token past our commit index came from a later leader (we may be
             # deposed): confirm leadership instead of waiting for it.
-            return fn(self.state), Served("session", self._token())
+            return fn(self.state), Served(level, self._token())
         return await self._leader_read(level, fn)
 
     async def _follower_read(
         self, level: str, fn: Callable[[MemoryReader], T], after: int, bound_ms: int
     ) -> tuple[T, Served]:
-        if level == "session" and await self.raft.wait_applied(after, SESSION_WAIT_S):
-            return fn(self.state), Served("session", self._token(), self.staleness_ms())
+        if level in TOKEN_LEVELS and await self.raft.wait_applied(after, SESSION_WAIT_S):
+            return fn(self.state), Served(level, self._token(), self.staleness_ms())
         if level == "bounded":
             staleness_ms = await self._bounded_ready(bound_ms)
             if staleness_ms is not None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from .config import CONSISTENCY_LEVELS, LimitsConfig
+from .config import CONSISTENCY_LEVELS, LEVEL_ALIASES, LimitsConfig, canonical_level
 from .errors import InvalidRequest, PayloadTooLarge
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._:-]+")  # fullmatch: "$" would let a final "\n" through
@@ -127,14 +127,14 @@ def idempotency_key(value: str | None) -> str | None:
 
 
 def consistency(value: str | None) -> str | None:
+    """A level by its name or the design's alias (read-your-writes: session)."""
     if value is None or value == "":
         return None
-    if value not in CONSISTENCY_LEVELS:
-        raise InvalidRequest(
-            f"unknown consistency level {value[:32]!r} (known: {', '.join(CONSISTENCY_LEVELS)})",
-            field="consistency",
-        )
-    return value
+    level = canonical_level(value)
+    if level not in CONSISTENCY_LEVELS:
+        known = ", ".join([*CONSISTENCY_LEVELS, *LEVEL_ALIASES])
+        raise InvalidRequest(f"unknown consistency level {value[:32]!r} (known: {known})", field="consistency")
+    return level
 
 
 def tokens(value: str | None, shards: int) -> dict[int, int]:
@@ -152,6 +152,27 @@ def tokens(value: str | None, shards: int) -> dict[int, int]:
             raise InvalidRequest(f"token {part[:40]!r} names no shard of this cluster", field="after")
         out[shard] = max(out.get(shard, 0), index)
     return out
+
+
+def context(value: str | None, shards: int) -> dict[int, int]:
+    """An X-Raftmem-Context header: a causal context, the same tokens as `after=`
+    (at most one per shard is kept)."""
+    try:
+        return tokens(value, shards)
+    except InvalidRequest as e:
+        raise InvalidRequest(f"X-Raftmem-Context: {e.message}", field="X-Raftmem-Context") from None
+
+
+def merge_tokens(*maps: dict[int, int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for tokens_map in maps:
+        for shard, index in tokens_map.items():
+            out[shard] = max(out.get(shard, 0), index)
+    return out
+
+
+def format_tokens(tokens_map: dict[int, int]) -> str:
+    return ",".join(f"{s}:{i}" for s, i in sorted(tokens_map.items()))
 
 
 def int_param(what: str, value: str | None, default: int, lo: int, hi: int) -> int:

@@ -5,6 +5,7 @@
 - ``setcheck``: lost / phantom elements of a set.
 - ``session``: read-your-writes and monotonic reads per client session.
 - ``stale``: bounded-staleness reads.
+- ``causal``: reads with a causal context handed between agents see what it covers.
 - ``testdata_formats``: readers for the reference Jepsen/EDN histories.
 
 ``check_history`` runs the checkers a workload needs and folds their verdicts:
@@ -21,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from jepsen_like.checker.causal import check_causal
 from jepsen_like.checker.history import Event, HistoryError, load_jsonl
 from jepsen_like.checker.linear import DEADLINE_S_DEFAULT, check_linearizable
 from jepsen_like.checker.session import check_session
@@ -53,6 +55,7 @@ _CHECKERS: dict[str, Checker] = {
     "set": lambda events, _deadline_s: check_set(events),
     "session": lambda events, _deadline_s: check_session(events),
     "stale": lambda events, _deadline_s: check_stale(events),
+    "causal": lambda events, _deadline_s: check_causal(events),
 }
 
 # Which checkers apply to each workload. The session workload's reads and writes
@@ -63,6 +66,7 @@ WORKLOADS: dict[str, tuple[str, ...]] = {
     "set": ("set",),
     "session": ("session", "linear"),
     "stale": ("stale",),
+    "causal": ("causal",),
 }
 
 

@@ -64,6 +64,7 @@ from .sync import Client, Session
 from .types import (
     CONSISTENCY_LEVELS,
     HEADER_CONSISTENCY,
+    HEADER_CONTEXT,
     HEADER_IDEMPOTENCY_KEY,
     HEADER_SERVED_BY,
     HEADER_TOKEN,
@@ -82,6 +83,7 @@ __all__ = [
     "CONSISTENCY_LEVELS",
     "HASH_NAME",
     "HEADER_CONSISTENCY",
+    "HEADER_CONTEXT",
     "HEADER_IDEMPOTENCY_KEY",
     "HEADER_SERVED_BY",
     "HEADER_TOKEN",

@@ -27,6 +27,7 @@ from .retry import ATTEMPT_S_MIN, RetryPolicy, may_retry
 from .routing import RouteTable
 from .types import (
     CONSISTENCY_LEVELS,
+    HEADER_CONTEXT,
     HEADER_IDEMPOTENCY_KEY,
     LEADER_LEVELS,
     LIST_PAGE_DEFAULT,
@@ -336,6 +337,7 @@ class AsyncClient:
         idempotency_key: str | None = None,
         idempotent: bool | None = None,
         retry: RetryPolicy | None = None,
+        context: str | None = None,
     ) -> Response:
         await self._ensure_routes()
         request = _Request(
@@ -343,7 +345,7 @@ class AsyncClient:
             _memory_path(namespace, memory_id),
             is_write=True,
             shard=self.shard_of(namespace, memory_id),
-            headers=self._write_headers(if_match, if_none_match, idempotency_key, idempotent),
+            headers=_with_context(self._write_headers(if_match, if_none_match, idempotency_key, idempotent), context),
             body=orjson.dumps(_memory_body(agent_id, kind, content, tags, metadata, ttl_s)),
         )
         return await self._send(request, retry)
@@ -368,6 +370,7 @@ class AsyncClient:
         idempotency_key: str | None = None,
         idempotent: bool | None = None,
         retry: RetryPolicy | None = None,
+        context: str | None = None,
     ) -> Response:
         # The server derives the id from the Idempotency-Key, so a retry lands on
         # the same id; the shard is unknown here, so any node takes it.
@@ -375,7 +378,7 @@ class AsyncClient:
             "POST",
             _memory_path(namespace),
             is_write=True,
-            headers=self._write_headers(None, False, idempotency_key, idempotent),
+            headers=_with_context(self._write_headers(None, False, idempotency_key, idempotent), context),
             body=orjson.dumps(_memory_body(agent_id, kind, content, tags, metadata, ttl_s)),
         )
         return await self._send(request, retry)
@@ -394,6 +397,7 @@ class AsyncClient:
         after: str | Sequence[str] | None = None,
         max_staleness_ms: int | None = None,
         retry: RetryPolicy | None = None,
+        context: str | None = None,
     ) -> Response:
         if consistency is not None and consistency not in CONSISTENCY_LEVELS:
             raise ValueError(f"unknown consistency {consistency!r} (known: {', '.join(CONSISTENCY_LEVELS)})")
@@ -413,6 +417,7 @@ class AsyncClient:
             is_write=False,
             shard=self.shard_of(namespace, memory_id) if leader_bound else None,
             params=params,
+            headers=_with_context({}, context),
             stale_tolerant=not leader_bound,
         )
         return await self._send(request, retry)
@@ -432,9 +437,10 @@ class AsyncClient:
         idempotency_key: str | None = None,
         idempotent: bool | None = None,
         retry: RetryPolicy | None = None,
+        context: str | None = None,
     ) -> Response:
         await self._ensure_routes()
-        headers = self._write_headers(if_match, False, idempotency_key, idempotent)
+        headers = _with_context(self._write_headers(if_match, False, idempotency_key, idempotent), context)
         headers.pop("Content-Type")
         request = _Request(
             "DELETE",
@@ -542,18 +548,31 @@ class AsyncClient:
             pass
         return body
 
-    def session(self) -> AsyncSession:
-        return AsyncSession(self)
+    def session(self, context: str | None = None) -> AsyncSession:
+        """A session; `context` continues another agent's (its `session.context`):
+        this one then reads everything that one wrote and saw (causal)."""
+        session = AsyncSession(self)
+        if context:
+            session.observe_context(context)
+        return session
 
 
 class AsyncSession:
-    """Read-your-writes and monotonic reads: remembers the highest token seen per
-    shard (from its writes and reads) and reads with `consistency=session&after=`,
-    which any replica that has applied that index may serve."""
+    """Read-your-writes, monotonic reads, and causal consistency across agents:
+    remembers the highest token seen per shard (its writes and reads: its causal
+    context), sends it with every request (X-Raftmem-Context) and reads with
+    `consistency=session`, which any replica that has applied those tokens may
+    serve. `context` is the context as a string, to hand to another agent, whose
+    `client.session(context=...)` then sees all this session wrote and saw."""
 
     def __init__(self, client: AsyncClient) -> None:
         self.client = client
         self.tokens: dict[int, int] = {}
+
+    @property
+    def context(self) -> str | None:
+        """This session's causal context: one token per shard."""
+        return ",".join(f"{s}:{i}" for s, i in sorted(self.tokens.items())) or None
 
     def observe(self, token: str | None) -> None:
         parsed = parse_token(token) if token else None
@@ -562,31 +581,36 @@ class AsyncSession:
             if index > self.tokens.get(shard, -1):
                 self.tokens[shard] = index
 
+    def observe_context(self, context: str | None) -> None:
+        for token in (context or "").split(","):
+            self.observe(token.strip())
+
     def _observe_response(self, response: Response) -> None:
         self.observe(response.token)
+        self.observe_context(response.headers.get(HEADER_CONTEXT))
         if isinstance(response.body, dict):
             self.observe(response.body.get("token"))
 
     def after(self, shard: int | None) -> str | None:
         if shard is None:  # routes unknown: send every token, the server picks its shard's
-            return ",".join(f"{s}:{i}" for s, i in sorted(self.tokens.items())) or None
+            return self.context
         index = self.tokens.get(shard)
         return None if index is None else f"{shard}:{index}"
 
     async def put(self, namespace: str, memory_id: str, content: Any = None, **kw: Any) -> dict[str, Any]:
-        response = await self.client.put_raw(namespace, memory_id, content, **kw)
+        response = await self.client.put_raw(namespace, memory_id, content, context=self.context, **kw)
         self._observe_response(response)
         body: dict[str, Any] = response.body
         return body
 
     async def create(self, namespace: str, content: Any = None, **kw: Any) -> dict[str, Any]:
-        response = await self.client.create_raw(namespace, content, **kw)
+        response = await self.client.create_raw(namespace, content, context=self.context, **kw)
         self._observe_response(response)
         body: dict[str, Any] = response.body
         return body
 
     async def delete(self, namespace: str, memory_id: str, **kw: Any) -> dict[str, Any]:
-        response = await self.client.delete_raw(namespace, memory_id, **kw)
+        response = await self.client.delete_raw(namespace, memory_id, context=self.context, **kw)
         self._observe_response(response)
         body: dict[str, Any] = response.body
         return body
@@ -598,12 +622,21 @@ class AsyncSession:
             consistency = "session"
             kw.setdefault("after", self.after(self.client.shard_of(namespace, memory_id)))
         try:
-            response = await self.client.get_raw(namespace, memory_id, consistency=consistency, **kw)
+            response = await self.client.get_raw(
+                namespace, memory_id, consistency=consistency, context=self.context, **kw
+            )
         except NotFound as e:
             if isinstance(e.body, dict) and isinstance(e.body.get("error"), dict):
                 self.observe(e.body["error"].get("token"))
             raise
         self.observe(response.token)
+        self.observe_context(response.headers.get(HEADER_CONTEXT))
         body: dict[str, Any] = response.body
         return body
 
+
+
+def _with_context(headers: dict[str, str], context: str | None) -> dict[str, str]:
+    if context:
+        headers[HEADER_CONTEXT] = context
+    return headers

@@ -113,8 +113,9 @@ class Client:
     def refresh_routes(self) -> bool:
         return self._run(self._async.refresh_routes(force=True))
 
-    def session(self) -> Session:
-        return Session(self, self._async.session())
+    def session(self, context: str | None = None) -> Session:
+        """A session; `context` continues another agent's (see AsyncClient.session)."""
+        return Session(self, self._async.session(context))
 
 
 class Session:
@@ -127,6 +128,11 @@ class Session:
     @property
     def tokens(self) -> dict[int, int]:
         return self._inner.tokens
+
+    @property
+    def context(self) -> str | None:
+        """The causal context to hand to another agent's `client.session(context=...)`."""
+        return self._inner.context
 
     def put(self, namespace: str, memory_id: str, content: Any = None, **kw: Any) -> dict[str, Any]:
         return self._client._run(self._inner.put(namespace, memory_id, content, **kw))

@@ -12,7 +12,8 @@ from urllib.parse import quote
 
 from .errors import ClientError, error_from_response
 
-CONSISTENCY_LEVELS = ("linearizable", "strong", "session", "bounded", "eventual")
+# The server's levels and the design's alias for session.
+CONSISTENCY_LEVELS = ("linearizable", "strong", "session", "causal", "bounded", "eventual", "read-your-writes")
 # Levels a shard leader must serve; the others may be answered by any replica.
 LEADER_LEVELS = frozenset({"linearizable", "strong"})
 LIST_PAGE_DEFAULT = 100
@@ -21,6 +22,7 @@ HEADER_TOKEN = "X-Raftmem-Token"
 HEADER_SERVED_BY = "X-Raftmem-Served-By"
 HEADER_CONSISTENCY = "X-Raftmem-Consistency"
 HEADER_IDEMPOTENCY_KEY = "Idempotency-Key"
+HEADER_CONTEXT = "X-Raftmem-Context"
 
 
 @dataclass

@@ -21,6 +21,7 @@ from .schema import (
     CONSISTENCY_LEVELS,
     FSYNC_MODES,
     ID_CHARS_MAX,
+    LEVEL_ALIASES,
     LIST_PAGE_MAX,
     NAMESPACE_CHARS_MAX,
     SHARDS_MAX,
@@ -37,6 +38,7 @@ from .schema import (
     RaftConfig,
     StorageConfig,
     TagOverride,
+    canonical_level,
 )
 
 __all__ = [
@@ -44,5 +46,5 @@ __all__ = [
     "FSYNC_MODES", "ID_CHARS_MAX", "LIST_PAGE_MAX", "LOCAL_3NODE_YAML", "NAMESPACE_CHARS_MAX",
     "SHARDS_MAX", "STALENESS_MS_MAX", "TAG_CHARS_MAX", "TAGS_MAX", "ApiToken", "AuthConfig",
     "Config", "ConfigError", "ConsistencyConfig", "LimitsConfig", "NodeConfig", "RaftConfig", "StorageConfig",
-    "TagOverride", "check_ports_free", "embedded_default", "is_loopback", "load", "parse", "validate",
+    "TagOverride", "LEVEL_ALIASES", "canonical_level", "check_ports_free", "embedded_default", "is_loopback", "load", "parse", "validate",
 ]

@@ -15,8 +15,10 @@ from .rules import validate
 from .schema import (
     AUTH_ROLES,
     AUTH_SECRET_CHARS_MIN,
+    RAFT_PORT_OFFSET,
     SHARDS_MAX,
     STALENESS_MS_MAX,
+    TOKEN_LEVELS,
     ApiToken,
     AuthConfig,
     Config,
@@ -27,6 +29,7 @@ from .schema import (
     RaftConfig,
     StorageConfig,
     TagOverride,
+    canonical_level,
 )
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -34,7 +37,10 @@ _SECRET_RE = re.compile(r"[!-~]+")
 
 _TOP_KEYS = {"cluster", "replication", "raft", "consistency", "storage", "limits", "auth", "debug"}
 _CLUSTER_KEYS = {"name", "shards", "nodes"}
-_NODE_KEYS = {"id", "host", "http_port", "raft_port_base", "zone"}
+_NODE_KEYS = {"id", "host", "http_port", "raft_port_base", "zone", "port", "role"}
+# The design's node roles. In a Raft cluster every node holds replicas and each
+# shard elects its leader, so a role changes nothing; it is accepted and shown.
+NODE_ROLES = ("primary", "replica", "secondary", "voter")
 _DEBUG_KEYS = {
     "unsafe_local_reads", "unsafe_early_ack", "disable_prevote",
     "slow_snapshot_disk", "inline_snapshot_install",
@@ -95,26 +101,14 @@ def parse(data: Any, source: str = "<embedded>") -> Config:
     raw_nodes = cluster.get("nodes")
     if not isinstance(raw_nodes, list) or not raw_nodes:
         raise ConfigError("cluster.nodes: must be a non-empty list of nodes")
-    nodes = []
-    for i, raw in enumerate(raw_nodes):
-        section = f"cluster.nodes[{i}]"
-        raw = _mapping(section, raw)
-        _check_keys(section, raw, _NODE_KEYS)
-        for key in ("id", "host", "http_port", "raft_port_base"):
-            if key not in raw:
-                raise ConfigError(f"{section}: missing {key}")
-        nodes.append(
-            NodeConfig(
-                id=str(raw["id"]),
-                host=str(raw["host"]),
-                http_port=_int(section, "http_port", raw["http_port"], 1, 65535),
-                raft_port_base=_int(section, "raft_port_base", raw["raft_port_base"], 1, 65535),
-                zone=str(raw.get("zone", "")),
-            )
-        )
+    nodes = [_node(f"cluster.nodes[{i}]", raw) for i, raw in enumerate(raw_nodes)]
     replication = _mapping("replication", top.get("replication"))
-    _check_keys("replication", replication, {"factor"})
+    _check_keys("replication", replication, {"factor", "write_quorum", "read_quorum"})
     factor = _int("replication", "factor", replication.get("factor", 3), 1, 7)
+    quorums = {
+        key: None if replication.get(key) is None else _int("replication", key, replication[key], 1, 7)
+        for key in ("write_quorum", "read_quorum")
+    }
     raft = _dataclass_from("raft", RaftConfig, _mapping("raft", top.get("raft")))
     cons = _mapping("consistency", top.get("consistency"))
     _check_keys("consistency", cons, {"default", "overrides"})
@@ -126,10 +120,13 @@ def parse(data: Any, source: str = "<embedded>") -> Config:
         tags = raw.get("tags")
         if not isinstance(tags, list) or not tags or not all(isinstance(t, str) for t in tags):
             raise ConfigError(f"{section}.tags: must be a non-empty list of strings")
-        model = str(raw.get("model"))
+        model = canonical_level(str(raw.get("model")))
         bound = raw.get("max_staleness_ms")
-        if model == "session":
-            raise ConfigError(f"{section}: session needs a token per request (after=); it cannot be a tag policy")
+        if model in TOKEN_LEVELS:
+            raise ConfigError(
+                f"{section}: {model} needs a token per request (after= or X-Raftmem-Context); it cannot be "
+                f"a tag policy (make it the default instead)"
+            )
         if model == "bounded":
             if isinstance(bound, bool) or not isinstance(bound, int) or not 0 <= bound <= STALENESS_MS_MAX:
                 raise ConfigError(
@@ -138,7 +135,9 @@ def parse(data: Any, source: str = "<embedded>") -> Config:
         elif bound is not None:
             raise ConfigError(f"{section}.max_staleness_ms: only for model bounded")
         overrides.append(TagOverride(tags=tuple(tags), model=model, max_staleness_ms=bound))
-    consistency = ConsistencyConfig(default=str(cons.get("default", "strong")), overrides=tuple(overrides))
+    consistency = ConsistencyConfig(
+        default=canonical_level(str(cons.get("default", "strong"))), overrides=tuple(overrides)
+    )
     storage = _mapping("storage", top.get("storage"))
     _check_keys("storage", storage, {"data_dir", *StorageConfig.__dataclass_fields__})
     storage_config = _dataclass_from("storage", StorageConfig, {k: v for k, v in storage.items() if k != "data_dir"})
@@ -150,6 +149,8 @@ def parse(data: Any, source: str = "<embedded>") -> Config:
         shards=shards,
         nodes=tuple(nodes),
         replication_factor=factor,
+        write_quorum=quorums["write_quorum"],
+        read_quorum=quorums["read_quorum"],
         raft=raft,
         consistency=consistency,
         data_dir=str(storage.get("data_dir", "./data")),
@@ -161,6 +162,34 @@ def parse(data: Any, source: str = "<embedded>") -> Config:
     )
     validate(config)
     return config
+
+
+def _node(section: str, raw: Any) -> NodeConfig:
+    """One node entry: raftmem's layout (`http_port`, `raft_port_base`) or the
+    design's (`port`, and `role`, which Raft elects: accepted, no effect)."""
+    raw = _mapping(section, raw)
+    _check_keys(section, raw, _NODE_KEYS)
+    if "port" in raw and "http_port" in raw:
+        raise ConfigError(f"{section}: give port or http_port, not both (port is the design's name for http_port)")
+    http_key = "port" if "port" in raw else "http_port"
+    for key in ("id", "host", http_key):
+        if key not in raw:
+            raise ConfigError(f"{section}: missing {key}")
+    if "raft_port_base" not in raw and http_key == "http_port":
+        raise ConfigError(f"{section}: missing raft_port_base")
+    role = raw.get("role")
+    if role is not None and role not in NODE_ROLES:
+        raise ConfigError(f"{section}.role: {role!r} is not one of {', '.join(NODE_ROLES)} (and has no effect: "
+                          f"Raft elects each shard's leader)")
+    http_port = _int(section, http_key, raw[http_key], 1, 65535)
+    raft_base = raw.get("raft_port_base", http_port + RAFT_PORT_OFFSET)
+    return NodeConfig(
+        id=str(raw["id"]),
+        host=str(raw["host"]),
+        http_port=http_port,
+        raft_port_base=_int(section, "raft_port_base", raft_base, 1, 65535),
+        zone=str(raw.get("zone", "")),
+    )
 
 
 def _parse_auth(raw: Mapping[str, Any]) -> AuthConfig:

@@ -101,11 +101,12 @@ def validate(config: Config) -> None:
             raise ConfigError(
                 f"consistency: unknown model {level!r} (known: {', '.join(CONSISTENCY_LEVELS)})"
             )
-    if config.consistency.default in ("session", "bounded"):
+    if config.consistency.default == "bounded":
         raise ConfigError(
-            "consistency.default: session and bounded need per-request parameters "
-            "(after=, max_staleness_ms=); use linearizable, strong or eventual"
+            "consistency.default: bounded needs max_staleness_ms per request; use linearizable, strong, "
+            "session (read-your-writes), causal or eventual"
         )
+    _check_quorums(config)
     lim = config.limits
     if not 1 <= lim.list_page_max <= 10000:
         raise ConfigError("limits.list_page_max: must be in [1, 10000]")
@@ -115,6 +116,43 @@ def validate(config: Config) -> None:
         raise ConfigError("limits.group_commit_linger_ms: must be in [0, 1000]")
     if lim.body_bytes_max < 1024:
         raise ConfigError("limits.body_bytes_max: must be at least 1024")
+
+
+def _check_quorums(config: Config) -> None:
+    """The design's W and R against what Raft does: every write waits for a
+    majority (no more, no fewer); a read is served by one replica (stale-
+    tolerant levels) or confirmed by a majority (linearizable)."""
+    n, majority = config.replication_factor, config.majority
+    w, r = config.write_quorum, config.read_quorum
+    if w is not None and w < majority:
+        raise ConfigError(
+            f"replication.write_quorum: {w} of {n} cannot be honoured: Raft acknowledges a write once a "
+            f"majority ({majority}) has it, because an entry on fewer replicas can be overwritten by a leader "
+            f"elected without them, losing an acknowledged write; use write_quorum: {majority}"
+        )
+    if w is not None and w > majority:
+        raise ConfigError(
+            f"replication.write_quorum: {w} of {n} is not supported: Raft acknowledges a write once a "
+            f"majority ({majority}) has it durably, and waiting for more replicas would only make writes stop "
+            f"when one is down; use write_quorum: {majority} (the others receive it right after)"
+        )
+    if r is None:
+        return
+    if r > n:
+        raise ConfigError(f"replication.read_quorum: {r} exceeds the {n} replicas")
+    if 1 < r < majority:
+        raise ConfigError(
+            f"replication.read_quorum: {r} of {n} means nothing in Raft: a read is served by one replica "
+            f"(read_quorum: 1, the stale-tolerant levels) or confirmed by a majority (read_quorum: {majority}, "
+            f"linearizable)"
+        )
+    stale = [lv for lv in [config.consistency.default, *(o.model for o in config.consistency.overrides)]
+             if lv not in ("linearizable", "strong")]
+    if r >= majority and stale:
+        raise ConfigError(
+            f"replication.read_quorum: {r} (a majority) makes every read linearizable, but consistency "
+            f"asks for {', '.join(sorted(set(stale)))}; use read_quorum: 1, or only linearizable/strong"
+        )
 
 
 def check_ports_free(config: Config, node: NodeConfig) -> None:

@@ -7,7 +7,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CONSISTENCY_LEVELS = ("linearizable", "strong", "session", "bounded", "eventual")
+CONSISTENCY_LEVELS = ("linearizable", "strong", "session", "causal", "bounded", "eventual")
+# The design's own names for levels, accepted wherever a level is (config,
+# `consistency=`, the header); responses report the canonical name.
+LEVEL_ALIASES = {"read-your-writes": "session"}
+# Levels that need the caller's tokens (after= or X-Raftmem-Context).
+TOKEN_LEVELS = ("session", "causal")
+# A node given only `port` (the design's layout) gets its Raft ports from here.
+RAFT_PORT_OFFSET = 100
+
+
+def canonical_level(name: str) -> str:
+    return LEVEL_ALIASES.get(name, name)
 FSYNC_MODES = ("always", "batch", "never")
 # The largest max_staleness_ms a bounded read (or a bounded tag policy) may ask for.
 STALENESS_MS_MAX = 3_600_000
@@ -180,6 +191,10 @@ class Config:
     shards: int
     nodes: tuple[NodeConfig, ...]
     replication_factor: int = 3
+    # The design's quorum vocabulary, checked against what Raft does (rules.py):
+    # None when the config does not say.
+    write_quorum: int | None = None
+    read_quorum: int | None = None
     raft: RaftConfig = field(default_factory=RaftConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     data_dir: str = "./data"
@@ -200,4 +215,18 @@ class Config:
 
     def node_data_dir(self, node_id: str) -> Path:
         return Path(self.data_dir) / node_id
+
+    @property
+    def majority(self) -> int:
+        return self.replication_factor // 2 + 1
+
+    def quorums(self) -> dict[str, int]:
+        """The effective quorums (shown by /v1/cluster and `raftmem status`): a
+        write waits for a majority; a read is confirmed by a majority at
+        `linearizable`, and served by one replica at stale-tolerant levels."""
+        n = self.replication_factor
+        read = self.read_quorum if self.read_quorum is not None else (
+            self.majority if self.consistency.default in ("linearizable", "strong") else 1)
+        return {"replicas": n, "write": self.majority, "read": read,
+                "writes_tolerate_failures": n - self.majority, "reads_tolerate_failures": n - read}
 

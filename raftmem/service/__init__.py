@@ -25,6 +25,7 @@ from ..config import Config
 from ..membership import Table
 from ..shard import Shard
 from .calls import (
+    CONTEXT_HEADER,
     FORWARD_HEADERS,
     FORWARD_HOPS_MAX,
     FORWARDED_HEADER,
@@ -35,6 +36,7 @@ from .calls import (
     ForwardLost,
     ForwardNotSent,
     Reply,
+    with_context,
 )
 from .leaders import Router
 from .membership import Membership
@@ -44,6 +46,7 @@ from .status import Status
 from .transfers import SCRATCH_DIR, Transfers
 
 __all__ = [
+    "CONTEXT_HEADER", "with_context",
     "FORWARDED_HEADER", "FORWARD_HEADERS", "FORWARD_HOPS_MAX", "SCRATCH_DIR", "SNAPSHOT_CONTENT_TYPE",
     "TIME_KEY_RE", "Call", "FileBody", "ForwardLost", "ForwardNotSent", "Forwarder", "MemoryService", "Reply",
 ]

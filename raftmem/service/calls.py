@@ -11,9 +11,14 @@ from typing import Any, Protocol
 
 import orjson
 
+from ..validation import format_tokens
+
 FORWARDED_HEADER = "X-Raftmem-Forwarded"
+CONTEXT_HEADER = "X-Raftmem-Context"
 FORWARD_HOPS_MAX = 2
-FORWARD_HEADERS = ("If-Match", "If-None-Match", "Idempotency-Key", "X-Raftmem-Consistency", "Content-Type")
+FORWARD_HEADERS = (
+    "If-Match", "If-None-Match", "Idempotency-Key", "X-Raftmem-Consistency", "X-Raftmem-Context", "Content-Type",
+)
 SNAPSHOT_CONTENT_TYPE = "application/octet-stream"
 
 
@@ -64,6 +69,30 @@ class Forwarder(Protocol):
     async def forward(self, node_id: str, call: Call, timeout_s: float) -> Reply: ...
 
     def set_urls(self, urls: dict[str, str]) -> None: ...
+
+
+def with_context(reply: Reply, context: dict[int, int], batch: bool = False) -> Reply:
+    """Return the caller's causal context, advanced by what this reply shows
+    (its X-Raftmem-Token, one token per shard; a batch's per-operation tokens):
+    one token per shard at most, so it stays small however long a session."""
+    seen = dict(context)
+
+    def see(token: Any) -> None:
+        if isinstance(token, str) and ":" in token:
+            shard, _, index = token.partition(":")
+            if shard.isdigit() and index.isdigit():
+                seen[int(shard)] = max(seen.get(int(shard), 0), int(index))
+
+    for token in (reply.headers.get("X-Raftmem-Token") or "").split(","):
+        see(token)
+    body = reply.json() if batch and reply.status == 200 else None
+    if isinstance(body, dict) and isinstance(body.get("results"), list):
+        for result in body["results"]:
+            if isinstance(result, dict) and isinstance(result.get("body"), dict):
+                see(result["body"].get("token"))
+    if seen:
+        reply.headers[CONTEXT_HEADER] = format_tokens(seen)
+    return reply
 
 
 def public(rec: Mapping[str, Any], shard: int) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from ..config import STALENESS_MS_MAX, Config
 from ..errors import InvalidRequest, NotFound, from_result
 from ..reads import NotHere, level_for
 from ..shard import FRESH_LEVELS, ListQuery, MemoryReader, Served, Shard
-from .calls import Call, Reply, public
+from .calls import CONTEXT_HEADER, Call, Reply, public
 from .leaders import Router
 
 
@@ -57,7 +57,10 @@ class Queries:
             # The record's tags choose the level (what this replica holds of it).
             local_rec = (await shard.read("eventual", read))[0] if shard is not None else None
             level, tag_bound_ms = level_for(self.config.consistency, local_rec["tags"] if local_rec else None)
-        after = v.tokens(q.get("after"), self.config.shards).get(shard_id, 0)
+        # The caller's tokens: after= and its causal context, whichever is later.
+        after = v.merge_tokens(
+            v.tokens(q.get("after"), self.config.shards), v.context(call.header(CONTEXT_HEADER), self.config.shards)
+        ).get(shard_id, 0)
         bound_ms = v.int_param("max_staleness_ms", q.get("max_staleness_ms"), tag_bound_ms, 0, STALENESS_MS_MAX)
         if level == "bounded" and bound_ms < 0:
             raise InvalidRequest("consistency=bounded needs max_staleness_ms", field="max_staleness_ms")

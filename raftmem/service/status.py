@@ -34,6 +34,7 @@ class Status:
             "node": self.node_id,
             "shard_count": self.config.shards,
             "replication_factor": self.config.replication_factor,
+            "quorums": self.config.quorums(),
             "hash": HASH_NAME,
             "table_version": router.table.version,
             "nodes": nodes,

@@ -63,7 +63,7 @@ def test_none_passes_through_the_cli(tmp_path: Path) -> None:
     results = json.loads((out / "results.json").read_text())
     assert results["valid"] is True
     assert results["ops_checked"]["register"] > 100
-    assert set(results["workloads"]) == {"register", "set", "session", "stale"}
+    assert set(results["workloads"]) == {"register", "set", "session", "stale", "causal"}
     assert_torn_down(results, out)
 
 

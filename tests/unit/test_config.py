@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,7 +74,7 @@ def test_shipped_config_file_matches_embedded(tmp_path: Any) -> None:
         (lambda d: d["cluster"]["nodes"][1].update(id="n1"), "duplicate"),
         (lambda d: d["cluster"]["nodes"][0].update(host="10.0.0.5"), "password"),
         (lambda d: d["consistency"].update(default="psychic"), "unknown model"),
-        (lambda d: d["consistency"].update(default="session"), "per-request"),
+        (lambda d: d["consistency"].update(default="bounded"), "per request"),
         (lambda d: d["cluster"].update(shards=0), "out of range"),
         (lambda d: d["cluster"]["nodes"][0].pop("http_port"), "missing http_port"),
         (lambda d: d["raft"].update(heartbeat_ms="fast"), "integer"),
@@ -133,3 +134,53 @@ def test_memory_budgets_are_config_and_checked() -> None:
         bad[section][key] = value
         with pytest.raises(ConfigError, match=message):
             parse(bad)
+
+
+def test_the_designs_cluster_config_loads_as_written() -> None:
+    c = load(Path(__file__).resolve().parents[2] / "configs" / "memory-spine-3node.yaml")
+    assert c.name == "production-memory" and [n.id for n in c.nodes] == ["spine-1", "spine-2", "spine-3"]
+    assert [(n.http_port, n.raft_port_base) for n in c.nodes] == [(8788, 8888), (8798, 8898), (8808, 8908)]
+    assert c.consistency.default == "session"  # read-your-writes
+    assert c.quorums() == {"replicas": 3, "write": 2, "read": 1, "writes_tolerate_failures": 1,
+                           "reads_tolerate_failures": 2}
+
+
+def _seed() -> dict[str, Any]:
+    return {
+        "cluster": {"name": "p", "nodes": [
+            {"id": f"spine-{i}", "host": "127.0.0.1", "port": 8788 + 10 * i, "role": "primary" if i == 1 else "replica"}
+            for i in (1, 2, 3)]},
+        "replication": {"factor": 3, "write_quorum": 2, "read_quorum": 1},
+        "consistency": {"default": "read-your-writes",
+                        "overrides": [{"tags": ["critical"], "model": "strong"}, {"tags": ["metric"], "model": "eventual"}]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["replication"].update(write_quorum=1), "cannot be honoured.*majority \\(2\\).*use write_quorum: 2"),
+        (lambda d: d["replication"].update(write_quorum=3), "not supported.*use write_quorum: 2"),
+        (lambda d: d["replication"].update(read_quorum=2), "makes every read linearizable.*eventual, session"),
+        (lambda d: d["replication"].update(read_quorum=4), "exceeds the 3 replicas"),
+        (lambda d: (d["cluster"]["nodes"].extend(
+            {"id": f"spine-{i}", "host": "127.0.0.1", "port": 8788 + 10 * i} for i in (4, 5)),
+            d.update(replication={"factor": 5, "read_quorum": 2})), "means nothing in Raft"),
+        (lambda d: d["cluster"]["nodes"][0].update(role="leader"), "no effect: Raft elects"),
+        (lambda d: d["cluster"]["nodes"][0].update(http_port=9000), "port or http_port, not both"),
+        (lambda d: d["consistency"].update(default="psychic"), "unknown model"),
+    ],
+)
+def test_the_designs_quorums_and_names_are_checked_against_raft(change: Any, message: str) -> None:
+    d = _seed()
+    parse(copy.deepcopy(d))  # the seed itself loads
+    change(d)
+    with pytest.raises(ConfigError, match=message):
+        parse(d)
+
+
+def test_a_majority_read_quorum_with_fresh_levels_only_loads() -> None:
+    d = _seed()
+    d["replication"]["read_quorum"] = 2
+    d["consistency"] = {"default": "linearizable", "overrides": [{"tags": ["critical"], "model": "strong"}]}
+    assert parse(d).quorums()["read"] == 2

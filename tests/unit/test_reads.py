@@ -260,3 +260,32 @@ async def test_the_record_tags_choose_the_level() -> None:
     shard.local_state.record["tags"] = ["critical"]  # policy: linearizable, at the leader
     await _get(service)
     assert len(forwarder.forwarded) == 1
+
+
+async def _get_with_context(service: MemoryService, context: str, **query: str) -> Reply:
+    call = Call("GET", f"/v1/memories/{NS}/{MID}", query, {"X-Raftmem-Context": context})
+    return await service.queries.get(NS, MID, call)
+
+
+async def test_a_causal_read_on_a_replica_behind_the_context_waits_then_goes_to_the_leader() -> None:
+    service, shard, forwarder, _ = _service(leading=False)
+    shard.applied = 5
+    other = (SHARD + 1) % CONFIG.shards
+    await _get_with_context(service, f"{other}:99,{SHARD}:9", consistency="causal")
+    assert shard.waits == [(9, SESSION_WAIT_S)]  # the key's shard's token, not the other shard's
+    assert [node for node, _ in forwarder.forwarded] == ["n2"]
+
+
+async def test_control_a_causal_read_on_a_replica_that_applied_the_context_is_served_there() -> None:
+    service, shard, forwarder, _ = _service(leading=False)
+    shard.applied = 9
+    reply = await _get_with_context(service, f"{SHARD}:9", consistency="causal")
+    assert shard.waits == [] and forwarder.forwarded == []
+    assert reply.headers["X-Raftmem-Consistency"] == "causal"
+
+
+async def test_the_later_of_after_and_the_context_is_waited_for() -> None:
+    service, shard, _, _ = _service(leading=False)
+    shard.applied = 5
+    await _get_with_context(service, f"{SHARD}:7", consistency="read-your-writes", after=f"{SHARD}:9")
+    assert shard.waits == [(9, SESSION_WAIT_S)]
