@@ -40,6 +40,11 @@ class ChangeKind(StrEnum):
 
 @dataclass(frozen=True)
 class Change:
+    """One change. Live from the feed, `before` is the whole record replaced or
+    removed; read back from the change log (`from_log`), a PUT's `before` is
+    None and only `prev_version` says what it replaced (the log keeps one
+    record per change: the new one, or the one removed)."""
+
     kind: ChangeKind
     shard: int
     index: int  # the Raft index of the entry that made the change
@@ -47,6 +52,8 @@ class Change:
     id: str = ""
     before: Mapping[str, Any] | None = None  # the live record before, if any
     after: Mapping[str, Any] | None = None  # the record after (PUT only)
+    time_ms: int = 0  # the leader's wall time for the entry (chosen before proposing)
+    prev_version: int | None = None  # PUT: the version of the live record it replaced
 
     @property
     def version(self) -> int | None:
@@ -56,6 +63,48 @@ class Change:
     @property
     def token(self) -> str:
         return f"{self.shard}:{self.index}"
+
+    @property
+    def record(self) -> Mapping[str, Any] | None:
+        """The new record of a PUT, the removed one of a DELETE or EXPIRE."""
+        return self.after if self.kind is ChangeKind.PUT else self.before
+
+    def to_log(self) -> dict[str, Any]:
+        """The change log's form (JSON): one record, not two."""
+        return {"k": self.kind.value, "ns": self.namespace, "id": self.id, "t": self.time_ms,
+                "pv": self.prev_version, "rec": dict(self.record) if self.record is not None else None}
+
+    @classmethod
+    def from_log(cls, shard: int, index: int, d: Mapping[str, Any]) -> Change:
+        kind = ChangeKind(d["k"])
+        rec = d.get("rec")
+        return cls(kind, shard, index, str(d["ns"]), str(d["id"]),
+                   before=rec if kind is not ChangeKind.PUT else None,
+                   after=rec if kind is ChangeKind.PUT else None,
+                   time_ms=int(d.get("t") or 0), prev_version=d.get("pv"))
+
+
+class Compacted(Exception):
+    """The change log no longer holds the changes after an index: they were
+    trimmed (retention) or never kept. `oldest` is the earliest token a resume
+    may name now (every change after it is still there)."""
+
+    def __init__(self, shard: int, oldest: int) -> None:
+        super().__init__(f"shard {shard}: changes before index {oldest + 1} are no longer kept")
+        self.shard = shard
+        self.oldest = oldest
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    """Changes of one shard read back from a replica's change log, in log order:
+    every change in (after, through]; `through` is the replica's applied index
+    when the page is complete, else the index of the last change given."""
+
+    shard: int
+    changes: list[Change]
+    through: int
+    complete: bool
 
 
 class Overflowed(Exception):

@@ -83,7 +83,8 @@ class ShardReplica:
         self._addresses = {i: a for a, i in address_to_node.items()}
         self.store = Store(directory, budget)
         self.sm = StateMachine(self.store, shard, config.limits.idempotency_keys_max,
-                               publish=feed.publish if feed is not None else None)
+                               publish=feed.publish if feed is not None else None,
+                               events_retention=config.watch.retention_entries)
         spec = GroupSpec(
             shard=shard,
             self_address=f"{me.host}:{me.raft_port(shard)}",

@@ -11,7 +11,7 @@ metrics know about a shard replica. Nothing outside the shard implementation
                             transfer_leadership, seconds_out_of_touch
     snapshot_to, expire_due, close, drop
 
-This module imports only the command types and the config.
+This module imports only the command types, the config and the change types.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 from .commands import Command, Committed
 from .config import NodeConfig
+from .events import ChangePage
 
 T = TypeVar("T")
 
@@ -72,6 +73,10 @@ class MemoryReader(Protocol):
     def list(self, q: ListQuery, now_ms: int) -> list[dict[str, Any]]: ...
 
     def members_table(self) -> dict[str, Any] | None: ...
+
+    def changes_after(self, after: int, limit: int) -> ChangePage:
+        """This replica's change log after `after` (raises events.Compacted)."""
+        ...
 
 
 @dataclass(frozen=True)

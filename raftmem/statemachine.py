@@ -28,7 +28,14 @@ order is time order):
     k NUL idempotency-key                             -> first result (JSON)
     q NUL index(8) seq(4)                             -> idempotency key (eviction order)
     m NUL applied                                     -> applied index (8)
+    m NUL events_from                                 -> first index the change log holds (8)
     s NUL members                                     -> membership table (shard 0 only)
+    e NUL index(8) seq(4)                             -> change (JSON, Change.to_log): the change
+                                                         log, the last `events_retention` indexes
+
+The change log is written by apply in the entry's own batch, so it is exactly
+the committed changes, survives crashes with the data, and travels inside
+snapshots: a watch resumes, and a derived index replays, from any replica.
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ from .commands import (
     fingerprint,
     idempotency_key,
 )
-from .events import Change, ChangeKind
+from .events import Change, ChangeKind, ChangePage, Compacted
 from .shard import TIME_MAX, ListQuery
 from .storage import Batch, Store
 
@@ -76,6 +83,11 @@ SEP = b"\x00"
 
 MEMORY_PREFIX, MEMORY_END = b"d\x00", b"d\x01"
 EXPIRY_PREFIX, EXPIRY_END = b"x\x00", b"x\x01"
+EVENT_PREFIX, EVENT_END = b"e\x00", b"e\x01"
+EVENTS_FROM_KEY = b"m\x00events_from"
+# The change log is trimmed once it holds this many indexes past its retention
+# (a fraction of it, at least this many): one range delete now and then, not one per entry.
+EVENT_TRIM_SLACK_MIN = 256
 
 
 def memory_key(ns: str, mid: str) -> bytes:
@@ -137,20 +149,26 @@ class StateMachine:
 
     def __init__(
         self, store: Store, shard: int, idempotency_keys_max: int = 100000,
-        publish: Callable[[list[Change]], None] | None = None,
+        publish: Callable[[list[Change]], None] | None = None, events_retention: int = 0,
     ) -> None:
         """`publish`: where each entry's changes go once its batch is written
-        (the node's change feed); it must not block or raise."""
+        (the node's change feed); it must not block or raise. `events_retention`:
+        how many indexes of changes the change log keeps (0: none)."""
         self.store = store
         self.shard = shard
         self.idempotency_keys_max = idempotency_keys_max
-        self.applied_index = self._stored_applied_index()
+        self.events_retention = events_retention
         self._publish = publish
         self.publish_errors = 0
+        self._load_marks()
 
-    def _stored_applied_index(self) -> int:
+    def _load_marks(self) -> None:
         raw = self.store.get(APPLIED_KEY)
-        return codec.from_u64(raw) if raw else 0
+        self.applied_index = codec.from_u64(raw) if raw else 0
+        raw = self.store.get(EVENTS_FROM_KEY)
+        # A store from before the change log holds no changes up to its applied index.
+        self.events_from = codec.from_u64(raw) if raw and self.events_retention > 0 else self.applied_index + 1
+        self._events_from_stored = raw is not None
 
     # -- apply -----------------------------------------------------------------
     def apply(self, index: int, entry: bytes) -> Applied:
@@ -177,12 +195,48 @@ class StateMachine:
                 results.append(Result(Outcome.INVALID_OPERATION, f"{type(e).__name__}: {e}"))
         if work.idem_added:
             self._evict_idempotency_keys(work.batch, work.idem_added)
+        self._log_changes(work)
         work.batch.put(APPLIED_KEY, codec.u64(index))
         self.store.commit(work.batch)
         self.applied_index = index
+        self._events_from_stored = self.events_retention > 0
         if work.changes:
             self._emit(work.changes)
         return Applied(index, results, work.changes)
+
+    def _log_changes(self, work: _Entry) -> None:
+        """The entry's changes into the change log, in its batch; the log trimmed
+        to the retention now and then (deterministic: every replica trims at
+        the same indexes, given the same config)."""
+        index = work.index
+        if self.events_retention <= 0:
+            self.events_from = index + 1
+            if self._events_from_stored:  # logging was on before: its log goes
+                work.batch.delete_range(EVENT_PREFIX, EVENT_END)
+                work.batch.delete(EVENTS_FROM_KEY)
+            return
+        for seq, change in enumerate(work.changes):
+            work.batch.put(EVENT_PREFIX + codec.u64(index) + seq.to_bytes(4, "big"), codec.dumps(change.to_log()))
+        slack = max(EVENT_TRIM_SLACK_MIN, self.events_retention // 8)
+        if not self._events_from_stored or index - self.events_from >= self.events_retention + slack:
+            cut = max(self.events_from, index - self.events_retention + 1)
+            work.batch.delete_range(EVENT_PREFIX + codec.u64(self.events_from), EVENT_PREFIX + codec.u64(cut))
+            self.events_from = cut
+            work.batch.put(EVENTS_FROM_KEY, codec.u64(cut))
+
+    def changes_after(self, after: int, limit: int) -> ChangePage:
+        """The logged changes after index `after`, in log order: at least `limit`
+        when there are that many, and never half an entry's. Raises Compacted
+        when some changes after `after` are no longer kept."""
+        if after + 1 < self.events_from:
+            raise Compacted(self.shard, self.events_from - 1)
+        out: list[Change] = []
+        for key, raw in self.store.scan(EVENT_PREFIX + codec.u64(after + 1), EVENT_END):
+            index = codec.from_u64(key[len(EVENT_PREFIX):len(EVENT_PREFIX) + 8])
+            if len(out) >= limit and index != out[-1].index:
+                return ChangePage(self.shard, out, out[-1].index, complete=False)
+            out.append(Change.from_log(self.shard, index, codec.loads(raw)))
+        return ChangePage(self.shard, out, self.applied_index, complete=True)
 
     def _emit(self, changes: list[Change]) -> None:
         """Hand changes to the feed. Never raises: this runs inside apply, after
@@ -318,9 +372,11 @@ class StateMachine:
             work.batch.put(k, b"")
         work.batch.put(key, codec.dumps(rec))
         work.overlay[key] = rec
-        work.changes.append(
-            Change(ChangeKind.PUT, self.shard, work.index, rec["namespace"], rec["id"], old_live, rec)
-        )
+        work.changes.append(Change(
+            ChangeKind.PUT, self.shard, work.index, rec["namespace"], rec["id"], old_live, rec,
+            time_ms=int(rec.get("updated_at") or 0),
+            prev_version=int(old_live["version"]) if old_live is not None else None,
+        ))
 
     def _apply_delete(self, work: _Entry, op: Delete) -> Result:
         ns, mid, now = op.namespace, op.id, op.now_ms
@@ -333,15 +389,17 @@ class StateMachine:
                 Outcome.PRECONDITION_FAILED, f"version is {old['version']}, If-Match wanted {op.if_match}",
                 version=old["version"],
             )
-        self._delete_record(work, key, old, ChangeKind.DELETE)
+        self._delete_record(work, key, old, ChangeKind.DELETE, now)
         return Result(Outcome.DELETED, deleted=Deleted(ns, mid, old["version"]))
 
-    def _delete_record(self, work: _Entry, key: bytes, rec: dict[str, Any], kind: ChangeKind) -> None:
+    def _delete_record(self, work: _Entry, key: bytes, rec: dict[str, Any], kind: ChangeKind, now_ms: int) -> None:
         for k in _index_keys(rec):
             work.batch.delete(k)
         work.batch.delete(key)
         work.overlay[key] = None
-        work.changes.append(Change(kind, self.shard, work.index, rec["namespace"], rec["id"], rec, None))
+        work.changes.append(
+            Change(kind, self.shard, work.index, rec["namespace"], rec["id"], rec, None, time_ms=now_ms)
+        )
 
     def _apply_expire(self, work: _Entry, op: Expire) -> Result:
         now = op.now_ms
@@ -354,7 +412,7 @@ class StateMachine:
             key = memory_key(ns.decode(), mid.decode())
             rec = self._get(key, work.overlay)
             if rec is not None and not is_live(rec, now):
-                self._delete_record(work, key, rec, ChangeKind.EXPIRE)
+                self._delete_record(work, key, rec, ChangeKind.EXPIRE, now)
                 removed += 1
         return Result(Outcome.APPLIED, expired=removed)
 
@@ -396,7 +454,7 @@ class StateMachine:
 
     def install_staged(self, staged: Path) -> None:
         self.store.install_staged(staged)
-        self.applied_index = self._stored_applied_index()
+        self._load_marks()
         self._emit([Change(ChangeKind.RESET, self.shard, self.applied_index)])
 
     # -- reads -----------------------------------------------------------------

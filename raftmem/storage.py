@@ -140,6 +140,11 @@ class Batch:
         self._wb.delete(key)
         self.count += 1
 
+    def delete_range(self, start: bytes, end: bytes) -> None:
+        """Every key in [start, end) (one range tombstone)."""
+        self._wb.delete_range(start, end)
+        self.count += 1
+
 
 class Store:
     """A shard replica's key-value store (bytes to bytes)."""

@@ -38,6 +38,7 @@ from .schema import (
     RaftConfig,
     StorageConfig,
     TagOverride,
+    WatchConfig,
     canonical_level,
 )
 
@@ -46,5 +47,6 @@ __all__ = [
     "FSYNC_MODES", "ID_CHARS_MAX", "LIST_PAGE_MAX", "LOCAL_3NODE_YAML", "NAMESPACE_CHARS_MAX",
     "SHARDS_MAX", "STALENESS_MS_MAX", "TAG_CHARS_MAX", "TAGS_MAX", "ApiToken", "AuthConfig",
     "Config", "ConfigError", "ConsistencyConfig", "LimitsConfig", "NodeConfig", "RaftConfig", "StorageConfig",
-    "TagOverride", "LEVEL_ALIASES", "canonical_level", "check_ports_free", "embedded_default", "is_loopback", "load", "parse", "validate",
+    "TagOverride", "WatchConfig", "LEVEL_ALIASES", "canonical_level", "check_ports_free", "embedded_default",
+    "is_loopback", "load", "parse", "validate",
 ]

@@ -29,13 +29,14 @@ from .schema import (
     RaftConfig,
     StorageConfig,
     TagOverride,
+    WatchConfig,
     canonical_level,
 )
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _SECRET_RE = re.compile(r"[!-~]+")
 
-_TOP_KEYS = {"cluster", "replication", "raft", "consistency", "storage", "limits", "auth", "debug"}
+_TOP_KEYS = {"cluster", "replication", "raft", "consistency", "storage", "limits", "watch", "auth", "debug"}
 _CLUSTER_KEYS = {"name", "shards", "nodes"}
 _NODE_KEYS = {"id", "host", "http_port", "raft_port_base", "zone", "port", "role"}
 # The design's node roles. In a Raft cluster every node holds replicas and each
@@ -156,6 +157,7 @@ def parse(data: Any, source: str = "<embedded>") -> Config:
         data_dir=str(storage.get("data_dir", "./data")),
         storage=storage_config,
         limits=limits,
+        watch=_dataclass_from("watch", WatchConfig, _mapping("watch", top.get("watch"))),
         auth=_parse_auth(_mapping("auth", top.get("auth"))),
         debug={k: bool(v) for k, v in debug.items()},
         source=source,

@@ -7,7 +7,14 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from .schema import CONSISTENCY_LEVELS, FSYNC_MODES, Config, ConfigError, NodeConfig
+from .schema import (
+    CONSISTENCY_LEVELS,
+    FSYNC_MODES,
+    WATCH_RETENTION_MAX,
+    Config,
+    ConfigError,
+    NodeConfig,
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -108,6 +115,8 @@ def validate(config: Config) -> None:
         )
     _check_quorums(config)
     lim = config.limits
+    if not 0 <= config.watch.retention_entries <= WATCH_RETENTION_MAX:
+        raise ConfigError(f"watch.retention_entries: must be in [0, {WATCH_RETENTION_MAX}]")
     if not 1 <= lim.list_page_max <= 10000:
         raise ConfigError("limits.list_page_max: must be in [1, 10000]")
     if lim.entries_in_flight_max < 1:

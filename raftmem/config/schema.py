@@ -185,6 +185,19 @@ class StorageConfig:
     block_cache_bytes: int = 16 << 20
 
 
+WATCH_RETENTION_MAX = 10_000_000
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """The change log each replica keeps (in its RocksDB, written by apply):
+    what watches resume from and derived indexes replay after a crash."""
+
+    # Raft indexes of changes kept per shard; a resume from before them is 410
+    # compacted (0: keep no log; watches then start from now only).
+    retention_entries: int = 100_000
+
+
 @dataclass(frozen=True)
 class Config:
     name: str
@@ -200,6 +213,7 @@ class Config:
     data_dir: str = "./data"
     storage: StorageConfig = field(default_factory=StorageConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     # Debug switches that make the store unsafe, for the harness's negative
     # controls only. Never set them in production.

@@ -172,3 +172,85 @@ async def test_the_feed_delivers_in_order_and_cuts_off_a_subscriber_that_falls_b
         slow.get_nowait()
     assert cut.value.last == {0: 1, 1: 2}
     assert feed.overflows == 1 and feed.watermarks == {0: 3, 1: 2}
+
+
+def _entries() -> list[bytes]:
+    return [
+        encode_entry([_put("a"), _put("b", ttl_s=1)]),
+        encode_entry([_put("a", now=NOW + 1), Delete("ns", "b", now_ms=NOW + 1)]),
+        encode_entry([Noop()]),
+        encode_entry([_put("c", ttl_s=1)]),
+        encode_entry([Expire(NOW + 5000)]),
+    ]
+
+
+def test_the_change_log_reads_back_what_apply_published(tmp_path: Path) -> None:
+    sm = StateMachine(Store(tmp_path / "db"), 2, events_retention=1000)
+    live: list[Change] = []
+    for index, entry in enumerate(_entries(), start=1):
+        live.extend(sm.apply(index, entry).changes)
+    page = sm.changes_after(0, 100)
+    assert page.complete and page.through == 5
+    assert [(c.kind, c.index, c.id, c.version, c.time_ms) for c in page.changes] == [
+        (c.kind, c.index, c.id, c.version, c.time_ms) for c in live
+    ]
+    assert [c.prev_version for c in page.changes] == [None, None, 1, None, None, None]
+    assert page.changes[2].after["content"] == "a" and page.changes[3].before["id"] == "b"  # the removed record
+    # Resumed from a token: exactly what came after it, a page ends on an entry's boundary.
+    assert [c.index for c in sm.changes_after(2, 100).changes] == [4, 5]
+    first = sm.changes_after(0, 1)
+    assert [c.index for c in first.changes] == [1, 1] and not first.complete and first.through == 1
+    # Reopened and replayed (a restart): the log has no duplicates.
+    sm.store.close()
+    sm = StateMachine(Store(tmp_path / "db"), 2, events_retention=1000)
+    for index, entry in enumerate(_entries(), start=1):
+        sm.apply(index, entry)
+    assert len(sm.changes_after(0, 100).changes) == len(live)
+    sm.store.close()
+
+
+def test_the_change_log_keeps_its_retention_and_refuses_older_resumes(tmp_path: Path) -> None:
+    from raftmem.events import Compacted
+    from raftmem.statemachine import EVENT_TRIM_SLACK_MIN
+
+    retention = 10
+    sm = StateMachine(Store(tmp_path / "db"), 0, events_retention=retention)
+    last = retention + EVENT_TRIM_SLACK_MIN + 5
+    for index in range(1, last + 1):
+        sm.apply(index, encode_entry([_put(f"m{index}", now=NOW + index)]))
+    assert sm.events_from > 1  # trimmed once
+    kept = sm.changes_after(sm.events_from - 1, 10_000).changes
+    assert [c.index for c in kept] == list(range(sm.events_from, last + 1)) and len(kept) >= retention
+    with pytest.raises(Compacted) as cut:
+        sm.changes_after(sm.events_from - 2, 10)
+    assert cut.value.oldest == sm.events_from - 1
+    # What the trim removed is gone from the store, not just hidden.
+    assert not list(sm.store.scan(b"e\x00", b"e\x00" + codec.u64(sm.events_from)))
+    sm.store.close()
+
+
+def test_control_without_retention_no_resume_is_possible(tmp_path: Path) -> None:
+    from raftmem.events import Compacted
+
+    sm = StateMachine(Store(tmp_path / "db"), 0)
+    sm.apply(1, encode_entry([_put("a")]))
+    with pytest.raises(Compacted):
+        sm.changes_after(0, 10)
+    assert sm.changes_after(1, 10).changes == []
+    sm.store.close()
+
+
+def test_the_change_log_travels_inside_a_snapshot(tmp_path: Path) -> None:
+    leader = StateMachine(Store(tmp_path / "leader"), 1, events_retention=1000)
+    for index, entry in enumerate(_entries(), start=1):
+        leader.apply(index, entry)
+    leader.create_checkpoint(tmp_path / "ckpt")
+    leader.pack_checkpoint(tmp_path / "ckpt", tmp_path / "snap", b"{}")
+    follower = StateMachine(Store(tmp_path / "follower"), 1, events_retention=1000)
+    follower.install_snapshot(tmp_path / "snap")
+    assert follower.applied_index == 5 and follower.events_from == leader.events_from
+    assert [(c.index, c.id) for c in follower.changes_after(0, 100).changes] == [
+        (c.index, c.id) for c in leader.changes_after(0, 100).changes
+    ]
+    leader.store.close()
+    follower.store.close()
