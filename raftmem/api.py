@@ -27,6 +27,7 @@ from .service import (
     FORWARD_HEADERS,
     FORWARD_HOPS_MAX,
     FORWARDED_HEADER,
+    INTERNAL_BATCH_PATH,
     Call,
     FileBody,
     ForwardLost,
@@ -238,7 +239,10 @@ class Api:
         return _reply(await self.service.queries.list_shard(_shard(request), ns, _call(request)))
 
     async def batch(self, request: web.Request) -> web.Response:
-        return await self._memories(_call(request, await request.read()), self.service.memories.batch, batch=True)
+        return await self._memories(_call(request, await request.read()), self.service.batches.batch, batch=True)
+
+    async def internal_batch(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.batches.internal(_call(request, await request.read())))
 
     async def transfer_leader(self, request: web.Request) -> web.Response:
         return _reply(await self.service.transfers.transfer_leader(_shard(request), _call(request)))
@@ -337,6 +341,7 @@ def build_app(service: MemoryService, config: Config, metrics: Metrics) -> web.A
     r.add_get("/v1/memories/{namespace}", api.list)
     r.add_get("/v1/internal/shards/{shard}/list/{namespace}", api.list_shard)
     r.add_post("/v1/batch", api.batch)
+    r.add_post(INTERNAL_BATCH_PATH, api.internal_batch)
     r.add_get("/v1/cluster", api.cluster)
     r.add_post("/v1/admin/shards/{shard}/transfer-leader", api.transfer_leader)
     r.add_get("/v1/admin/backup", api.backup)

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 ENTRY_FORMAT_V1 = 1
-OP_TYPES = frozenset({"put", "delete", "noop", "expire", "restore", "members"})
+OP_TYPES = frozenset({"put", "delete", "noop", "expire", "restore", "members", "get", "txn"})
 
 
 class CodecError(ValueError):

@@ -203,9 +203,62 @@ class SetMembers:
         return cls(table=dict(table), if_version=_int(d, "if_version"), now_ms=int(d.get("now") or 0))
 
 
-Command = Put | Delete | Noop | Expire | Restore | SetMembers
-COMMANDS: dict[str, type[Put] | type[Delete] | type[Noop] | type[Expire] | type[Restore] | type[SetMembers]] = {
-    cls.TAG: cls for cls in (Put, Delete, Noop, Expire, Restore, SetMembers)
+@dataclass(frozen=True)
+class Get:
+    """Read one memory inside an entry, after the entry's earlier commands: a
+    batch's read sees the batch's earlier writes of the same key."""
+
+    TAG: ClassVar[str] = "get"
+    namespace: str
+    id: str
+    now_ms: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": self.TAG, "ns": self.namespace, "id": self.id, "now": self.now_ms}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> Get:
+        return cls(namespace=_str(d, "ns"), id=_str(d, "id"), now_ms=_int(d, "now"))
+
+
+TxnOp = Put | Delete | Get
+TXN_OPS_MAX = 1000
+
+
+@dataclass(frozen=True)
+class Txn:
+    """Commands of one shard applied all or none (an atomic batch): the first
+    that fails (a precondition, a memory to delete that is not there) undoes
+    those before it, and the rest are not tried."""
+
+    TAG: ClassVar[str] = "txn"
+    ops: tuple[TxnOp, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": self.TAG, "ops": [op.to_wire() for op in self.ops]}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> Txn:
+        raw = d["ops"]
+        if not isinstance(raw, list) or not 0 < len(raw) <= TXN_OPS_MAX:
+            raise TypeError(f"ops must be a list of 1 to {TXN_OPS_MAX} operations")
+        ops: list[TxnOp] = []
+        for op in raw:
+            tag = op.get("t") if isinstance(op, Mapping) else None
+            if tag == Put.TAG:
+                ops.append(Put.from_wire(op))
+            elif tag == Delete.TAG:
+                ops.append(Delete.from_wire(op))
+            elif tag == Get.TAG:
+                ops.append(Get.from_wire(op))
+            else:
+                raise TypeError("a txn holds only put, delete and get")
+        return cls(tuple(ops))
+
+
+Command = Put | Delete | Noop | Expire | Restore | SetMembers | Get | Txn
+COMMANDS: dict[str, Any] = {
+    cls.TAG: cls for cls in (Put, Delete, Noop, Expire, Restore, SetMembers, Get, Txn)
 }
 assert set(COMMANDS) == codec.OP_TYPES, "every wire tag has one command class"
 
@@ -220,8 +273,10 @@ class Invalid:
 
 def stamped(command: Command, now_ms: int) -> Command:
     """The command with the leader's time, for the commands that carry one."""
-    if isinstance(command, Put | Delete | SetMembers):
+    if isinstance(command, Put | Delete | SetMembers | Get):
         return replace(command, now_ms=now_ms)
+    if isinstance(command, Txn):
+        return Txn(tuple(replace(op, now_ms=now_ms) for op in command.ops))
     return command
 
 
@@ -282,19 +337,21 @@ class Outcome(StrEnum):
     CREATED = "created"
     UPDATED = "updated"
     DELETED = "deleted"
-    APPLIED = "applied"  # noop, expire, restore, members
+    APPLIED = "applied"  # noop, expire, restore, members, a txn
+    READ = "read"  # a get inside an entry found the memory
     PRECONDITION_FAILED = "precondition_failed"
     NOT_FOUND = "not_found"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     INVALID_OPERATION = "invalid_operation"
     INVALID_ENTRY = "invalid_entry"
+    ABORTED = "aborted"  # a txn undone because one of its commands failed; or a command of it not tried
 
     @property
     def ok(self) -> bool:
         return self in _SUCCESSES
 
 
-_SUCCESSES = frozenset({Outcome.CREATED, Outcome.UPDATED, Outcome.DELETED, Outcome.APPLIED})
+_SUCCESSES = frozenset({Outcome.CREATED, Outcome.UPDATED, Outcome.DELETED, Outcome.APPLIED, Outcome.READ})
 
 
 @dataclass(frozen=True)
@@ -315,6 +372,7 @@ class Result:
     restored: bool = False
     version: int | None = None  # the current version, when a precondition failed
     replayed: bool = False  # answered from an idempotency key's first result
+    results: tuple[Result, ...] = ()  # a txn: one per command (ABORTED for those undone or not tried)
 
     # Stored for an idempotency key in the form the first version wrote, so a
     # downgrade or a mixed-version cluster (a snapshot from a newer leader)
@@ -323,7 +381,7 @@ class Result:
     _STORED_CODES: ClassVar[dict[Outcome, int]] = {
         Outcome.CREATED: 201, Outcome.UPDATED: 200, Outcome.DELETED: 200, Outcome.APPLIED: 200,
         Outcome.PRECONDITION_FAILED: 412, Outcome.NOT_FOUND: 404, Outcome.IDEMPOTENCY_KEY_REUSED: 409,
-        Outcome.INVALID_OPERATION: 400, Outcome.INVALID_ENTRY: 400,
+        Outcome.INVALID_OPERATION: 400, Outcome.INVALID_ENTRY: 400, Outcome.READ: 200, Outcome.ABORTED: 409,
     }
 
     def to_wire(self) -> dict[str, Any]:

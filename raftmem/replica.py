@@ -18,7 +18,7 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,10 +44,11 @@ EXPIRE_PERIOD_S = 1.0
 
 @dataclass
 class _Pending:
-    command: Command | None  # None: a read barrier
-    wire: dict[str, Any] | None  # its wire form, encoded once
+    commands: Sequence[Command]  # empty: a read barrier
+    wires: list[dict[str, Any]] | None  # their wire forms, encoded once; None: a read barrier
     future: asyncio.Future[Any]
     size: int
+    many: bool = False  # submitted with submit_many: answered with a list, kept in one entry
 
 
 class ShardReplica:
@@ -127,24 +128,34 @@ class ShardReplica:
         applied here. Raises NoLeader/Overloaded (nothing was done) or
         Indeterminate (it may or may not happen)."""
         wire = command.to_wire()
-        done: Committed = await self._enqueue(command, wire, len(codec.dumps(wire)))
+        done: Committed = await self._enqueue([command], [wire], len(codec.dumps(wire)))
+        return done
+
+    async def submit_many(self, commands: Sequence[Command]) -> list[Committed]:
+        """Propose commands together: one log entry (one RocksDB batch), applied
+        in the order given, so each sees the ones before it. All commit or
+        none; raises as `submit` does."""
+        wires = [c.to_wire() for c in commands]
+        done: list[Committed] = await self._enqueue(commands, wires, sum(len(codec.dumps(w)) for w in wires), True)
         return done
 
     async def barrier(self) -> int:
         """Linearizable read fence: returns an index such that the local state,
         once applied up to it, includes every write acknowledged before the call.
         Implemented as an entry of the current term committed after the call."""
-        index: int = await self._enqueue(None, None, 0)
+        index: int = await self._enqueue([], None, 0)
         return index
 
-    async def _enqueue(self, command: Command | None, wire: dict[str, Any] | None, size: int) -> Any:
+    async def _enqueue(
+        self, commands: Sequence[Command], wires: list[dict[str, Any]] | None, size: int, many: bool = False
+    ) -> Any:
         if not self.group.is_leader():
             raise NoLeader(f"node {self.node_id} does not lead shard {self.shard}", shard=self.shard)
         if self._in_flight + len(self._queue) >= self.limits.pending_writes_max:
             raise Overloaded(f"shard {self.shard}: too many writes in flight", shard=self.shard)
         future: asyncio.Future[Any] = self.loop.create_future()
-        self._queue.append(_Pending(command, wire, future, size))
-        if self._linger is not None and (command is None or len(self._queue) >= self._writers):
+        self._queue.append(_Pending(commands, wires, future, size, many))
+        if self._linger is not None and (wires is None or len(self._queue) >= self._writers):
             self._linger.cancel()  # everyone is back (or a read waits): no reason to wait
             self._linger = None
         self._schedule_flush()
@@ -167,14 +178,17 @@ class ShardReplica:
             barrier_waiters: list[_Pending] = []
             while taken < len(queue) and len(ops) < self.limits.group_commit_ops_max:
                 item = queue[taken]
-                if item.wire is not None and ops and size + item.size > self.limits.group_commit_bytes_max:
-                    break
+                if item.wires is not None and ops and (
+                    size + item.size > self.limits.group_commit_bytes_max
+                    or len(ops) + len(item.wires) > self.limits.group_commit_ops_max
+                ):
+                    break  # the next entry (a submit_many stays whole, even past the limits alone)
                 taken += 1
-                if item.wire is None:
+                if item.wires is None:
                     barrier_waiters.append(item)
                     continue
                 batch.append(item)
-                ops.append(item.wire)
+                ops.extend(item.wires)
                 size += item.size
             if barrier_waiters:
                 ops.append(_NOOP_WIRE)
@@ -195,7 +209,7 @@ class ShardReplica:
         linger_s = self.limits.group_commit_linger_ms / 1000
         if (
             linger_s > 0 and self._writers > 1 and len(self._queue) < self._writers
-            and self._linger is None and not any(item.command is None for item in self._queue)
+            and self._linger is None and not any(item.wires is None for item in self._queue)
         ):
             self._linger = self.loop.call_later(linger_s, self._linger_over)
             return
@@ -257,8 +271,15 @@ class ShardReplica:
             self.commit_seconds_sum += time.perf_counter() - started
             if outcome == OK:
                 applied: Applied = value
-                for item, result in zip(batch, applied.results, strict=False):
-                    _resolve(item.future, Committed(applied.index, result))
+                at = 0
+                for item in batch:
+                    assert item.wires is not None
+                    results = applied.results[at:at + len(item.wires)]
+                    results += [Result(Outcome.INVALID_ENTRY, "the entry gave no result")] * (
+                        len(item.wires) - len(results))
+                    mine = [Committed(applied.index, r) for r in results]
+                    at += len(item.wires)
+                    _resolve(item.future, mine if item.many else mine[0])
                 for item in barriers:
                     _resolve(item.future, applied.index)
                 return
@@ -280,7 +301,7 @@ class ShardReplica:
         if self.unsafe_early_ack:
             # Negative control only: acknowledge before commit (a lying store).
             self.group.propose(payload, lambda _o, _v: None)
-            fake = Applied(self.sm.applied_index, [_fake_result(item.command) for item in batch])
+            fake = Applied(self.sm.applied_index, [_fake_result(c) for item in batch for c in item.commands])
             self.loop.call_soon(settle, OK, fake)
             return
         self.group.propose(payload, on_done)
@@ -453,7 +474,7 @@ def _fail(future: asyncio.Future[Any], error: Exception) -> None:
 _NOOP_WIRE = Noop().to_wire()
 
 
-def _fake_result(command: Command | None) -> Result:
+def _fake_result(command: Command) -> Result:
     """The negative control's lie: success, before anything committed."""
     if isinstance(command, Put):
         rec = {"namespace": command.namespace, "id": command.id, "version": 0, "rev": 0, **command.fields.to_wire()}

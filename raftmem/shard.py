@@ -4,6 +4,7 @@ metrics know about a shard replica. Nothing outside the shard implementation
 
     role()                  leading?, the leader's node id, term, since when
     submit(command)         propose one typed command: its Committed (index, result)
+    submit_many(commands)   propose several in one entry, in order (a batch's share)
     read(level, fn, ...)    run `fn` over the local state under a consistency level
                             (the protocol is raftmem.reads): (value, Served)
     status(), stats()       point-in-time views, as dataclasses
@@ -16,7 +17,7 @@ This module imports only the command types, the config and the change types.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -177,6 +178,11 @@ class Shard(Protocol):
         """Propose one command; its index and result once committed, durable and
         applied here. Raises NoLeader/Overloaded (nothing was done) or
         Indeterminate (it may or may not happen)."""
+        ...
+
+    async def submit_many(self, commands: Sequence[Command]) -> list[Committed]:
+        """Propose commands in one log entry, applied in order (each sees the
+        ones before it); all commit or none. Raises as `submit` does."""
         ...
 
     async def read(

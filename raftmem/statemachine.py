@@ -52,6 +52,7 @@ from .commands import (
     Delete,
     Deleted,
     Expire,
+    Get,
     Invalid,
     Noop,
     Outcome,
@@ -59,6 +60,7 @@ from .commands import (
     Restore,
     Result,
     SetMembers,
+    Txn,
     decode_entry,
     fingerprint,
     idempotency_key,
@@ -125,16 +127,55 @@ class Applied:
 Overlay = dict[bytes, dict[str, Any] | None]
 
 
+class _Staged:
+    """Writes held back until a txn knows it applies whole (then `replay`ed
+    into the entry's batch), or dropped."""
+
+    def __init__(self) -> None:
+        self.ops: list[tuple[bytes, bytes | None]] = []  # (key, value); None: a delete
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.ops.append((key, value))
+
+    def delete(self, key: bytes) -> None:
+        self.ops.append((key, None))
+
+    def replay(self, batch: Batch | _Staged) -> None:
+        for key, value in self.ops:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+
+
 @dataclass
 class _Entry:
     """One entry's apply in progress: its batch, what it wrote so far (later
     commands of the entry see earlier ones) and the changes it made."""
 
     index: int
-    batch: Batch = field(default_factory=Batch)
+    batch: Batch | _Staged = field(default_factory=Batch)
     overlay: Overlay = field(default_factory=dict)
     changes: list[Change] = field(default_factory=list)
     idem_added: int = 0
+
+    def nested(self) -> _Entry:
+        """A txn's own apply: it sees this entry's writes so far; its writes
+        stay apart until `merge`."""
+        return _Entry(self.index, _Staged(), dict(self.overlay))
+
+    def merge(self, txn: _Entry) -> None:
+        assert isinstance(txn.batch, _Staged)
+        txn.batch.replay(self.batch)
+        self.overlay.update(txn.overlay)
+        self.changes.extend(txn.changes)
+        self.idem_added += txn.idem_added
+
+
+# A txn's commands number their idempotency records apart from the entry's own
+# (4-byte sequence numbers; an entry holds far fewer than 2**31 commands).
+TXN_SEQ_BASE = 1 << 31
+TXN_SEQ_SHIFT = 12
 
 
 def snapshot_records(path: Path, workdir: Path) -> Iterator[dict[str, Any]]:
@@ -184,7 +225,8 @@ class StateMachine:
             log.error("shard %d index %d: undecodable entry skipped: %s", self.shard, index, e)
             commands = []
             results.append(Result(Outcome.INVALID_ENTRY, str(e)))
-        work = _Entry(index)
+        batch = Batch()
+        work = _Entry(index, batch)
         for seq, command in enumerate(commands):
             if isinstance(command, Invalid):
                 results.append(Result(Outcome.INVALID_OPERATION, command.reason))
@@ -194,35 +236,34 @@ class StateMachine:
             except (KeyError, TypeError, ValueError, AttributeError) as e:
                 results.append(Result(Outcome.INVALID_OPERATION, f"{type(e).__name__}: {e}"))
         if work.idem_added:
-            self._evict_idempotency_keys(work.batch, work.idem_added)
-        self._log_changes(work)
-        work.batch.put(APPLIED_KEY, codec.u64(index))
-        self.store.commit(work.batch)
+            self._evict_idempotency_keys(batch, work.idem_added)
+        self._log_changes(batch, index, work.changes)
+        batch.put(APPLIED_KEY, codec.u64(index))
+        self.store.commit(batch)
         self.applied_index = index
         self._events_from_stored = self.events_retention > 0
         if work.changes:
             self._emit(work.changes)
         return Applied(index, results, work.changes)
 
-    def _log_changes(self, work: _Entry) -> None:
+    def _log_changes(self, batch: Batch, index: int, changes: list[Change]) -> None:
         """The entry's changes into the change log, in its batch; the log trimmed
         to the retention now and then (deterministic: every replica trims at
         the same indexes, given the same config)."""
-        index = work.index
         if self.events_retention <= 0:
             self.events_from = index + 1
             if self._events_from_stored:  # logging was on before: its log goes
-                work.batch.delete_range(EVENT_PREFIX, EVENT_END)
-                work.batch.delete(EVENTS_FROM_KEY)
+                batch.delete_range(EVENT_PREFIX, EVENT_END)
+                batch.delete(EVENTS_FROM_KEY)
             return
-        for seq, change in enumerate(work.changes):
-            work.batch.put(EVENT_PREFIX + codec.u64(index) + seq.to_bytes(4, "big"), codec.dumps(change.to_log()))
+        for seq, change in enumerate(changes):
+            batch.put(EVENT_PREFIX + codec.u64(index) + seq.to_bytes(4, "big"), codec.dumps(change.to_log()))
         slack = max(EVENT_TRIM_SLACK_MIN, self.events_retention // 8)
         if not self._events_from_stored or index - self.events_from >= self.events_retention + slack:
             cut = max(self.events_from, index - self.events_retention + 1)
-            work.batch.delete_range(EVENT_PREFIX + codec.u64(self.events_from), EVENT_PREFIX + codec.u64(cut))
+            batch.delete_range(EVENT_PREFIX + codec.u64(self.events_from), EVENT_PREFIX + codec.u64(cut))
             self.events_from = cut
-            work.batch.put(EVENTS_FROM_KEY, codec.u64(cut))
+            batch.put(EVENTS_FROM_KEY, codec.u64(cut))
 
     def changes_after(self, after: int, limit: int) -> ChangePage:
         """The logged changes after index `after`, in log order: at least `limit`
@@ -265,6 +306,10 @@ class StateMachine:
             return self._apply_restore(work, command)
         if isinstance(command, SetMembers):
             return self._apply_members(work, command)
+        if isinstance(command, Get):
+            return self._apply_get(work, command)
+        if isinstance(command, Txn):
+            return self._apply_txn(work, seq, command)
         key = idempotency_key(command)
         if key is None:
             return self._apply_write(work, command)
@@ -284,6 +329,30 @@ class StateMachine:
         work.batch.put(b"q\x00" + codec.u64(work.index) + seq.to_bytes(4, "big"), key.encode())
         work.idem_added += 1
         return result
+
+    def _apply_get(self, work: _Entry, op: Get) -> Result:
+        rec = self._get(memory_key(op.namespace, op.id), work.overlay)
+        if not is_live(rec, op.now_ms):
+            return Result(Outcome.NOT_FOUND, f"memory {op.namespace}/{op.id} not found")
+        return Result(Outcome.READ, memory=rec)
+
+    def _apply_txn(self, work: _Entry, seq: int, txn: Txn) -> Result:
+        """All or none: the commands apply on a nested entry, merged into this
+        one only if every one of them succeeds (a get that finds nothing is
+        not a failure)."""
+        nested = work.nested()
+        results: list[Result] = []
+        for i, op in enumerate(txn.ops):
+            result = self._apply_command(nested, TXN_SEQ_BASE | (seq << TXN_SEQ_SHIFT) | i, op)
+            results.append(result)
+            if not result.outcome.ok and not (isinstance(op, Get) and result.outcome is Outcome.NOT_FOUND):
+                skipped = Result(Outcome.ABORTED, f"not applied: operation {i} of the txn failed")
+                undone = [r if j == i or isinstance(txn.ops[j], Get) else skipped for j, r in enumerate(results)]
+                undone += [skipped] * (len(txn.ops) - len(results))
+                return Result(Outcome.ABORTED, f"operation {i} failed ({result.outcome.value}): nothing applied",
+                              results=tuple(undone))
+        work.merge(nested)
+        return Result(Outcome.APPLIED, results=tuple(results))
 
     def _apply_write(self, work: _Entry, command: Put | Delete) -> Result:
         if isinstance(command, Put):

@@ -9,7 +9,8 @@ by the Shard port (raftmem.shard). One module per concern:
     calls       Call, Reply, Forwarder: what the service speaks
     leaders     Router: who leads a shard, run a call there (or forward it)
     outcomes    the one mapping of command outcomes to HTTP
-    memories    put, create, delete, batch (typed commands)
+    memories    put, create, delete (typed commands)
+    batches     many operations, one log entry per shard, one request per leader node
     queries     get and list (the read protocol itself is raftmem.reads)
     transfers   leadership transfer, snapshots, backup, restore
     membership  the membership table as an API
@@ -24,6 +25,7 @@ from ..clock import Clock
 from ..config import Config
 from ..membership import Table
 from ..shard import Shard
+from .batches import INTERNAL_BATCH_PATH, Batches
 from .calls import (
     CONTEXT_HEADER,
     FORWARD_HEADERS,
@@ -46,7 +48,7 @@ from .status import Status
 from .transfers import SCRATCH_DIR, Transfers
 
 __all__ = [
-    "CONTEXT_HEADER", "with_context",
+    "CONTEXT_HEADER", "INTERNAL_BATCH_PATH", "with_context",
     "FORWARDED_HEADER", "FORWARD_HEADERS", "FORWARD_HOPS_MAX", "SCRATCH_DIR", "SNAPSHOT_CONTENT_TYPE",
     "TIME_KEY_RE", "Call", "FileBody", "ForwardLost", "ForwardNotSent", "Forwarder", "MemoryService", "Reply",
 ]
@@ -68,7 +70,8 @@ class MemoryService:
         self.node_id = node_id
         self.router = Router(config, node_id, shards, table, forwarder)
         self.queries = Queries(config, self.router, clock)
-        self.memories = Memories(config, self.router, self.queries, clock)
+        self.memories = Memories(config, self.router, clock)
+        self.batches = Batches(config, self.router, self.queries, clock)
         self.transfers = Transfers(config, self.router, clock)
         self.membership = Membership(config, self.router, self.memories)
         self.status = Status(config, self.router)

@@ -9,13 +9,16 @@ from ..commands import Committed, Outcome, Result
 from ..errors import Conflict, InvalidRequest, NotFound, PreconditionFailed, RaftmemError
 from .calls import Reply, public
 
-SUCCESS_STATUS = {Outcome.CREATED: 201, Outcome.UPDATED: 200, Outcome.DELETED: 200, Outcome.APPLIED: 200}
+SUCCESS_STATUS = {
+    Outcome.CREATED: 201, Outcome.UPDATED: 200, Outcome.DELETED: 200, Outcome.APPLIED: 200, Outcome.READ: 200,
+}
 FAILURES: dict[Outcome, type[RaftmemError]] = {
     Outcome.PRECONDITION_FAILED: PreconditionFailed,
     Outcome.NOT_FOUND: NotFound,
     Outcome.IDEMPOTENCY_KEY_REUSED: Conflict,
     Outcome.INVALID_OPERATION: InvalidRequest,
     Outcome.INVALID_ENTRY: InvalidRequest,
+    Outcome.ABORTED: Conflict,
 }
 assert set(SUCCESS_STATUS) | set(FAILURES) == set(Outcome), "every outcome is mapped"
 

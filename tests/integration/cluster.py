@@ -240,14 +240,18 @@ class Cluster:
         assert status == 200, body
         return body
 
-    def shard_counter(self, node_id: str, name: str, shard: int) -> float:
-        """A per-shard counter from the node's /metrics (`name` without `_total`)."""
+    def metrics_text(self, node_id: str) -> str:
+        """The node's /metrics (Prometheus text)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.http[node_id], timeout=5)
         try:
             conn.request("GET", "/metrics")
-            text = conn.getresponse().read().decode()
+            return conn.getresponse().read().decode()
         finally:
             conn.close()
+
+    def shard_counter(self, node_id: str, name: str, shard: int) -> float:
+        """A per-shard counter from the node's /metrics (`name` without `_total`)."""
+        text = self.metrics_text(node_id)
         match = re.search(rf'^{name}_total{{shard="{shard}"}} (\S+)$', text, re.M)
         assert match, f"{name} for shard {shard} not in {node_id}'s /metrics"
         return float(match.group(1))

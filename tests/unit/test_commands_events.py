@@ -254,3 +254,42 @@ def test_the_change_log_travels_inside_a_snapshot(tmp_path: Path) -> None:
     ]
     leader.store.close()
     follower.store.close()
+
+
+def test_a_txn_applies_whole_or_not_at_all_and_its_gets_see_its_writes(tmp_path: Path) -> None:
+    from raftmem.commands import Get, Txn
+
+    sm = StateMachine(Store(tmp_path / "db"), 0, events_retention=100)
+    sm.apply(1, encode_entry([_put("a")]))
+    # One op fails (If-Match): nothing of the txn is written, no change is emitted.
+    failing = Txn((_put("b"), Get("ns", "b", NOW), Put("ns", "a", MemoryFields(content=9), if_match=5, now_ms=NOW)))
+    applied = sm.apply(2, encode_entry([failing]))
+    (result,) = applied.results
+    assert result.outcome == Outcome.ABORTED and applied.changes == []
+    assert [r.outcome for r in result.results] == [Outcome.ABORTED, Outcome.READ, Outcome.PRECONDITION_FAILED]
+    assert sm.get("ns", "b", NOW) is None and sm.get("ns", "a", NOW)["content"] == "a"
+    assert sm.changes_after(1, 10).changes == []
+    # Control: the same txn with the right version applies whole, in order.
+    ok = Txn((_put("b"), Get("ns", "b", NOW), Put("ns", "a", MemoryFields(content=9), if_match=1, now_ms=NOW),
+              Get("ns", "zz", NOW)))
+    applied = sm.apply(3, encode_entry([ok]))
+    (result,) = applied.results
+    assert result.outcome == Outcome.APPLIED
+    assert [r.outcome for r in result.results] == [Outcome.CREATED, Outcome.READ, Outcome.UPDATED, Outcome.NOT_FOUND]
+    assert result.results[1].memory["content"] == "b"  # the get saw the txn's own write
+    assert [(c.id, c.version) for c in applied.changes] == [("b", 1), ("a", 2)]
+    sm.store.close()
+
+
+def test_idempotency_keys_inside_a_txn_are_kept_only_when_it_applies(tmp_path: Path) -> None:
+    from raftmem.commands import Txn
+
+    sm = StateMachine(Store(tmp_path / "db"), 0)
+    keyed = Put("ns", "k", MemoryFields(content=1), idempotency_key="key-1", now_ms=NOW)
+    failing = Txn((keyed, Delete("ns", "missing", now_ms=NOW)))
+    assert sm.apply(1, encode_entry([failing])).results[0].outcome == Outcome.ABORTED
+    # The key was not recorded: the same keyed put applies afresh, then replays.
+    assert sm.apply(2, encode_entry([keyed])).results[0].outcome == Outcome.CREATED
+    again = sm.apply(3, encode_entry([Txn((keyed,))])).results[0]
+    assert again.outcome == Outcome.APPLIED and again.results[0].replayed
+    sm.store.close()
