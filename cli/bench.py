@@ -54,6 +54,7 @@ OPS_MAX_DEFAULT = 10_000_000  # per client, on top of the time bound
 REQUEST_TIMEOUT_S_DEFAULT = 5.0
 ERROR_PAUSE_S = 0.01  # after a failed request, so a dead endpoint is not hammered
 PRELOAD_ATTEMPTS = 5
+BATCH_MAX = 128  # etcd's default --max-txn-ops
 NAMESPACE = "bench"
 ETCD_LEVELS = {"linearizable": False, "serializable": True, "eventual": True}
 ETCD_UNAVAILABLE_GRPC_CODES = {14}  # UNAVAILABLE
@@ -128,6 +129,8 @@ class Target(Protocol):
 
     async def write(self, worker: int, key: int) -> None: ...
 
+    async def write_batch(self, worker: int, keys: list[int]) -> None: ...
+
     async def read(self, worker: int, key: int, level: str) -> None: ...
 
 
@@ -138,33 +141,59 @@ def key_id(key: int) -> str:
 class RaftmemTarget:
     def __init__(
         self, urls: list[str], session: aiohttp.ClientSession, value: str, levels: list[str],
-        timeout_s: float, idempotent: bool, token: str | None = None,
+        timeout_s: float, idempotent: bool, token: str | None = None, spray: bool = False,
     ) -> None:
+        """`spray`: client i talks only to node i mod n, as a plain HTTP client
+        or a load balancer would (the node forwards to leaders); otherwise the
+        bundled client routes every request to its shard's leader."""
         unknown = [lv for lv in levels if lv not in CONSISTENCY_LEVELS]
         if unknown:
             raise ValueError(f"raftmem has no consistency level {', '.join(unknown)} (known: {', '.join(CONSISTENCY_LEVELS)})")
         self.levels = levels
         self.value = value
-        self.client = AsyncClient(
-            urls, session=session, retry=NO_RETRY, timeout_s=timeout_s, idempotent=idempotent, token=token
-        )
+        self.clients = [
+            AsyncClient(part, session=session, retry=NO_RETRY, timeout_s=timeout_s, idempotent=idempotent,
+                        token=token, route_direct=not spray)
+            for part in ([[u] for u in urls] if spray else [urls])
+        ]
         self.preload_client = AsyncClient(
             urls, session=session, retry=RetryPolicy(attempts_max=PRELOAD_ATTEMPTS), timeout_s=timeout_s, token=token
         )
 
     async def start(self) -> None:
-        if not await self.client.refresh_routes(force=True):
+        if not await self.preload_client.refresh_routes(force=True):
             raise ConnectionError("no node answered GET /v1/cluster")
-        self.preload_client.routes = self.client.routes
+        for client in self.clients:
+            client.routes = self.preload_client.routes
+
+    def _client(self, worker: int) -> AsyncClient:
+        return self.clients[worker % len(self.clients)]
 
     async def preload(self, key: int) -> None:
         await self.preload_client.put_raw(NAMESPACE, key_id(key), self.value, agent_id="bench")
 
+    async def preload_batch(self, keys: list[int]) -> None:
+        await _batch_ok(self.preload_client, keys, self.value)
+
     async def write(self, worker: int, key: int) -> None:
-        await self.client.put_raw(NAMESPACE, key_id(key), self.value, agent_id="bench")
+        await self._client(worker).put_raw(NAMESPACE, key_id(key), self.value, agent_id="bench")
+
+    async def write_batch(self, worker: int, keys: list[int]) -> None:
+        await _batch_ok(self._client(worker), keys, self.value)
 
     async def read(self, worker: int, key: int, level: str) -> None:
-        await self.client.get_raw(NAMESPACE, key_id(key), consistency=level)
+        await self._client(worker).get_raw(NAMESPACE, key_id(key), consistency=level)
+
+
+async def _batch_ok(client: AsyncClient, keys: list[int], value: str) -> None:
+    """One POST /v1/batch of puts; raises the first operation's error, if any."""
+    results = await client.batch([
+        {"op": "put", "namespace": NAMESPACE, "id": key_id(k), "body": {"content": value, "agent_id": "bench"}}
+        for k in keys
+    ])
+    for result in results:
+        if result.error is not None:
+            raise result.error
 
 
 class EtcdError(Exception):
@@ -243,6 +272,21 @@ class EtcdTarget:
     async def write(self, worker: int, key: int) -> None:
         await self._post(worker, "/v3/kv/put", {"key": self.key_b64(key), "value": self.value_b64})
 
+    async def write_batch(self, worker: int, keys: list[int]) -> None:
+        """One txn of puts (etcd refuses a key twice in a txn: the keys are distinct)."""
+        puts = [{"requestPut": {"key": self.key_b64(k), "value": self.value_b64}} for k in keys]
+        await self._post(worker, "/v3/kv/txn", {"success": puts})
+
+    async def preload_batch(self, keys: list[int]) -> None:
+        for attempt in range(PRELOAD_ATTEMPTS):
+            try:
+                await self.write_batch(0, keys)
+                return
+            except EtcdError:
+                if attempt + 1 == PRELOAD_ATTEMPTS:
+                    raise
+                await asyncio.sleep(ERROR_PAUSE_S * 2**attempt)
+
     async def read(self, worker: int, key: int, level: str) -> None:
         body: dict[str, Any] = {"key": self.key_b64(key)}
         if ETCD_LEVELS[level]:
@@ -262,6 +306,7 @@ class Load:
     keys: int
     ops_max: int
     seed: int
+    batch: int = 1  # puts per write request (a batch; an etcd txn)
 
 
 async def run_load(target: Target, load: Load) -> tuple[dict[tuple[str, str], OpStats], float]:
@@ -282,6 +327,9 @@ async def run_load(target: Target, load: Load) -> tuple[dict[tuple[str, str], Op
                 level = levels[n % len(levels)]
                 op_key = ("read", level)
                 call = target.read(i, key, level)
+            elif load.batch > 1:
+                op_key = ("write", f"batch{load.batch}")
+                call = target.write_batch(i, rng.sample(range(load.keys), min(load.batch, load.keys)))
             else:
                 op_key = ("write", "-")
                 call = target.write(i, key)
@@ -302,12 +350,16 @@ async def run_load(target: Target, load: Load) -> tuple[dict[tuple[str, str], Op
     return stats, max(1e-9, min(time.monotonic(), stop_at) - measure_from)
 
 
-async def preload(target: RaftmemTarget | EtcdTarget, keys: int, concurrency: int) -> None:
-    queue = iter(range(keys))
+async def preload(target: RaftmemTarget | EtcdTarget, keys: int, concurrency: int, batch: int = 1) -> None:
+    """Keys 0 .. keys-1 written once, `batch` per request."""
+    queue = iter(range(0, keys, batch))
 
     async def loader() -> None:
-        for key in queue:
-            await target.preload(key)
+        for first in queue:
+            if batch == 1:
+                await target.preload(first)
+            else:
+                await target.preload_batch(list(range(first, min(first + batch, keys))))
 
     await asyncio.gather(*(loader() for _ in range(max(1, concurrency))))
 
@@ -329,12 +381,17 @@ def summarize(stats: dict[tuple[str, str], OpStats], measured_s: float) -> list[
     return rows
 
 
+def _batch_size(level: str) -> int:
+    return int(level[len("batch"):]) if level.startswith("batch") else 1
+
+
 def _row(op: str, level: str, hist: Histogram, errors: dict[str, int], measured_s: float) -> dict[str, Any]:
     return {
         "op": op,
         "consistency": level,
         "count": hist.count,
         "ops_per_s": round(hist.count / measured_s, 1),
+        "memory_ops_per_s": round(hist.count * _batch_size(level) / measured_s, 1),
         "p50_ms": round(hist.percentile(50) * 1000, 2),
         "p99_ms": round(hist.percentile(99) * 1000, 2),
         "p999_ms": round(hist.percentile(99.9) * 1000, 2),
@@ -350,15 +407,20 @@ def print_report(report: dict[str, Any]) -> None:
         f"raftmem bench  target={cfg['target']}  clients={cfg['clients']}  duration={cfg['duration_s']}s "
         f"warmup={cfg['warmup_s']}s  mix(read:write)={cfg['mix']}  value={cfg['value_bytes']}B  keys={cfg['keys']}"
     )
-    header = ("op", "consistency", "count", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors")
+    if report.get("preload_memories_per_s"):
+        print(f"preloaded {cfg['preload']} memories at {report['preload_memories_per_s']:.0f}/s")
+    header = ("op", "consistency", "count", "ops/s", "memory ops/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms",
+              "errors")
     lines = [header]
     for r in report["results"]:
         errors = " ".join(f"{k}={v}" for k, v in sorted(r["errors"].items())) or "0"
-        lines.append((r["op"], r["consistency"], str(r["count"]), f"{r['ops_per_s']:.0f}", f"{r['p50_ms']:.2f}",
-                      f"{r['p99_ms']:.2f}", f"{r['p999_ms']:.2f}", f"{r['max_ms']:.2f}", errors))
+        lines.append((r["op"], r["consistency"], str(r["count"]), f"{r['ops_per_s']:.0f}",
+                      f"{r['memory_ops_per_s']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                      f"{r['p999_ms']:.2f}", f"{r['max_ms']:.2f}", errors))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
-        print("  ".join(v.rjust(w) if 2 <= i <= 7 else v.ljust(w) for i, (v, w) in enumerate(zip(line, widths, strict=True))).rstrip())
+        print("  ".join(v.rjust(w) if 2 <= i <= 8 else v.ljust(w)
+                        for i, (v, w) in enumerate(zip(line, widths, strict=True))).rstrip())
 
 
 def parse_mix(text: str) -> float:
@@ -386,7 +448,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     levels = [lv.strip() for lv in args.consistency.split(",") if lv.strip()]
     read_share = parse_mix(args.mix)
     value = ("0123456789abcdef" * (args.value_bytes // 16 + 1))[: args.value_bytes]
-    load = Load(args.clients, args.duration, args.warmup, read_share, args.keys, args.ops_max, args.seed)
+    load = Load(args.clients, args.duration, args.warmup, read_share, args.keys, args.ops_max, args.seed,
+                args.batch)
     cpu_start_s = time.process_time()
     connector = aiohttp.TCPConnector(limit=max(CLIENTS_MAX, args.clients * 2), limit_per_host=0)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -394,21 +457,25 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         if args.target == "etcd":
             target = EtcdTarget(urls, session, value, levels, args.timeout)
         else:
-            target = RaftmemTarget(urls, session, value, levels, args.timeout, args.idempotent, args.token)
+            target = RaftmemTarget(urls, session, value, levels, args.timeout, args.idempotent, args.token,
+                                   spray=args.spray)
         await target.start()
         preload_s = 0.0
-        if read_share > 0:
-            t0 = time.monotonic()
+        t0 = time.monotonic()
+        if args.preload:
+            await preload(target, args.preload, args.clients, args.preload_batch)
+        if read_share > 0 and args.preload < args.keys:
             await preload(target, args.keys, args.clients)
-            preload_s = time.monotonic() - t0
+        preload_s = time.monotonic() - t0
         stats, measured_s = await run_load(target, load)
     return {
         "config": {
             "target": args.target, "urls": urls, "clients": args.clients, "duration_s": args.duration,
             "warmup_s": args.warmup, "mix": args.mix, "value_bytes": args.value_bytes, "keys": args.keys,
             "consistency": levels, "idempotent": bool(args.idempotent) if args.target == "raftmem" else None,
-            "timeout_s": args.timeout,
+            "timeout_s": args.timeout, "batch": args.batch, "spray": bool(args.spray), "preload": args.preload,
         },
+        "preload_memories_per_s": round(args.preload / preload_s, 1) if args.preload and preload_s else None,
         "preload_s": round(preload_s, 2),
         "measured_s": round(measured_s, 3),
         "client_cpu_s": round(time.process_time() - cpu_start_s, 2),  # this process, preload included
@@ -451,6 +518,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--ops-max", type=_bounded(int, 1, 10**12), default=OPS_MAX_DEFAULT, help="per client")
     p.add_argument("--timeout", type=_bounded(float, 0.01, 600), default=REQUEST_TIMEOUT_S_DEFAULT, help="per request, s")
     p.add_argument("--idempotent", action="store_true", help="raftmem: send an Idempotency-Key with each write")
+    p.add_argument("--batch", type=_bounded(int, 1, BATCH_MAX), default=1,
+                   help="puts per write request: a POST /v1/batch (etcd: a txn), distinct keys")
+    p.add_argument("--spray", action="store_true",
+                   help="raftmem: client i talks only to node i mod n (no routing to leaders), as etcd's clients do")
+    p.add_argument("--preload", type=_bounded(int, 0, KEYS_MAX), default=0,
+                   help="first write keys 0..N-1 in batches (--preload-batch) and report the rate")
+    p.add_argument("--preload-batch", type=_bounded(int, 1, BATCH_MAX), default=64)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", dest="bench_json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_run)

@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
+from . import eventloop
 from .api import HttpForwarder, build_app
 from .clock import Clock, SystemClock
 from .config import Config, NodeConfig, check_ports_free, is_loopback
@@ -282,10 +283,11 @@ async def _serve(config: Config, node_id: str, me: NodeConfig | None = None) -> 
         loop.add_signal_handler(sig, stop.set)
     await node.start()
     _tune_gc()
+    log.info("node %s: event loop %s", node_id, eventloop.loop_kind())
     print(f"raftmem node {node_id} ready on {node.me.http_url}", flush=True)
     await stop.wait()
     await node.stop()
 
 
 def serve(config: Config, node_id: str, me: NodeConfig | None = None) -> None:
-    asyncio.run(_serve(config, node_id, me))
+    eventloop.run(_serve(config, node_id, me))

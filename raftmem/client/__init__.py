@@ -39,13 +39,13 @@ only where they cannot duplicate anything:
   that may have reached the server also raises Indeterminate.
 
 Modules: `errors` (the tree below), `routing` (shard -> leader, pure), `retry`
-(bounds, pure), `types` (request model, tokens, bodies), `aio` (AsyncClient,
-AsyncSession), `sync` (Client, Session). See DESIGN.md in this folder.
+(bounds, pure), `types` (request model, tokens, bodies), `aio` (AsyncClient),
+`session` (AsyncSession), `sync` (Client, Session). See DESIGN.md in this folder.
 """
 
 from __future__ import annotations
 
-from .aio import CONNECTIONS_MAX, TIMEOUT_S_DEFAULT, AsyncClient, AsyncSession
+from .aio import CONNECTIONS_MAX, TIMEOUT_S_DEFAULT, AsyncClient
 from .errors import (
     ClientError,
     Conflict,
@@ -60,6 +60,7 @@ from .errors import (
 )
 from .retry import ATTEMPT_S_MIN, NO_RETRY, RetryPolicy, may_retry
 from .routing import HASH_NAME, RouteTable, shard_for
+from .session import AsyncSession
 from .sync import Client, Session
 from .types import (
     CONSISTENCY_LEVELS,

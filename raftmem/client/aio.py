@@ -18,13 +18,13 @@ from .errors import (
     ClientError,
     ConnectionFailed,
     Indeterminate,
-    NotFound,
     Unavailable,
     error_from_response,
 )
 from .health import PROBE_TIMEOUT_S, HealthTable
 from .retry import ATTEMPT_S_MIN, RetryPolicy, may_retry
 from .routing import RouteTable
+from .session import AsyncSession
 from .types import (
     CONSISTENCY_LEVELS,
     HEADER_CONTEXT,
@@ -38,7 +38,6 @@ from .types import (
     _new_key,
     _Request,
     bearer_headers,
-    parse_token,
 )
 
 TIMEOUT_S_DEFAULT = 10.0  # one attempt: above the server's 5 s write timeout + a forward
@@ -510,28 +509,51 @@ class AsyncClient:
                 return
 
     async def batch(
-        self, ops: Sequence[Mapping[str, Any]], *, retry: RetryPolicy | None = None
+        self, ops: Sequence[Mapping[str, Any]], *, atomic: bool = False, retry: RetryPolicy | None = None
     ) -> builtins.list[BatchResult]:
         """POST /v1/batch. Write operations get an idempotency_key when the client is
-        idempotent; the batch is retried only if every write in it carries one."""
-        prepared: builtins.list[dict[str, Any]] = []
-        has_writes = False
-        all_keyed = True
-        for op in ops:
-            op = dict(op)
-            if op.get("op") in ("put", "create", "delete"):
-                has_writes = True
-                if op.get("idempotency_key") is None and self.idempotent:
-                    op["idempotency_key"] = _new_key()
-                all_keyed = all_keyed and op.get("idempotency_key") is not None
-            prepared.append(op)
+        idempotent. With routes known, the operations go straight to their shard
+        leaders: one request per leader node, sent together (an atomic batch is
+        one shard's, so one request). A part is retried only if every write in
+        it carries a key."""
+        prepared = [dict(op) for op in ops]
+        for op in prepared:
+            if op.get("op") in ("put", "create", "delete") and op.get("idempotency_key") is None and self.idempotent:
+                op["idempotency_key"] = _new_key()
+        await self._ensure_routes()
+        groups: dict[str | None, builtins.list[int]] = {}  # leader node (None: not known) -> positions
+        route: dict[str | None, int | None] = {}  # a shard that node leads: where its part goes
+        for i, op in enumerate(prepared):
+            shard = self.shard_of(str(op.get("namespace")), str(op["id"])) if op.get("id") is not None else None
+            node = self.routes.leaders.get(shard) if self.route_direct and shard is not None else None
+            groups.setdefault(node, []).append(i)
+            route.setdefault(node, shard)
+        if atomic or len(groups) == 1:
+            first = next(iter(route.values()))
+            groups, route = {None: list(range(len(prepared)))}, {None: first}
+        parts = {route[node]: positions for node, positions in groups.items()}
+        answers = await asyncio.gather(*(
+            self._batch_part([prepared[i] for i in positions], shard, atomic, retry)
+            for shard, positions in parts.items()
+        ))
+        out: builtins.list[BatchResult] = [BatchResult(0, None)] * len(prepared)
+        for positions, results in zip(parts.values(), answers, strict=True):
+            for i, result in zip(positions, results, strict=True):
+                out[i] = result
+        return out
+
+    async def _batch_part(
+        self, ops: builtins.list[dict[str, Any]], shard: int | None, atomic: bool, retry: RetryPolicy | None
+    ) -> builtins.list[BatchResult]:
+        writes = [op for op in ops if op.get("op") in ("put", "create", "delete")]
         request = _Request(
             "POST",
             "/v1/batch",
-            is_write=has_writes,
+            is_write=bool(writes),
+            shard=shard,
             headers={"Content-Type": "application/json"},
-            body=orjson.dumps({"ops": prepared}),
-            keyed=has_writes and all_keyed,
+            body=orjson.dumps({"ops": ops, "atomic": atomic} if atomic else {"ops": ops}),
+            keyed=bool(writes) and all(op.get("idempotency_key") is not None for op in writes),
         )
         body = (await self._send(request, retry)).body
         return [BatchResult(int(r.get("status", 0)), r.get("body")) for r in body.get("results") or ()]
@@ -555,85 +577,6 @@ class AsyncClient:
         if context:
             session.observe_context(context)
         return session
-
-
-class AsyncSession:
-    """Read-your-writes, monotonic reads, and causal consistency across agents:
-    remembers the highest token seen per shard (its writes and reads: its causal
-    context), sends it with every request (X-Raftmem-Context) and reads with
-    `consistency=session`, which any replica that has applied those tokens may
-    serve. `context` is the context as a string, to hand to another agent, whose
-    `client.session(context=...)` then sees all this session wrote and saw."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self.client = client
-        self.tokens: dict[int, int] = {}
-
-    @property
-    def context(self) -> str | None:
-        """This session's causal context: one token per shard."""
-        return ",".join(f"{s}:{i}" for s, i in sorted(self.tokens.items())) or None
-
-    def observe(self, token: str | None) -> None:
-        parsed = parse_token(token) if token else None
-        if parsed is not None:
-            shard, index = parsed
-            if index > self.tokens.get(shard, -1):
-                self.tokens[shard] = index
-
-    def observe_context(self, context: str | None) -> None:
-        for token in (context or "").split(","):
-            self.observe(token.strip())
-
-    def _observe_response(self, response: Response) -> None:
-        self.observe(response.token)
-        self.observe_context(response.headers.get(HEADER_CONTEXT))
-        if isinstance(response.body, dict):
-            self.observe(response.body.get("token"))
-
-    def after(self, shard: int | None) -> str | None:
-        if shard is None:  # routes unknown: send every token, the server picks its shard's
-            return self.context
-        index = self.tokens.get(shard)
-        return None if index is None else f"{shard}:{index}"
-
-    async def put(self, namespace: str, memory_id: str, content: Any = None, **kw: Any) -> dict[str, Any]:
-        response = await self.client.put_raw(namespace, memory_id, content, context=self.context, **kw)
-        self._observe_response(response)
-        body: dict[str, Any] = response.body
-        return body
-
-    async def create(self, namespace: str, content: Any = None, **kw: Any) -> dict[str, Any]:
-        response = await self.client.create_raw(namespace, content, context=self.context, **kw)
-        self._observe_response(response)
-        body: dict[str, Any] = response.body
-        return body
-
-    async def delete(self, namespace: str, memory_id: str, **kw: Any) -> dict[str, Any]:
-        response = await self.client.delete_raw(namespace, memory_id, context=self.context, **kw)
-        self._observe_response(response)
-        body: dict[str, Any] = response.body
-        return body
-
-    async def get(self, namespace: str, memory_id: str, *, consistency: str | None = None, **kw: Any) -> dict[str, Any]:
-        """Session read (or the given level); NotFound also advances the session."""
-        await self.client._ensure_routes()
-        if consistency is None:
-            consistency = "session"
-            kw.setdefault("after", self.after(self.client.shard_of(namespace, memory_id)))
-        try:
-            response = await self.client.get_raw(
-                namespace, memory_id, consistency=consistency, context=self.context, **kw
-            )
-        except NotFound as e:
-            if isinstance(e.body, dict) and isinstance(e.body.get("error"), dict):
-                self.observe(e.body["error"].get("token"))
-            raise
-        self.observe(response.token)
-        self.observe_context(response.headers.get(HEADER_CONTEXT))
-        body: dict[str, Any] = response.body
-        return body
-
 
 
 def _with_context(headers: dict[str, str], context: str | None) -> dict[str, str]:

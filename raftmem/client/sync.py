@@ -8,8 +8,9 @@ import threading
 from collections.abc import Awaitable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from .aio import AsyncClient, AsyncSession
+from .aio import AsyncClient
 from .routing import RouteTable
+from .session import AsyncSession
 from .types import BatchResult
 
 T = TypeVar("T")
