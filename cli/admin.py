@@ -342,7 +342,7 @@ def _snapshot_restore(admin: AdminClient, args: argparse.Namespace, out: TextIO)
 def _run(command: Callable[[AdminClient, argparse.Namespace, TextIO], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
-            admin = AdminClient(urls(args), token=args.token)
+            admin = AdminClient(urls(args), token=args.token, ssl_context=args.ssl_context)
         except ValueError as e:  # a bad --url
             print(f"raftmem: {e}", file=sys.stderr)
             return EXIT_USAGE

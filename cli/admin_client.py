@@ -23,6 +23,7 @@ import http.client
 import json
 import random
 import shutil
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -61,8 +62,10 @@ class AdminClient:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.urls = [u.rstrip("/") for u in urls if u.strip()]
+        self._ssl = ssl_context
         self._auth = bearer_headers(token)
         if not self.urls:
             raise ValueError("no node URL given (--url or RAFTMEM_URL)")
@@ -144,8 +147,13 @@ class AdminClient:
         is_write: bool,
     ) -> Any:
         parts = urlsplit(base)
-        conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = conn_cls(parts.hostname or "", parts.port, timeout=timeout_s, blocksize=STREAM_CHUNK_BYTES)
+        conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            conn = http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=timeout_s,
+                                               blocksize=STREAM_CHUNK_BYTES, context=self._ssl)
+        else:
+            conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout_s,
+                                              blocksize=STREAM_CHUNK_BYTES)
         prefix = parts.path.rstrip("/")
         try:
             try:

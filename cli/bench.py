@@ -451,7 +451,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     load = Load(args.clients, args.duration, args.warmup, read_share, args.keys, args.ops_max, args.seed,
                 args.batch)
     cpu_start_s = time.process_time()
-    connector = aiohttp.TCPConnector(limit=max(CLIENTS_MAX, args.clients * 2), limit_per_host=0)
+    connector = aiohttp.TCPConnector(limit=max(CLIENTS_MAX, args.clients * 2), limit_per_host=0,
+                                     ssl=getattr(args, "ssl_context", None) or True)
     async with aiohttp.ClientSession(connector=connector) as session:
         target: RaftmemTarget | EtcdTarget
         if args.target == "etcd":

@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "`ps` shows it: prefer --token-file or the environment)")
     parser.add_argument("--token-file", default=os.environ.get("RAFTMEM_TOKEN_FILE") or None,
                         help="read the bearer token from this file, over --token (env RAFTMEM_TOKEN_FILE)")
+    parser.add_argument("--cacert", default=os.environ.get("RAFTMEM_CACERT") or None,
+                        help="https nodes: the cluster's CA certificate (env RAFTMEM_CACERT)")
+    parser.add_argument("--cert", default=os.environ.get("RAFTMEM_CERT") or None,
+                        help="https nodes that require one: a client certificate (env RAFTMEM_CERT)")
+    parser.add_argument("--key", default=os.environ.get("RAFTMEM_KEY") or None,
+                        help="the private key of --cert (env RAFTMEM_KEY)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run one node")
@@ -93,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
             args.token = Path(args.token_file).read_text().strip() or None
         except OSError as e:
             parser.error(f"--token-file: {e.strerror}: {args.token_file}")
+    args.ssl_context = None
+    if args.cacert or args.cert:
+        from raftmem.client import tls_context
+
+        try:
+            args.ssl_context = tls_context(args.cacert, args.cert, args.key)
+        except (OSError, ValueError) as e:
+            parser.error(f"--cacert/--cert/--key: {e}")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

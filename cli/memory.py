@@ -174,7 +174,7 @@ def _list(client: Client, args: argparse.Namespace, out: TextIO) -> None:
 def _run(command: Callable[[Client, argparse.Namespace, TextIO], None]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
-            with Client(_urls(args), token=args.token) as client:
+            with Client(_urls(args), token=args.token, ssl_context=args.ssl_context) as client:
                 command(client, args, sys.stdout)
         except UsageError as e:
             print(f"raftmem: {e}", file=sys.stderr)

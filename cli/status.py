@@ -267,7 +267,7 @@ def render(summary: Mapping[str, Any], out: TextIO) -> None:
 
 def _status(args: argparse.Namespace) -> int:
     try:
-        snap = collect(AdminClient(urls(args), token=args.token), urls(args))
+        snap = collect(AdminClient(urls(args), token=args.token, ssl_context=args.ssl_context), urls(args))
     except ValueError as e:  # a bad --url
         print(f"raftmem: {e}", file=sys.stderr)
         return EXIT_USAGE

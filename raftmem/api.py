@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -93,8 +94,11 @@ def _error_to_response(request: web.Request, exc: Exception) -> web.Response:
 class HttpForwarder:
     """Forwards a Call to another node's API (the Forwarder of service.py)."""
 
-    def __init__(self, config: Config) -> None:
-        self.urls = {n.id: n.http_url for n in config.nodes}
+    def __init__(self, config: Config, ssl_context: ssl.SSLContext | None = None) -> None:
+        """`ssl_context`: the node's client context when TLS is on (peers verified,
+        this node's certificate presented)."""
+        self._ssl = ssl_context
+        self.urls = {n.id: config.url_of(n) for n in config.nodes}
         self._session: aiohttp.ClientSession | None = None
         # Node to node: the cluster token, never the client's (checked at the edge).
         self._auth_headers = Authenticator(config.auth).cluster_headers()
@@ -103,7 +107,7 @@ class HttpForwarder:
         self.urls = dict(urls)
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=256, limit_per_host=128)
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, ssl=self._ssl if self._ssl else True)
         self._session = aiohttp.ClientSession(connector=connector)
         # aiohttp silently resends a request once when a kept-alive connection
         # drops: a forwarded write could apply twice, and the resend failing to

@@ -59,9 +59,6 @@ class Table:
         node = self.nodes[node_id]
         return f"{node.host}:{node.raft_port(shard)}"
 
-    def http_url(self, node_id: str) -> str:
-        return self.nodes[node_id].http_url
-
     def with_node(self, node: NodeConfig) -> Table:
         if node.id in self.nodes:
             raise ValueError(f"node {node.id} is already a member")

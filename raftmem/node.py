@@ -19,7 +19,7 @@ from aiohttp import web
 from . import eventloop
 from .api import HttpForwarder, build_app
 from .clock import Clock, SystemClock
-from .config import Config, NodeConfig, check_ports_free, is_loopback
+from .config import Config, NodeConfig, check_ports_free, check_tls_files, is_loopback
 from .consensus import Ticker
 from .errors import RaftmemError
 from .events import ChangeFeed
@@ -29,6 +29,7 @@ from .replica import EXPIRE_PERIOD_S, ShardReplica
 from .service import FORWARD_HOPS_MAX, SCRATCH_DIR, Call, ForwardLost, ForwardNotSent, MemoryService
 from .shard import Shard
 from .storage import MemoryBudget, write_file_atomically
+from .tls import NodeTls
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Node:
         self.config = config
         self.node_id = node_id
         self.me = me or config.node(node_id)
+        check_tls_files(config, node_id)
         self.clock = clock or SystemClock()
         self.replicas: dict[int, Shard] = {}
         # Change events of every replica here, in log order per shard; open before
@@ -55,7 +57,9 @@ class Node:
         self.ticker = Ticker(config.raft.fsync, config.raft.fsync_batch_ms, config.raft.log_compaction_bytes)
         # RocksDB memory, one budget for all the replicas here (storage.*).
         self.budget = MemoryBudget(config.storage.memtable_bytes_max, config.storage.block_cache_bytes)
-        self.forwarder = HttpForwarder(config)
+        # HTTPS for the API and to the other nodes when tls: is set (raftmem/tls.py).
+        self.tls = NodeTls(config.tls.for_node(node_id)) if config.tls.enabled else None
+        self.forwarder = HttpForwarder(config, self.tls.client if self.tls is not None else None)
         self.runner: web.AppRunner | None = None
         self.service: MemoryService | None = None
         self.known_nodes: dict[str, NodeConfig] = {n.id: n for n in config.nodes}
@@ -85,7 +89,7 @@ class Node:
         if not self.config.auth.enabled and not is_loopback(self.me.host):
             log.warning(
                 "node %s: the API on %s is open to anyone who can reach it; set auth.cluster_token "
-                "and auth.tokens to require bearer tokens", self.node_id, self.me.http_url,
+                "and auth.tokens to require bearer tokens", self.node_id, self.config.url_of(self.me),
             )
         self._loop = asyncio.get_running_loop()
         self.ticker.attach(self._loop)
@@ -104,13 +108,14 @@ class Node:
         app = build_app(self.service, self.config, Metrics(self.ticker, self.budget))
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.me.host, self.me.http_port, reuse_address=True)
+        site = web.TCPSite(self.runner, self.me.host, self.me.http_port, reuse_address=True,
+                           ssl_context=self.tls.server if self.tls is not None else None)
         await site.start()
         self._tasks.append(asyncio.create_task(self._reaper()))
         self._tasks.append(asyncio.create_task(self._reconcile_forever()))
         log.info(
             "node %s: serving %d shard replicas, API on %s, Raft on %s:%d-%d",
-            self.node_id, len(self.replicas), self.me.http_url, self.me.host,
+            self.node_id, len(self.replicas), self.config.url_of(self.me), self.me.host,
             self.me.raft_port(0), self.me.raft_port(self.config.shards - 1),
         )
 
@@ -281,10 +286,12 @@ async def _serve(config: Config, node_id: str, me: NodeConfig | None = None) -> 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if node.tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, node.tls.reload)
     await node.start()
     _tune_gc()
     log.info("node %s: event loop %s", node_id, eventloop.loop_kind())
-    print(f"raftmem node {node_id} ready on {node.me.http_url}", flush=True)
+    print(f"raftmem node {node_id} ready on {config.url_of(node.me)}", flush=True)
     await stop.wait()
     await node.stop()
 

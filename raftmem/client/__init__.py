@@ -76,6 +76,7 @@ from .types import (
     _new_key,
     bearer_headers,
     parse_token,
+    tls_context,
 )
 
 __all__ = [
@@ -114,5 +115,6 @@ __all__ = [
     "error_from_response",
     "may_retry",
     "parse_token",
+    "tls_context",
     "shard_for",
 ]

@@ -7,6 +7,7 @@ import asyncio
 import builtins
 import itertools
 import random
+import ssl
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -67,8 +68,11 @@ class AsyncClient:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        """`token`: the bearer token, for clusters that require one."""
+        """`token`: the bearer token, for clusters that require one.
+        `ssl_context`: for https nodes with a private CA or client certificates
+        (`tls_context(cacert, cert, key)`)."""
         seeds = [u.rstrip("/") for u in urls if u.strip()]
         if not seeds:
             raise ValueError("AsyncClient needs at least one node URL")
@@ -92,6 +96,7 @@ class AsyncClient:
         self._refreshed_at = -ROUTES_REFRESH_INTERVAL_S
         self.stats = {"attempts": 0, "retries": 0, "route_refreshes": 0}
         self._auth = bearer_headers(token)
+        self._ssl = ssl_context
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -110,7 +115,8 @@ class AsyncClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONNECTIONS_MAX))
+            connector = aiohttp.TCPConnector(limit=CONNECTIONS_MAX, ssl=self._ssl if self._ssl is not None else True)
+            self._session = aiohttp.ClientSession(connector=connector)
             # No silent resend of a write on a dropped kept-alive connection: the
             # retry policy here decides, with idempotency keys.
             self._session._retry_connection = False

@@ -3,6 +3,7 @@ results, tokens, request bodies and idempotency keys. Pure."""
 
 from __future__ import annotations
 
+import ssl
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -57,6 +58,16 @@ class _Request:
     def __post_init__(self) -> None:
         if HEADER_IDEMPOTENCY_KEY in self.headers:
             self.keyed = True
+
+
+def tls_context(cacert: str | None = None, cert: str | None = None, key: str | None = None) -> ssl.SSLContext:
+    """A context for https nodes: the cluster's CA (else the system's), and a
+    client certificate when the nodes require one (`tls.client_auth: require`)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cacert)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        context.load_cert_chain(cert, key)
+    return context
 
 
 @dataclass

@@ -12,7 +12,7 @@ cross-field checks). This package imports nothing else of raftmem.
 from __future__ import annotations
 
 from .load import LOCAL_3NODE_YAML, embedded_default, load, parse
-from .rules import check_ports_free, is_loopback, validate
+from .rules import check_ports_free, check_tls_files, is_loopback, validate
 from .schema import (
     AUTH_ROLES,
     AUTH_SECRET_CHARS_MIN,
@@ -38,6 +38,7 @@ from .schema import (
     RaftConfig,
     StorageConfig,
     TagOverride,
+    TlsConfig,
     WatchConfig,
     canonical_level,
 )
@@ -47,6 +48,6 @@ __all__ = [
     "FSYNC_MODES", "ID_CHARS_MAX", "LIST_PAGE_MAX", "LOCAL_3NODE_YAML", "NAMESPACE_CHARS_MAX",
     "SHARDS_MAX", "STALENESS_MS_MAX", "TAG_CHARS_MAX", "TAGS_MAX", "ApiToken", "AuthConfig",
     "Config", "ConfigError", "ConsistencyConfig", "LimitsConfig", "NodeConfig", "RaftConfig", "StorageConfig",
-    "TagOverride", "WatchConfig", "LEVEL_ALIASES", "canonical_level", "check_ports_free", "embedded_default",
+    "TagOverride", "TlsConfig", "WatchConfig", "check_tls_files", "LEVEL_ALIASES", "canonical_level", "check_ports_free", "embedded_default",
     "is_loopback", "load", "parse", "validate",
 ]

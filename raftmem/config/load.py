@@ -29,6 +29,7 @@ from .schema import (
     RaftConfig,
     StorageConfig,
     TagOverride,
+    TlsConfig,
     WatchConfig,
     canonical_level,
 )
@@ -36,7 +37,7 @@ from .schema import (
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _SECRET_RE = re.compile(r"[!-~]+")
 
-_TOP_KEYS = {"cluster", "replication", "raft", "consistency", "storage", "limits", "watch", "auth", "debug"}
+_TOP_KEYS = {"cluster", "replication", "raft", "consistency", "storage", "limits", "watch", "auth", "tls", "debug"}
 _CLUSTER_KEYS = {"name", "shards", "nodes"}
 _NODE_KEYS = {"id", "host", "http_port", "raft_port_base", "zone", "port", "role"}
 # The design's node roles. In a Raft cluster every node holds replicas and each
@@ -159,6 +160,7 @@ def parse(data: Any, source: str = "<embedded>") -> Config:
         limits=limits,
         watch=_dataclass_from("watch", WatchConfig, _mapping("watch", top.get("watch"))),
         auth=_parse_auth(_mapping("auth", top.get("auth"))),
+        tls=_dataclass_from("tls", TlsConfig, _mapping("tls", top.get("tls"))),
         debug={k: bool(v) for k, v in debug.items()},
         source=source,
     )

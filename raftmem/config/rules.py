@@ -5,11 +5,13 @@ order, ports that clash or are taken, Raft ports off loopback without a password
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 
 from .schema import (
     CONSISTENCY_LEVELS,
     FSYNC_MODES,
+    TLS_CLIENT_AUTH,
     WATCH_RETENTION_MAX,
     Config,
     ConfigError,
@@ -114,6 +116,7 @@ def validate(config: Config) -> None:
             "session (read-your-writes), causal or eventual"
         )
     _check_quorums(config)
+    _check_tls(config)
     lim = config.limits
     if not 0 <= config.watch.retention_entries <= WATCH_RETENTION_MAX:
         raise ConfigError(f"watch.retention_entries: must be in [0, {WATCH_RETENTION_MAX}]")
@@ -162,6 +165,34 @@ def _check_quorums(config: Config) -> None:
             f"replication.read_quorum: {r} (a majority) makes every read linearizable, but consistency "
             f"asks for {', '.join(sorted(set(stale)))}; use read_quorum: 1, or only linearizable/strong"
         )
+
+
+def _check_tls(config: Config) -> None:
+    tls = config.tls
+    if tls.client_auth not in TLS_CLIENT_AUTH:
+        raise ConfigError(f"tls.client_auth: {tls.client_auth!r} is not one of {', '.join(TLS_CLIENT_AUTH)}")
+    if not tls.enabled:
+        if tls.key_file or tls.ca_file or tls.client_auth != "none":
+            raise ConfigError("tls: cert_file is needed to turn TLS on (key_file, ca_file and client_auth need it)")
+        return
+    if not tls.key_file:
+        raise ConfigError("tls.key_file: the private key of cert_file is needed")
+    if not tls.ca_file:
+        raise ConfigError("tls.ca_file: needed to verify the other nodes (and client certificates)")
+    if not config.raft.password:
+        raise ConfigError(
+            "raft.password: required with TLS on. The Raft ports do not speak TLS; pysyncobj encrypts and "
+            "authenticates their traffic with this shared secret instead (see the README)"
+        )
+
+
+def check_tls_files(config: Config, node_id: str) -> None:
+    """At a node's start: its TLS files exist and are readable (a clear message, not a traceback)."""
+    tls = config.tls.for_node(node_id)
+    for name in ("cert_file", "key_file", "ca_file"):
+        path = getattr(tls, name)
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"tls.{name}: {path} is not a readable file")
 
 
 def check_ports_free(config: Config, node: NodeConfig) -> None:

@@ -49,10 +49,6 @@ class NodeConfig:
     def raft_port(self, shard: int) -> int:
         return self.raft_port_base + shard
 
-    @property
-    def http_url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
-
 
 @dataclass(frozen=True)
 class RaftConfig:
@@ -185,6 +181,31 @@ class StorageConfig:
     block_cache_bytes: int = 16 << 20
 
 
+TLS_CLIENT_AUTH = ("none", "request", "require")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """HTTPS for the API and between nodes (forwarding, fan-out, admin). Paths
+    may hold `{node}`, replaced by the node's id (one config for every node,
+    a certificate each). Off unless cert_file is set."""
+
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None  # verifies peers (and clients, under client_auth)
+    client_auth: str = "none"  # none | request | require (a client certificate from ca_file)
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    def for_node(self, node_id: str) -> TlsConfig:
+        def fill(path: str | None) -> str | None:
+            return None if path is None else path.replace("{node}", node_id)
+
+        return TlsConfig(fill(self.cert_file), fill(self.key_file), fill(self.ca_file), self.client_auth)
+
+
 WATCH_RETENTION_MAX = 10_000_000
 
 
@@ -215,6 +236,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
     # Debug switches that make the store unsafe, for the harness's negative
     # controls only. Never set them in production.
     debug: Mapping[str, bool] = field(default_factory=dict)
@@ -226,6 +248,14 @@ class Config:
                 return n
         known = ", ".join(n.id for n in self.nodes)
         raise ConfigError(f"node {node_id!r} is not in the cluster config (known: {known})")
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls.enabled else "http"
+
+    def url_of(self, node: NodeConfig) -> str:
+        """A node's API, as this cluster speaks it (https when TLS is on)."""
+        return f"{self.scheme}://{node.host}:{node.http_port}"
 
     def node_data_dir(self, node_id: str) -> Path:
         return Path(self.data_dir) / node_id

@@ -45,7 +45,7 @@ class Router:
         if table.version < self.table.version:
             return
         self.table = table
-        self.forwarder.set_urls({n: table.http_url(n) for n in table.nodes})
+        self.forwarder.set_urls({n: self.config.url_of(table.nodes[n]) for n in table.nodes})
 
     def leader_of(self, shard: int) -> str | None:
         replica = self.shards.get(shard)

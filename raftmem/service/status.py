@@ -26,7 +26,7 @@ class Status:
                 entry.update(replica.status().to_json())
             shards.append(entry)
         nodes = [
-            {"id": n.id, "url": n.http_url, "zone": n.zone, "raft_port_base": n.raft_port_base}
+            {"id": n.id, "url": self.config.url_of(n), "zone": n.zone, "raft_port_base": n.raft_port_base}
             for n in sorted(router.table.nodes.values(), key=lambda n: n.id)
         ]
         body = {

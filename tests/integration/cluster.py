@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -89,10 +90,15 @@ class Cluster:
         spare: int = 0,
         auth: dict[str, Any] | None = None,
         token: str | None = None,
+        tls: dict[str, Any] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """`spare`: extra nodes with reserved ports, started later with `start_joining`.
-        `auth`: the config's auth section; `token`: sent by `request` unless told otherwise."""
+        `auth`: the config's auth section; `token`: sent by `request` unless told otherwise.
+        `tls`: the config's tls section (a raft password is set with it); `ssl_context`:
+        what `request` connects with (https)."""
         self.root = root
+        self.ssl_context = ssl_context
         self.auth_headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.shards = shards
         self.node_ids = [f"n{i + 1}" for i in range(nodes)]
@@ -132,6 +138,9 @@ class Cluster:
             config["debug"] = debug
         if auth:
             config["auth"] = auth
+        if tls:
+            config["tls"] = tls
+            config["raft"]["password"] = "a raft secret for the tls tests"
         root.mkdir(parents=True, exist_ok=True)
         self.config_path = root / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
@@ -199,6 +208,14 @@ class Cluster:
         return (self.root / "logs" / f"{node_id}.log").read_text(errors="replace")
 
     # -- HTTP ------------------------------------------------------------------
+    def connection(self, node_id: str, timeout_s: float = 15.0,
+                   context: ssl.SSLContext | None = None) -> http.client.HTTPConnection:
+        """To the node's API: https with `context` (or the cluster's), else http."""
+        context = context or self.ssl_context
+        if context is not None:
+            return http.client.HTTPSConnection("127.0.0.1", self.http[node_id], timeout=timeout_s, context=context)
+        return http.client.HTTPConnection("127.0.0.1", self.http[node_id], timeout=timeout_s)
+
     def request(
         self,
         node_id: str,
@@ -209,7 +226,7 @@ class Cluster:
         raw: bytes | None = None,
         timeout_s: float = 15.0,
     ) -> tuple[int, dict[str, str], Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.http[node_id], timeout=timeout_s)
+        conn = self.connection(node_id, timeout_s)
         try:
             data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
             conn.request(method, path, body=data, headers={**self.auth_headers, **(headers or {})})
@@ -242,7 +259,7 @@ class Cluster:
 
     def metrics_text(self, node_id: str) -> str:
         """The node's /metrics (Prometheus text)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.http[node_id], timeout=5)
+        conn = self.connection(node_id, 5)
         try:
             conn.request("GET", "/metrics")
             return conn.getresponse().read().decode()

@@ -184,3 +184,31 @@ def test_a_majority_read_quorum_with_fresh_levels_only_loads() -> None:
     d["replication"]["read_quorum"] = 2
     d["consistency"] = {"default": "linearizable", "overrides": [{"tags": ["critical"], "model": "strong"}]}
     assert parse(d).quorums()["read"] == 2
+
+
+@pytest.mark.parametrize(
+    ("tls", "raft", "message"),
+    [
+        ({"cert_file": "c.pem", "key_file": "k.pem", "ca_file": "ca.pem"}, {}, "raft.password: required with TLS"),
+        ({"cert_file": "c.pem", "ca_file": "ca.pem"}, {"password": "p" * 20}, "tls.key_file"),
+        ({"cert_file": "c.pem", "key_file": "k.pem"}, {"password": "p" * 20}, "tls.ca_file"),
+        ({"key_file": "k.pem"}, {}, "cert_file is needed"),
+        ({"cert_file": "c.pem", "key_file": "k.pem", "ca_file": "ca.pem", "client_auth": "maybe"},
+         {"password": "p" * 20}, "client_auth"),
+    ],
+)
+def test_tls_settings_are_checked(tls: dict[str, Any], raft: dict[str, Any], message: str) -> None:
+    d = base()
+    d["tls"] = tls
+    d.setdefault("raft", {}).update(raft)
+    with pytest.raises(ConfigError, match=message):
+        parse(d)
+
+
+def test_tls_paths_name_each_node_and_urls_become_https() -> None:
+    d = base()
+    d["tls"] = {"cert_file": "/c/{node}.pem", "key_file": "/c/{node}.key", "ca_file": "/c/ca.pem"}
+    d.setdefault("raft", {})["password"] = "p" * 20
+    c = parse(d)
+    assert c.tls.for_node("n2").cert_file == "/c/n2.pem" and c.tls.for_node("n2").ca_file == "/c/ca.pem"
+    assert c.url_of(c.nodes[0]).startswith("https://127.0.0.1:")
