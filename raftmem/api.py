@@ -7,9 +7,9 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -20,7 +20,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from . import validation as v
 from .auth import Authenticator, need_for
 from .config import Config
-from .errors import InvalidRequest, NotFound, PayloadTooLarge, RaftmemError
+from .errors import InvalidRequest, NotFound, PayloadTooLarge, RaftmemError, RequestTimeout
 from .metrics import Metrics
 from .openapi import OPENAPI
 from .service import (
@@ -47,6 +47,15 @@ DOWNLOAD_STALL_S = 60.0
 BACKUP_BYTES_MAX = 64 << 30
 RESTORE_CHUNK_BYTES_MAX = 256 << 20
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+BODY_TIMEOUT_KEY = web.AppKey("body_timeout_s", float)
+
+
+class RequestTracker(Protocol):
+    """Told when a connection starts and ends handling a request (httpserver's guard)."""
+
+    def started(self, handler: Any) -> None: ...
+
+    def finished(self, handler: Any) -> None: ...
 
 
 def _json_response(
@@ -98,6 +107,7 @@ class HttpForwarder:
         """`ssl_context`: the node's client context when TLS is on (peers verified,
         this node's certificate presented)."""
         self._ssl = ssl_context
+        self._idle_timeout_s = config.limits.idle_timeout_ms / 1000
         self.urls = {n.id: config.url_of(n) for n in config.nodes}
         self._session: aiohttp.ClientSession | None = None
         # Node to node: the cluster token, never the client's (checked at the edge).
@@ -107,7 +117,10 @@ class HttpForwarder:
         self.urls = dict(urls)
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, ssl=self._ssl if self._ssl else True)
+        # Idle pooled connections are dropped here before the peer's idle timeout
+        # (limits.idle_timeout_ms) could close one under a request being sent.
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, ssl=self._ssl if self._ssl else True,
+                                         keepalive_timeout=min(15.0, self._idle_timeout_s / 2))
         self._session = aiohttp.ClientSession(connector=connector)
         # aiohttp silently resends a request once when a kept-alive connection
         # drops: a forwarded write could apply twice, and the resend failing to
@@ -181,9 +194,32 @@ def _shard(request: web.Request) -> int:
         raise InvalidRequest("shard must be an integer") from None
 
 
+async def _body(request: web.Request) -> bytes:
+    """The whole body (at most limits.body_bytes_max: aiohttp answers 413 past
+    it), or 408 when it does not arrive within limits.body_timeout_ms."""
+    timeout_s = request.app[BODY_TIMEOUT_KEY]
+    try:
+        return await asyncio.wait_for(request.read(), timeout_s)
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from None
+
+
+async def _chunks(request: web.Request, chunk_bytes: int = 1 << 16) -> AsyncIterator[bytes]:
+    """A large body (a backup) chunk by chunk: 408 when it stalls for limits.body_timeout_ms."""
+    timeout_s = request.app[BODY_TIMEOUT_KEY]
+    while True:
+        try:
+            chunk = await asyncio.wait_for(request.content.read(chunk_bytes), timeout_s)
+        except TimeoutError:
+            raise RequestTimeout(f"the body stalled for {timeout_s:g} s") from None
+        if not chunk:
+            return
+        yield chunk
+
+
 async def _read_limited(request: web.Request, limit: int) -> bytes:
     data = bytearray()
-    async for chunk in request.content.iter_chunked(1 << 16):
+    async for chunk in _chunks(request):
         data += chunk
         if len(data) > limit:
             raise PayloadTooLarge(f"body larger than {limit} bytes")
@@ -218,12 +254,12 @@ class Api:
 
     async def put(self, request: web.Request) -> web.Response:
         ns, mid = request.match_info["namespace"], request.match_info["id"]
-        return await self._memories(_call(request, await request.read()),
+        return await self._memories(_call(request, await _body(request)),
                                     lambda call: self.service.memories.put(ns, mid, call))
 
     async def create(self, request: web.Request) -> web.Response:
         ns = request.match_info["namespace"]
-        return await self._memories(_call(request, await request.read()),
+        return await self._memories(_call(request, await _body(request)),
                                     lambda call: self.service.memories.create(ns, call))
 
     async def get(self, request: web.Request) -> web.Response:
@@ -243,10 +279,10 @@ class Api:
         return _reply(await self.service.queries.list_shard(_shard(request), ns, _call(request)))
 
     async def batch(self, request: web.Request) -> web.Response:
-        return await self._memories(_call(request, await request.read()), self.service.batches.batch, batch=True)
+        return await self._memories(_call(request, await _body(request)), self.service.batches.batch, batch=True)
 
     async def internal_batch(self, request: web.Request) -> web.Response:
-        return _reply(await self.service.batches.internal(_call(request, await request.read())))
+        return _reply(await self.service.batches.internal(_call(request, await _body(request))))
 
     async def transfer_leader(self, request: web.Request) -> web.Response:
         return _reply(await self.service.transfers.transfer_leader(_shard(request), _call(request)))
@@ -270,7 +306,7 @@ class Api:
             path = Path(tmp) / "upload.backup"
             size = 0
             with open(path, "wb") as f:
-                async for chunk in request.content.iter_chunked(1 << 16):
+                async for chunk in _chunks(request):
                     size += len(chunk)
                     if size > BACKUP_BYTES_MAX:
                         raise PayloadTooLarge(f"backup larger than {BACKUP_BYTES_MAX} bytes")
@@ -281,7 +317,7 @@ class Api:
         return _reply(await self.service.membership.members(_call(request)))
 
     async def member_add(self, request: web.Request) -> web.Response:
-        return _reply(await self.service.membership.member_add(_call(request, await request.read())))
+        return _reply(await self.service.membership.member_add(_call(request, await _body(request))))
 
     async def member_remove(self, request: web.Request) -> web.Response:
         return _reply(await self.service.membership.member_remove(request.match_info["node"], _call(request)))
@@ -290,7 +326,7 @@ class Api:
         return _reply(await self.service.membership.rebalance(_call(request)))
 
     async def internal_members(self, request: web.Request) -> web.Response:
-        return _reply(await self.service.membership.internal_write_table(_call(request, await request.read())))
+        return _reply(await self.service.membership.internal_write_table(_call(request, await _body(request))))
 
     async def cluster(self, _request: web.Request) -> web.Response:
         return _reply(self.service.status.cluster())
@@ -312,7 +348,9 @@ class Api:
         return _json_response(200, OPENAPI)
 
 
-def build_app(service: MemoryService, config: Config, metrics: Metrics) -> web.Application:
+def build_app(
+    service: MemoryService, config: Config, metrics: Metrics, tracker: RequestTracker | None = None
+) -> web.Application:
     api = Api(service, metrics)
     authenticator = Authenticator(config.auth)
 
@@ -321,22 +359,28 @@ def build_app(service: MemoryService, config: Config, metrics: Metrics) -> web.A
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
+        if tracker is not None:
+            tracker.started(request.protocol)
         try:
             if authenticator.enabled:
                 # Who first: nobody without a valid token gets a body read or parsed.
                 token = authenticator.authenticate(request.headers.get("Authorization"), request.path)
                 if token is not None:
-                    body = await request.read() if request.path == "/v1/batch" else b""
+                    body = await _body(request) if request.path == "/v1/batch" else b""
                     authenticator.authorize(token, need_for(request.method, request.path, request.match_info, body))
             response = await handler(request)
         except Exception as e:  # noqa: BLE001 (mapped, or re-raised, in one place)
             response = _error_to_response(request, e)
+        finally:
+            if tracker is not None:
+                tracker.finished(request.protocol)
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         metrics.observe_request(route, request.method, response.status, time.perf_counter() - start)
         return response
 
     # A little over the body limit, so that our own check answers with a clear message.
     app = web.Application(middlewares=[middleware], client_max_size=config.limits.body_bytes_max + 4096)
+    app[BODY_TIMEOUT_KEY] = config.limits.body_timeout_ms / 1000
     r = app.router
     r.add_put("/v1/memories/{namespace}/{id}", api.put)
     r.add_get("/v1/memories/{namespace}/{id}", api.get)

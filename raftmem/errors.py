@@ -2,7 +2,8 @@
 
     RaftmemError                      500 internal
     ├── InvalidRequest                400 invalid_request
-    │   └── PayloadTooLarge           413 payload_too_large
+    │   ├── PayloadTooLarge           413 payload_too_large
+    │   └── RequestTimeout            408 request_timeout   (a body sent too slowly)
     ├── Unauthorized                  401 unauthorized      (no or unknown bearer token)
     ├── Forbidden                     403 forbidden         (the token's role or namespaces)
     ├── NotFound                      404 not_found
@@ -45,6 +46,11 @@ class InvalidRequest(RaftmemError):
 class PayloadTooLarge(InvalidRequest):
     status = 413
     code = "payload_too_large"
+
+
+class RequestTimeout(InvalidRequest):
+    status = 408
+    code = "request_timeout"
 
 
 class Unauthorized(RaftmemError):

@@ -14,7 +14,6 @@ from contextlib import suppress
 from pathlib import Path
 
 import orjson
-from aiohttp import web
 
 from . import eventloop
 from .api import HttpForwarder, build_app
@@ -23,6 +22,7 @@ from .config import Config, NodeConfig, check_ports_free, check_tls_files, is_lo
 from .consensus import Ticker
 from .errors import RaftmemError
 from .events import ChangeFeed
+from .httpserver import ConnectionGuard, Listener
 from .membership import Table, preferred_leaders
 from .metrics import Metrics
 from .replica import EXPIRE_PERIOD_S, ShardReplica
@@ -60,7 +60,7 @@ class Node:
         # HTTPS for the API and to the other nodes when tls: is set (raftmem/tls.py).
         self.tls = NodeTls(config.tls.for_node(node_id)) if config.tls.enabled else None
         self.forwarder = HttpForwarder(config, self.tls.client if self.tls is not None else None)
-        self.runner: web.AppRunner | None = None
+        self.listener: Listener | None = None
         self.service: MemoryService | None = None
         self.known_nodes: dict[str, NodeConfig] = {n.id: n for n in config.nodes}
         self._last_balance = 0.0
@@ -105,12 +105,10 @@ class Node:
         self.ticker.start()
         await self.forwarder.start()
         self.service = MemoryService(self.config, self.node_id, self.replicas, table, self.forwarder, self.clock)
-        app = build_app(self.service, self.config, Metrics(self.ticker, self.budget))
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, self.me.host, self.me.http_port, reuse_address=True,
-                           ssl_context=self.tls.server if self.tls is not None else None)
-        await site.start()
+        guard = ConnectionGuard(self.config.limits)
+        app = build_app(self.service, self.config, Metrics(self.ticker, self.budget), guard)
+        self.listener = Listener(app, guard)
+        await self.listener.start(self.me.host, self.me.http_port, self.tls.server if self.tls is not None else None)
         self._tasks.append(asyncio.create_task(self._reaper()))
         self._tasks.append(asyncio.create_task(self._reconcile_forever()))
         log.info(
@@ -233,8 +231,8 @@ class Node:
             task.cancel()
             with suppress(asyncio.CancelledError):
                 await task
-        if self.runner is not None:
-            await self.runner.cleanup()
+        if self.listener is not None:
+            await self.listener.stop()
         await self.forwarder.close()
         self.ticker.stop()
         for replica in self.replicas.values():

@@ -120,6 +120,11 @@ def validate(config: Config) -> None:
     lim = config.limits
     if not 0 <= config.watch.retention_entries <= WATCH_RETENTION_MAX:
         raise ConfigError(f"watch.retention_entries: must be in [0, {WATCH_RETENTION_MAX}]")
+    if not 16 <= lim.connections_max <= 1_000_000:
+        raise ConfigError("limits.connections_max: must be in [16, 1000000]")
+    for name in ("header_timeout_ms", "body_timeout_ms", "idle_timeout_ms"):
+        if not 100 <= getattr(lim, name) <= 3_600_000:
+            raise ConfigError(f"limits.{name}: must be in [100, 3600000]")
     if not 1 <= lim.list_page_max <= 10000:
         raise ConfigError("limits.list_page_max: must be in [1, 10000]")
     if lim.entries_in_flight_max < 1:

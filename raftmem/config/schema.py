@@ -142,6 +142,14 @@ class LimitsConfig:
     write_timeout_ms: int = 5000
     read_timeout_ms: int = 5000
     idempotency_keys_max: int = 100000
+    # Client connections (raftmem/httpserver.py): at most this many open (past
+    # it, the one idle longest makes room); a request's head must arrive within
+    # header_timeout_ms of its first byte, its body within body_timeout_ms; a
+    # connection idle between requests is closed after idle_timeout_ms.
+    connections_max: int = 4096
+    header_timeout_ms: int = 10_000
+    body_timeout_ms: int = 30_000
+    idle_timeout_ms: int = 120_000
 
 
 AUTH_ROLES = ("read", "write", "admin")  # each includes the ones before it
