@@ -65,8 +65,8 @@ def _json_response(
     return web.Response(status=status, body=data, headers=headers, content_type=content_type)
 
 
-def _error_response(error: RaftmemError) -> web.Response:
-    headers = {}
+def _error_response(error: RaftmemError, headers: dict[str, str] | None = None) -> web.Response:
+    headers = dict(headers or {})
     retry_after = getattr(error, "retry_after_s", None)
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
@@ -87,9 +87,10 @@ def _error_to_response(request: web.Request, exc: Exception) -> web.Response:
     except web.HTTPNotFound:
         return _error_response(NotFound(f"no route {request.method} {request.path}"))
     except web.HTTPMethodNotAllowed as e:
-        err = RaftmemError(f"method {request.method} not allowed on {request.path}", allowed=sorted(e.allowed_methods))
+        allowed = sorted(e.allowed_methods)
+        err = RaftmemError(f"method {request.method} not allowed on {request.path}", allowed=allowed)
         err.status, err.code = 405, "method_not_allowed"
-        return _error_response(err)
+        return _error_response(err, {"Allow": ", ".join(allowed)})  # RFC 9110 15.5.6
     except web.HTTPException:
         raise
     except (HttpProcessingError, RequestPayloadError) as e:

@@ -16,6 +16,9 @@ from .errors import InvalidRequest, PayloadTooLarge
 _NAME_RE = re.compile(r"[A-Za-z0-9._:-]+")  # fullmatch: "$" would let a final "\n" through
 MEMORY_FIELDS = frozenset({"agent_id", "kind", "content", "tags", "metadata", "ttl_s"})
 TTL_S_MAX = 10 * 365 * 24 * 3600
+# Below a second, a memory could expire between its write and the writer's read
+# (expiry is decided in ms by the leader's clock): refused rather than lost.
+TTL_S_MIN = 1.0
 AGENT_CHARS_MAX = 256
 KIND_CHARS_MAX = 64
 IDEMPOTENCY_KEY_CHARS_MAX = 256
@@ -93,8 +96,10 @@ def memory_fields(body: Any, limits: LimitsConfig) -> dict[str, Any]:
     if ttl is not None:
         if isinstance(ttl, bool) or not isinstance(ttl, int | float):
             raise InvalidRequest("ttl_s must be a number of seconds", field="ttl_s")
-        if not 0 < ttl <= TTL_S_MAX:
-            raise InvalidRequest(f"ttl_s must be in (0, {TTL_S_MAX}]", field="ttl_s")
+        if not TTL_S_MIN <= ttl <= TTL_S_MAX:
+            raise InvalidRequest(
+                f"ttl_s must be in [{TTL_S_MIN:g}, {TTL_S_MAX}] seconds (a memory that expires sooner than "
+                f"that could be gone before it is read back)", field="ttl_s")
         out["ttl_s"] = ttl
     return out
 

@@ -173,8 +173,8 @@ def test_ttl_expires(cluster: Cluster) -> None:
     from .cluster import wait_for
 
     ns = _ns()
-    status, _, body = cluster.request("n1", "PUT", f"/v1/memories/{ns}/t", {"content": 1, "ttl_s": 0.3})
-    assert status == 201 and body["expires_at"] == body["created_at"] + 300
+    status, _, body = cluster.request("n1", "PUT", f"/v1/memories/{ns}/t", {"content": 1, "ttl_s": 1})
+    assert status == 201 and body["expires_at"] == body["created_at"] + 1000
     wait_for(lambda: cluster.request("n2", "GET", f"/v1/memories/{ns}/t")[0] == 404, 10, "expiry")
 
 
@@ -187,6 +187,7 @@ def test_ttl_expires(cluster: Cluster) -> None:
         ("PUT", "/v1/memories/NS/x", b'{"tags": [1]}', {}, 400, "invalid_request"),
         ("PUT", "/v1/memories/NS/x", b'{"surprise": 1}', {}, 400, "invalid_request"),
         ("PUT", "/v1/memories/NS/x", b'{"ttl_s": -1}', {}, 400, "invalid_request"),
+        ("PUT", "/v1/memories/NS/x", b'{"ttl_s": 1.8e-06}', {}, 400, "invalid_request"),
         ("PUT", "/v1/memories/NS/x", b'{"metadata": 3}', {}, 400, "invalid_request"),
         ("PUT", "/v1/memories/NS/x", b'{"tags": ["t"]}', {"If-Match": "abc"}, 400, "invalid_request"),
         ("PUT", "/v1/memories/NS/x", b'{"content": 1}', {"If-None-Match": "v1"}, 400, "invalid_request"),
@@ -211,9 +212,11 @@ def test_bad_input_is_refused_and_changes_nothing(
 ) -> None:
     ns = _ns()
     path = path.replace("NS", ns)
-    got_status, _, body = cluster.request("n1", method, path, raw=raw, headers=headers)
+    got_status, got_headers, body = cluster.request("n1", method, path, raw=raw, headers=headers)
     assert got_status == status, body
     assert body["error"]["code"] == code and body["error"]["message"]
+    if status == 405:  # RFC 9110: a 405 says what is allowed
+        assert set(got_headers["Allow"].split(", ")) >= {"GET", "PUT", "DELETE"}, got_headers
     # Nothing was written anywhere in the namespace.
     for node in cluster.node_ids:
         s, _, page = cluster.request(node, "GET", f"/v1/memories/{ns}?consistency=linearizable")
