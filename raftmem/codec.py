@@ -50,6 +50,12 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
+def embedded(encoded: bytes) -> Any:
+    """JSON already encoded (by `dumps`), to place inside a value given to `dumps`
+    without decoding and encoding it again."""
+    return orjson.Fragment(encoded)
+
+
 def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 

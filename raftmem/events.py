@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -54,6 +54,9 @@ class Change:
     after: Mapping[str, Any] | None = None  # the record after (PUT only)
     time_ms: int = 0  # the leader's wall time for the entry (chosen before proposing)
     prev_version: int | None = None  # PUT: the version of the live record it replaced
+    # The record as the state machine stored it (JSON), when it has it: the
+    # change log embeds it rather than encoding the record again.
+    encoded: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def version(self) -> int | None:
@@ -69,10 +72,14 @@ class Change:
         """The new record of a PUT, the removed one of a DELETE or EXPIRE."""
         return self.after if self.kind is ChangeKind.PUT else self.before
 
-    def to_log(self) -> dict[str, Any]:
-        """The change log's form (JSON): one record, not two."""
+    def to_log(self, embed: Callable[[bytes], Any] | None = None) -> dict[str, Any]:
+        """The change log's form (JSON): one record, not two. `embed` places the
+        record's stored encoding as it is (codec.embedded)."""
+        record = self.record
+        rec: Any = None if record is None else (
+            embed(self.encoded) if embed is not None and self.encoded is not None else dict(record))
         return {"k": self.kind.value, "ns": self.namespace, "id": self.id, "t": self.time_ms,
-                "pv": self.prev_version, "rec": dict(self.record) if self.record is not None else None}
+                "pv": self.prev_version, "rec": rec}
 
     @classmethod
     def from_log(cls, shard: int, index: int, d: Mapping[str, Any]) -> Change:

@@ -96,6 +96,11 @@ def memory_key(ns: str, mid: str) -> bytes:
     return MEMORY_PREFIX + ns.encode() + SEP + mid.encode()
 
 
+# What the index entries of a record are made of: an overwrite that keeps them
+# all (the common case) writes no index entry.
+_INDEXED_FIELDS = ("created_at", "agent_id", "tags", "expires_at")
+
+
 def _index_keys(rec: dict[str, Any]) -> list[bytes]:
     ns = rec["namespace"].encode()
     mid = rec["id"].encode()
@@ -257,7 +262,8 @@ class StateMachine:
                 batch.delete(EVENTS_FROM_KEY)
             return
         for seq, change in enumerate(changes):
-            batch.put(EVENT_PREFIX + codec.u64(index) + seq.to_bytes(4, "big"), codec.dumps(change.to_log()))
+            log_form = change.to_log(codec.embedded)
+            batch.put(EVENT_PREFIX + codec.u64(index) + seq.to_bytes(4, "big"), codec.dumps(log_form))
         slack = max(EVENT_TRIM_SLACK_MIN, self.events_retention // 8)
         if not self._events_from_stored or index - self.events_from >= self.events_retention + slack:
             cut = max(self.events_from, index - self.events_retention + 1)
@@ -430,21 +436,23 @@ class StateMachine:
         Only index entries that change are written: an overwrite that keeps the
         agent, tags, creation time and expiry (the common case) writes the
         record alone, rather than a tombstone and a put for each entry."""
-        new_keys = _index_keys(rec)
-        if old is not None:
-            old_keys = _index_keys(old)
-            for k in old_keys:
-                if k not in new_keys:
-                    work.batch.delete(k)
-            new_keys = [k for k in new_keys if k not in old_keys]
-        for k in new_keys:
-            work.batch.put(k, b"")
-        work.batch.put(key, codec.dumps(rec))
+        if old is None or any(old.get(f) != rec.get(f) for f in _INDEXED_FIELDS):
+            new_keys = _index_keys(rec)
+            if old is not None:
+                old_keys = _index_keys(old)
+                for k in old_keys:
+                    if k not in new_keys:
+                        work.batch.delete(k)
+                new_keys = [k for k in new_keys if k not in old_keys]
+            for k in new_keys:
+                work.batch.put(k, b"")
+        encoded = codec.dumps(rec)
+        work.batch.put(key, encoded)
         work.overlay[key] = rec
         work.changes.append(Change(
             ChangeKind.PUT, self.shard, work.index, rec["namespace"], rec["id"], old_live, rec,
             time_ms=int(rec.get("updated_at") or 0),
-            prev_version=int(old_live["version"]) if old_live is not None else None,
+            prev_version=int(old_live["version"]) if old_live is not None else None, encoded=encoded,
         ))
 
     def _apply_delete(self, work: _Entry, op: Delete) -> Result:
