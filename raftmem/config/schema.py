@@ -146,6 +146,8 @@ class LimitsConfig:
     # it, the one idle longest makes room); a request's head must arrive within
     # header_timeout_ms of its first byte, its body within body_timeout_ms; a
     # connection idle between requests is closed after idle_timeout_ms.
+    # Operations of client batches a node plans and runs at once; past it, 429.
+    batch_ops_in_flight_max: int = 8 * BATCH_OPS_MAX
     connections_max: int = 4096
     header_timeout_ms: int = 10_000
     body_timeout_ms: int = 30_000

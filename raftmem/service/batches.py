@@ -32,7 +32,7 @@ from .. import validation as v
 from ..clock import Clock
 from ..commands import Committed, Delete, Get, MemoryFields, Outcome, Put, Txn, TxnOp
 from ..config import Config
-from ..errors import Indeterminate, InvalidRequest, NotFound, RaftmemError, Unavailable
+from ..errors import Indeterminate, InvalidRequest, NotFound, Overloaded, RaftmemError, Unavailable
 from ..shard import Shard
 from .calls import Call, ForwardLost, ForwardNotSent, Reply, public
 from .leaders import Router
@@ -42,6 +42,7 @@ from .queries import Queries
 
 BATCH_KINDS = ("put", "get", "delete", "create")
 INTERNAL_BATCH_PATH = "/v1/internal/batch"
+PLAN_YIELD_EVERY = 64
 _OP_HEADERS = (("if_match", "If-Match"), ("if_none_match", "If-None-Match"), ("idempotency_key", "Idempotency-Key"))
 _OP_QUERY = ("consistency", "after", "max_staleness_ms")
 
@@ -75,6 +76,7 @@ class Batches:
         self.clock = clock
         self.limits = config.limits
         self.node_id = router.node_id
+        self.ops_in_flight = 0  # operations of client batches being planned or run on this node
 
     # -- the client's batch ------------------------------------------------------------
     async def batch(self, call: Call) -> Reply:
@@ -87,9 +89,20 @@ class Batches:
         atomic = body.get("atomic", False)
         if not isinstance(atomic, bool):
             raise InvalidRequest("atomic must be true or false", field="atomic")
+        if self.ops_in_flight + len(ops) > self.limits.batch_ops_in_flight_max:
+            raise Overloaded(f"{self.ops_in_flight} batched operations in flight on this node; retry")
+        self.ops_in_flight += len(ops)
+        try:
+            return await self._batch(call, ops, atomic)
+        finally:
+            self.ops_in_flight -= len(ops)
+
+    async def _batch(self, call: Call, ops: list[Any], atomic: bool) -> Reply:
         results: list[Result | None] = [None] * len(ops)
         planned: list[_Op] = []
         for i, raw in enumerate(ops):
+            if i and i % PLAN_YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # a large batch does not hold the loop: others are answered between
             _check_shape(i, raw)  # a malformed operation refuses the whole batch
             try:
                 planned.append(self._plan(i, raw, call))
@@ -195,7 +208,11 @@ class Batches:
         jobs: list[Awaitable[dict[int, list[Result]]]] = []
         for group in body.get("groups") or ():
             shard = int(group["shard"])
-            ops = [self._plan(i, raw, call) for i, raw in enumerate(group["ops"])]
+            ops = []
+            for i, raw in enumerate(group["ops"]):
+                if i and i % PLAN_YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+                ops.append(self._plan(i, raw, call))
             if any(op.shard != shard for op in ops):
                 raise InvalidRequest(f"an operation of the group for shard {shard} is not on it")
             jobs.append(self._run_group(shard, ops, atomic, call.hops))
