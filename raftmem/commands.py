@@ -353,12 +353,15 @@ class ReleaseLock:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A task as enqueued; the retry policy and the bounds are the leader's
-    choice (config), carried in the log so that replay decides the same."""
+    """A task as enqueued. It is ready at `not_before_ms` (wall time) or
+    `delay_ms` after the enqueue's own time, whichever is later. The retry
+    policy and bounds are the leader's choice (config), in the log so that a
+    replay decides the same."""
 
     payload: Any = None
     priority: int = 0
     not_before_ms: int = 0
+    delay_ms: int = 0
     max_attempts: int = 3
     backoff_ms: int = 1000
     retain_ms: int = 7 * 24 * 3600 * 1000  # done and dead tasks are kept this long
@@ -366,13 +369,13 @@ class TaskSpec:
 
     def to_wire(self) -> dict[str, Any]:
         return {"payload": self.payload, "prio": self.priority, "not_before": self.not_before_ms,
-                "attempts_max": self.max_attempts, "backoff": self.backoff_ms, "retain": self.retain_ms,
-                "open_max": self.open_max}
+                "delay": self.delay_ms, "attempts_max": self.max_attempts, "backoff": self.backoff_ms,
+                "retain": self.retain_ms, "open_max": self.open_max}
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> TaskSpec:
-        return cls(d.get("payload"), _int(d, "prio"), _int(d, "not_before"), _int(d, "attempts_max"),
-                   _int(d, "backoff"), _int(d, "retain"), _int(d, "open_max"))
+        return cls(d.get("payload"), _int(d, "prio"), _int(d, "not_before"), _int(d, "delay"),
+                   _int(d, "attempts_max"), _int(d, "backoff"), _int(d, "retain"), _int(d, "open_max"))
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,6 @@ CLAIM_EXPIRE_OPS_MAX = 64
 # Stale queue entries a claim may step over (earlier commands of its own entry
 # took them) before it gives up.
 CLAIM_SCAN_MAX = 1024
-TASK_LIST_MAX = 1000
 
 LOCK_PREFIX = b"L\x00"
 TASK_PREFIX = b"J\x00"
@@ -296,11 +295,12 @@ class Coordination:
             return Result(Outcome.TASK_EXISTS, f"task {ns}/{op.id} exists ({old['state']})", coord=task_view(old))
         if self._open_tasks(work, ns) >= spec.open_max:
             return Result(Outcome.QUEUE_FULL, f"queue {ns} holds {spec.open_max} open tasks, its limit")
+        not_before = max(spec.not_before_ms, now + spec.delay_ms)
         rec: Record = {
             "namespace": ns, "id": op.id, "payload": spec.payload, "priority": spec.priority, "state": "ready",
             "attempts": 0, "max_attempts": spec.max_attempts, "backoff_ms": spec.backoff_ms,
-            "retain_ms": spec.retain_ms, "enqueued_at": now, "order": order, "not_before": spec.not_before_ms,
-            "ready_at": spec.not_before_ms if spec.not_before_ms > now else None,
+            "retain_ms": spec.retain_ms, "enqueued_at": now, "order": order, "not_before": not_before,
+            "ready_at": not_before if not_before > now else None,
             "claims": 0, "worker": None, "fence": None, "claimed_at": None, "claim_expires_at": None,
             "result": None, "last_error": None, "finished_at": None, "purge_at": None,
         }
@@ -382,11 +382,14 @@ class Coordination:
                 if lock is not None and lock["expires_at"] == due:
                     self._free_lock(work, lock)
                     done += 1
+                else:
+                    work.batch.delete(key)  # changed by an earlier command of this entry
                 continue
             old = self._get(work, task_key(ns, name))
             if old is None or due != {CLAIM: old["claim_expires_at"], DELAY: old["ready_at"],
                                       RETENTION: old["purge_at"]}.get(kind):
-                continue  # changed by an earlier command of this entry
+                work.batch.delete(key)  # changed by an earlier command of this entry
+                continue
             done += 1
             if kind == RETENTION:
                 self._delete(work, task_key(ns, name))
@@ -412,7 +415,8 @@ class Coordination:
         return task_view(codec.loads(raw)) if raw is not None else None
 
     def tasks(self, ns: str, state: str | None, after: str | None, limit: int) -> list[dict[str, Any]]:
-        """Tasks of a queue by id, strictly after `after`, in one state or all."""
+        """Tasks of a queue by id, strictly after `after`, in one state or all
+        (at most `limit`: the caller bounds it)."""
         base = TASK_PREFIX + ns.encode() + SEP
         prefix = base + BY_STATE + STATES[state] + SEP if state is not None else base
         # Record keys: an id byte (0x2d and up) after `base`, past the 0x01/0x02 keys.
@@ -421,7 +425,7 @@ class Coordination:
         end = prefix[:-1] + b"\x01"
         out: list[dict[str, Any]] = []
         for key, raw in self.store.scan(start, end):
-            if len(out) >= min(limit, TASK_LIST_MAX):
+            if len(out) >= limit:
                 break
             if state is None:
                 out.append(task_view(codec.loads(raw)))
