@@ -45,6 +45,9 @@ from cli.bench import Histogram  # noqa: E402
 from raftmem.client import AsyncClient, LockHeld  # noqa: E402
 
 LOCK_TTL_MS = 10_000
+# etcd leases (one per client, as `etcdctl lock` keeps one per session) outlive the
+# run instead of being kept alive: keep-alive traffic would only cost etcd.
+ETCD_LEASE_TTL_S = 600
 WAIT_MS = 30_000
 UNCONTENDED_NAMES = 32
 CLAIM_CANDIDATES = 8
@@ -104,7 +107,7 @@ class Etcd:
 
     async def lease(self, worker: int) -> str:
         if worker not in self.leases:
-            granted = await self.post(worker, "/v3/lease/grant", {"TTL": LOCK_TTL_MS // 1000})
+            granted = await self.post(worker, "/v3/lease/grant", {"TTL": ETCD_LEASE_TTL_S})
             self.leases[worker] = granted["ID"]
         return self.leases[worker]
 

@@ -7,6 +7,7 @@ an inspection is a read there."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -94,7 +95,14 @@ class Locks(Coordinating):
             raise InvalidRequest("give the fence once: ?fence= or the body", field="fence")
         fence = v.int_param("fence", raw, 0, 0, v.FENCE_MAX) if raw is not None else self._fence(body.get("fence"))
         command = ReleaseLock(ns, name, fence, v.idempotency_key(call.header("Idempotency-Key")))
-        return await self._write(shard, command, call)
+
+        async def local(replica: Shard) -> Reply:
+            release = asyncio.ensure_future(replica.submit(stamped(command, self.clock.wall_ms())))
+            # The next waiter's acquisition goes right behind it, in the same entry.
+            self.waiters.hand_over((shard, "lock", ns, name))
+            return write_reply(self.node_id, shard, await release)
+
+        return await self.router.on_leader(shard, call, local, is_write=True)
 
     async def show(self, ns: str, name: str, call: Call) -> Reply:
         """GET: the lock if held (404 when free), at `consistency` (default

@@ -3,7 +3,8 @@ in order of arrival, woken when the state machine frees a lock or readies a
 task (and at least every `waiter_poll_ms`), bounded in number.
 
 Only the first waiter of a key proposes: the others wait their turn, so a lock
-goes to waiters in the order they came (a request that does not wait may
+goes to waiters in the order they came. A release that finds a waiter starts
+the waiter's acquisition with it (`hand_over`), so both ride in one log entry (a request that does not wait may
 still take a lock that is free at that moment: it is not a waiter). The queue
 lives in the leader's memory: after a change of leader the waiters go on at
 the new leader (the router forwards them), behind those already there.
@@ -38,6 +39,11 @@ PAUSE_S_MIN = 0.005  # between two proposals of one waiter, whatever it was told
 class Ticket:
     key: Key
     woken: asyncio.Event = field(default_factory=asyncio.Event)
+    attempt: Callable[[], Awaitable[Committed]] | None = None
+    undo: Callable[[Committed], Awaitable[object]] | None = None
+    proposing: bool = False
+    # A proposal started for this waiter by `hand_over`, not yet awaited.
+    handed: asyncio.Future[Committed] | None = None
 
 
 class Waiters:
@@ -78,6 +84,9 @@ class Waiters:
         finally:
             queue.remove(ticket)
             self._total -= 1
+            if ticket.handed is not None and ticket.undo is not None:  # started for it, never awaited
+                undo = ticket.undo
+                ticket.handed.add_done_callback(lambda t: self._give_back(t, undo))
             if queue:
                 queue[0].woken.set()  # the next in line
             else:
@@ -85,6 +94,19 @@ class Waiters:
 
     def _first(self, ticket: Ticket) -> bool:
         return self._queues[ticket.key][0] is ticket
+
+    def hand_over(self, key: Key) -> bool:
+        """Called with a release of `key` being proposed: start the first
+        waiter's acquisition now, so that group commit packs it into the same
+        log entry, right after the release (one entry per hand-over instead of
+        two in a row). False: nobody waits, or the first is already proposing."""
+        queue = self._queues.get(key)
+        head = queue[0] if queue else None
+        if head is None or head.attempt is None or head.proposing or head.handed is not None:
+            return False
+        head.handed = asyncio.ensure_future(head.attempt())
+        head.woken.set()
+        return True
 
     async def run(
         self,
@@ -104,6 +126,7 @@ class Waiters:
         deadline = time.monotonic() + wait_s
         done: Committed | None = None
         async with self._enter(key) as ticket:
+            ticket.attempt, ticket.undo = attempt, undo
             if self._first(ticket):
                 ticket.woken.set()  # first in line on arrival: try at once
             while True:
@@ -121,17 +144,24 @@ class Waiters:
                 # Cleared before proposing, not before waiting: a wake-up that
                 # comes while the proposal is in the log is not lost.
                 ticket.woken.clear()
-                done = await self._propose(attempt, undo)
+                handed, ticket.handed = ticket.handed, None
+                ticket.proposing = True
+                try:
+                    done = await self._propose(attempt, undo, handed)
+                finally:
+                    ticket.proposing = False
                 if not done.result.outcome.busy:
                     self.served += 1
                     return done
 
     async def _propose(
-        self, attempt: Callable[[], Awaitable[Committed]], undo: Callable[[Committed], Awaitable[object]]
+        self, attempt: Callable[[], Awaitable[Committed]], undo: Callable[[Committed], Awaitable[object]],
+        started: asyncio.Future[Committed] | None = None,
     ) -> Committed:
-        """One proposal that outlives its caller: if the request is cancelled
-        while the proposal is in the log, what it won is given back."""
-        task = asyncio.ensure_future(attempt())
+        """One proposal (or the one `hand_over` `started`) that outlives its
+        caller: if the request is cancelled while the proposal is in the log,
+        what it won is given back."""
+        task = started if started is not None else asyncio.ensure_future(attempt())
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:

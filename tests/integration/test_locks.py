@@ -119,6 +119,24 @@ def test_waiters_are_served_in_order_of_arrival(cluster: Cluster) -> None:
     assert fences == sorted(fences) and fences[0] > first["fence"]
 
 
+def test_a_release_hands_the_lock_to_the_first_waiter_in_the_same_log_entry(cluster: Cluster) -> None:
+    ns = _ns()
+    leader = leader_node(cluster, ns, "l")
+    status, held = acquire(cluster, leader, ns, "l", "a", ttl_ms=30_000)
+    assert status == 201
+    got: list[tuple[int, dict[str, Any]]] = []
+    waiter = threading.Thread(target=lambda: got.append(acquire(cluster, "n2", ns, "l", "b", 30_000, 10_000)))
+    waiter.start()
+    wait_for(lambda: waiters(cluster, leader) == 1, 10, "b waiting")
+    status, _, released = cluster.request(leader, "DELETE", f"/v1/locks/{ns}/l?fence={held['fence']}")
+    waiter.join(20)
+    (status, lock), = got
+    assert status == 201 and lock["holder"] == "b"
+    # fence = Raft index * 2^16 + position in the entry: the release's entry, right after it.
+    release_index = int(released["token"].split(":")[1])
+    assert (lock["fence"] >> 16, lock["fence"] & 0xFFFF) == (release_index, 1)  # the release is at 0
+
+
 def test_a_waiter_that_disconnects_does_not_acquire(cluster: Cluster) -> None:
     ns = _ns()
     leader = leader_node(cluster, ns, "gone")

@@ -111,6 +111,13 @@ def test_an_expired_claim_is_requeued_with_attempts_and_its_fence_refused(cluste
     task = enqueue(cluster, "n1", ns, payload="slow", backoff_ms=0)
     stale = claim(cluster, "n2", ns, worker="paused", lease_ms=300)
     assert stale is not None and stale["id"] == task["id"]
+
+    def requeued() -> bool:
+        _, _, page = cluster.request("n1", "GET", f"/v1/tasks/{ns}?state=ready")
+        return [(t["id"], t["attempts"]) for t in page["items"]] == [(task["id"], 1)]
+
+    # Nobody claims meanwhile: the leader's reaper proposes the expiry (through the log).
+    wait_for(requeued, 10, "the expired claim requeued by the reaper")
     again = wait_for(lambda: claim(cluster, "n3", ns, worker="fresh", lease_ms=30_000, wait_ms=1000), 15,
                      "the task back in the queue")
     assert again["id"] == task["id"] and again["attempts"] == 1 and again["fence"] > stale["fence"]
