@@ -389,3 +389,15 @@ def test_coordination_results_are_stored_with_their_names(outcome: Outcome) -> N
 
 def test_settling_an_unknown_task_is_not_found(shard: Shard) -> None:
     assert shard.one(settle("nope", 1, "complete", T0)).outcome == Outcome.NOT_FOUND
+
+
+def test_a_stale_fence_aborts_an_atomic_batch(shard: Shard) -> None:
+    from raftmem.commands import Txn
+
+    fence = shard.one(acquire("a", T0, ttl=60_000)).coord["fence"]
+    aborted = shard.one(Txn((fenced_put("x", fence, T0 + 1), fenced_put("y", fence - 1, T0 + 1))))
+    assert aborted.outcome == Outcome.ABORTED and [r.outcome for r in aborted.results] == [
+        Outcome.ABORTED, Outcome.FENCED]
+    assert shard.sm.get("ns", "x", T0 + 2) is None and shard.sm.get("ns", "y", T0 + 2) is None
+    applied = shard.one(Txn((fenced_put("x", fence, T0 + 3), fenced_put("y", fence, T0 + 3))))
+    assert applied.outcome == Outcome.APPLIED and shard.sm.get("ns", "y", T0 + 4) is not None
