@@ -11,6 +11,7 @@ from pathlib import Path
 from . import admin as admin_cmd
 from . import bench as bench_cmd
 from . import cluster as cluster_cmd
+from . import coordination as coordination_cmd
 from . import logfmt
 from . import memory as memory_cmd
 from . import status as status_cmd
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     status_cmd.add_parser(sub)
     admin_cmd.add_parsers(sub)
     memory_cmd.add_parsers(sub)
+    coordination_cmd.add_parsers(sub)
     bench_cmd.add_parser(sub)
     return parser
 

@@ -122,6 +122,7 @@ def _put(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         ttl_s=args.ttl,
         if_match=args.if_match,
         if_none_match=args.create_only,
+        if_fence=args.if_fence,
     )
     if args.json:
         _dump(memory, out)
@@ -145,7 +146,7 @@ def _get(client: Client, args: argparse.Namespace, out: TextIO) -> None:
 
 
 def _delete(client: Client, args: argparse.Namespace, out: TextIO) -> None:
-    result = client.delete(args.namespace, args.id, if_match=args.if_match)
+    result = client.delete(args.namespace, args.id, if_match=args.if_match, if_fence=args.if_fence)
     if args.json:
         _dump(result, out)
     else:
@@ -211,6 +212,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--ttl", type=float, help="expire after this many seconds")
     p.add_argument("--if-match", type=int, metavar="VERSION", help="write only if the version is VERSION")
     p.add_argument("--create-only", action="store_true", help="fail if the memory exists (If-None-Match: *)")
+    p.add_argument("--if-fence", metavar="NS/LOCK:FENCE", help="write only while that lock is held with that fence")
     p.set_defaults(func=_run(_put))
 
     p = sub.add_parser("get", parents=[global_options()], help="read a memory")
@@ -226,6 +228,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("namespace")
     p.add_argument("id")
     p.add_argument("--if-match", type=int, metavar="VERSION", help="delete only if the version is VERSION")
+    p.add_argument("--if-fence", metavar="NS/LOCK:FENCE", help="delete only while that lock is held with that fence")
     p.set_defaults(func=_run(_delete))
 
     p = sub.add_parser("list", parents=[global_options()], help="list a namespace's memories, oldest first")

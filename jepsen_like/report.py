@@ -282,6 +282,8 @@ def ops_checked(workload_result: dict[str, Any]) -> int:
             best = max(best, int(checker.get("reads_checked", 0)) + int(checker.get("writes_checked", 0)))
         elif name in ("stale", "causal"):
             best = max(best, int(checker.get("reads_checked", 0)))
+        else:
+            best = max(best, int(checker.get("ops_checked", 0)))
     return best
 
 

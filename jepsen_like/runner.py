@@ -40,6 +40,7 @@ from jepsen_like import report
 from jepsen_like.checker import combine_verdicts
 from jepsen_like.checker.linear import DEADLINE_S_DEFAULT
 from jepsen_like.cluster import Cluster
+from jepsen_like.coordworkloads import COORDINATION_CHECKS, COORDINATION_WORKLOADS
 from jepsen_like.httpclient import HttpClient
 from jepsen_like.nemesis import Nemesis
 from jepsen_like.recorder import Recorder
@@ -110,7 +111,8 @@ async def _run_async(scenario: Scenario, seed: int, time_limit_s: float, out_dir
                       # verdict does not depend on waiting long for it.
                       final_read_timeout_s=CONTROL_FINAL_READ_TIMEOUT_S if scenario.is_control else FINAL_READ_TIMEOUT_S,
                       live_nodes=lambda: [n for n in cluster.node_ids if cluster.nodes[n].alive])
-        workloads: list[Workload] = [WORKLOAD_CLASSES[name](ctx) for name in scenario.workloads]
+        classes = {**WORKLOAD_CLASSES, **COORDINATION_WORKLOADS}
+        workloads: list[Workload] = [classes[name](ctx) for name in scenario.workloads]
         nemesis = Nemesis(cluster, client, recorder, random.Random(rng.random()), stop)
         load_started = time.monotonic()
         workers = [asyncio.create_task(w()) for wl in workloads for w in wl.workers()]
@@ -181,7 +183,7 @@ def run_scenario(scenario: Scenario, seed: int, time_limit_s: float, out_dir: Pa
     run_s = time.monotonic() - started
     t = time.monotonic()
     events = recorder.events
-    checked = report.check_run(events, [WORKLOAD_CHECKS[w] for w in scenario.workloads], deadline_s)
+    checked = report.check_run(events, [{**WORKLOAD_CHECKS, **COORDINATION_CHECKS}[w] for w in scenario.workloads], deadline_s)
     check_s = time.monotonic() - t
     recovery = info.get("recovery", {"valid": "unknown", "reason": "the run did not get that far"})
     harness_errors = list(info.get("harness_errors", []))

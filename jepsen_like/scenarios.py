@@ -32,7 +32,19 @@ control-local-reads    leader-isolate with debug.unsafe_local_reads        FAIL
 control-no-fsync       power-loss with raft.fsync: never                   FAIL
 control-early-ack      kill-rolling with debug.unsafe_early_ack            FAIL
 control-causal-blind   causal chains that never send their context         FAIL
+coord-leader-pause     leader-pause, running the lock and task workloads   pass
+coord-leader-isolate   leader-isolate, lock and task workloads             pass
+coord-kill-rolling     kill-rolling, lock and task workloads               pass
+coord-clock            clock faults on leaders, lock and task workloads    pass
+coord-power-loss       power-loss, lock and task workloads                 pass
+control-no-fence       coord-kill-rolling with the fence checks skipped    FAIL
+                       (debug.unsafe_skip_fence_check): Jepsen's etcd-lock
+                       unsafety, and tasks completed twice
 =====================  ==================================================  ======
+
+The ``coord-`` scenarios run only the ``lock`` and ``task`` workloads
+(``coordworkloads.py``): their holders also pause past their leases by
+themselves, under every fault, which is the fault locks are for.
 
 """
 
@@ -47,6 +59,7 @@ from jepsen_like.nemesis import Nemesis, Schedule
 
 DRIFT_BOUND = 0.1  # the cluster config's raft.clock_drift_bound (cluster.py)
 SKEW_OF_BOUND = 0.8  # monotonic skew injected, as a fraction of the bound
+COORDINATION = ("lock", "task")  # the workloads of the coord- scenarios (coordworkloads.py)
 
 
 def _clamp(value: float, lo: float, hi: float) -> float:
@@ -275,6 +288,19 @@ SCENARIOS: dict[str, Scenario] = {
                  cluster={"debug": {"unsafe_early_ack": True}}, quick_time_limit_s=20),
         Scenario("control-causal-blind", "NEGATIVE CONTROL: agents pass causal chains without the context",
                  schedule_none, expect_valid=False, workloads=("causal-blind",), quick_time_limit_s=15),
+        Scenario("coord-leader-pause", "locks and tasks: a shard leader SIGSTOPped past its lease, SIGCONT",
+                 schedule_leader_pause, workloads=COORDINATION),
+        Scenario("coord-leader-isolate", "locks and tasks: the leader of a random shard isolated, healed",
+                 schedule_leader_isolate, workloads=COORDINATION),
+        Scenario("coord-kill-rolling", "locks and tasks: kill -9 and restart of each node in turn, then all",
+                 schedule_kill_rolling, workloads=COORDINATION, quick_time_limit_s=30),
+        Scenario("coord-clock", "locks and tasks: clock jumps, strobes and skew on shard leaders",
+                 schedule_clock, cluster={"clock_shim": True}, workloads=COORDINATION),
+        Scenario("coord-power-loss", "locks and tasks: power loss of every node, fsync always",
+                 schedule_power_loss, cluster={"disk": "power"}, workloads=COORDINATION),
+        Scenario("control-no-fence", "NEGATIVE CONTROL: fence checks skipped (locks and task claims) under "
+                 "kill-rolling", schedule_kill_rolling, expect_valid=False, workloads=COORDINATION,
+                 cluster={"debug": {"unsafe_skip_fence_check": True}}, quick_time_limit_s=25),
     )
 }
 
@@ -282,10 +308,13 @@ SCENARIOS: dict[str, Scenario] = {
 REQUIRED = ("none", "leader-isolate", "halves", "leader-pause", "kill-rolling", "clock", "disk-full",
             "power-loss", "membership", "control-local-reads", "control-no-fsync", "control-early-ack",
             "control-causal-blind")
-FULL_MATRIX = (*REQUIRED, "majority-ring", "bridge", "disk-full-failover")
+COORDINATION_MATRIX = ("coord-leader-pause", "coord-leader-isolate", "coord-kill-rolling", "coord-clock",
+                       "coord-power-loss", "control-no-fence")
+FULL_MATRIX = (*REQUIRED, "majority-ring", "bridge", "disk-full-failover", *COORDINATION_MATRIX)
 # make jepsen-quick (CI): a short subset, with negative controls that must FAIL.
 QUICK_MATRIX = ("none", "leader-isolate", "kill-rolling", "power-loss", "control-local-reads",
-                "control-early-ack", "control-no-fsync", "control-causal-blind")
+                "control-early-ack", "control-no-fsync", "control-causal-blind", "coord-kill-rolling",
+                "control-no-fence")
 
 
 def get(name: str) -> Scenario:

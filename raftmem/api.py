@@ -4,6 +4,7 @@ errors are mapped to HTTP once, in `_error_to_response`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -46,6 +47,9 @@ STREAM_CHUNK_BYTES = 1 << 20
 DOWNLOAD_STALL_S = 60.0
 BACKUP_BYTES_MAX = 64 << 30
 RESTORE_CHUNK_BYTES_MAX = 256 << 20
+# How often a waiting request (a lock acquisition, a task claim) looks whether
+# its client is still connected.
+DISCONNECT_POLL_S = 0.05
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout_s", float)
 
@@ -91,6 +95,11 @@ def _error_to_response(request: web.Request, exc: Exception) -> web.Response:
         err = RaftmemError(f"method {request.method} not allowed on {request.path}", allowed=allowed)
         err.status, err.code = 405, "method_not_allowed"
         return _error_response(err, {"Allow": ", ".join(allowed)})  # RFC 9110 15.5.6
+    except ClientGone as e:
+        # Nobody reads this answer; the status is for the logs and metrics.
+        gone = RaftmemError(str(e))
+        gone.status, gone.code = 499, "client_gone"
+        return _error_response(gone)
     except web.HTTPException:
         raise
     except (HttpProcessingError, RequestPayloadError) as e:
@@ -242,6 +251,31 @@ async def _send(request: web.Request, reply: Reply) -> web.StreamResponse:
     return response
 
 
+class ClientGone(Exception):
+    """The client of a waiting request disconnected; the request was cancelled."""
+
+
+async def _while_connected(request: web.Request, work: Awaitable[Reply]) -> Reply:
+    """Run `work` while the client stays connected, and cancel it when the client
+    goes: a waiter that can no longer learn of its lock or task gives up its
+    place (the service gives back what a proposal in flight wins)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                raise ClientGone(f"{request.method} {request.path}: the client disconnected")
+    finally:
+        if not task.done():
+            task.cancel()
+
+
 class Api:
     def __init__(self, service: MemoryService, metrics: Metrics) -> None:
         self.service = service
@@ -329,6 +363,43 @@ class Api:
     async def internal_members(self, request: web.Request) -> web.Response:
         return _reply(await self.service.membership.internal_write_table(_call(request, await _body(request))))
 
+    # -- locks and tasks -------------------------------------------------------------
+    async def lock_acquire(self, request: web.Request) -> web.Response:
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        call = _call(request, await request.read())
+        return _reply(await _while_connected(request, self.service.locks.acquire(ns, name, call)))
+
+    async def lock_renew(self, request: web.Request) -> web.Response:
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        return _reply(await self.service.locks.renew(ns, name, _call(request, await request.read())))
+
+    async def lock_release(self, request: web.Request) -> web.Response:
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        return _reply(await self.service.locks.release(ns, name, _call(request, await request.read())))
+
+    async def lock_show(self, request: web.Request) -> web.Response:
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        return _reply(await self.service.locks.show(ns, name, _call(request)))
+
+    async def task_add(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.tasks.enqueue(request.match_info["namespace"],
+                                                       _call(request, await request.read())))
+
+    async def task_claim(self, request: web.Request) -> web.Response:
+        call = _call(request, await request.read())
+        return _reply(await _while_connected(request, self.service.tasks.claim(request.match_info["namespace"], call)))
+
+    async def task_settle(self, request: web.Request) -> web.Response:
+        ns, tid, action = (request.match_info[k] for k in ("namespace", "id", "action"))
+        return _reply(await self.service.tasks.settle(ns, tid, action, _call(request, await request.read())))
+
+    async def task_get(self, request: web.Request) -> web.Response:
+        ns, tid = request.match_info["namespace"], request.match_info["id"]
+        return _reply(await self.service.tasks.get(ns, tid, _call(request)))
+
+    async def task_list(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.tasks.list(request.match_info["namespace"], _call(request)))
+
     async def cluster(self, _request: web.Request) -> web.Response:
         return _reply(self.service.status.cluster())
 
@@ -391,6 +462,15 @@ def build_app(
     r.add_get("/v1/internal/shards/{shard}/list/{namespace}", api.list_shard)
     r.add_post("/v1/batch", api.batch)
     r.add_post(INTERNAL_BATCH_PATH, api.internal_batch)
+    r.add_post("/v1/locks/{namespace}/{name}", api.lock_acquire)
+    r.add_get("/v1/locks/{namespace}/{name}", api.lock_show)
+    r.add_delete("/v1/locks/{namespace}/{name}", api.lock_release)
+    r.add_post("/v1/locks/{namespace}/{name}/renew", api.lock_renew)
+    r.add_post("/v1/tasks/{namespace}", api.task_add)
+    r.add_get("/v1/tasks/{namespace}", api.task_list)
+    r.add_post("/v1/tasks/{namespace}/claim", api.task_claim)
+    r.add_get("/v1/tasks/{namespace}/{id}", api.task_get)
+    r.add_post("/v1/tasks/{namespace}/{id}/{action}", api.task_settle)
     r.add_get("/v1/cluster", api.cluster)
     r.add_post("/v1/admin/shards/{shard}/transfer-leader", api.transfer_leader)
     r.add_get("/v1/admin/backup", api.backup)

@@ -14,7 +14,11 @@ from typing import Any
 import orjson
 
 ENTRY_FORMAT_V1 = 1
-OP_TYPES = frozenset({"put", "delete", "noop", "expire", "restore", "members", "get", "txn"})
+OP_TYPES = frozenset({
+    "put", "delete", "noop", "expire", "restore", "members", "get", "txn",
+    # coordination (locks, task claims, their expiry)
+    "lock_acquire", "lock_renew", "lock_release", "task_add", "task_claim", "task_settle", "lease_expire",
+})
 
 
 class CodecError(ValueError):

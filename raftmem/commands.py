@@ -74,6 +74,36 @@ class MemoryFields:
 
 
 @dataclass(frozen=True)
+class Fence:
+    """`If-Fence: <namespace>/<name>:<fence>` on a write: it applies only while
+    that lock is held with exactly that fence (checked in apply, with the write)."""
+
+    namespace: str
+    name: str
+    fence: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.namespace, self.name, self.fence]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Fence | None:
+        if value is None:
+            return None
+        ns, name, fence = value
+        if not isinstance(ns, str) or not isinstance(name, str) or isinstance(fence, bool) or not isinstance(fence, int):
+            raise TypeError(f"fence must be [namespace, name, integer], got {value!r}")
+        return cls(ns, name, fence)
+
+
+def _with_fence(wire: dict[str, Any], fence: Fence | None) -> dict[str, Any]:
+    """The key is written only when set: older entries, and their idempotency
+    fingerprints, stay byte for byte what they were."""
+    if fence is not None:
+        wire["fence"] = fence.to_wire()
+    return wire
+
+
+@dataclass(frozen=True)
 class Put:
     """Upsert a memory; `if_match` (a version) or `if_none_match` (create only)."""
 
@@ -85,13 +115,14 @@ class Put:
     if_none_match: bool = False
     idempotency_key: str | None = None
     now_ms: int = 0
+    if_fence: Fence | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        return _with_fence({
             "t": self.TAG, "ns": self.namespace, "id": self.id, "fields": self.fields.to_wire(),
             "if_match": self.if_match, "if_none_match": self.if_none_match,
             "idem": self.idempotency_key, "now": self.now_ms,
-        }
+        }, self.if_fence)
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> Put:
@@ -101,7 +132,7 @@ class Put:
         return cls(
             namespace=_str(d, "ns"), id=_str(d, "id"), fields=MemoryFields.from_wire(fields),
             if_match=_opt_int(d, "if_match"), if_none_match=bool(d.get("if_none_match")),
-            idempotency_key=_opt_str(d, "idem"), now_ms=_int(d, "now"),
+            idempotency_key=_opt_str(d, "idem"), now_ms=_int(d, "now"), if_fence=Fence.from_wire(d.get("fence")),
         )
 
 
@@ -113,18 +144,19 @@ class Delete:
     if_match: int | None = None
     idempotency_key: str | None = None
     now_ms: int = 0
+    if_fence: Fence | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        return _with_fence({
             "t": self.TAG, "ns": self.namespace, "id": self.id, "if_match": self.if_match,
             "idem": self.idempotency_key, "now": self.now_ms,
-        }
+        }, self.if_fence)
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> Delete:
         return cls(
             namespace=_str(d, "ns"), id=_str(d, "id"), if_match=_opt_int(d, "if_match"),
-            idempotency_key=_opt_str(d, "idem"), now_ms=_int(d, "now"),
+            idempotency_key=_opt_str(d, "idem"), now_ms=_int(d, "now"), if_fence=Fence.from_wire(d.get("fence")),
         )
 
 
@@ -256,11 +288,203 @@ class Txn:
         return cls(tuple(ops))
 
 
-Command = Put | Delete | Noop | Expire | Restore | SetMembers | Get | Txn
-COMMANDS: dict[str, Any] = {
-    cls.TAG: cls for cls in (Put, Delete, Noop, Expire, Restore, SetMembers, Get, Txn)
-}
+# -- coordination: locks and task claims (applied by raftmem.coordination) ---------
+@dataclass(frozen=True)
+class AcquireLock:
+    """Take `namespace/name` for `holder` for `ttl_ms` unless someone holds it."""
+
+    TAG: ClassVar[str] = "lock_acquire"
+    namespace: str
+    name: str
+    holder: str
+    ttl_ms: int
+    idempotency_key: str | None = None
+    now_ms: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": self.TAG, "ns": self.namespace, "name": self.name, "holder": self.holder,
+                "ttl": self.ttl_ms, "idem": self.idempotency_key, "now": self.now_ms}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> AcquireLock:
+        return cls(_str(d, "ns"), _str(d, "name"), _str(d, "holder"), _int(d, "ttl"),
+                   _opt_str(d, "idem"), _int(d, "now"))
+
+
+@dataclass(frozen=True)
+class RenewLock:
+    """Extend the lease of the holder of `fence` to `ttl_ms` from now."""
+
+    TAG: ClassVar[str] = "lock_renew"
+    namespace: str
+    name: str
+    fence: int
+    ttl_ms: int
+    idempotency_key: str | None = None
+    now_ms: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": self.TAG, "ns": self.namespace, "name": self.name, "fence": self.fence,
+                "ttl": self.ttl_ms, "idem": self.idempotency_key, "now": self.now_ms}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> RenewLock:
+        return cls(_str(d, "ns"), _str(d, "name"), _int(d, "fence"), _int(d, "ttl"),
+                   _opt_str(d, "idem"), _int(d, "now"))
+
+
+@dataclass(frozen=True)
+class ReleaseLock:
+    TAG: ClassVar[str] = "lock_release"
+    namespace: str
+    name: str
+    fence: int
+    idempotency_key: str | None = None
+    now_ms: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": self.TAG, "ns": self.namespace, "name": self.name, "fence": self.fence,
+                "idem": self.idempotency_key, "now": self.now_ms}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> ReleaseLock:
+        return cls(_str(d, "ns"), _str(d, "name"), _int(d, "fence"), _opt_str(d, "idem"), _int(d, "now"))
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task as enqueued. It is ready at `not_before_ms` (wall time) or
+    `delay_ms` after the enqueue's own time, whichever is later. The retry
+    policy and bounds are the leader's choice (config), in the log so that a
+    replay decides the same."""
+
+    payload: Any = None
+    priority: int = 0
+    not_before_ms: int = 0
+    delay_ms: int = 0
+    max_attempts: int = 3
+    backoff_ms: int = 1000
+    retain_ms: int = 7 * 24 * 3600 * 1000  # done and dead tasks are kept this long
+    open_max: int = 100_000  # ready + claimed tasks in the queue, at most
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"payload": self.payload, "prio": self.priority, "not_before": self.not_before_ms,
+                "delay": self.delay_ms, "attempts_max": self.max_attempts, "backoff": self.backoff_ms,
+                "retain": self.retain_ms, "open_max": self.open_max}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> TaskSpec:
+        return cls(d.get("payload"), _int(d, "prio"), _int(d, "not_before"), _int(d, "delay"),
+                   _int(d, "attempts_max"), _int(d, "backoff"), _int(d, "retain"), _int(d, "open_max"))
+
+
+@dataclass(frozen=True)
+class EnqueueTask:
+    TAG: ClassVar[str] = "task_add"
+    namespace: str
+    id: str
+    spec: TaskSpec
+    idempotency_key: str | None = None
+    now_ms: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": self.TAG, "ns": self.namespace, "id": self.id, "spec": self.spec.to_wire(),
+                "idem": self.idempotency_key, "now": self.now_ms}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> EnqueueTask:
+        spec = d["spec"]
+        if not isinstance(spec, Mapping):
+            raise TypeError("spec must be an object")
+        return cls(_str(d, "ns"), _str(d, "id"), TaskSpec.from_wire(spec), _opt_str(d, "idem"), _int(d, "now"))
+
+
+@dataclass(frozen=True)
+class ClaimTask:
+    """Claim the highest-priority, oldest ready task of the queue for `lease_ms`."""
+
+    TAG: ClassVar[str] = "task_claim"
+    namespace: str
+    worker: str
+    lease_ms: int
+    idempotency_key: str | None = None
+    now_ms: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": self.TAG, "ns": self.namespace, "worker": self.worker, "lease": self.lease_ms,
+                "idem": self.idempotency_key, "now": self.now_ms}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> ClaimTask:
+        return cls(_str(d, "ns"), _str(d, "worker"), _int(d, "lease"), _opt_str(d, "idem"), _int(d, "now"))
+
+
+@dataclass(frozen=True)
+class SettleTask:
+    """What the holder of a claim's `fence` does with it: `complete` (with a
+    result), `fail` (retry with back-off, or dead-letter when `retry` is false or
+    the attempts are used up; `charge` false gives the claim back without
+    counting an attempt), or `extend` the claim to `lease_ms` from now."""
+
+    TAG: ClassVar[str] = "task_settle"
+    ACTIONS: ClassVar[tuple[str, ...]] = ("complete", "fail", "extend")
+    namespace: str
+    id: str
+    fence: int
+    action: str
+    result: Any = None  # complete: the result; fail: the error message
+    lease_ms: int = 0  # extend
+    retry: bool = True  # fail
+    charge: bool = True  # fail
+    idempotency_key: str | None = None
+    now_ms: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": self.TAG, "ns": self.namespace, "id": self.id, "fence": self.fence, "action": self.action,
+                "result": self.result, "lease": self.lease_ms, "retry": self.retry, "charge": self.charge,
+                "idem": self.idempotency_key, "now": self.now_ms}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> SettleTask:
+        action = _str(d, "action")
+        if action not in cls.ACTIONS:
+            raise ValueError(f"unknown task action {action!r}")
+        return cls(_str(d, "ns"), _str(d, "id"), _int(d, "fence"), action, d.get("result"), _int(d, "lease"),
+                   bool(d.get("retry")), bool(d.get("charge")), _opt_str(d, "idem"), _int(d, "now"))
+
+
+@dataclass(frozen=True)
+class ExpireLeases:
+    """Decide every lock lease, task claim, delay and retention due at or before
+    `now_ms` (at most `limit`): proposed by the leader when its clock says so."""
+
+    TAG: ClassVar[str] = "lease_expire"
+    now_ms: int
+    limit: int = EXPIRE_OPS_MAX
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": self.TAG, "now": self.now_ms, "limit": self.limit}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> ExpireLeases:
+        return cls(_int(d, "now"), min(_int(d, "limit"), EXPIRE_OPS_MAX))
+
+
+Command = (
+    Put | Delete | Noop | Expire | Restore | SetMembers | Get | Txn
+    | AcquireLock | RenewLock | ReleaseLock | EnqueueTask | ClaimTask | SettleTask | ExpireLeases
+)
+CoordinationCommand = AcquireLock | RenewLock | ReleaseLock | EnqueueTask | ClaimTask | SettleTask | ExpireLeases
+_CLASSES: tuple[type[Command], ...] = (
+    Put, Delete, Noop, Expire, Restore, SetMembers, Get, Txn,
+    AcquireLock, RenewLock, ReleaseLock, EnqueueTask, ClaimTask, SettleTask, ExpireLeases,
+)
+COMMANDS: dict[str, Any] = {cls.TAG: cls for cls in _CLASSES}
 assert set(COMMANDS) == codec.OP_TYPES, "every wire tag has one command class"
+# Commands stamped with the leader's time before proposing, and those that
+# carry a client's Idempotency-Key.
+_STAMPED = (Put, Delete, SetMembers, Get, AcquireLock, RenewLock, ReleaseLock, EnqueueTask, ClaimTask, SettleTask)
+_KEYED = (Put, Delete, AcquireLock, RenewLock, ReleaseLock, EnqueueTask, ClaimTask, SettleTask)
 
 
 @dataclass(frozen=True)
@@ -273,7 +497,7 @@ class Invalid:
 
 def stamped(command: Command, now_ms: int) -> Command:
     """The command with the leader's time, for the commands that carry one."""
-    if isinstance(command, Put | Delete | SetMembers | Get):
+    if isinstance(command, _STAMPED):
         return replace(command, now_ms=now_ms)
     if isinstance(command, Txn):
         return Txn(tuple(replace(op, now_ms=now_ms) for op in command.ops))
@@ -281,7 +505,7 @@ def stamped(command: Command, now_ms: int) -> Command:
 
 
 def idempotency_key(command: Command) -> str | None:
-    return command.idempotency_key if isinstance(command, Put | Delete) else None
+    return command.idempotency_key if isinstance(command, _KEYED) else None
 
 
 def fingerprint(command: Command) -> str:
@@ -345,13 +569,36 @@ class Outcome(StrEnum):
     INVALID_OPERATION = "invalid_operation"
     INVALID_ENTRY = "invalid_entry"
     ABORTED = "aborted"  # a txn undone because one of its commands failed; or a command of it not tried
+    # coordination
+    ACQUIRED = "acquired"
+    RENEWED = "renewed"
+    RELEASED = "released"
+    LOCK_HELD = "lock_held"  # someone else holds it (busy: not remembered for a key)
+    FENCED = "fenced"  # the fence is not the lock's (or the claim's) current one
+    ENQUEUED = "enqueued"
+    TASK_EXISTS = "task_exists"
+    QUEUE_FULL = "queue_full"  # busy
+    CLAIMED = "claimed"
+    NO_TASK = "no_task"  # nothing ready to claim (busy)
+    SETTLED = "settled"  # a claim completed, failed or extended
 
     @property
     def ok(self) -> bool:
         return self in _SUCCESSES
 
+    @property
+    def busy(self) -> bool:
+        """Nothing changed because of what others hold now: a retry with the same
+        Idempotency-Key tries again rather than replaying this answer."""
+        return self in _BUSY
 
-_SUCCESSES = frozenset({Outcome.CREATED, Outcome.UPDATED, Outcome.DELETED, Outcome.APPLIED, Outcome.READ})
+
+
+_SUCCESSES = frozenset({
+    Outcome.CREATED, Outcome.UPDATED, Outcome.DELETED, Outcome.APPLIED, Outcome.READ, Outcome.ACQUIRED,
+    Outcome.RENEWED, Outcome.RELEASED, Outcome.ENQUEUED, Outcome.CLAIMED, Outcome.NO_TASK, Outcome.SETTLED,
+})
+_BUSY = frozenset({Outcome.LOCK_HELD, Outcome.NO_TASK, Outcome.QUEUE_FULL})
 
 
 @dataclass(frozen=True)
@@ -373,6 +620,7 @@ class Result:
     version: int | None = None  # the current version, when a precondition failed
     replayed: bool = False  # answered from an idempotency key's first result
     results: tuple[Result, ...] = ()  # a txn: one per command (ABORTED for those undone or not tried)
+    coord: Mapping[str, Any] | None = None  # a lock or task outcome's details (its view)
 
     # Stored for an idempotency key in the form the first version wrote, so a
     # downgrade or a mixed-version cluster (a snapshot from a newer leader)
@@ -382,10 +630,18 @@ class Result:
         Outcome.CREATED: 201, Outcome.UPDATED: 200, Outcome.DELETED: 200, Outcome.APPLIED: 200,
         Outcome.PRECONDITION_FAILED: 412, Outcome.NOT_FOUND: 404, Outcome.IDEMPOTENCY_KEY_REUSED: 409,
         Outcome.INVALID_OPERATION: 400, Outcome.INVALID_ENTRY: 400, Outcome.READ: 200, Outcome.ABORTED: 409,
+        Outcome.ACQUIRED: 201, Outcome.RENEWED: 200, Outcome.RELEASED: 200, Outcome.LOCK_HELD: 409,
+        Outcome.FENCED: 409, Outcome.ENQUEUED: 201, Outcome.TASK_EXISTS: 409, Outcome.QUEUE_FULL: 429,
+        Outcome.CLAIMED: 200, Outcome.NO_TASK: 204, Outcome.SETTLED: 200,
     }
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self._STORED_CODES[self.outcome]}
+        if self.coord is not None or self.outcome in _COORD_OUTCOMES:
+            # Outcomes the first version did not have say their name (and their
+            # details); the older form above is kept for the older outcomes.
+            out["outcome"] = self.outcome.value
+            out["coord"] = dict(self.coord or {})
         if self.memory is not None:
             out["memory"] = dict(self.memory)
         if self.deleted is not None:
@@ -401,7 +657,12 @@ class Result:
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> Result:
         """A result stored for an idempotency key: `{"status": 201, "memory": ...}`,
-        `{"status": 200, "deleted": ...}`, `{"status": 412, "error": {...}}`."""
+        `{"status": 200, "deleted": ...}`, `{"status": 412, "error": {...}}`; and
+        `{"status", "outcome", "coord", "error"?}` for the coordination outcomes."""
+        named = d.get("outcome")
+        if isinstance(named, str) and named in Outcome._value2member_map_:
+            return cls(Outcome(named), message=str((d.get("error") or {}).get("message", "")),
+                       coord=d.get("coord"), memory=d.get("memory"))
         status = int(d.get("status", 500))
         error = d.get("error") or {}
         deleted = d.get("deleted")
@@ -416,6 +677,12 @@ class Result:
         outcome = Outcome(error["code"]) if error.get("code") in Outcome._value2member_map_ else (
             {412: Outcome.PRECONDITION_FAILED, 404: Outcome.NOT_FOUND}.get(status, Outcome.INVALID_OPERATION))
         return cls(outcome, message=str(error.get("message", "")), version=error.get("version"))
+
+
+_COORD_OUTCOMES = frozenset(o for o in Outcome if o.value not in {
+    "created", "updated", "deleted", "applied", "precondition_failed", "not_found", "idempotency_key_reused",
+    "invalid_operation", "invalid_entry", "read", "aborted",
+})
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@
     ├── Forbidden                     403 forbidden         (the token's role or namespaces)
     ├── NotFound                      404 not_found
     ├── Conflict                      409 conflict
+    │   ├── LockHeld                  409 lock_held         (another holder has the lock)
+    │   └── Fenced                    409 fenced            (the fence is not the lock's or claim's
+    │                                                        current one: released, expired, taken over)
     ├── PreconditionFailed            412 precondition_failed
     ├── Overloaded                    429 overloaded        (retryable, nothing was done)
     ├── Unavailable                   503 unavailable       (retryable, nothing was done)
@@ -72,6 +75,14 @@ class NotFound(RaftmemError):
 class Conflict(RaftmemError):
     status = 409
     code = "conflict"
+
+
+class LockHeld(Conflict):
+    code = "lock_held"
+
+
+class Fenced(Conflict):
+    code = "fenced"
 
 
 class PreconditionFailed(RaftmemError):

@@ -74,6 +74,10 @@ class _ShardCollector:
             yield GaugeMetricFamily("raftmem_node_block_cache_bytes", "The node's shared RocksDB block cache in use", value=usage["block_cache_bytes"])
             yield GaugeMetricFamily("raftmem_node_block_cache_pinned_bytes", "Block cache entries pinned (in use by readers)", value=usage["block_cache_pinned_bytes"])
             yield GaugeMetricFamily("raftmem_node_block_cache_budget_bytes", "storage.block_cache_bytes", value=self.budget.block_cache_bytes)
+        waiters = self.service.waiters
+        yield GaugeMetricFamily("raftmem_coordination_waiters", "Lock acquisitions and task claims waiting here (coordination.waiters_max)", value=waiters.waiting())
+        yield CounterMetricFamily("raftmem_coordination_waits_served", "Waiting acquisitions and claims that got their lock or task", value=waiters.served)
+        yield CounterMetricFamily("raftmem_coordination_given_back", "Locks released and tasks requeued because their waiter disconnected while its proposal was in the log", value=waiters.gave_back)
         for replica in self.service.router.shards.values():
             st = replica.stats()
             label = [str(st.shard)]

@@ -20,6 +20,7 @@ from .api import HttpForwarder, build_app
 from .clock import Clock, SystemClock
 from .config import Config, NodeConfig, check_ports_free, check_tls_files, is_loopback
 from .consensus import Ticker
+from .coordination import Notice
 from .errors import RaftmemError
 from .events import ChangeFeed
 from .httpserver import ConnectionGuard, Listener
@@ -79,7 +80,7 @@ class Node:
         preferred = preferred_leaders(table.assignment).get(shard) == self.node_id
         replica = ShardReplica(shard, self.node_id, self.config, self.ticker, self._loop, self.clock,
                                members, self._nodes(table), preferred_leader=preferred, feed=self.feed,
-                               budget=self.budget)
+                               budget=self.budget, notify=self._wake)
         _save_peers(replica.directory, members)
         self.replicas[shard] = replica
         return replica
@@ -116,6 +117,12 @@ class Node:
             self.node_id, len(self.replicas), self.config.url_of(self.me), self.me.host,
             self.me.raft_port(0), self.me.raft_port(self.config.shards - 1),
         )
+
+    def _wake(self, shard: int, notices: list[Notice]) -> None:
+        """A replica applied something waiters here may want (a lock freed, a
+        task ready): on the loop, inside apply, so it must not block."""
+        if self.service is not None:
+            self.service.wake(shard, notices)
 
     # -- membership: converge on the table ------------------------------------------
     async def _reconcile_forever(self) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import openapi_coordination as coordination
+
 _ERR = {"$ref": "#/components/schemas/Error"}
 _MEM = {"$ref": "#/components/schemas/Memory"}
 
@@ -17,6 +19,7 @@ _ERRORS = {
     "401": _resp("a bearer token is required (clusters with auth on)", _ERR),
     "403": _resp("the token's role or namespaces do not allow this", _ERR),
     "404": _resp("not found", _ERR),
+    "409": _resp("conflict: fenced (If-Fence no longer current), idempotency_key_reused", _ERR),
     "412": _resp("precondition failed", _ERR),
     "413": _resp("body too large", _ERR),
     "429": _resp("overloaded, retry", _ERR),
@@ -49,8 +52,8 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/v1/memories/{namespace}/{id}": {
             "put": {
-                "summary": "Upsert a memory (If-Match, If-None-Match: *, Idempotency-Key)",
-                "parameters": [_NS, _ID],
+                "summary": "Upsert a memory (If-Match, If-None-Match: *, If-Fence, Idempotency-Key)",
+                "parameters": [_NS, _ID, coordination.IF_FENCE],
                 "requestBody": _WRITE_BODY,
                 "responses": {"200": _resp("updated", _MEM), "201": _resp("created", _MEM), **_ERRORS},
             },
@@ -67,15 +70,15 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _resp("the memory", _MEM), **_ERRORS},
             },
             "delete": {
-                "summary": "Delete a memory (If-Match)",
-                "parameters": [_NS, _ID],
+                "summary": "Delete a memory (If-Match, If-Fence)",
+                "parameters": [_NS, _ID, coordination.IF_FENCE],
                 "responses": {"200": _resp("deleted", {"type": "object"}), **_ERRORS},
             },
         },
         "/v1/memories/{namespace}": {
             "post": {
-                "summary": "Create a memory with a server-chosen, time-ordered id",
-                "parameters": [_NS],
+                "summary": "Create a memory with a server-chosen, time-ordered id (with If-Fence: on the lock's shard)",
+                "parameters": [_NS, coordination.IF_FENCE],
                 "requestBody": _WRITE_BODY,
                 "responses": {"201": _resp("created", _MEM), **_ERRORS},
             },
@@ -100,6 +103,7 @@ OPENAPI: dict[str, Any] = {
         "/v1/cluster": {"get": {"summary": "Nodes, shards, leaders, terms, indexes", "responses": {"200": _resp("cluster", {"type": "object"})}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _resp("alive", {"type": "object"})}}},
         "/readyz": {"get": {"summary": "Readiness", "responses": {"200": _resp("ready", {"type": "object"}), "503": _resp("not ready", _ERR)}}},
+        **coordination.PATHS,
     },
     # Optional: only clusters with auth.cluster_token set check it.
     "security": [{}, {"bearer": []}],
@@ -110,6 +114,7 @@ OPENAPI: dict[str, Any] = {
                 "type": "object",
                 "properties": {"error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}},
             },
+            **coordination.SCHEMAS,
             "MemoryWrite": {
                 "type": "object",
                 "additionalProperties": False,

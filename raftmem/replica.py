@@ -25,9 +25,10 @@ from typing import Any, TypeVar
 
 from . import codec
 from .clock import Clock, SystemClock
-from .commands import Command, Committed, Expire, Noop, Outcome, Put, Result
+from .commands import Command, Committed, Expire, ExpireLeases, Noop, Outcome, Put, Result
 from .config import Config, NodeConfig
 from .consensus import OK, REJECTED, GroupSpec, RaftGroup, Ticker
+from .coordination import Notice
 from .errors import Indeterminate, NoLeader, Overloaded, Unavailable
 from .events import ChangeFeed
 from .reads import Reads
@@ -65,11 +66,13 @@ class ShardReplica:
         preferred_leader: bool = False,
         feed: ChangeFeed | None = None,
         budget: MemoryBudget | None = None,
+        notify: Callable[[int, list[Notice]], None] | None = None,
     ) -> None:
         """`replicas`: the node ids the group starts with (this node included);
         `nodes`: where every node listens (the membership table's node list);
         `feed`: where change events go (the node's); `budget`: the node's shared
-        RocksDB memory."""
+        RocksDB memory; `notify`: where coordination wake-ups go (the node's
+        waiters: a lock freed, a task ready)."""
         self.shard = shard
         self.node_id = node_id
         self.config = config
@@ -85,7 +88,8 @@ class ShardReplica:
         self.store = Store(directory, budget)
         self.sm = StateMachine(self.store, shard, config.limits.idempotency_keys_max,
                                publish=feed.publish if feed is not None else None,
-                               events_retention=config.watch.retention_entries)
+                               events_retention=config.watch.retention_entries, notify=notify,
+                               unsafe_skip_fence_check=bool(config.debug.get("unsafe_skip_fence_check")))
         spec = GroupSpec(
             shard=shard,
             self_address=f"{me.host}:{me.raft_port(shard)}",
@@ -440,15 +444,22 @@ class ShardReplica:
 
     # -- background work ---------------------------------------------------------------
     async def expire_due(self) -> None:
-        """Leader only: propose the deletion of expired memories. The time is
-        chosen here, before proposing, so apply stays deterministic."""
+        """Leader only: propose the deletion of expired memories, and the end of
+        lock leases, task claims, delays and retentions that ran out. The time
+        is chosen here, before proposing, so apply stays deterministic."""
         if not self.group.is_leader():
             return
         now = self.clock.wall_ms()
         due = self.sm.next_expiry_ms()
-        if due is None or due > now:
-            return
-        await self.submit(Expire(now))
+        if due is not None and due <= now:
+            await self.submit(Expire(now))
+        # The shard's applied time may be ahead of this clock (a new leader whose
+        # clock is behind): what is due by that time is due now.
+        coordination = self.sm.coordination
+        now = max(now, coordination.clock_ms())
+        due = coordination.next_deadline_ms()
+        if due is not None and due <= now:
+            await self.submit(ExpireLeases(now))
 
     def close(self) -> None:
         self.store.close()

@@ -66,6 +66,18 @@ class Served:
     staleness_ms: int | None = None
 
 
+class CoordinationReader(Protocol):
+    """Locks and tasks as a replica holds them (raftmem.coordination)."""
+
+    def lock(self, ns: str, name: str, now_ms: int) -> dict[str, Any] | None: ...
+
+    def task(self, ns: str, tid: str) -> dict[str, Any] | None: ...
+
+    def tasks(self, ns: str, state: str | None, after: str | None, limit: int) -> list[dict[str, Any]]: ...
+
+    def open_tasks(self, ns: str) -> int: ...
+
+
 class MemoryReader(Protocol):
     """The local state a read function sees (the state machine's read side)."""
 
@@ -78,6 +90,8 @@ class MemoryReader(Protocol):
     def changes_after(self, after: int, limit: int) -> ChangePage:
         """This replica's change log after `after` (raises events.Compacted)."""
         ...
+    @property
+    def coordination(self) -> CoordinationReader: ...
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,15 @@ order is time order):
 The change log is written by apply in the entry's own batch, so it is exactly
 the committed changes, survives crashes with the data, and travels inside
 snapshots: a watch resumes, and a derived index replays, from any replica.
+
+Locks and task claims (their keys belong to raftmem.coordination, which
+applies their commands for this module; its docstring has the details):
+
+    L NUL ns NUL name                                 -> lock
+    J NUL ns NUL id | J NUL ns NUL 0x01 state ...     -> task, tasks by state, open count
+    W NUL ns NUL rank(4) order(8) id                  -> ""   (ready queue: priority, then enqueue order)
+    Z NUL due(8) kind ns NUL name                     -> ""   (lease, claim, delay, retention deadlines)
+    m NUL coord_clock                                 -> the latest leader time applied
 """
 
 from __future__ import annotations
@@ -49,9 +58,11 @@ from typing import Any
 from . import codec
 from .commands import (
     Command,
+    CoordinationCommand,
     Delete,
     Deleted,
     Expire,
+    ExpireLeases,
     Get,
     Invalid,
     Noop,
@@ -65,6 +76,7 @@ from .commands import (
     fingerprint,
     idempotency_key,
 )
+from .coordination import Coordination, Notice
 from .events import Change, ChangeKind, ChangePage, Compacted
 from .shard import TIME_MAX, ListQuery
 from .storage import Batch, Store
@@ -163,6 +175,7 @@ class _Entry:
     overlay: Overlay = field(default_factory=dict)
     changes: list[Change] = field(default_factory=list)
     idem_added: int = 0
+    notices: list[Notice] = field(default_factory=list)  # coordination wake-ups
 
     def nested(self) -> _Entry:
         """A txn's own apply: it sees this entry's writes so far; its writes
@@ -175,6 +188,7 @@ class _Entry:
         self.overlay.update(txn.overlay)
         self.changes.extend(txn.changes)
         self.idem_added += txn.idem_added
+        self.notices.extend(txn.notices)
 
 
 # A txn's commands number their idempotency records apart from the entry's own
@@ -196,17 +210,24 @@ class StateMachine:
     def __init__(
         self, store: Store, shard: int, idempotency_keys_max: int = 100000,
         publish: Callable[[list[Change]], None] | None = None, events_retention: int = 0,
+        notify: Callable[[int, list[Notice]], None] | None = None,
+        unsafe_skip_fence_check: bool = False,
     ) -> None:
         """`publish`: where each entry's changes go once its batch is written
-        (the node's change feed); it must not block or raise. `events_retention`:
-        how many indexes of changes the change log keeps (0: none)."""
+        (the node's change feed); `notify`: where its coordination wake-ups go
+        (locks freed, tasks ready: the leader's waiters); neither may block or
+        raise. `events_retention`: how many indexes of changes the change log
+        keeps (0: none). `unsafe_skip_fence_check`: a negative control (debug
+        config) only."""
         self.store = store
         self.shard = shard
         self.idempotency_keys_max = idempotency_keys_max
         self.events_retention = events_retention
         self._publish = publish
+        self._notify = notify
         self.publish_errors = 0
         self._load_marks()
+        self.coordination = Coordination(store, unsafe_skip_fence_check)
 
     def _load_marks(self) -> None:
         raw = self.store.get(APPLIED_KEY)
@@ -249,6 +270,11 @@ class StateMachine:
         self._events_from_stored = self.events_retention > 0
         if work.changes:
             self._emit(work.changes)
+        if work.notices and self._notify is not None:
+            try:
+                self._notify(self.shard, work.notices)
+            except Exception:  # same rule as _emit: never raise out of apply
+                log.exception("shard %d: waking %d coordination waiter(s) failed", self.shard, len(work.notices))
         return Applied(index, results, work.changes)
 
     def _log_changes(self, batch: Batch, index: int, changes: list[Change]) -> None:
@@ -316,9 +342,11 @@ class StateMachine:
             return self._apply_get(work, command)
         if isinstance(command, Txn):
             return self._apply_txn(work, seq, command)
+        if isinstance(command, ExpireLeases):
+            return self.coordination.apply(work, seq, command)
         key = idempotency_key(command)
         if key is None:
-            return self._apply_write(work, command)
+            return self._apply_write(work, seq, command)
         # Only keyed requests are compared: a retry gets the first result.
         fp = fingerprint(command)
         idem_key = b"k\x00" + key.encode()
@@ -328,7 +356,9 @@ class StateMachine:
                 return Result(Outcome.IDEMPOTENCY_KEY_REUSED, "this Idempotency-Key was used for a different request")
             first = Result.from_wire(seen["result"])
             return replace(first, replayed=True)
-        result = self._apply_write(work, command)
+        result = self._apply_write(work, seq, command)
+        if result.outcome.busy:
+            return result  # nothing changed: a retry with this key tries again
         stored = {"fp": fp, "result": result.to_wire()}
         work.overlay[idem_key] = stored
         work.batch.put(idem_key, codec.dumps(stored))
@@ -360,13 +390,17 @@ class StateMachine:
         work.merge(nested)
         return Result(Outcome.APPLIED, results=tuple(results))
 
-    def _apply_write(self, work: _Entry, command: Put | Delete) -> Result:
+    def _apply_write(self, work: _Entry, seq: int, command: Put | Delete | CoordinationCommand) -> Result:
         if isinstance(command, Put):
             return self._apply_put(work, command)
-        return self._apply_delete(work, command)
+        if isinstance(command, Delete):
+            return self._apply_delete(work, command)
+        return self.coordination.apply(work, seq, command)
 
     def _apply_put(self, work: _Entry, op: Put) -> Result:
         ns, mid, now = op.namespace, op.id, op.now_ms
+        if op.if_fence is not None and (refusal := self.coordination.fence_refusal(work, op.if_fence, now)):
+            return refusal
         key = memory_key(ns, mid)
         old = self._get(key, work.overlay)
         old_live = old if is_live(old, now) else None
@@ -457,6 +491,8 @@ class StateMachine:
 
     def _apply_delete(self, work: _Entry, op: Delete) -> Result:
         ns, mid, now = op.namespace, op.id, op.now_ms
+        if op.if_fence is not None and (refusal := self.coordination.fence_refusal(work, op.if_fence, now)):
+            return refusal
         key = memory_key(ns, mid)
         old = self._get(key, work.overlay)
         if old is None or not is_live(old, now):

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from .commands import Fence
 from .config import CONSISTENCY_LEVELS, LEVEL_ALIASES, LimitsConfig, canonical_level
 from .errors import InvalidRequest, PayloadTooLarge
 
@@ -45,6 +46,42 @@ def _label(what: str, value: Any, chars_max: int) -> str:
         raise InvalidRequest(f"{what} is longer than {chars_max} characters", field=what)
     if any(ord(c) < 32 for c in value):
         raise InvalidRequest(f"{what} must not contain control characters", field=what)
+    return value
+
+
+def label(what: str, value: Any, chars_max: int) -> str:
+    """A free-form name (an agent, a lock holder, a worker): a non-empty string
+    without control characters."""
+    return _label(what, value, chars_max)
+
+
+def json_object(raw: bytes, limits: LimitsConfig, allowed: frozenset[str], empty_ok: bool = False) -> dict[str, Any]:
+    """A request body that must be a JSON object of known fields (an empty body
+    is `{}` when `empty_ok`)."""
+    if empty_ok and not raw.strip():
+        return {}
+    body = parse_json(raw, limits)
+    if not isinstance(body, dict):
+        raise InvalidRequest("body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})", fields=unknown
+        )
+    return body
+
+
+def json_int(what: str, value: Any, default: int | None, lo: int, hi: int) -> int:
+    """An integer field of a JSON body, in [lo, hi]; `default` when absent (None:
+    required)."""
+    if value is None:
+        if default is None:
+            raise InvalidRequest(f"{what} is required", field=what)
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{what} must be an integer, got {str(value)[:32]!r}", field=what)
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"{what} must be in [{lo}, {hi}], got {value}", field=what)
     return value
 
 
@@ -115,6 +152,24 @@ def version_header(what: str, value: str | None) -> int | None:
     if version < 0:
         raise InvalidRequest(f"{what} must not be negative")
     return version
+
+
+FENCE_MAX = (1 << 63) - 1
+
+
+def if_fence(value: str | None, limits: LimitsConfig) -> Fence | None:
+    """`If-Fence: <namespace>/<lock name>:<fence>` (a lock name may hold ':', a
+    namespace no '/': the last ':' ends the name)."""
+    if value is None:
+        return None
+    ns, slash, rest = value.strip().partition("/")
+    lock_name, colon, number = rest.rpartition(":")
+    if not slash or not colon or not (number.isascii() and number.isdigit()) or len(number) > 19 or int(number) > FENCE_MAX:
+        raise InvalidRequest(f"If-Fence must look like '<namespace>/<lock name>:<fence>', got {value[:80]!r}",
+                             field="If-Fence")
+    name("If-Fence namespace", ns, limits.namespace_chars_max)
+    name("If-Fence lock name", lock_name, limits.id_chars_max)
+    return Fence(ns, lock_name, int(number))
 
 
 def if_none_match(value: str | None) -> bool:

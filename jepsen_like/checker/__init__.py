@@ -6,6 +6,8 @@
 - ``session``: read-your-writes and monotonic reads per client session.
 - ``stale``: bounded-staleness reads.
 - ``causal``: reads with a causal context handed between agents see what it covers.
+- ``coordination``: the registers locks guard, fences that never go back, and
+  task queues (every task completed once or dead-lettered).
 - ``testdata_formats``: readers for the reference Jepsen/EDN histories.
 
 ``check_history`` runs the checkers a workload needs and folds their verdicts:
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from jepsen_like.checker.causal import check_causal
+from jepsen_like.checker.coordination import check_fences, check_lock_register, check_tasks
 from jepsen_like.checker.history import Event, HistoryError, load_jsonl
 from jepsen_like.checker.linear import DEADLINE_S_DEFAULT, check_linearizable
 from jepsen_like.checker.session import check_session
@@ -56,6 +59,9 @@ _CHECKERS: dict[str, Checker] = {
     "session": lambda events, _deadline_s: check_session(events),
     "stale": lambda events, _deadline_s: check_stale(events),
     "causal": lambda events, _deadline_s: check_causal(events),
+    "linear-lock": check_lock_register,
+    "fences": lambda events, _deadline_s: check_fences(events),
+    "tasks": lambda events, _deadline_s: check_tasks(events),
 }
 
 # Which checkers apply to each workload. The session workload's reads and writes
@@ -67,6 +73,8 @@ WORKLOADS: dict[str, tuple[str, ...]] = {
     "session": ("session", "linear"),
     "stale": ("stale",),
     "causal": ("causal",),
+    "lock": ("linear-lock", "fences"),
+    "task": ("tasks",),
 }
 
 

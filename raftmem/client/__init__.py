@@ -11,6 +11,9 @@ answer came back):
     ├── InvalidRequest            400 invalid_request, 405, 413 payload_too_large
     ├── NotFound                  404 not_found
     ├── Conflict                  409 conflict (e.g. idempotency_key_reused)
+    │   ├── LockHeld              409 lock_held: another holder has the lock
+    │   └── Fenced                409 fenced: the lock or claim moved on since that fence
+    ├── LockLost                  a lock held by `lock()` was lost (the body was stopped)
     ├── PreconditionFailed        412 precondition_failed (If-Match / If-None-Match)
     ├── Unavailable               503, or a read that got no answer: nothing happened,
     │   │                         retrying is safe (`retryable` is True)
@@ -40,18 +43,23 @@ only where they cannot duplicate anything:
 
 Modules: `errors` (the tree below), `routing` (shard -> leader, pure), `retry`
 (bounds, pure), `types` (request model, tokens, bodies), `aio` (AsyncClient),
-`session` (AsyncSession), `sync` (Client, Session). See DESIGN.md in this folder.
+`session` (AsyncSession), `sync` (Client, Session), `coordination` (locks with
+fences, task queues, the `lock()` context manager). See DESIGN.md in this folder.
 """
 
 from __future__ import annotations
 
 from .aio import CONNECTIONS_MAX, TIMEOUT_S_DEFAULT, AsyncClient
+from .coordination import Lease, default_holder
 from .errors import (
     ClientError,
     Conflict,
     ConnectionFailed,
+    Fenced,
     Indeterminate,
     InvalidRequest,
+    LockHeld,
+    LockLost,
     NotFound,
     Overloaded,
     PreconditionFailed,
@@ -100,8 +108,12 @@ __all__ = [
     "ClientError",
     "Conflict",
     "ConnectionFailed",
+    "Fenced",
     "Indeterminate",
     "InvalidRequest",
+    "Lease",
+    "LockHeld",
+    "LockLost",
     "NotFound",
     "Overloaded",
     "PreconditionFailed",
@@ -112,6 +124,7 @@ __all__ = [
     "Unavailable",
     "_new_key",
     "bearer_headers",
+    "default_holder",
     "error_from_response",
     "may_retry",
     "parse_token",

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from .coordination import AsyncCoordination, HasFence
 from .errors import (
     ClientError,
     ConnectionFailed,
@@ -51,7 +52,7 @@ CONNECTIONS_MAX = 256
 LIST_PAGES_MAX = 1_000_000  # an iterator never follows more cursors than this
 
 
-class AsyncClient:
+class AsyncClient(AsyncCoordination):
     """An asyncio raftmem client. Use `async with AsyncClient([...]) as c:` or call
     `close()`. Pass `session` to share an aiohttp session (it is then not closed)."""
 
@@ -275,7 +276,7 @@ class AsyncClient:
                 break
             url = await self._url_for(request)
             try:
-                attempt_s = min(self.timeout_s, remaining)
+                attempt_s = min(request.timeout_s or self.timeout_s, remaining)
                 if request.stale_tolerant:
                     attempt_s = min(attempt_s, STALE_READ_ATTEMPT_S)
                 response = await self._send_once(url, request, attempt_s)
@@ -312,10 +313,13 @@ class AsyncClient:
         if_none_match: bool,
         idempotency_key: str | None,
         idempotent: bool | None,
+        if_fence: str | HasFence | None = None,
     ) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         if if_match is not None:
             headers["If-Match"] = str(if_match)
+        if if_fence is not None:
+            headers["If-Fence"] = if_fence if isinstance(if_fence, str) else if_fence.if_fence
         if if_none_match:
             headers["If-None-Match"] = "*"
         use_key = self.idempotent if idempotent is None else idempotent
@@ -339,18 +343,22 @@ class AsyncClient:
         ttl_s: float | None = None,
         if_match: int | str | None = None,
         if_none_match: bool = False,
+        if_fence: str | HasFence | None = None,
         idempotency_key: str | None = None,
         idempotent: bool | None = None,
         retry: RetryPolicy | None = None,
         context: str | None = None,
     ) -> Response:
+        """`if_fence`: a lock's `Lease` (or "ns/name:fence"): the write applies
+        only while that lock is still held with that fence (raises `Fenced`)."""
         await self._ensure_routes()
         request = _Request(
             "PUT",
             _memory_path(namespace, memory_id),
             is_write=True,
             shard=self.shard_of(namespace, memory_id),
-            headers=_with_context(self._write_headers(if_match, if_none_match, idempotency_key, idempotent), context),
+            headers=_with_context(self._write_headers(if_match, if_none_match, idempotency_key, idempotent, if_fence),
+                                  context),
             body=orjson.dumps(_memory_body(agent_id, kind, content, tags, metadata, ttl_s)),
         )
         return await self._send(request, retry)
@@ -439,13 +447,14 @@ class AsyncClient:
         memory_id: str,
         *,
         if_match: int | str | None = None,
+        if_fence: str | HasFence | None = None,
         idempotency_key: str | None = None,
         idempotent: bool | None = None,
         retry: RetryPolicy | None = None,
         context: str | None = None,
     ) -> Response:
         await self._ensure_routes()
-        headers = _with_context(self._write_headers(if_match, False, idempotency_key, idempotent), context)
+        headers = _with_context(self._write_headers(if_match, False, idempotency_key, idempotent, if_fence), context)
         headers.pop("Content-Type")
         request = _Request(
             "DELETE",

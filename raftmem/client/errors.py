@@ -46,6 +46,27 @@ class Conflict(ClientError):
     default_code = "conflict"
 
 
+class LockHeld(Conflict):
+    """Another holder has the lock (`body["error"]` names it and its expiry)."""
+
+    default_code = "lock_held"
+
+
+class Fenced(Conflict):
+    """The fence presented is not the current one: the lock (or the task's
+    claim) was released, ran out, or was taken over since. Whatever was guarded
+    by it must not be done."""
+
+    default_code = "fenced"
+
+
+class LockLost(ClientError):
+    """A lock held by `client.lock(...)` was lost: a renewal was refused, or did
+    not succeed before the lease could have run out. The body was stopped."""
+
+    default_code = "lock_lost"
+
+
 class PreconditionFailed(ClientError):
     default_code = "precondition_failed"
 
@@ -87,6 +108,9 @@ _BY_STATUS: dict[int, type[ClientError]] = {
 }
 
 
+_BY_CODE: dict[str, type[ClientError]] = {"lock_held": LockHeld, "fenced": Fenced}
+
+
 def error_from_response(status: int, body: Any, headers: Mapping[str, str]) -> ClientError:
     """The exception for a non-2xx answer (pure: used by tests and the bench too)."""
     error = body.get("error") if isinstance(body, dict) else None
@@ -95,6 +119,8 @@ def error_from_response(status: int, body: Any, headers: Mapping[str, str]) -> C
     if not isinstance(message, str):
         message = f"HTTP {status}"
     cls = _BY_STATUS.get(status, ClientError)
+    if status == 409 and code in _BY_CODE:
+        cls = _BY_CODE[code]
     if isinstance(body, dict) and body.get("indeterminate") is True:
         cls = Indeterminate
     retry_after: float | None = None

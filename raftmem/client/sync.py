@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .aio import AsyncClient
+from .coordination import SyncCoordination
 from .routing import RouteTable
 from .session import AsyncSession
 from .types import BatchResult
@@ -20,7 +21,7 @@ async def _awaited(awaitable: Awaitable[T]) -> T:
     return await awaitable
 
 
-class Client:
+class Client(SyncCoordination):
     """A blocking client: the same logic as AsyncClient, run on a private event-loop
     thread. Use as a context manager or call `close()`."""
 

@@ -54,6 +54,9 @@ class _Request:
     # A read any replica may serve (eventual, bounded, session): it goes to a
     # healthy, fast replica, with a short attempt timeout.
     stale_tolerant: bool = False
+    # One attempt's timeout when it is not the client's (a request that waits
+    # at the server: a lock acquisition, a task claim).
+    timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if HEADER_IDEMPOTENCY_KEY in self.headers:

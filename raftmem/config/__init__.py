@@ -33,6 +33,7 @@ from .schema import (
     Config,
     ConfigError,
     ConsistencyConfig,
+    CoordinationConfig,
     LimitsConfig,
     NodeConfig,
     RaftConfig,
@@ -47,7 +48,7 @@ __all__ = [
     "AUTH_ROLES", "AUTH_SECRET_CHARS_MIN", "BATCH_OPS_MAX", "BODY_BYTES_MAX", "CONSISTENCY_LEVELS",
     "FSYNC_MODES", "ID_CHARS_MAX", "LIST_PAGE_MAX", "LOCAL_3NODE_YAML", "NAMESPACE_CHARS_MAX",
     "SHARDS_MAX", "STALENESS_MS_MAX", "TAG_CHARS_MAX", "TAGS_MAX", "ApiToken", "AuthConfig",
-    "Config", "ConfigError", "ConsistencyConfig", "LimitsConfig", "NodeConfig", "RaftConfig", "StorageConfig",
-    "TagOverride", "TlsConfig", "WatchConfig", "check_tls_files", "LEVEL_ALIASES", "canonical_level", "check_ports_free", "embedded_default",
-    "is_loopback", "load", "parse", "validate",
+    "Config", "ConfigError", "ConsistencyConfig", "CoordinationConfig", "LimitsConfig", "NodeConfig", "RaftConfig",
+    "StorageConfig", "TagOverride", "TlsConfig", "WatchConfig", "check_tls_files", "LEVEL_ALIASES", "canonical_level",
+    "check_ports_free", "embedded_default", "is_loopback", "load", "parse", "validate",
 ]

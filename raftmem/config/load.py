@@ -24,6 +24,7 @@ from .schema import (
     Config,
     ConfigError,
     ConsistencyConfig,
+    CoordinationConfig,
     LimitsConfig,
     NodeConfig,
     RaftConfig,
@@ -37,7 +38,8 @@ from .schema import (
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _SECRET_RE = re.compile(r"[!-~]+")
 
-_TOP_KEYS = {"cluster", "replication", "raft", "consistency", "storage", "limits", "watch", "auth", "tls", "debug"}
+_TOP_KEYS = {"cluster", "replication", "raft", "consistency", "storage", "limits", "watch", "auth", "tls", "debug",
+             "coordination"}
 _CLUSTER_KEYS = {"name", "shards", "nodes"}
 _NODE_KEYS = {"id", "host", "http_port", "raft_port_base", "zone", "port", "role"}
 # The design's node roles. In a Raft cluster every node holds replicas and each
@@ -45,7 +47,7 @@ _NODE_KEYS = {"id", "host", "http_port", "raft_port_base", "zone", "port", "role
 NODE_ROLES = ("primary", "replica", "secondary", "voter")
 _DEBUG_KEYS = {
     "unsafe_local_reads", "unsafe_early_ack", "disable_prevote",
-    "slow_snapshot_disk", "inline_snapshot_install",
+    "slow_snapshot_disk", "inline_snapshot_install", "unsafe_skip_fence_check",
 }
 
 
@@ -161,6 +163,7 @@ def parse(data: Any, source: str = "<embedded>") -> Config:
         watch=_dataclass_from("watch", WatchConfig, _mapping("watch", top.get("watch"))),
         auth=_parse_auth(_mapping("auth", top.get("auth"))),
         tls=_dataclass_from("tls", TlsConfig, _mapping("tls", top.get("tls"))),
+        coordination=_dataclass_from("coordination", CoordinationConfig, _mapping("coordination", top.get("coordination"))),
         debug={k: bool(v) for k, v in debug.items()},
         source=source,
     )

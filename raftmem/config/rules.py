@@ -133,6 +133,35 @@ def validate(config: Config) -> None:
         raise ConfigError("limits.group_commit_linger_ms: must be in [0, 1000]")
     if lim.body_bytes_max < 1024:
         raise ConfigError("limits.body_bytes_max: must be at least 1024")
+    if not 1 <= lim.group_commit_ops_max < GROUP_COMMIT_OPS_CEILING:
+        # A fence is index * 2^16 + the command's position in its entry.
+        raise ConfigError(f"limits.group_commit_ops_max: must be in [1, {GROUP_COMMIT_OPS_CEILING})")
+    _check_coordination(config)
+
+
+# Commands per log entry: below 2^16, the span of positions in a fence.
+GROUP_COMMIT_OPS_CEILING = 1 << 16
+
+
+def _check_coordination(config: Config) -> None:
+    co = config.coordination
+    if not 1 <= co.ttl_ms_min <= co.ttl_ms_max:
+        raise ConfigError(
+            f"coordination: ttl_ms_min ({co.ttl_ms_min}) must be at least 1 and at most ttl_ms_max ({co.ttl_ms_max})"
+        )
+    if co.wait_ms_max > config.limits.write_timeout_ms * 60:
+        raise ConfigError("coordination.wait_ms_max: at most 60 write timeouts (a waiter holds a connection)")
+    if not 1 <= co.waiters_per_key_max <= co.waiters_max:
+        raise ConfigError("coordination: waiters_per_key_max must be in [1, waiters_max]")
+    if not 10 <= co.waiter_poll_ms <= 10_000:
+        raise ConfigError("coordination.waiter_poll_ms: must be in [10, 10000]")
+    if not 1 <= co.task_attempts_default <= co.task_attempts_max:
+        raise ConfigError("coordination: task_attempts_default must be in [1, task_attempts_max]")
+    if co.task_payload_bytes_max > config.limits.body_bytes_max:
+        raise ConfigError("coordination.task_payload_bytes_max: at most limits.body_bytes_max")
+    for key in ("holder_chars_max", "tasks_open_max", "task_list_page_max", "task_retention_ms"):
+        if getattr(co, key) < 1:
+            raise ConfigError(f"coordination.{key}: must be at least 1")
 
 
 def _check_quorums(config: Config) -> None:

@@ -154,6 +154,31 @@ class LimitsConfig:
     idle_timeout_ms: int = 120_000
 
 
+@dataclass(frozen=True)
+class CoordinationConfig:
+    """Locks and task claims: named limits. The leader carries the ones apply
+    decides by (a task's retry policy, retention, queue bound) in the log."""
+
+    ttl_ms_min: int = 100  # lock leases and task claims
+    ttl_ms_max: int = 3_600_000
+    wait_ms_max: int = 60_000  # how long an acquire or a claim may wait
+    # Waiting requests, on the leader of the lock or queue; past either: 429.
+    waiters_per_key_max: int = 256
+    waiters_max: int = 4096
+    # A waiter at the head of its queue tries again at least this often (it is
+    # also woken when the lock is freed or a task is ready).
+    waiter_poll_ms: int = 500
+    holder_chars_max: int = 256  # lock holders and task workers
+    task_payload_bytes_max: int = 64 * 1024  # a payload, result or error, as JSON
+    task_attempts_max: int = 100
+    task_attempts_default: int = 3
+    task_backoff_ms_default: int = 1000
+    task_delay_ms_max: int = 30 * 24 * 3600 * 1000  # not_before at most this far ahead
+    task_retention_ms: int = 7 * 24 * 3600 * 1000  # done and dead tasks are kept this long
+    tasks_open_max: int = 100_000  # ready + claimed tasks per queue
+    task_list_page_max: int = 1000
+
+
 AUTH_ROLES = ("read", "write", "admin")  # each includes the ones before it
 AUTH_SECRET_CHARS_MIN = 16
 
@@ -247,6 +272,7 @@ class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
     # Debug switches that make the store unsafe, for the harness's negative
     # controls only. Never set them in production.
     debug: Mapping[str, bool] = field(default_factory=dict)

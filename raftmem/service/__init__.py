@@ -15,6 +15,9 @@ by the Shard port (raftmem.shard). One module per concern:
     transfers   leadership transfer, snapshots, backup, restore
     membership  the membership table as an API
     status      GET /v1/cluster, readiness
+    locks       locks: acquire (waiting in turn), renew, release, inspect
+    tasks       task queues: enqueue, claim (waiting in turn), complete, fail, extend, list
+    waiters     the leader's queues of waiting acquisitions and claims
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Mapping
 
 from ..clock import Clock
 from ..config import Config
+from ..coordination import Notice
 from ..membership import Table
 from ..shard import Shard
 from .batches import INTERNAL_BATCH_PATH, Batches
@@ -41,11 +45,14 @@ from .calls import (
     with_context,
 )
 from .leaders import Router
+from .locks import Locks
 from .membership import Membership
 from .memories import TIME_KEY_RE, Memories
 from .queries import Queries
 from .status import Status
+from .tasks import Tasks
 from .transfers import SCRATCH_DIR, Transfers
+from .waiters import Waiters
 
 __all__ = [
     "CONTEXT_HEADER", "INTERNAL_BATCH_PATH", "with_context",
@@ -75,3 +82,11 @@ class MemoryService:
         self.transfers = Transfers(config, self.router, clock)
         self.membership = Membership(config, self.router, self.memories)
         self.status = Status(config, self.router)
+        self.waiters = Waiters(config.coordination)
+        self.locks = Locks(config, self.router, clock, self.waiters)
+        self.tasks = Tasks(config, self.router, clock, self.waiters)
+
+    def wake(self, shard: int, notices: list[Notice]) -> None:
+        """A replica here applied what waiters may want: a lock freed, tasks ready."""
+        for kind, ns, name in notices:
+            self.waiters.wake((shard, kind, ns, name))

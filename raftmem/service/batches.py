@@ -36,14 +36,15 @@ from ..errors import Indeterminate, InvalidRequest, NotFound, Overloaded, Raftme
 from ..shard import Shard
 from .calls import Call, ForwardLost, ForwardNotSent, Reply, public
 from .leaders import Router
-from .memories import derived_id
+from .memories import checked_fence, derived_id, fenced_id
 from .outcomes import error_for, write_reply
 from .queries import Queries
 
 BATCH_KINDS = ("put", "get", "delete", "create")
 INTERNAL_BATCH_PATH = "/v1/internal/batch"
 PLAN_YIELD_EVERY = 64
-_OP_HEADERS = (("if_match", "If-Match"), ("if_none_match", "If-None-Match"), ("idempotency_key", "Idempotency-Key"))
+_OP_HEADERS = (("if_match", "If-Match"), ("if_none_match", "If-None-Match"), ("idempotency_key", "Idempotency-Key"),
+               ("if_fence", "If-Fence"))
 _OP_QUERY = ("consistency", "after", "max_staleness_ms")
 
 
@@ -133,7 +134,9 @@ class Batches:
         query = {key: str(raw[key]) for key in _OP_QUERY if raw.get(key) is not None}
         idem = v.idempotency_key(headers.get("Idempotency-Key"))
         if kind == "create":
-            kind, mid = "put", derived_id(ns, idem, self.clock)
+            mid = fenced_id(ns, derived_id(ns, idem, self.clock), headers.get("If-Fence"), self.limits,
+                            self.config.shards)
+            kind = "put"
             headers["If-None-Match"] = "*"
         assert isinstance(mid, str)
         v.name("id", mid, self.limits.id_chars_max)
@@ -147,10 +150,12 @@ class Batches:
             wire["body"] = raw.get("body", {})
             command = Put(ns, mid, MemoryFields.from_wire(fields),
                           if_match=v.version_header("If-Match", headers.get("If-Match")),
-                          if_none_match=v.if_none_match(headers.get("If-None-Match")), idempotency_key=idem)
+                          if_none_match=v.if_none_match(headers.get("If-None-Match")), idempotency_key=idem,
+                          if_fence=checked_fence(self.router, self.limits, ns, mid, headers.get("If-Fence")))
         elif kind == "delete":
             command = Delete(ns, mid, if_match=v.version_header("If-Match", headers.get("If-Match")),
-                             idempotency_key=idem)
+                             idempotency_key=idem,
+                             if_fence=checked_fence(self.router, self.limits, ns, mid, headers.get("If-Fence")))
         else:
             v.consistency(query.get("consistency"))
         op_call = Call("GET", f"/v1/memories/{ns}/{mid}", query, headers, b"", call.hops)

@@ -17,7 +17,8 @@ FORWARDED_HEADER = "X-Raftmem-Forwarded"
 CONTEXT_HEADER = "X-Raftmem-Context"
 FORWARD_HOPS_MAX = 2
 FORWARD_HEADERS = (
-    "If-Match", "If-None-Match", "Idempotency-Key", "X-Raftmem-Consistency", "X-Raftmem-Context", "Content-Type",
+    "If-Match", "If-None-Match", "If-Fence", "Idempotency-Key", "X-Raftmem-Consistency", "X-Raftmem-Context",
+    "Content-Type",
 )
 SNAPSHOT_CONTENT_TYPE = "application/octet-stream"
 

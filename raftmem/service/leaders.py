@@ -65,11 +65,14 @@ class Router:
         call: Call,
         local: Callable[[Shard], Awaitable[Reply]],
         is_write: bool,
+        timeout_s: float | None = None,
     ) -> Reply:
         """Run `local` where this node leads `shard`, else forward `call` to the
         leader; wait a little for an election, retry a proposal that a leadership
-        change rejected (it certainly did not happen)."""
-        timeout_s = (self.limits.write_timeout_ms if is_write else self.limits.read_timeout_ms) / 1000
+        change rejected (it certainly did not happen). `timeout_s`: for calls
+        that may wait at the leader (a lock, a task), longer than a write's."""
+        if timeout_s is None:
+            timeout_s = (self.limits.write_timeout_ms if is_write else self.limits.read_timeout_ms) / 1000
         deadline = time.monotonic() + timeout_s
         while True:
             leader = self.leader_of(shard)

@@ -9,9 +9,11 @@ import re
 
 from .. import validation as v
 from ..clock import Clock
-from ..commands import Command, Delete, MemoryFields, Put, stamped
-from ..config import Config
+from ..commands import Command, Delete, Fence, MemoryFields, Put, stamped
+from ..config import Config, LimitsConfig
+from ..errors import InvalidRequest
 from ..shard import Shard
+from ..shardhash import colocated_id
 from .calls import FORWARD_HEADERS, Call, Reply
 from .leaders import Router
 from .outcomes import write_reply
@@ -29,6 +31,33 @@ def derived_id(ns: str, idempotency_key: str | None, clock: Clock) -> str:
     digest = hashlib.blake2b(f"{ns}\0{idempotency_key}".encode(), digest_size=12).hexdigest()
     time_stamped = TIME_KEY_RE.match(idempotency_key)
     return f"{time_stamped.group(1)}-{digest}" if time_stamped else f"i-{digest}"
+
+
+def checked_fence(router: Router, limits: LimitsConfig, ns: str, mid: str, header: str | None) -> Fence | None:
+    """`If-Fence`, for a memory its lock can guard: one of the lock's namespace
+    on the lock's shard, where the check is atomic with the write
+    (raftmem/DESIGN.md, "Coordination"). Anything else is a 400."""
+    fence = v.if_fence(header, limits)
+    if fence is None:
+        return None
+    if fence.namespace != ns:
+        raise InvalidRequest(f"If-Fence names a lock of namespace {fence.namespace!r}; a lock fences only "
+                             f"memories of its own namespace ({ns!r})", field="If-Fence")
+    lock_shard, shard = router.shard_of(ns, fence.name), router.shard_of(ns, mid)
+    if lock_shard != shard:
+        raise InvalidRequest(
+            f"lock {ns}/{fence.name} lives on shard {lock_shard} and memory {ns}/{mid} on shard {shard}: a lock "
+            f"fences memories on its own shard only (name the memory like the lock, or take an id from "
+            f"raftmem.shardhash.colocated_id)", field="If-Fence", lock_shard=lock_shard, shard=shard,
+        )
+    return fence
+
+
+def fenced_id(ns: str, mid: str, header: str | None, limits: LimitsConfig, shards: int) -> str:
+    """A server-chosen id moved where the `If-Fence` lock can guard it
+    (deterministic: a retry lands on the same id)."""
+    fence = v.if_fence(header, limits)
+    return colocated_id(ns, fence.name, mid, shards) if fence is not None and fence.namespace == ns else mid
 
 
 class Memories:
@@ -49,6 +78,9 @@ class Memories:
 
         return await self.router.on_leader(shard, call, local, is_write=True)
 
+    def _fence(self, ns: str, mid: str, call: Call) -> Fence | None:
+        return checked_fence(self.router, self.limits, ns, mid, call.header("If-Fence"))
+
     async def put(self, ns: str, mid: str, call: Call) -> Reply:
         v.name("namespace", ns, self.limits.namespace_chars_max)
         v.name("id", mid, self.limits.id_chars_max)
@@ -60,12 +92,14 @@ class Memories:
             if_match=v.version_header("If-Match", call.header("If-Match")),
             if_none_match=v.if_none_match(call.header("If-None-Match")),
             idempotency_key=v.idempotency_key(call.header("Idempotency-Key")),
+            if_fence=self._fence(ns, mid, call),
         )
         return await self.write(self.router.shard_of(ns, mid), command, call)
 
     async def create(self, ns: str, call: Call) -> Reply:
         v.name("namespace", ns, self.limits.namespace_chars_max)
         mid = derived_id(ns, v.idempotency_key(call.header("Idempotency-Key")), self.clock)
+        mid = fenced_id(ns, mid, call.header("If-Fence"), self.limits, self.config.shards)
         # Canonical names: `call.headers` may be case-insensitive, a dict is not.
         headers = {name: value for name in FORWARD_HEADERS if (value := call.header(name)) is not None}
         headers["If-None-Match"] = "*"
@@ -80,5 +114,6 @@ class Memories:
             id=mid,
             if_match=v.version_header("If-Match", call.header("If-Match")),
             idempotency_key=v.idempotency_key(call.header("Idempotency-Key")),
+            if_fence=self._fence(ns, mid, call),
         )
         return await self.write(self.router.shard_of(ns, mid), command, call)

@@ -6,11 +6,22 @@ from __future__ import annotations
 from typing import Any
 
 from ..commands import Committed, Outcome, Result
-from ..errors import Conflict, InvalidRequest, NotFound, PreconditionFailed, RaftmemError
+from ..errors import (
+    Conflict,
+    Fenced,
+    InvalidRequest,
+    LockHeld,
+    NotFound,
+    Overloaded,
+    PreconditionFailed,
+    RaftmemError,
+)
 from .calls import Reply, public
 
 SUCCESS_STATUS = {
     Outcome.CREATED: 201, Outcome.UPDATED: 200, Outcome.DELETED: 200, Outcome.APPLIED: 200, Outcome.READ: 200,
+    Outcome.ACQUIRED: 201, Outcome.RENEWED: 200, Outcome.RELEASED: 200, Outcome.ENQUEUED: 201,
+    Outcome.CLAIMED: 200, Outcome.NO_TASK: 204, Outcome.SETTLED: 200,
 }
 FAILURES: dict[Outcome, type[RaftmemError]] = {
     Outcome.PRECONDITION_FAILED: PreconditionFailed,
@@ -19,14 +30,29 @@ FAILURES: dict[Outcome, type[RaftmemError]] = {
     Outcome.INVALID_OPERATION: InvalidRequest,
     Outcome.INVALID_ENTRY: InvalidRequest,
     Outcome.ABORTED: Conflict,
+    Outcome.LOCK_HELD: LockHeld,
+    Outcome.FENCED: Fenced,
+    Outcome.TASK_EXISTS: Conflict,
+    Outcome.QUEUE_FULL: Overloaded,
 }
 assert set(SUCCESS_STATUS) | set(FAILURES) == set(Outcome), "every outcome is mapped"
+# What a refusal says of the lock or task that refused it.
+_LOCK_DETAILS = ("holder", "expires_at")
+_TASK_DETAILS = ("state", "worker", "claim_expires_at", "attempts")
 
 
 def error_for(result: Result) -> RaftmemError:
     details: dict[str, Any] = {}
     if result.outcome is Outcome.PRECONDITION_FAILED:
         details["version"] = result.version
+    coord = result.coord
+    if coord is not None and result.outcome in (Outcome.LOCK_HELD, Outcome.FENCED, Outcome.TASK_EXISTS):
+        if "id" in coord:
+            details["task"] = {k: coord.get(k) for k in _TASK_DETAILS}
+        elif result.outcome is Outcome.LOCK_HELD:
+            details.update({k: coord.get(k) for k in _LOCK_DETAILS})
+        else:  # fenced by a lock: who holds it now, if anyone
+            details["lock"] = {k: coord.get(k) for k in ("holder", "fence", "expires_at")} if coord else None
     error = FAILURES[result.outcome](result.message, **details)
     error.code = result.outcome.value
     return error
@@ -48,6 +74,8 @@ def write_reply(node_id: str, shard: int, done: Committed) -> Reply:
         body["deleted"] = True
     elif result.table is not None:
         body["table"] = dict(result.table)
+    elif result.coord is not None:
+        body = {**result.coord, "token": token}
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"
     return Reply(SUCCESS_STATUS[result.outcome], body, headers)

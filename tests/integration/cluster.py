@@ -92,6 +92,7 @@ class Cluster:
         token: str | None = None,
         tls: dict[str, Any] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        coordination: dict[str, Any] | None = None,
     ) -> None:
         """`spare`: extra nodes with reserved ports, started later with `start_joining`.
         `auth`: the config's auth section; `token`: sent by `request` unless told otherwise.
@@ -141,6 +142,8 @@ class Cluster:
         if tls:
             config["tls"] = tls
             config["raft"]["password"] = "a raft secret for the tls tests"
+        if coordination:
+            config["coordination"] = coordination
         root.mkdir(parents=True, exist_ok=True)
         self.config_path = root / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
@@ -271,6 +274,12 @@ class Cluster:
         text = self.metrics_text(node_id)
         match = re.search(rf'^{name}_total{{shard="{shard}"}} (\S+)$', text, re.M)
         assert match, f"{name} for shard {shard} not in {node_id}'s /metrics"
+        return float(match.group(1))
+
+    def metric(self, node_id: str, name: str) -> float:
+        """An unlabelled gauge or counter from the node's /metrics."""
+        match = re.search(rf"^{name} (\S+)$", self.metrics_text(node_id), re.M)
+        assert match, f"{name} not in {node_id}'s /metrics"
         return float(match.group(1))
 
     def leader_of(self, shard: int) -> str | None:

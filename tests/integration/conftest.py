@@ -27,3 +27,15 @@ def fresh_cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop_all()
+
+
+@pytest.fixture(scope="module")
+def coordination_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A healthy 3-node cluster whose coordination waiters poll often and whose
+    leases may be short (tests of locks and tasks)."""
+    c = Cluster(tmp_path_factory.mktemp("coordination"), coordination={"waiter_poll_ms": 100, "ttl_ms_min": 50})
+    try:
+        c.start_all()
+        yield c
+    finally:
+        c.stop_all()

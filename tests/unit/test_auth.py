@@ -77,6 +77,24 @@ def test_roles_and_namespaces() -> None:
     assert check(ADMIN, "PUT", "/v1/memories/team-b/x", b) == "ok"
 
 
+def test_locks_and_tasks_need_write_to_change_and_read_to_look_in_their_namespace() -> None:
+    lock = {"namespace": "team-a", "name": "deploy"}
+    queue = {"namespace": "team-a"}
+    task = {"namespace": "team-a", "id": "t1", "action": "complete"}
+    for method, path, params in (("POST", "/v1/locks/team-a/deploy", lock),
+                                 ("POST", "/v1/locks/team-a/deploy/renew", lock),
+                                 ("DELETE", "/v1/locks/team-a/deploy", lock),
+                                 ("POST", "/v1/tasks/team-a", queue), ("POST", "/v1/tasks/team-a/claim", queue),
+                                 ("POST", "/v1/tasks/team-a/t1/complete", task)):
+        assert check(READER, method, path, params) == "403", path
+        assert check(WRITER_A, method, path, params) == "ok", path
+        assert check(WRITER_A, method, path.replace("team-a", "team-b"), {**params, "namespace": "team-b"}) == "403"
+    for path, params in (("/v1/locks/team-a/deploy", lock), ("/v1/tasks/team-a", queue),
+                         ("/v1/tasks/team-a/t1", {"namespace": "team-a", "id": "t1"})):
+        assert check(READER, "GET", path, params) == "ok"
+        assert check(None, "GET", path, params) == "401"
+
+
 def test_batches_are_judged_by_every_operation() -> None:
     reads = {"ops": [{"op": "get", "namespace": "team-a", "id": "x"}]}
     mixed = {"ops": [{"op": "get", "namespace": "team-a", "id": "x"}, {"op": "put", "namespace": "team-a", "id": "y"}]}

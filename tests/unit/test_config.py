@@ -82,6 +82,12 @@ def test_shipped_config_file_matches_embedded(tmp_path: Any) -> None:
         (lambda d: d["consistency"]["overrides"].append({"tags": ["x"], "model": "session"}), "token per request"),
         (lambda d: d["consistency"]["overrides"].append(
             {"tags": ["x"], "model": "eventual", "max_staleness_ms": 5}), "only for model bounded"),
+        (lambda d: d.update(coordination={"ttl_ms_min": 5000, "ttl_ms_max": 100}), "ttl_ms_min"),
+        (lambda d: d.update(coordination={"waiters_per_key_max": 10, "waiters_max": 5}), "waiters_per_key_max"),
+        (lambda d: d.update(coordination={"lease_ms": 5}), "unknown key"),
+        (lambda d: d.update(coordination={"task_payload_bytes_max": 1 << 30}), "body_bytes_max"),
+        (lambda d: d.update(limits={"group_commit_ops_max": 1 << 16}), "group_commit_ops_max"),
+        (lambda d: d.update(debug={"unsafe_skip_fence_checks": True}), "unknown key"),
     ],
 )
 def test_validation_refuses_with_a_clear_message(mutate: Any, message: str) -> None:
@@ -212,3 +218,13 @@ def test_tls_paths_name_each_node_and_urls_become_https() -> None:
     c = parse(d)
     assert c.tls.for_node("n2").cert_file == "/c/n2.pem" and c.tls.for_node("n2").ca_file == "/c/ca.pem"
     assert c.url_of(c.nodes[0]).startswith("https://127.0.0.1:")
+
+
+def test_coordination_limits_are_config() -> None:
+    d = base()
+    d["coordination"] = {"ttl_ms_max": 60_000, "waiters_max": 100, "waiters_per_key_max": 50, "task_attempts_default": 5}
+    d["debug"] = {"unsafe_skip_fence_check": True}
+    config = parse(d)
+    assert config.coordination.ttl_ms_max == 60_000 and config.coordination.task_attempts_default == 5
+    assert config.coordination.wait_ms_max == 60_000  # a default
+    assert config.debug == {"unsafe_skip_fence_check": True}

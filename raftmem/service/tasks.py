@@ -1,0 +1,177 @@
+"""Task queues: enqueue, claim (waiting in turn, if asked), complete, fail,
+extend, read and list. All the tasks of a namespace live on one shard
+(`shardhash.queue_shard`), so a claim sees the whole queue at once; writes are
+typed commands proposed at that shard's leader."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from typing import Any
+
+import orjson
+
+from .. import validation as v
+from ..commands import ClaimTask, Committed, EnqueueTask, Outcome, SettleTask, TaskSpec, stamped
+from ..coordination import BACKOFF_MS_MAX, PRIORITY_MAX, STATES
+from ..errors import InvalidRequest, NoLeader, NotFound, PayloadTooLarge
+from ..shard import MemoryReader, Shard
+from ..shardhash import queue_shard
+from .calls import Call, Reply
+from .coordinating import Coordinating, moved, waiting_call
+from .memories import TIME_KEY_RE
+from .outcomes import write_reply
+
+ENQUEUE_FIELDS = frozenset({"id", "payload", "priority", "not_before", "delay_ms", "max_attempts", "backoff_ms"})
+CLAIM_FIELDS = frozenset({"worker", "lease_ms", "wait_ms"})
+SETTLE_FIELDS = {
+    "complete": frozenset({"fence", "result"}),
+    "fail": frozenset({"fence", "error", "retry"}),
+    "extend": frozenset({"fence", "lease_ms"}),
+}
+ERROR_CHARS_MAX = 4096
+TIME_MS_MAX = (1 << 63) - 1
+
+
+class Tasks(Coordinating):
+    def _queue(self, ns: str) -> int:
+        v.name("namespace", ns, self.limits.namespace_chars_max)
+        return queue_shard(ns, self.config.shards)
+
+    def _json_value(self, what: str, value: Any) -> Any:
+        size = len(orjson.dumps(value))
+        if size > self.co.task_payload_bytes_max:
+            raise PayloadTooLarge(f"{what} is {size} bytes as JSON, the limit is {self.co.task_payload_bytes_max}")
+        return value
+
+    def _lease(self, body: dict[str, Any]) -> int:
+        return v.json_int("lease_ms", body.get("lease_ms"), None, self.co.ttl_ms_min, self.co.ttl_ms_max)
+
+    def _task_id(self, ns: str, given: Any, key: str | None) -> str:
+        if given is not None:
+            if not isinstance(given, str):
+                raise InvalidRequest("id must be a string", field="id")
+            return v.name("id", given, self.limits.id_chars_max)
+        if key is not None:
+            # A retry lands on the same id; time-ordered when the key starts with its time.
+            digest = hashlib.blake2b(f"{ns}\0{key}".encode(), digest_size=12).hexdigest()
+            stamp = TIME_KEY_RE.match(key)
+            return f"{stamp.group(1)}-{digest}" if stamp else f"i-{digest}"
+        return f"{self.clock.wall_ms():013d}-{os.urandom(6).hex()}"
+
+    async def enqueue(self, ns: str, call: Call) -> Reply:
+        shard = self._queue(ns)
+        body = v.json_object(call.body, self.limits, ENQUEUE_FIELDS)
+        key = v.idempotency_key(call.header("Idempotency-Key"))
+        co = self.co
+        spec = TaskSpec(
+            payload=self._json_value("payload", body.get("payload")),
+            priority=v.json_int("priority", body.get("priority"), 0, -PRIORITY_MAX, PRIORITY_MAX),
+            not_before_ms=v.json_int("not_before", body.get("not_before"), 0, 0, TIME_MS_MAX),
+            delay_ms=v.json_int("delay_ms", body.get("delay_ms"), 0, 0, co.task_delay_ms_max),
+            max_attempts=v.json_int("max_attempts", body.get("max_attempts"), co.task_attempts_default, 1,
+                                    co.task_attempts_max),
+            backoff_ms=v.json_int("backoff_ms", body.get("backoff_ms"), co.task_backoff_ms_default, 0, BACKOFF_MS_MAX),
+            retain_ms=co.task_retention_ms,
+            open_max=co.tasks_open_max,
+        )
+        if spec.not_before_ms > self.clock.wall_ms() + co.task_delay_ms_max:
+            raise InvalidRequest(f"not_before is more than {co.task_delay_ms_max} ms ahead", field="not_before")
+        command = EnqueueTask(ns, self._task_id(ns, body.get("id"), key), spec, key)
+        return await self._write(shard, command, call)
+
+    async def claim(self, ns: str, call: Call) -> Reply:
+        """200 with the task and its claim's fence, or 204 when none was ready
+        within `wait_ms`."""
+        shard = self._queue(ns)
+        body = v.json_object(call.body, self.limits, CLAIM_FIELDS)
+        worker = v.label("worker", body.get("worker"), self.co.holder_chars_max)
+        wait_ms = v.json_int("wait_ms", body.get("wait_ms"), 0, 0, self.co.wait_ms_max)
+        command = ClaimTask(ns, worker, self._lease(body), v.idempotency_key(call.header("Idempotency-Key")))
+        forwarded = waiting_call(call, body, wait_ms)
+
+        async def local(replica: Shard) -> Reply:
+            started = time.monotonic()
+
+            async def attempt() -> Committed:
+                return await replica.submit(stamped(command, self.clock.wall_ms()))
+
+            async def give_back(done: Committed) -> object:
+                claim = done.result.coord or {}
+                back = SettleTask(ns, str(claim["id"]), int(claim["fence"]), "fail", "claimant went away",
+                                  charge=False)
+                return await replica.submit(stamped(back, self.clock.wall_ms()))
+
+            try:
+                done = await self.waiters.run((shard, "tasks", ns, ""), wait_ms / 1000, attempt, give_back)
+            except NoLeader:
+                moved(forwarded, body, wait_ms, started)
+                raise
+            if done is None or done.result.outcome is Outcome.NO_TASK:
+                return Reply(204, b"", {"X-Raftmem-Served-By": self.node_id})
+            return write_reply(self.node_id, shard, done)
+
+        timeout_s = (wait_ms + self.limits.write_timeout_ms) / 1000
+        return await self.router.on_leader(shard, forwarded, local, is_write=True, timeout_s=timeout_s)
+
+    async def settle(self, ns: str, tid: str, action: str, call: Call) -> Reply:
+        """complete | fail | extend, with the claim's fence."""
+        shard = self._queue(ns)
+        v.name("id", tid, self.limits.id_chars_max)
+        if action not in SETTLE_FIELDS:
+            raise NotFound(f"no task action {action[:32]!r} (complete, fail, extend)")
+        body = v.json_object(call.body, self.limits, SETTLE_FIELDS[action])
+        fence = v.json_int("fence", body.get("fence"), None, 0, v.FENCE_MAX)
+        key = v.idempotency_key(call.header("Idempotency-Key"))
+        if action == "complete":
+            command = SettleTask(ns, tid, fence, action, self._json_value("result", body.get("result")),
+                                 idempotency_key=key)
+        elif action == "fail":
+            error = body.get("error")
+            if error is not None:
+                error = v.label("error", error, ERROR_CHARS_MAX)
+            retry = body.get("retry", True)
+            if not isinstance(retry, bool):
+                raise InvalidRequest("retry must be true or false", field="retry")
+            command = SettleTask(ns, tid, fence, action, error, retry=retry, idempotency_key=key)
+        else:
+            command = SettleTask(ns, tid, fence, action, lease_ms=self._lease(body), idempotency_key=key)
+        return await self._write(shard, command, call)
+
+    async def get(self, ns: str, tid: str, call: Call) -> Reply:
+        shard = self._queue(ns)
+        v.name("id", tid, self.limits.id_chars_max)
+
+        def reply(task: dict[str, Any] | None, token: str, headers: dict[str, str]) -> Reply:
+            if task is None:
+                missing = NotFound(f"task {ns}/{tid} not found", token=token)
+                return Reply(missing.status, missing.body(), headers)
+            return Reply(200, task, headers)
+
+        return await self._read(shard, call, lambda s: s.coordination.task(ns, tid), reply)
+
+    async def list(self, ns: str, call: Call) -> Reply:
+        """`?state=ready|claimed|done|dead` (default: all), by id, `limit`, `cursor`."""
+        shard = self._queue(ns)
+        q = call.query
+        state = q.get("state") or None
+        if state is not None and state not in STATES:
+            raise InvalidRequest(f"state must be one of {', '.join(STATES)}", field="state")
+        limit = v.int_param("limit", q.get("limit"), 100, 1, self.co.task_list_page_max)
+        after = q.get("cursor") or None
+        if after is not None:
+            v.name("cursor", after, self.limits.id_chars_max)
+
+        def read(s: MemoryReader) -> tuple[list[dict[str, Any]], int]:
+            coordination = s.coordination
+            return coordination.tasks(ns, state, after, limit + 1), coordination.open_tasks(ns)
+
+        def reply(found: tuple[list[dict[str, Any]], int], _token: str, headers: dict[str, str]) -> Reply:
+            items, open_tasks = found
+            body: dict[str, Any] = {"items": items[:limit], "count": min(len(items), limit), "open": open_tasks}
+            if len(items) > limit:
+                body["cursor"] = items[limit - 1]["id"]
+            return Reply(200, body, headers)
+
+        return await self._read(shard, call, read, reply)

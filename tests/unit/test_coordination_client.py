@@ -1,0 +1,100 @@
+"""The client's lock() on a fake transport: it renews in the background, stops
+(cancels) the body with LockLost when a renewal is refused or cannot land
+before the lease could run out, releases at the end, and never cancels what
+runs after the body. And the answers it maps to LockHeld / Fenced."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from raftmem.client import Fenced, LockHeld, LockLost, Unavailable, error_from_response
+from raftmem.client.coordination import AsyncCoordination, Lease
+
+
+class FakeClient(AsyncCoordination):
+    """Answers acquire at once; renewals as told (ok, refused, or unavailable)."""
+
+    def __init__(self, renew: str = "ok") -> None:
+        self.renew = renew
+        self.renewals = 0
+        self.released: list[int] = []
+
+    async def acquire_lock(self, namespace: str, name: str, *, ttl_ms: int, holder: str | None = None,
+                           wait_ms: int = 0, drift: float = 0.1) -> Lease:
+        return Lease(namespace, name, holder or "h", 7, 0, ttl_ms, time.monotonic() + ttl_ms / 1000 * (1 - drift))
+
+    async def renew_lock(self, lease: Lease, ttl_ms: int | None = None, *, retry: Any = None,
+                         drift: float = 0.1) -> Lease:
+        self.renewals += 1
+        if self.renew == "refused":
+            raise Fenced("lock moved on", status=409, code="fenced")
+        if self.renew == "unavailable":
+            raise Unavailable("no leader", status=503)
+        lease.valid_until = time.monotonic() + lease.ttl_ms / 1000 * (1 - drift)
+        return lease
+
+    async def release_lock(self, lease: Lease) -> dict[str, Any]:
+        self.released.append(lease.fence)
+        return {}
+
+
+async def test_the_lease_is_renewed_while_the_body_runs_and_released_after() -> None:
+    client = FakeClient()
+    async with client.lock("ns", "l", ttl_ms=300) as lease:
+        await asyncio.sleep(0.8)  # well past the ttl
+        assert lease.lost is None and lease.remaining_s() > 0
+    assert client.renewals >= 5 and client.released == [7]
+
+
+@pytest.mark.parametrize("renew", ["refused", "unavailable"])
+async def test_a_lost_lease_cancels_the_body_with_lock_lost(renew: str) -> None:
+    client = FakeClient(renew)
+    reached: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(LockLost) as lost:
+        async with client.lock("ns", "l", ttl_ms=300):
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                reached.append("cancelled")
+                raise
+    elapsed = time.monotonic() - started
+    assert reached == ["cancelled"]
+    # Refused: at the first renewal (ttl/3). Unavailable: before the lease could run out.
+    assert elapsed < 0.3 + 0.2, elapsed  # (0.2 s of slack for a loaded machine)
+    assert ("refused" in str(lost.value)) == (renew == "refused")
+    assert client.released == []  # not ours any more: nothing to release
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    await asyncio.sleep(0.01)  # no stray cancellation lands after the block
+
+
+async def test_a_cancellation_from_outside_stays_a_cancellation() -> None:
+    client = FakeClient()
+
+    async def holder() -> None:
+        async with client.lock("ns", "l", ttl_ms=10_000):
+            await asyncio.sleep(10)
+
+    task = asyncio.ensure_future(holder())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert client.released == [7]
+
+
+def test_conflicts_map_to_their_own_errors() -> None:
+    held = error_from_response(409, {"error": {"code": "lock_held", "message": "m", "holder": "a"}}, {})
+    fenced = error_from_response(409, {"error": {"code": "fenced", "message": "m"}}, {})
+    other = error_from_response(409, {"error": {"code": "idempotency_key_reused", "message": "m"}}, {})
+    assert isinstance(held, LockHeld) and isinstance(fenced, Fenced)
+    assert not isinstance(other, LockHeld | Fenced)
+    lease = Lease("team", "deploy:prod", "h", 42, 0, 1000, 0.0)
+    assert lease.if_fence == "team/deploy:prod:42"
+    lease.lost = "gone"
+    with pytest.raises(LockLost):
+        lease.check()
