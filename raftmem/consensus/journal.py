@@ -24,6 +24,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,8 @@ import orjson
 from ..storage import fsync_dir, write_file_atomically
 
 log = logging.getLogger(__name__)
+
+COMMIT_HINT_PERIOD_S = 10.0
 
 MAGIC = b"RMJRNL01"
 # Exit status of a node stopped by a failed journal fsync (sysexits' EX_IOERR).
@@ -86,6 +89,7 @@ class DurableJournal:
         self._meta: dict[str, Any] = self._load_meta()
         self._commit = self._load_commit()
         self._commit_saved = self._commit
+        self._commit_saved_at = time.monotonic()
         self._fd = self._open_and_load()
 
     # -- loading ---------------------------------------------------------------
@@ -235,7 +239,13 @@ class DurableJournal:
         return self._meta.get("vote")
 
     def onOneSecondTimer(self) -> None:  # noqa: N802
-        self._save_commit()
+        # Every COMMIT_HINT_PERIOD_S, not every second: under write load the
+        # rename of a shard's hint file cost the loop ~4 % of its time (8 shards,
+        # ~5 ms each on this machine), and the hint only speeds up a restart.
+        now = time.monotonic()
+        if now - self._commit_saved_at >= COMMIT_HINT_PERIOD_S:
+            self._commit_saved_at = now
+            self._save_commit()
 
     # -- raftmem additions -----------------------------------------------------
     def _save_commit(self) -> None:
