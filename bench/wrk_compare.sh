@@ -30,6 +30,10 @@
 #      read-strong        strong (lease)     | linearizable read
 #      read-linearizable  linearizable (ReadIndex) | linearizable read
 #      read-eventual      eventual           | serializable read
+#      write-sprayed      PUT, every node gets every key (it forwards) | put
+#      batch              POST /v1/batch of 16 puts the node leads | txn of 16 puts
+#      batch-sprayed      POST /v1/batch of 16 random puts, any node | txn of 16 puts
+#    (WORKLOADS="write batch" runs a subset.)
 # 4. Prints a Markdown table (also $OUT/table.md): medians over the pairs, the
 #    range, server CPU per request, and raftmem's lease / ReadIndex ratio.
 set -euo pipefail
@@ -68,8 +72,10 @@ declare -A FILE=(
     [raftmem.read-linearizable]=read-linearizable [raftmem.read-eventual]=read-eventual
     [etcd.health]=health [etcd.write]=write [etcd.read-strong]=read-linearizable
     [etcd.read-linearizable]=read-linearizable [etcd.read-eventual]=read-serializable
+    [raftmem.write-sprayed]=write-sprayed [etcd.write-sprayed]=write
+    [raftmem.batch]=batch [etcd.batch]=txn [raftmem.batch-sprayed]=batch-sprayed [etcd.batch-sprayed]=txn
 )
-WORKLOADS=(health write read-strong read-linearizable read-eventual)
+read -r -a WORKLOADS <<<"${WORKLOADS:-health write read-strong read-linearizable read-eventual write-sprayed batch batch-sprayed}"
 
 run() { # TARGET WORKLOAD PAIR: three wrk processes at once, then CPU accounting
     local target=$1 load=$2 pair=$3 i pids=() wrk_pids=()
@@ -106,6 +112,9 @@ LOADS = [
     ("read-strong", "read `strong` (lease)", "linearizable read"),
     ("read-linearizable", "read `linearizable` (ReadIndex)", "linearizable read"),
     ("read-eventual", "read `eventual`", "serializable read"),
+    ("write-sprayed", "write, every node sprayed (forwarded)", "put"),
+    ("batch", "batch of 16 puts to their leader (memory ops/s = 16x)", "txn of 16 puts"),
+    ("batch-sprayed", "batch of 16 puts, any node (memory ops/s = 16x)", "txn of 16 puts"),
 ]
 
 
@@ -175,10 +184,16 @@ print("|---|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|")
 got = {}
 for load, rm_label, etcd_label in LOADS:
     rm, et = summary("raftmem", load), summary("etcd", load)
+    if rm is None and et is None:
+        continue  # not run (WORKLOADS)
     got[load] = rm
     print("| " + " | ".join([rm_label, *cells(rm), etcd_label, *cells(et), ratio(rm, et)]) + " |")
 print()
-print(f"raftmem lease (`strong`) / ReadIndex (`linearizable`) reads, per pair: "
-      f"{ratio(got['read-strong'], got['read-linearizable'])}; "
-      f"`strong` / the HTTP floor (`/healthz`): {ratio(got['read-strong'], got['health'])}.")
+if {"read-strong", "read-linearizable", "health"} <= set(got):
+    print(f"raftmem lease (`strong`) / ReadIndex (`linearizable`) reads, per pair: "
+          f"{ratio(got['read-strong'], got['read-linearizable'])}; "
+          f"`strong` / the HTTP floor (`/healthz`): {ratio(got['read-strong'], got['health'])}.")
+for load in ("batch", "batch-sprayed"):
+    if got.get(load):
+        print(f"{load}: {16 * got[load]['rate']:,.0f} memory ops/s (median).")
 PY

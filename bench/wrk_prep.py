@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import random
 import sys
 import urllib.request
 from pathlib import Path
@@ -28,6 +29,8 @@ from cli.bench import NAMESPACE, key_id  # noqa: E402 - the same keyspace as raf
 from raftmem.client import Client, shard_for  # noqa: E402
 
 TIMEOUT_S = 5.0
+BATCH = 16  # puts per batch request (raftmem POST /v1/batch, etcd txn)
+BATCH_LINES = 1000
 RM_READ_LEVELS = ("strong", "linearizable", "eventual")
 ETCD_READ_LEVELS = {"linearizable": False, "serializable": True}
 
@@ -70,10 +73,21 @@ def prep_raftmem(url: str, keys: int, value: str, out: Path) -> None:
             mid = key_id(key)
             client.put(NAMESPACE, mid, value, agent_id="bench")
             by_node[leaders[shard_for(NAMESPACE, mid, shards)]].append(f"/v1/memories/{NAMESPACE}/{mid}")
+    every = [f"/v1/memories/{NAMESPACE}/{key_id(key)}" for key in range(keys)]
+    rng = random.Random(7)
     for index, node in enumerate(sorted(node_urls)):
         paths = by_node[node]
         (out / f"raftmem-{index}.url").write_text(node_urls[node] + "\n")
         write_lines(out / f"raftmem-{index}-write.req", [f"PUT\t{p}\t{body}" for p in paths])
+        # Sprayed: every node gets every key, as a plain HTTP client or a load balancer sends them.
+        write_lines(out / f"raftmem-{index}-write-sprayed.req", [f"PUT\t{p}\t{body}" for p in every])
+        mine = [p.rsplit("/", 1)[1] for p in paths]
+        for name, pool in (("batch", mine), ("batch-sprayed", [p.rsplit("/", 1)[1] for p in every])):
+            write_lines(out / f"raftmem-{index}-{name}.req", [
+                "POST\t/v1/batch\t" + json.dumps({"ops": [
+                    {"op": "put", "namespace": NAMESPACE, "id": mid, "body": {"content": value, "agent_id": "bench"}}
+                    for mid in rng.sample(pool, min(BATCH, len(pool)))]})
+                for _ in range(BATCH_LINES)])
         for level in RM_READ_LEVELS:
             write_lines(out / f"raftmem-{index}-read-{level}.req", [f"GET\t{p}?consistency={level}\t" for p in paths])
         write_lines(out / f"raftmem-{index}-health.req", ["GET\t/healthz\t"])
@@ -92,6 +106,11 @@ def prep_etcd(urls: list[str], keys: int, value: str, out: Path) -> None:
                         [f"POST\t/v3/kv/range\t{json.dumps({'key': b64(n), 'serializable': serializable})}"
                          for n in names])
         write_lines(out / f"etcd-{index}-health.req", ["GET\t/health\t"])
+        rng = random.Random(7 + index)
+        write_lines(out / f"etcd-{index}-txn.req", [
+            "POST\t/v3/kv/txn\t" + json.dumps({"success": [
+                {"requestPut": {"key": b64(n), "value": b64(value)}} for n in rng.sample(names, BATCH)]})
+            for _ in range(BATCH_LINES)])
 
 
 def main() -> int:
