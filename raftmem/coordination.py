@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, Protocol
 
 from . import codec
@@ -193,6 +194,38 @@ class Coordination:
         if isinstance(command, ClaimTask):
             return self._claim(work, command, now, fence)
         return self._settle(work, command, now)
+
+    def replayed(self, work: Work, command: AcquireLock | ClaimTask, first: Result) -> Result:
+        """What a retry with the Idempotency-Key of a first acquisition or claim
+        is answered: the first answer only while what it won still holds (the
+        lock held, the task claimed, with its fence), with the lease as it is
+        now. Else `fenced`: the acquisition was released, given back (its
+        waiter went away while it was in the log) or ran out, and the lock or
+        task may be someone else's; a new acquisition needs a new key. Not
+        stored for the key (the state machine stores first answers only)."""
+        coord = first.coord or {}
+        if first.outcome not in (Outcome.ACQUIRED, Outcome.CLAIMED) or "fence" not in coord:
+            return first
+        now = self._now(work, command.now_ms)
+        fence = int(coord["fence"])
+        over = f"is over (released, given back or expired), fence {fence} with it"
+        if isinstance(command, AcquireLock):
+            lock = self._get(work, lock_key(command.namespace, command.name))
+            if is_held(lock, now) and lock is not None and lock["fence"] == fence:
+                return replace(first, coord=lock_view(lock))
+            held = lock if is_held(lock, now) else None
+            now_is = "held by a later acquisition" if held is not None else "not held"
+            return Result(Outcome.FENCED, f"the acquisition this Idempotency-Key made {over}; lock "
+                          f"{command.namespace}/{command.name} is {now_is}: acquire with a new key",
+                          coord=lock_view(held) if held is not None else {})
+        task = self._get(work, task_key(command.namespace, str(coord["id"])))
+        if task is not None and task["state"] == "claimed" and task["fence"] == fence \
+                and task["claim_expires_at"] > now:
+            return replace(first, coord=task_view(task))
+        state = "gone" if task is None else str(task["state"])
+        return Result(Outcome.FENCED, f"the claim this Idempotency-Key made {over}; task "
+                      f"{command.namespace}/{coord['id']} is {state}: claim with a new key",
+                      coord=task_view(task) if task is not None else {})
 
     # -- locks ------------------------------------------------------------------------
     def _acquire(self, work: Work, op: AcquireLock, now: int, fence: int) -> Result:

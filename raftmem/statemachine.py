@@ -57,6 +57,8 @@ from typing import Any
 
 from . import codec
 from .commands import (
+    AcquireLock,
+    ClaimTask,
     Command,
     CoordinationCommand,
     Delete,
@@ -354,8 +356,10 @@ class StateMachine:
         if seen is not None:
             if seen["fp"] != fp:
                 return Result(Outcome.IDEMPOTENCY_KEY_REUSED, "this Idempotency-Key was used for a different request")
-            first = Result.from_wire(seen["result"])
-            return replace(first, replayed=True)
+            first = replace(Result.from_wire(seen["result"]), replayed=True)
+            if isinstance(command, AcquireLock | ClaimTask):
+                return self.coordination.replayed(work, command, first)
+            return first
         result = self._apply_write(work, seq, command)
         if result.outcome.busy:
             return result  # nothing changed: a retry with this key tries again

@@ -137,13 +137,24 @@ class AsyncCoordination:
                                                                    "wait_ms": wait_ms},
                          self.shard_of(namespace, name), self.idempotent, wait_ms, 10.0)
         sent = time.monotonic()
-        body = (await self._send(request, _waiting(self.retry, wait_ms))).body
+        response = await self._send(request, _waiting(self.retry, wait_ms))
+        body = response.body
         lease = Lease(namespace, name, holder, int(body["fence"]), int(body["expires_at"]), ttl_ms,
                       _valid_until(sent, ttl_ms, drift))
-        if time.monotonic() - sent > ttl_ms / 1000 / RENEW_FRACTION:
-            # It waited (or was retried): when in that time the lease began is
-            # unknown here, so count it from a renewal sent now instead.
-            await self.renew_lock(lease, drift=drift)
+        replayed = response.headers.get("Idempotent-Replayed") == "true"
+        if replayed or time.monotonic() - sent > ttl_ms / 1000 / RENEW_FRACTION:
+            # It waited, or was retried (a replayed answer is an earlier attempt's,
+            # and the lease may have changed hands since; the servers check, this
+            # checks again): when the lease began is unknown here, so count it
+            # from a renewal sent now instead, which also proves it is still held.
+            try:
+                await self.renew_lock(lease, drift=drift)
+            except Fenced:
+                raise  # not ours (any more): nothing to release
+            except BaseException:
+                with suppress(ClientError):
+                    await self.release_lock(lease)
+                raise
         return lease
 
     async def renew_lock(self: _Core, lease: Lease, ttl_ms: int | None = None, *, retry: RetryPolicy | None = None,
@@ -234,12 +245,19 @@ class AsyncCoordination:
 
     async def claim_task(self: _Core, namespace: str, *, lease_ms: int, worker: str | None = None,
                          wait_ms: int = 0) -> dict[str, Any] | None:
-        """The claimed task (with its `fence`), or None when none was ready within `wait_ms`."""
+        """The claimed task (with its `fence`), or None when none was ready within
+        `wait_ms`, or when the claim this request made is already over: a retry
+        (same Idempotency-Key) after its answer was lost is refused (409 fenced)
+        once that claim was given back or ran out, and the task is back in the
+        queue for anyone, this worker included."""
         await self._ensure_routes()
         request = _write("POST", _path("tasks", namespace, "claim"),
                          {"worker": worker or default_holder(), "lease_ms": lease_ms, "wait_ms": wait_ms},
                          self.shard_of(namespace, ""), self.idempotent, wait_ms, 10.0)
-        response = await self._send(request, _waiting(self.retry, wait_ms))
+        try:
+            response = await self._send(request, _waiting(self.retry, wait_ms))
+        except Fenced:
+            return None
         out: dict[str, Any] | None = response.body if response.status == 200 else None
         return out
 

@@ -90,6 +90,40 @@ def test_reacquiring_with_the_same_idempotency_key_is_idempotent(cluster: Cluste
     assert status == 409 and "by this holder" in body["error"]["message"]
 
 
+
+async def test_a_keyed_retry_of_an_acquisition_given_back_is_refused_and_no_body_runs(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The end state of: a waiter's acquisition given back (its connection
+    dropped while it was in the log), another holder taking the lock, then the
+    client's retry with the same Idempotency-Key through another node. It
+    must not be told 201 with the given-back fence, and lock() must not run
+    its body while someone else holds the lock (review finding 2)."""
+    import raftmem.client.coordination as cc
+
+    ns, key = _ns(), f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex}"
+    status, first = acquire(cluster, "n1", ns, "L", "me", ttl_ms=9000, **{"Idempotency-Key": key})
+    assert status == 201
+    assert cluster.request("n1", "DELETE", f"/v1/locks/{ns}/L?fence={first['fence']}")[0] == 200  # the give-back
+    status, other = acquire(cluster, "n2", ns, "L", "other", ttl_ms=9000)
+    assert status == 201
+    status, _, replay = cluster.request("n3", "POST", f"/v1/locks/{ns}/L", {"holder": "me", "ttl_ms": 9000,
+                                                                           "wait_ms": 0},
+                                        headers={"Idempotency-Key": key})
+    assert status == 409 and replay["error"]["code"] == "fenced", replay
+    assert replay["error"]["lock"]["holder"] == "other"
+    # The client library, its acquisition's key made to be that one:
+    keys = iter([key])
+    real = cc._key
+    monkeypatch.setattr(cc, "_key", lambda: next(keys, None) or real())
+    urls = [f"http://127.0.0.1:{cluster.http[n]}" for n in cluster.node_ids]
+    entered: list[str] = []
+    async with AsyncClient(urls) as client:
+        with pytest.raises(Fenced):
+            async with client.lock(ns, "L", ttl_ms=9000, holder="me"):
+                entered.append((await client.get_lock(ns, "L"))["holder"])
+    assert entered == []
+    assert cluster.request("n1", "DELETE", f"/v1/locks/{ns}/L?fence={other['fence']}")[0] == 200
+
 def test_waiters_are_served_in_order_of_arrival(cluster: Cluster) -> None:
     ns = _ns()
     leader = leader_node(cluster, ns, "fifo")

@@ -184,6 +184,45 @@ def test_a_busy_answer_is_not_remembered_for_its_key(shard: Shard) -> None:
     assert shard.one(acquire("c", T0 + 5, idem="k")).outcome == Outcome.IDEMPOTENCY_KEY_REUSED
 
 
+
+def test_a_retried_acquisition_replays_only_while_its_lease_holds(shard: Shard) -> None:
+    """A keyed acquisition given back (its waiter went away while it was in the
+    log) or released, then retried with the same key, must not answer 201 with
+    the old fence while someone else holds the lock (review finding 2)."""
+    first = shard.one(acquire("me", T0, ttl=10_000, idem="K"))
+    fence = first.coord["fence"]
+    again = shard.one(acquire("me", T0 + 1, ttl=10_000, idem="K"))  # still held: the first answer
+    assert again.replayed and again.outcome == Outcome.ACQUIRED and again.coord["fence"] == fence
+    assert shard.one(ReleaseLock("ns", "L", fence, None, T0 + 5)).outcome == Outcome.RELEASED  # the give-back
+    assert shard.one(acquire("other", T0 + 10, ttl=10_000)).outcome == Outcome.ACQUIRED
+    retry = shard.one(acquire("me", T0 + 60, ttl=10_000, idem="K"))
+    assert retry.outcome == Outcome.FENCED and not retry.outcome.busy
+    assert "is over" in retry.message and retry.coord["holder"] == "other"
+    # Not stored: the key still holds the first answer (and refuses again).
+    assert shard.one(acquire("me", T0 + 70, ttl=10_000, idem="K")).outcome == Outcome.FENCED
+    assert shard.sm.coordination.lock("ns", "L", T0 + 70)["holder"] == "other"
+
+
+def test_a_retried_acquisition_whose_lease_ran_out_is_refused_while_the_lock_is_free(shard: Shard) -> None:
+    shard.one(acquire("me", T0, ttl=1000, idem="K"))
+    retry = shard.one(acquire("me", T0 + 1000, ttl=1000, idem="K"))
+    assert retry.outcome == Outcome.FENCED and retry.coord == {}
+    assert shard.sm.coordination.lock("ns", "L", T0 + 1000) is None  # nothing acquired by the retry
+
+
+def test_a_retried_claim_replays_only_while_the_claim_holds(shard: Shard) -> None:
+    shard.one(enqueue("t", T0, backoff_ms=0))
+    first = shard.one(ClaimTask("q", "w1", 10_000, "K", T0)).coord
+    again = shard.one(ClaimTask("q", "w1", 10_000, "K", T0 + 1))
+    assert again.replayed and again.outcome == Outcome.CLAIMED and again.coord["fence"] == first["fence"]
+    # Given back (the claimant went away), then claimed by another worker.
+    shard.one(settle("t", first["fence"], "fail", T0 + 2, charge=False))
+    other = shard.one(ClaimTask("q", "w2", 10_000, None, T0 + 3))
+    assert other.outcome == Outcome.CLAIMED
+    retry = shard.one(ClaimTask("q", "w1", 10_000, "K", T0 + 4))
+    assert retry.outcome == Outcome.FENCED and retry.coord["worker"] == "w2"
+    assert shard.one(settle("t", other.coord["fence"], "complete", T0 + 5)).outcome == Outcome.SETTLED
+
 # -- fences only grow: a model-based property ----------------------------------------------
 COMMAND = st.tuples(st.sampled_from(["acquire", "renew", "release", "expire", "write"]),
                     st.sampled_from(["a", "b", "c"]), st.integers(50, 600))

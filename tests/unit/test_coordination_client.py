@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from raftmem.client import Fenced, LockHeld, LockLost, Unavailable, error_from_response
+from raftmem.client import ClientError, Fenced, LockHeld, LockLost, Unavailable, error_from_response
 from raftmem.client.coordination import AsyncCoordination, Lease
+from raftmem.client.retry import RetryPolicy
+from raftmem.client.types import Response, _Request
 
 
 class FakeClient(AsyncCoordination):
@@ -98,3 +100,64 @@ def test_conflicts_map_to_their_own_errors() -> None:
     lease.lost = "gone"
     with pytest.raises(LockLost):
         lease.check()
+
+
+class WireFake(AsyncCoordination):
+    """The real acquire_lock / renew_lock / release_lock over a scripted
+    transport: answers by (method, path suffix), in order; errors raised."""
+
+    def __init__(self, answers: dict[str, list[Response | ClientError]]) -> None:
+        self.retry = RetryPolicy()
+        self.idempotent = True
+        self.answers = answers
+        self.sent: list[str] = []
+
+    async def _ensure_routes(self) -> None:
+        return None
+
+    def shard_of(self, namespace: str, memory_id: str) -> int | None:
+        return 0
+
+    async def _send(self, request: _Request, retry: RetryPolicy | None = None) -> Response:
+        what = request.method + (" renew" if request.path.endswith("/renew") else "")
+        self.sent.append(what)
+        answer = self.answers[what].pop(0)
+        if isinstance(answer, ClientError):
+            raise answer
+        return answer
+
+
+def _acquired(fence: int, **headers: str) -> Response:
+    return Response(201, {"fence": fence, "expires_at": 0, "holder": "h"}, headers)
+
+
+async def test_a_replayed_acquisition_is_renewed_before_it_is_trusted() -> None:
+    """Idempotent-Replayed: the acquisition happened earlier (a retry of it);
+    the client renews before returning the lease, and a refused renewal means
+    the lock is not its own (a server that replays without checking)."""
+    refused = Fenced("not held", status=409, code="fenced")
+    client = WireFake({"POST": [_acquired(7, **{"Idempotent-Replayed": "true"})], "POST renew": [refused]})
+    with pytest.raises(Fenced):
+        await client.acquire_lock("ns", "l", ttl_ms=10_000)
+    assert client.sent == ["POST", "POST renew"]
+    fresh = WireFake({"POST": [_acquired(8)]})
+    assert (await fresh.acquire_lock("ns", "l", ttl_ms=10_000)).fence == 8 and fresh.sent == ["POST"]
+    ok = WireFake({"POST": [_acquired(9, **{"Idempotent-Replayed": "true"})],
+                   "POST renew": [Response(200, {"fence": 9, "expires_at": 5}, {})]})
+    assert (await ok.acquire_lock("ns", "l", ttl_ms=10_000)).expires_at == 5
+
+
+async def test_a_renewal_after_a_long_wait_that_fails_releases_the_lock_it_took() -> None:
+    client = WireFake({"POST": [_acquired(7, **{"Idempotent-Replayed": "true"})],
+                       "POST renew": [Unavailable("no leader", status=503)],
+                       "DELETE": [Response(200, {}, {})]})
+    with pytest.raises(Unavailable):
+        await client.acquire_lock("ns", "l", ttl_ms=10_000)
+    assert client.sent == ["POST", "POST renew", "DELETE"]
+
+
+async def test_a_claim_whose_retry_finds_it_over_claims_nothing() -> None:
+    over = Fenced("the claim this Idempotency-Key made is over", status=409, code="fenced")
+    client = WireFake({"POST": [over, Response(200, {"id": "t", "fence": 3}, {})]})
+    assert await client.claim_task("q", lease_ms=1000) is None
+    assert (await client.claim_task("q", lease_ms=1000))["fence"] == 3
