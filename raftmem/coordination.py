@@ -8,8 +8,13 @@ the command and the stored state: who holds a lock, whether a fence passes,
 which task a claim takes, whether a lease or claim has run out. Time is the
 leader's `now_ms`, chosen before proposing and carried in the log, never a
 clock read here. Since a new leader's clock may be behind its predecessor's,
-the time used is the latest the shard has applied (`m NUL coord_clock`): it
-never goes backwards, so a lease that was over stays over.
+the time used is the latest the shard has applied (`m NUL coord_clock`), so
+that a lease that was over stays over; but never more than
+`CLOCK_STEP_BACK_MS_MAX` ahead of the command's own time (`shard_now`): one
+leader stamping a day ahead (a clock step) must not hold every later lease a
+day longer. So the shard's time is monotonic while leaders' clocks agree
+within that bound (the clock-offset assumption), and a forward step of a
+clock lengthens leases granted after its correction by at most the bound.
 
 - **A lock is held** while its record exists and `expires_at > now`. A lease
   that ran out is free for the next acquisition at once (deciding it needs no
@@ -37,7 +42,7 @@ Key layout (namespaces, lock names and task ids are `[A-Za-z0-9._:-]`, so NUL,
     J NUL ns NUL 0x02                        -> {"n": open tasks} (ready + claimed)
     W NUL ns NUL rank(4) order(8) id         -> ""   (ready queue: rank = PRIORITY_MAX - priority)
     Z NUL due(8) kind ns NUL name-or-id      -> ""   (deadlines: L lease, C claim, D delay, R retention)
-    m NUL coord_clock                        -> {"ms": the latest time applied}
+    m NUL coord_clock                        -> {"ms": the shard's time (the latest decided by)}
 """
 
 from __future__ import annotations
@@ -65,6 +70,12 @@ from .commands import (
 from .storage import Store
 
 FENCE_SPAN = 1 << 16  # commands per log entry are bounded below this (config rule)
+# How far the shard's time may be ahead of a command's own time (the leader's
+# clock): leaders' clocks are assumed to agree within this (NTP keeps them within
+# milliseconds); a step ahead of it is forgotten once the clock is corrected,
+# instead of holding every lease that long. A constant, not config: replicas
+# must decide alike.
+CLOCK_STEP_BACK_MS_MAX = 60_000
 PRIORITY_MAX = 1_000_000
 BACKOFF_MS_MAX = 3_600_000
 # Due deadlines a claim decides before it looks at the queue (the rest: ExpireLeases).
@@ -133,6 +144,13 @@ def _due_key(due: int, kind: bytes, ns: str, name: str) -> bytes:
     return DUE_PREFIX + codec.u64(due) + kind + ns.encode() + SEP + name.encode()
 
 
+def shard_now(stamped_ms: int, clock_ms: int) -> int:
+    """The time a command stamped `stamped_ms` decides by, given the shard's
+    latest applied time `clock_ms`: never before it, unless it is more than
+    CLOCK_STEP_BACK_MS_MAX ahead of the stamp."""
+    return min(max(stamped_ms, clock_ms), stamped_ms + CLOCK_STEP_BACK_MS_MAX)
+
+
 def is_held(lock: Record | None, now_ms: int) -> bool:
     return lock is not None and lock["expires_at"] > now_ms
 
@@ -169,13 +187,14 @@ class Coordination:
         work.batch.delete(key)
 
     def _now(self, work: Work, now_ms: int) -> int:
-        """The command's time, never earlier than any time applied before."""
+        """The time the command stamped `now_ms` decides by (`shard_now`),
+        which becomes the shard's time."""
         clock = self._get(work, CLOCK_KEY)
-        latest = clock["ms"] if clock else 0
-        if now_ms > latest:
-            self._put(work, CLOCK_KEY, {"ms": now_ms})
-            return now_ms
-        return int(latest)
+        latest = int(clock["ms"]) if clock else 0
+        now = shard_now(now_ms, latest)
+        if now != latest:
+            self._put(work, CLOCK_KEY, {"ms": now})
+        return now
 
     # -- dispatch ---------------------------------------------------------------------
     def apply(self, work: Work, seq: int, command: CoordinationCommand) -> Result:
@@ -439,11 +458,11 @@ class Coordination:
 
     # -- reads ----------------------------------------------------------------------------
     def lock(self, ns: str, name: str, now_ms: int) -> dict[str, Any] | None:
-        """The lock if it is held at `now_ms` (the reader's clock, or the shard's
-        applied time if later)."""
+        """The lock if it is held at `now_ms` (the reader's clock, as a command
+        stamped then would decide: `now_ms`)."""
         raw = self.store.get(lock_key(ns, name))
         lock = codec.loads(raw) if raw is not None else None
-        return lock_view(lock) if lock is not None and is_held(lock, max(now_ms, self.clock_ms())) else None
+        return lock_view(lock) if lock is not None and is_held(lock, self.now_ms(now_ms)) else None
 
     def task(self, ns: str, tid: str) -> dict[str, Any] | None:
         raw = self.store.get(task_key(ns, tid))
@@ -475,8 +494,13 @@ class Coordination:
         return int(codec.loads(raw)["n"]) if raw is not None else 0
 
     def clock_ms(self) -> int:
+        """The shard's latest applied time."""
         raw = self.store.get(CLOCK_KEY)
         return int(codec.loads(raw)["ms"]) if raw is not None else 0
+
+    def now_ms(self, wall_ms: int) -> int:
+        """The time a command stamped `wall_ms` would decide by now."""
+        return shard_now(wall_ms, self.clock_ms())
 
     def next_deadline_ms(self) -> int | None:
         """The earliest lease, claim, delay or retention deadline (None: none)."""

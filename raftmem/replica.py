@@ -453,12 +453,12 @@ class ShardReplica:
         due = self.sm.next_expiry_ms()
         if due is not None and due <= now:
             await self.submit(Expire(now))
-        # The shard's applied time may be ahead of this clock (a new leader whose
-        # clock is behind): what is due by that time is due now.
+        # The shard's time may be ahead of this clock (a new leader whose clock
+        # is behind): what is due by the time apply will decide by is due now.
+        # Stamped with this clock: apply works out that time again.
         coordination = self.sm.coordination
-        now = max(now, coordination.clock_ms())
         due = coordination.next_deadline_ms()
-        if due is not None and due <= now:
+        if due is not None and due <= coordination.now_ms(now):
             await self.submit(ExpireLeases(now))
 
     def close(self) -> None:

@@ -44,7 +44,7 @@ applies their commands for this module; its docstring has the details):
     J NUL ns NUL id | J NUL ns NUL 0x01 state ...     -> task, tasks by state, open count
     W NUL ns NUL rank(4) order(8) id                  -> ""   (ready queue: priority, then enqueue order)
     Z NUL due(8) kind ns NUL name                     -> ""   (lease, claim, delay, retention deadlines)
-    m NUL coord_clock                                 -> the latest leader time applied
+    m NUL coord_clock                                 -> the shard's time (coordination.shard_now)
 """
 
 from __future__ import annotations

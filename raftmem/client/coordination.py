@@ -9,7 +9,8 @@ applied the acquisition, which is after this client sent the request. So this
 client counts the lease from its own send time, shortened by the clock drift
 bound, and treats it as lost a margin before that: the body stops before the
 cluster can give the lock to anyone else, as long as clocks drift less than
-`drift`. Writes that must not happen without the lock carry its fence
+`drift` and the nodes' clocks agree in offset to well within the margin (a
+lease may be ended by another leader than the one that granted it). Writes that must not happen without the lock carry its fence
 (`put(..., if_fence=lease)`): the store refuses them once the lock moved on,
 whatever the clocks did.
 """

@@ -34,7 +34,7 @@ from raftmem.commands import (
     encode_entry,
     fingerprint,
 )
-from raftmem.coordination import FENCE_SPAN
+from raftmem.coordination import CLOCK_STEP_BACK_MS_MAX, FENCE_SPAN, shard_now
 from raftmem.statemachine import StateMachine
 from raftmem.storage import Store
 
@@ -138,6 +138,51 @@ def test_time_never_goes_back_for_leases(shard: Shard) -> None:
     assert shard.one(fenced_put("m", fence, T0 + 500)).outcome == Outcome.FENCED
     assert shard.one(acquire("b", T0 + 500)).coord["acquired_at"] == T0 + 1500
 
+
+
+DAY_MS = 86_400_000
+
+
+def test_one_forward_clock_step_holds_later_leases_at_most_a_minute_longer(shard: Shard) -> None:
+    """One leader stamps a command a day ahead (an NTP step, a bad RTC), then
+    its clock is corrected. The shard's time must not stay a day ahead: a
+    holder that crashes right after acquiring a 1 s lease would keep the lock
+    for a day, and the reaper would never free it (review finding 4). A lease
+    is measured from at most CLOCK_STEP_BACK_MS_MAX ahead of its command's time."""
+    shard.one(acquire("x", T0 + DAY_MS, ttl=1000, name="other"))  # one stamp from the bad clock
+    got = shard.one(acquire("crashed", T0 + 1000, ttl=1000))  # clock fixed; a 1 s lease
+    assert got.outcome == Outcome.ACQUIRED
+    assert got.coord["expires_at"] <= T0 + 1000 + CLOCK_STEP_BACK_MS_MAX + 1000
+    coordination = shard.sm.coordination
+    later = T0 + 3_600_000  # an hour of real time later, the reaper's look (replica.expire_due)
+    due = coordination.next_deadline_ms()
+    assert due is not None and due <= coordination.now_ms(later)
+    assert shard.one(ExpireLeases(later)).expired == 1
+    assert shard.one(acquire("b", later, ttl=1000)).outcome == Outcome.ACQUIRED
+    # The shard's time is back near the leader's; only the lease granted by the
+    # bad stamp itself runs its (day-long) course.
+    assert coordination.clock_ms() <= later + CLOCK_STEP_BACK_MS_MAX
+    assert coordination.lock("ns", "other", later)["holder"] == "x"
+
+
+def test_one_forward_clock_step_does_not_freeze_task_claims(shard: Shard) -> None:
+    shard.one(enqueue("t1", T0, backoff_ms=0))
+    shard.one(acquire("x", T0 + DAY_MS, ttl=1000, name="other"))
+    assert shard.one(ClaimTask("q", "w1", 1000, None, T0 + 10)).outcome == Outcome.CLAIMED
+    # w1 dies; an hour later another worker asks, and gets the task back.
+    again = shard.one(ClaimTask("q", "w2", 1000, None, T0 + 3_600_000))
+    assert again.outcome == Outcome.CLAIMED and again.coord["attempts"] == 1
+
+
+def test_the_shard_time_is_monotonic_under_a_minute_of_skew(shard: Shard) -> None:
+    """A successor up to CLOCK_STEP_BACK_MS_MAX behind decides by the shard's
+    time (a lease that was over stays over); one further behind decides by its
+    own time plus that bound (the clock-offset assumption, raftmem/DESIGN.md)."""
+    fence = shard.one(acquire("a", T0, ttl=1000)).coord["fence"]
+    shard.one(enqueue("t", T0 + 1500))
+    behind = T0 + 1500 - CLOCK_STEP_BACK_MS_MAX
+    assert shard.one(fenced_put("m", fence, behind)).outcome == Outcome.FENCED
+    assert shard.sm.coordination.clock_ms() == T0 + 1500
 
 def test_a_fenced_write_is_refused_in_the_same_step_as_the_write(shard: Shard) -> None:
     a = shard.one(acquire("a", T0, ttl=60_000)).coord["fence"]
@@ -264,7 +309,7 @@ def test_fences_only_grow_and_only_the_current_fence_writes(tmp_path_factory: py
             commands.append(_lock_command(kind, holder, fences.get(holder, 0), ttl, now))
         shard.index += 1
         results = shard.sm.apply(shard.index, encode_entry(commands)).results
-        latest = max(latest, now)
+        latest = shard_now(now, latest)
         for seq, ((_kind, holder, ttl), command, result) in enumerate(zip(batch, commands, results, strict=True)):
             held = model is not None and model["expires_at"] > latest
             if isinstance(command, AcquireLock):
