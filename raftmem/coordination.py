@@ -269,7 +269,8 @@ class Coordination:
         if is_held(lock, now) and lock is not None and lock["fence"] == fence:
             return lock, None
         if is_held(lock, now) and lock is not None:
-            why = f"held with fence {lock['fence']}" if lock["fence"] > fence else "held with another fence"
+            # The current fence is never told: a refused writer must not adopt it.
+            why = "held with a newer fence" if lock["fence"] > fence else "held with another fence"
             return None, Result(Outcome.FENCED, f"lock {ns}/{name} is {why}, not {fence}", coord=lock_view(lock))
         return None, Result(Outcome.FENCED, f"lock {ns}/{name} is not held (released or expired)", coord={})
 
@@ -391,7 +392,7 @@ class Coordination:
         stale = old["state"] != "claimed" or old["fence"] != op.fence or old["claim_expires_at"] <= now
         if stale and not self.unsafe_skip_fence_check:
             why = ("its claim ran out" if old["state"] == "claimed" and old["fence"] == op.fence
-                   else f"it is {old['state']}" + (f" with fence {old['fence']}" if old["fence"] is not None else ""))
+                   else f"it is {old['state']}" + (" under a newer claim" if old["state"] == "claimed" else ""))
             return Result(Outcome.FENCED, f"task {op.namespace}/{op.id} is not claimed with fence {op.fence}: {why}",
                           coord=task_view(old))
         if op.action == "extend":

@@ -36,7 +36,10 @@ FAILURES: dict[Outcome, type[RaftmemError]] = {
     Outcome.QUEUE_FULL: Overloaded,
 }
 assert set(SUCCESS_STATUS) | set(FAILURES) == set(Outcome), "every outcome is mapped"
-# What a refusal says of the lock or task that refused it.
+# What a refusal says of the lock or task that refused it: never the current
+# fence, which a refused writer must not adopt (a "take the fence from the
+# error and retry" loop would write as the new holder; GET shows fences, for
+# observability only).
 _LOCK_DETAILS = ("holder", "expires_at")
 _TASK_DETAILS = ("state", "worker", "claim_expires_at", "attempts")
 
@@ -52,7 +55,7 @@ def error_for(result: Result) -> RaftmemError:
         elif result.outcome is Outcome.LOCK_HELD:
             details.update({k: coord.get(k) for k in _LOCK_DETAILS})
         else:  # fenced by a lock: who holds it now, if anyone
-            details["lock"] = {k: coord.get(k) for k in ("holder", "fence", "expires_at")} if coord else None
+            details["lock"] = {k: coord.get(k) for k in _LOCK_DETAILS} if coord else None
     error = FAILURES[result.outcome](result.message, **details)
     error.code = result.outcome.value
     return error

@@ -110,7 +110,7 @@ async def test_a_keyed_retry_of_an_acquisition_given_back_is_refused_and_no_body
                                                                            "wait_ms": 0},
                                         headers={"Idempotency-Key": key})
     assert status == 409 and replay["error"]["code"] == "fenced", replay
-    assert replay["error"]["lock"]["holder"] == "other"
+    assert replay["error"]["lock"]["holder"] == "other" and str(other["fence"]) not in orjson.dumps(replay).decode()
     # The client library, its acquisition's key made to be that one:
     keys = iter([key])
     real = cc._key
@@ -204,11 +204,16 @@ def test_a_lease_that_runs_out_frees_the_lock_and_refuses_the_old_fence(cluster:
     # The paused holder wakes up and writes with its old fence: refused, nothing changed.
     status, body = fenced_put(cluster, "n3", ns, "job", fence, "late write")
     assert status == 409 and body["error"]["code"] == "fenced" and body["error"]["lock"]["holder"] == "awake"
+    # A refused writer is not told the current holder's fence: a naive "take the
+    # fence from the error and retry" loop would write as the new holder.
+    assert str(fresh["fence"]) not in orjson.dumps(body).decode(), body
+    assert body["error"]["lock"]["expires_at"] == fresh["expires_at"]
     _, _, memory = cluster.request("n1", "GET", f"/v1/memories/{ns}/job?consistency=linearizable")
     assert memory["content"] == "by sleepy"
     status, _, body = cluster.request("n1", "POST", f"/v1/locks/{ns}/job/renew", {"fence": stale["fence"],
                                                                                   "ttl_ms": 1000})
     assert status == 409 and body["error"]["code"] == "fenced"
+    assert str(fresh["fence"]) not in orjson.dumps(body).decode(), body
     # The new holder's fence works, in a batch too; a memory off the lock's shard cannot be fenced.
     good = f"{ns}/job:{fresh['fence']}"
     other = colocated_id(ns, "job", "report", cluster.shards)
@@ -219,6 +224,7 @@ def test_a_lease_that_runs_out_frees_the_lock_and_refuses_the_old_fence(cluster:
         {"op": "put", "namespace": ns, "id": other, "body": {"content": 2}, "if_fence": fence},
     ]})
     assert [r["status"] for r in batch["results"]] == [201, 409]
+    assert str(fresh["fence"]) not in orjson.dumps(batch["results"][1]).decode(), batch
     off = next(m for m in (f"m{i}" for i in range(100)) if cluster.shard_of(ns, m) != cluster.shard_of(ns, "job"))
     status, body = fenced_put(cluster, "n1", ns, off, good, 1)
     assert status == 400 and "shard" in body["error"]["message"]

@@ -12,6 +12,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
+import orjson
 import pytest
 
 from raftmem.client import Client, Fenced
@@ -124,6 +125,7 @@ def test_an_expired_claim_is_requeued_with_attempts_and_its_fence_refused(cluste
     assert again["last_error"] == "claim expired"
     status, body = settle(cluster, "n1", ns, task["id"], "complete", fence=stale["fence"], result="paused")
     assert status == 409 and body["error"]["code"] == "fenced" and body["error"]["task"]["worker"] == "fresh"
+    assert str(again["fence"]) not in orjson.dumps(body).decode(), body  # the new claim's fence is not told
     status, body = settle(cluster, "n1", ns, task["id"], "extend", fence=again["fence"], lease_ms=60_000)
     assert status == 200 and body["claim_expires_at"] > again["claim_expires_at"]
     assert settle(cluster, "n1", ns, task["id"], "complete", fence=again["fence"], result="fresh")[0] == 200

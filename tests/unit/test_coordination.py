@@ -485,3 +485,23 @@ def test_a_stale_fence_aborts_an_atomic_batch(shard: Shard) -> None:
     assert shard.sm.get("ns", "x", T0 + 2) is None and shard.sm.get("ns", "y", T0 + 2) is None
     applied = shard.one(Txn((fenced_put("x", fence, T0 + 3), fenced_put("y", fence, T0 + 3))))
     assert applied.outcome == Outcome.APPLIED and shard.sm.get("ns", "y", T0 + 4) is not None
+
+
+def test_a_refusal_never_tells_the_current_fence(shard: Shard) -> None:
+    """Neither the message nor the HTTP error of a fenced write, renewal or
+    settlement carries the fence that holds now (review finding 5): a refused
+    writer must not adopt a fence it did not acquire."""
+    from raftmem.service.outcomes import error_for
+
+    a = shard.one(acquire("a", T0, ttl=100)).coord["fence"]
+    b = shard.one(acquire("b", T0 + 200, ttl=60_000)).coord["fence"]
+    shard.one(enqueue("t", T0, backoff_ms=0))
+    stale = shard.one(ClaimTask("q", "w1", 100, None, T0 + 200)).coord["fence"]
+    fresh = shard.one(ClaimTask("q", "w2", 60_000, None, T0 + 400)).coord["fence"]
+    refusals = [shard.one(fenced_put("m", a, T0 + 300)), shard.one(RenewLock("ns", "L", a, 100, None, T0 + 300)),
+                shard.one(settle("t", stale, "complete", T0 + 500))]
+    for refused, current in zip(refusals, (b, b, fresh), strict=True):
+        assert refused.outcome == Outcome.FENCED
+        body = codec.dumps(error_for(refused).body()).decode()
+        assert str(current) not in refused.message and str(current) not in body, body
+    assert "newer" in refusals[0].message and '"holder":"b"' in codec.dumps(error_for(refusals[0]).body()).decode()
