@@ -508,11 +508,36 @@ def idempotency_key(command: Command) -> str | None:
     return command.idempotency_key if isinstance(command, _KEYED) else None
 
 
+# What an enqueue's client chooses (of TaskSpec.to_wire): the rest (attempts and
+# back-off when not given, retention, the queue bound) is the leader's config.
+ENQUEUE_CLIENT_FIELDS = ("payload", "prio", "not_before", "delay")
+
+
 def fingerprint(command: Command) -> str:
     """What makes two requests "the same" for an idempotency key: everything but
     the leader-chosen time and the key itself (as computed before commands were
-    typed, so keys stored then still match)."""
-    stable = {k: v for k, v in command.to_wire().items() if k not in ("now", "idem")}
+    typed, so keys stored then still match). An enqueue's covers only what its
+    client chose: a retry through a node whose coordination config differs is
+    the same request (so an enqueue's max_attempts and backoff_ms, which the
+    leader fills in when not given, are not compared either)."""
+    if isinstance(command, EnqueueTask):
+        spec = command.spec.to_wire()
+        return _digest({"t": command.TAG, "ns": command.namespace, "id": command.id,
+                        "spec": {k: spec[k] for k in ENQUEUE_CLIENT_FIELDS}})
+    return _digest(_stable(command))
+
+
+def earlier_fingerprints(command: Command) -> tuple[str, ...]:
+    """Fingerprints an earlier version stored keys under for this command (the
+    first enqueue fingerprint covered the whole spec): still the same request."""
+    return (_digest(_stable(command)),) if isinstance(command, EnqueueTask) else ()
+
+
+def _stable(command: Command) -> dict[str, Any]:
+    return {k: v for k, v in command.to_wire().items() if k not in ("now", "idem")}
+
+
+def _digest(stable: dict[str, Any]) -> str:
     return hashlib.blake2b(codec.dumps(stable), digest_size=12).hexdigest()
 
 

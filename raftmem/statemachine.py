@@ -75,6 +75,7 @@ from .commands import (
     SetMembers,
     Txn,
     decode_entry,
+    earlier_fingerprints,
     fingerprint,
     idempotency_key,
 )
@@ -354,7 +355,7 @@ class StateMachine:
         idem_key = b"k\x00" + key.encode()
         seen = self._get(idem_key, work.overlay)
         if seen is not None:
-            if seen["fp"] != fp:
+            if seen["fp"] != fp and seen["fp"] not in earlier_fingerprints(command):
                 return Result(Outcome.IDEMPOTENCY_KEY_REUSED, "this Idempotency-Key was used for a different request")
             first = replace(Result.from_wire(seen["result"]), replayed=True)
             if isinstance(command, AcquireLock | ClaimTask):

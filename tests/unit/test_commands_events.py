@@ -293,3 +293,14 @@ def test_idempotency_keys_inside_a_txn_are_kept_only_when_it_applies(tmp_path: P
     again = sm.apply(3, encode_entry([Txn((keyed,))])).results[0]
     assert again.outcome == Outcome.APPLIED and again.results[0].replayed
     sm.store.close()
+
+
+def test_the_fingerprints_of_other_coordination_commands_did_not_change() -> None:
+    """Only the enqueue's fingerprint was narrowed (to what its client chose):
+    keys stored for every other command still compare as they did."""
+    from raftmem.commands import AcquireLock, ClaimTask, ReleaseLock, RenewLock, SettleTask
+
+    for command in (AcquireLock("ns", "L", "h", 1000, "k", NOW), RenewLock("ns", "L", 7, 1000, "k", NOW),
+                    ReleaseLock("ns", "L", 7, "k", NOW), ClaimTask("q", "w", 1000, "k", NOW),
+                    SettleTask("q", "t", 7, "complete", {"r": 1}, idempotency_key="k", now_ms=NOW)):
+        assert fingerprint(command) == _old_fingerprint(command.to_wire())

@@ -5,6 +5,7 @@ in the dead-letter state, and a replay decides (and wakes) nothing twice."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -470,6 +471,38 @@ def test_coordination_results_are_stored_with_their_names(outcome: Outcome) -> N
     result = Result(outcome, "why" if not outcome.ok else "", coord={"fence": 5})
     assert Result.from_wire(result.to_wire()) == result
 
+
+
+def test_an_enqueue_retried_through_a_node_with_another_config_replays(shard: Shard) -> None:
+    """The enqueue's fingerprint covers only what its client chose: retention,
+    queue bound and default retry policy come from the leader's config, which
+    may differ on the node a retry goes through (review finding 7)."""
+    first = shard.one(EnqueueTask("q", "t1", TaskSpec(payload=1, retain_ms=7 * DAY_MS), "K", T0))
+    assert first.outcome == Outcome.ENQUEUED
+    other_config = TaskSpec(payload=1, retain_ms=DAY_MS, open_max=10, max_attempts=5, backoff_ms=50)
+    retry = shard.one(EnqueueTask("q", "t1", other_config, "K", T0 + 10))
+    assert retry.outcome == Outcome.ENQUEUED and retry.replayed and retry.coord == first.coord
+    # Control: what the client chose still tells two requests apart.
+    for spec in (TaskSpec(payload=2), TaskSpec(payload=1, priority=3), TaskSpec(payload=1, delay_ms=5)):
+        assert shard.one(EnqueueTask("q", "t1", spec, "K", T0 + 20)).outcome == Outcome.IDEMPOTENCY_KEY_REUSED
+    assert shard.one(EnqueueTask("q", "t2", TaskSpec(payload=1), "K", T0 + 20)).outcome == \
+        Outcome.IDEMPOTENCY_KEY_REUSED
+
+
+def test_an_enqueue_key_stored_under_the_first_fingerprint_still_answers_its_retry(shard: Shard) -> None:
+    """Keys stored by the version that fingerprinted the whole spec."""
+    from raftmem.storage import Batch
+
+    command = EnqueueTask("q", "t1", TaskSpec(payload=1), "K", T0)
+    wire = {k: v for k, v in command.to_wire().items() if k not in ("now", "idem")}
+    first_fp = hashlib.blake2b(codec.dumps(wire), digest_size=12).hexdigest()
+    assert first_fp != fingerprint(command)
+    stored = Result(Outcome.ENQUEUED, coord={"namespace": "q", "id": "t1", "state": "ready"})
+    batch = Batch()
+    batch.put(b"k\x00K", codec.dumps({"fp": first_fp, "result": stored.to_wire()}))
+    shard.sm.store.commit(batch)
+    again = shard.one(command)
+    assert again.replayed and again.outcome == Outcome.ENQUEUED and again.coord == stored.coord
 
 def test_settling_an_unknown_task_is_not_found(shard: Shard) -> None:
     assert shard.one(settle("nope", 1, "complete", T0)).outcome == Outcome.NOT_FOUND
