@@ -21,7 +21,14 @@ from aiohttp.web_protocol import RequestPayloadError
 from . import validation as v
 from .auth import Authenticator, need_for
 from .config import Config
-from .errors import InvalidRequest, NotFound, PayloadTooLarge, RaftmemError, RequestTimeout
+from .errors import (
+    InvalidRequest,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    RaftmemError,
+    RequestTimeout,
+)
 from .metrics import Metrics
 from .openapi import OPENAPI
 from .service import (
@@ -50,6 +57,10 @@ RESTORE_CHUNK_BYTES_MAX = 256 << 20
 # How often a waiting request (a lock acquisition, a task claim) looks whether
 # its client is still connected.
 DISCONNECT_POLL_S = 0.05
+# Pooled connections for forwards to other nodes (waiting forwards have their
+# own pool, bounded by coordination.waiters_max).
+FORWARD_CONNECTIONS_MAX = 256
+FORWARD_CONNECTIONS_PER_PEER_MAX = 128
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout_s", float)
 
@@ -110,8 +121,30 @@ def _error_to_response(request: web.Request, exc: Exception) -> web.Response:
         return _error_response(RaftmemError("internal error; see the node's log"))
 
 
+class _Sent:
+    """Whether a forward got a connection (so it may have been sent): told by
+    aiohttp's tracing."""
+
+    def __init__(self) -> None:
+        self.connected = False
+
+
+async def _connected(_session: aiohttp.ClientSession, ctx: Any, _params: Any) -> None:
+    if isinstance(ctx.trace_request_ctx, _Sent):
+        ctx.trace_request_ctx.connected = True
+
+
 class HttpForwarder:
-    """Forwards a Call to another node's API (the Forwarder of service.py)."""
+    """Forwards a Call to another node's API (the Forwarder of service.py).
+
+    Two pools: one for ordinary forwards, and one for calls that wait at the
+    leader (`Call.waits`: a lock acquisition or task claim with `wait_ms`),
+    which hold a connection for up to `wait_ms`. In one pool, 128 waiters to a
+    leader left every other forward to it queued for a connection until it
+    timed out, reported as indeterminate though never sent. Waiting forwards
+    are bounded per node by `coordination.waiters_max` (429 past it), as the
+    leader bounds its waiters. A forward whose timeout runs out before it got a
+    connection was never sent: ForwardNotSent (503), not ForwardLost (504)."""
 
     def __init__(self, config: Config, ssl_context: ssl.SSLContext | None = None) -> None:
         """`ssl_context`: the node's client context when TLS is on (peers verified,
@@ -120,29 +153,56 @@ class HttpForwarder:
         self._idle_timeout_s = config.limits.idle_timeout_ms / 1000
         self.urls = {n.id: config.url_of(n) for n in config.nodes}
         self._session: aiohttp.ClientSession | None = None
+        self._waiting_session: aiohttp.ClientSession | None = None
+        self.waiting_max = config.coordination.waiters_max
+        self.waiting = 0  # waiting forwards in flight from this node
         # Node to node: the cluster token, never the client's (checked at the edge).
         self._auth_headers = Authenticator(config.auth).cluster_headers()
 
     def set_urls(self, urls: dict[str, str]) -> None:
         self.urls = dict(urls)
 
-    async def start(self) -> None:
+    def _new_session(self, limit: int, limit_per_host: int) -> aiohttp.ClientSession:
         # Idle pooled connections are dropped here before the peer's idle timeout
         # (limits.idle_timeout_ms) could close one under a request being sent.
-        connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, ssl=self._ssl if self._ssl else True,
+        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit_per_host,
+                                         ssl=self._ssl if self._ssl else True,
                                          keepalive_timeout=min(15.0, self._idle_timeout_s / 2))
-        self._session = aiohttp.ClientSession(connector=connector)
+        tracing = aiohttp.TraceConfig()
+        tracing.on_connection_create_end.append(_connected)
+        tracing.on_connection_reuseconn.append(_connected)
+        session = aiohttp.ClientSession(connector=connector, trace_configs=[tracing])
         # aiohttp silently resends a request once when a kept-alive connection
         # drops: a forwarded write could apply twice, and the resend failing to
         # connect would report a write that did apply as "not sent".
-        self._session._retry_connection = False
+        session._retry_connection = False
+        return session
+
+    async def start(self) -> None:
+        self._session = self._new_session(FORWARD_CONNECTIONS_MAX, FORWARD_CONNECTIONS_PER_PEER_MAX)
+        # The count below bounds it: this pool never makes a waiting forward queue.
+        self._waiting_session = self._new_session(self.waiting_max, 0)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._waiting_session):
+            if session is not None:
+                await session.close()
 
     async def forward(self, node_id: str, call: Call, timeout_s: float) -> Reply:
-        assert self._session is not None
+        if not call.waits:
+            assert self._session is not None
+            return await self._forward(self._session, node_id, call, timeout_s)
+        assert self._waiting_session is not None
+        if self.waiting >= self.waiting_max:
+            raise Overloaded(f"too many waiting requests forwarded from this node ({self.waiting}; limit "
+                             f"coordination.waiters_max={self.waiting_max})")
+        self.waiting += 1
+        try:
+            return await self._forward(self._waiting_session, node_id, call, timeout_s)
+        finally:
+            self.waiting -= 1
+
+    async def _forward(self, session: aiohttp.ClientSession, node_id: str, call: Call, timeout_s: float) -> Reply:
         headers = {h: call.headers[h] for h in FORWARD_HEADERS if h in call.headers}
         headers[FORWARDED_HEADER] = str(call.hops + 1)
         headers.update(self._auth_headers)
@@ -155,14 +215,16 @@ class HttpForwarder:
             aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=DOWNLOAD_STALL_S)
             if call.download is not None else aiohttp.ClientTimeout(total=timeout_s)
         )
+        sent = _Sent()
         try:
-            async with self._session.request(
+            async with session.request(
                 call.method,
                 url,
                 params=dict(call.query),
                 data=call.body or None,
                 headers=headers,
                 timeout=timeout,
+                trace_request_ctx=sent,
             ) as resp:
                 out = {k: v for k, v in resp.headers.items() if k.startswith("X-Raftmem-") or k in PASS_HEADERS}
                 ctype = resp.content_type or "application/json"
@@ -175,6 +237,8 @@ class HttpForwarder:
         except aiohttp.ClientConnectorError as e:
             raise ForwardNotSent(str(e)) from e
         except (TimeoutError, aiohttp.ClientError) as e:
+            if not sent.connected:  # timed out waiting for a pooled connection, or connecting
+                raise ForwardNotSent(f"no connection to {node_id} in time: {e!r}") from e
             raise ForwardLost(str(e)) from e
 
 

@@ -35,6 +35,9 @@ class Call:
     hops: int = 0
     # Where a large answer (a snapshot) goes, here or when forwarded: a file, not memory.
     download: Path | None = None
+    # It may wait at the leader (a lock acquisition or task claim with wait_ms):
+    # forwarded over connections of its own, bounded per node.
+    waits: bool = False
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
@@ -59,7 +62,8 @@ class Reply:
 
 
 class ForwardNotSent(Exception):
-    """The request never reached the other node: nothing happened there."""
+    """The request never reached the other node: nothing happened there (no
+    connection was ever obtained for it)."""
 
 
 class ForwardLost(Exception):

@@ -29,7 +29,7 @@ def waiting_call(call: Call, body: dict[str, Any], wait_ms: int) -> Call:
     """The call as forwarded to a leader: its own copy, whose `wait_ms` is
     lowered to what is left if the wait has to move to a new leader (`moved`)."""
     return Call(call.method, call.path, call.query, call.headers, orjson.dumps({**body, "wait_ms": wait_ms}),
-                call.hops)
+                call.hops, waits=wait_ms > 0)
 
 
 def moved(forwarded: Call, body: dict[str, Any], wait_ms: int, started: float) -> None:

@@ -191,6 +191,36 @@ def test_a_waiter_that_disconnects_does_not_acquire(cluster: Cluster) -> None:
     assert seen["holder"] == "next"
 
 
+
+def test_forwarded_waiters_do_not_hold_up_other_forwards(cluster: Cluster) -> None:
+    """130 waiting acquisitions sent to a follower hold 130 connections to the
+    leader; a PUT forwarded by the same follower still answers at once (one
+    pool for both, 128 per peer, queued it until it timed out as a 504 though
+    it was never sent: review finding 1)."""
+    ns = _ns()
+    leader = leader_node(cluster, ns, "L")
+    follower = next(n for n in cluster.node_ids if n != leader)
+    status, held = acquire(cluster, leader, ns, "L", "owner", ttl_ms=60_000)
+    assert status == 201
+    socks = []
+    try:
+        for i in range(130):
+            body = orjson.dumps({"holder": f"w{i}", "ttl_ms": 60_000, "wait_ms": 25_000})
+            sock = socket.create_connection(("127.0.0.1", cluster.http[follower]), timeout=60)
+            sock.sendall(f"POST /v1/locks/{ns}/L HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            socks.append(sock)
+        wait_for(lambda: waiters(cluster, leader) >= 128, 30, "the waiters queued at the leader")
+        started = time.monotonic()
+        status, _, answer = cluster.request(follower, "PUT", f"/v1/memories/{ns}/L", {"content": 1}, timeout_s=60)
+        took = time.monotonic() - started
+        assert status in (200, 201) and took < 2.0, (status, took, answer)
+    finally:
+        for sock in socks:
+            sock.close()
+    wait_for(lambda: waiters(cluster, leader) == 0, 30, "the waiters gone")
+    assert cluster.request(leader, "DELETE", f"/v1/locks/{ns}/L?fence={held['fence']}")[0] == 200
+
 def test_a_lease_that_runs_out_frees_the_lock_and_refuses_the_old_fence(cluster: Cluster) -> None:
     ns = _ns()
     status, stale = acquire(cluster, "n1", ns, "job", "sleepy", ttl_ms=300)
