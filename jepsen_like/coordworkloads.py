@@ -12,11 +12,15 @@ info, a process retired after an info, one node per worker, no retries).
   accepted fences that go back show directly. Some holders pause past their
   lease between the read and the write (a GC pause or SIGSTOP of the holder,
   modelled here: the harness's clients are tasks of one process), which is
-  Jepsen's etcd-lock unsafety when the store does not check the fence. Every
-  ``ops_per_key`` critical sections a group moves to a fresh lock and register.
+  Jepsen's etcd-lock unsafety when the store does not check the fence. Some
+  holders write once more with their fence after their own release returned
+  (a holder that does not know it let go: the store must refuse it; recorded
+  as ``cas`` with ``after_release``). Every ``ops_per_key`` critical sections
+  a group moves to a fresh lock and register.
 - ``task``: producers enqueue tasks with unique ids; workers claim (waiting in
   turn), usually complete at once, sometimes fail (retried with back-off,
-  dead-lettered after ``max_attempts``) and sometimes stall past their claim
+  dead-lettered after ``max_attempts``, or at once with ``retry: false``) and
+  sometimes stall past their claim
   before completing (the claim runs out, someone else gets the task, and the
   late completion must be refused). After the faults heal the queue is
   drained and read in full: every task enqueued must end done (completed
@@ -57,12 +61,14 @@ class LockWorkload(RegisterWorkload):
     namespace = "jlock"
 
     def __init__(self, ctx: Context, groups: int = 2, clients_per_node: int = 2, ops_per_key: int = 150,
-                 pause_share: float = 0.15, renew_share: float = 0.2, ttl_ms: int = LOCK_TTL_MS) -> None:
+                 pause_share: float = 0.15, renew_share: float = 0.2, ttl_ms: int = LOCK_TTL_MS,
+                 late_share: float = 0.1) -> None:
         super().__init__(ctx, groups=groups, readers_per_node=0, ops_per_key=ops_per_key)
         self.clients_per_node = clients_per_node
         self.pause_share = pause_share
         self.renew_share = renew_share
         self.ttl_ms = ttl_ms
+        self.late_share = late_share
 
     def workers(self) -> list[Callable[[], Awaitable[None]]]:
         return [(lambda g=g, node=node: self._client(g, node)) for g in range(self.groups)
@@ -90,14 +96,22 @@ class LockWorkload(RegisterWorkload):
         self.complete(inv, etype, fence, error, answer)
         if fence is None:
             return etype
-        worst = await self._read_then_write(process, node, key, mid, int(fence))
+        worst, written = await self._read_then_write(process, node, key, mid, int(fence))
         inv = self.invoke(process, "release", key, fence, node)
         answer = await ctx.client.request(node, "DELETE", f"{lock_path}?fence={fence}")
         etype, error = outcome(answer, (200,), fail_statuses=(409,))
-        self.complete(inv, etype, fence, error, answer)
+        index = _index(answer.body.get("token")) if etype == "ok" and isinstance(answer.body, dict) else None
+        self.complete(inv, etype, fence, error, answer, raft_index=index)
+        if etype == "ok" and written is not None and self.rng.random() < self.late_share:
+            # Once more after the release: the store must refuse it.
+            late, _ = await self._write(process, node, key, mid, int(fence), written, after_release=True)
+            etype = "info" if late == "info" else etype
         return "info" if "info" in (worst, etype) else worst
 
-    async def _read_then_write(self, process: int, node: str, key: str, mid: str, fence: int) -> str:
+    async def _read_then_write(self, process: int, node: str, key: str, mid: str, fence: int
+                               ) -> tuple[str, Any]:
+        """Read, maybe stall or renew, write: the worst outcome, and the value
+        written (None unless the write was acknowledged)."""
         ctx = self.ctx
         path = f"/v1/memories/{self.namespace}/{mid}"
         inv = self.invoke(process, "read", key, None, node, consistency="linearizable")
@@ -109,7 +123,7 @@ class LockWorkload(RegisterWorkload):
         else:
             etype, error = outcome(answer, (200,))
             self.complete(inv, etype, None, error, answer)
-            return etype
+            return etype, None
         self.complete(inv, "ok", seen, None, answer)
         if self.rng.random() < self.pause_share:
             # The holder stalls past its lease (a GC pause, SIGSTOP): meanwhile the
@@ -119,15 +133,21 @@ class LockWorkload(RegisterWorkload):
             renew = await ctx.client.request(node, "POST", f"/v1/locks/{self.namespace}/{mid}/renew",
                                              body={"fence": fence, "ttl_ms": self.ttl_ms})
             if renew.status == LOST:
-                return "info"
+                return "info", None
+        return await self._write(process, node, key, mid, fence, seen)
+
+    async def _write(self, process: int, node: str, key: str, mid: str, fence: int, seen: Any,
+                     **extra: Any) -> tuple[str, Any]:
+        """A fenced write of a new value over `seen`, recorded as a cas."""
         new = next(self.values)
-        inv = self.invoke(process, "cas", key, [seen, new], node, fence=fence)
-        answer = await ctx.client.request(node, "PUT", path, body={"content": new},
-                                          headers={"If-Fence": f"{self.namespace}/{mid}:{fence}"})
+        inv = self.invoke(process, "cas", key, [seen, new], node, fence=fence, **extra)
+        answer = await self.ctx.client.request(node, "PUT", f"/v1/memories/{self.namespace}/{mid}",
+                                               body={"content": new},
+                                               headers={"If-Fence": f"{self.namespace}/{mid}:{fence}"})
         etype, error = outcome(answer, (200, 201), fail_statuses=(409,))
         index = _index(answer.body.get("token")) if etype == "ok" and isinstance(answer.body, dict) else None
         self.complete(inv, etype, [seen, new], error, answer, fence=fence, raft_index=index)
-        return etype
+        return etype, new if etype == "ok" else None
 
 
 class TaskWorkload(Workload):
@@ -136,12 +156,14 @@ class TaskWorkload(Workload):
 
     def __init__(self, ctx: Context, producers_per_node: int = 1, workers_per_node: int = 2,
                  slow_share: float = 0.08, fail_share: float = 0.08, max_attempts: int = 3,
-                 enqueue_delay_s: float = 0.03) -> None:
+                 enqueue_delay_s: float = 0.03, give_up_share: float = 0.25) -> None:
+        """`give_up_share`: of the failures, those with retry: false (dead at once)."""
         super().__init__(ctx)
         self.producers_per_node = producers_per_node
         self.workers_per_node = workers_per_node
         self.slow_share = slow_share
         self.fail_share = fail_share
+        self.give_up_share = give_up_share
         self.max_attempts = max_attempts
         self.enqueue_delay_s = enqueue_delay_s
         self.ids = itertools.count(1)
@@ -157,7 +179,7 @@ class TaskWorkload(Workload):
         process = ctx.recorder.new_process()
         while not ctx.stop.is_set():
             tid = f"t{next(self.ids)}"
-            inv = self.invoke(process, "enqueue", tid, tid, node)
+            inv = self.invoke(process, "enqueue", tid, tid, node, max_attempts=self.max_attempts)
             answer = await ctx.client.request(node, "POST", f"/v1/tasks/{self.namespace}", body={
                 "id": tid, "payload": tid, "max_attempts": self.max_attempts, "backoff_ms": 100})
             etype, error = outcome(answer, (201,), fail_statuses=(409,))
@@ -204,6 +226,8 @@ class TaskWorkload(Workload):
             await asyncio.sleep(self.rng.uniform(0.0, 0.02))
         if not draining and self.slow_share <= roll < self.slow_share + self.fail_share:
             action, body = "fail", {"fence": fence, "error": f"p{process} gave up"}
+            if self.rng.random() < self.give_up_share:
+                body["retry"] = False
         else:
             action, body = "complete", {"fence": fence, "result": {"by": f"p{process}", "fence": fence}}
         inv = self.invoke(process, action, tid, body, node, fence=fence)
@@ -250,8 +274,8 @@ class TaskWorkload(Workload):
             if not cursor:
                 break
         etype, error = outcome(answer, (200,))
-        value = {t["id"]: {"state": t["state"], "attempts": t["attempts"], "result": t.get("result")}
-                 for t in tasks} if etype == "ok" else None
+        value = {t["id"]: {"state": t["state"], "attempts": t["attempts"], "max_attempts": t.get("max_attempts"),
+                           "result": t.get("result")} for t in tasks} if etype == "ok" else None
         if inv is not None:
             self.complete(inv, etype, value, error, answer)
         return tasks if etype == "ok" else None
