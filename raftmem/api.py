@@ -319,18 +319,37 @@ class ClientGone(Exception):
     """The client of a waiting request disconnected; the request was cancelled."""
 
 
-async def _while_connected(request: web.Request, work: Awaitable[Reply]) -> Reply:
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _while_connected(request: web.Request, work: Awaitable[Reply],
+                           give_back: Callable[[Reply], Awaitable[object]]) -> Reply:
     """Run `work` while the client stays connected, and cancel it when the client
     goes: a waiter that can no longer learn of its lock or task gives up its
-    place (the service gives back what a proposal in flight wins)."""
+    place (the service gives back what a proposal in flight wins). A client
+    found gone only once `work` succeeded (it left after the acquisition or
+    claim committed, before the answer could be written) gets what it won
+    given back (`give_back(reply)`), not held until its lease runs out. A
+    client that goes after this last look, while the answer is written, still
+    leaves it held until the lease ends: narrowed, not closed."""
     task = asyncio.ensure_future(work)
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
             if done:
-                return task.result()
-            transport = request.transport
-            if transport is None or transport.is_closing():
+                reply = task.result()
+                if not (_gone(request) and 200 <= reply.status < 300 and reply.status != 204):
+                    return reply
+                try:
+                    await give_back(reply)
+                except Exception as e:  # noqa: BLE001 (the lease or claim runs out instead)
+                    log.warning("%s %s: giving back what a departed client won failed: %s",
+                                request.method, request.path, e)
+                raise ClientGone(f"{request.method} {request.path}: the client disconnected; what it won "
+                                 "was given back")
+            if _gone(request):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -431,7 +450,8 @@ class Api:
     async def lock_acquire(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["namespace"], request.match_info["name"]
         call = _call(request, await request.read())
-        return _reply(await _while_connected(request, self.service.locks.acquire(ns, name, call)))
+        return _reply(await _while_connected(request, self.service.locks.acquire(ns, name, call),
+                                             lambda reply: self.service.locks.give_back(ns, name, reply)))
 
     async def lock_renew(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["namespace"], request.match_info["name"]
@@ -450,8 +470,10 @@ class Api:
                                                        _call(request, await request.read())))
 
     async def task_claim(self, request: web.Request) -> web.Response:
+        ns = request.match_info["namespace"]
         call = _call(request, await request.read())
-        return _reply(await _while_connected(request, self.service.tasks.claim(request.match_info["namespace"], call)))
+        return _reply(await _while_connected(request, self.service.tasks.claim(ns, call),
+                                             lambda reply: self.service.tasks.give_back(ns, reply)))
 
     async def task_settle(self, request: web.Request) -> web.Response:
         ns, tid, action = (request.match_info[k] for k in ("namespace", "id", "action"))

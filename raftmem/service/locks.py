@@ -75,6 +75,13 @@ class Locks(Coordinating):
         timeout_s = (wait_ms + self.limits.write_timeout_ms) / 1000
         return await self.router.on_leader(shard, forwarded, local, is_write=True, timeout_s=timeout_s)
 
+    async def give_back(self, ns: str, name: str, acquired: Reply) -> None:
+        """Release a lock acquired for a client that is gone (found gone once
+        the acquisition committed, before its answer was written), at the
+        lock's leader, here or forwarded."""
+        fence = int(acquired.json()["fence"])
+        await self.release(ns, name, Call("DELETE", f"/v1/locks/{ns}/{name}", {"fence": str(fence)}))
+
     async def _local_lock(self, replica: Shard, ns: str, name: str) -> dict[str, Any] | None:
         lock, _ = await replica.read("eventual", lambda s: s.coordination.lock(ns, name, self.clock.wall_ms()))
         return lock

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -98,10 +99,8 @@ class Tasks(Coordinating):
                 return await replica.submit(stamped(command, self.clock.wall_ms()))
 
             async def give_back(done: Committed) -> object:
-                claim = done.result.coord or {}
-                back = SettleTask(ns, str(claim["id"]), int(claim["fence"]), "fail", "claimant went away",
-                                  charge=False)
-                return await replica.submit(stamped(back, self.clock.wall_ms()))
+                return await replica.submit(stamped(_given_back(ns, done.result.coord or {}),
+                                                    self.clock.wall_ms()))
 
             try:
                 done = await self.waiters.run((shard, "tasks", ns, ""), wait_ms / 1000, attempt, give_back)
@@ -114,6 +113,22 @@ class Tasks(Coordinating):
 
         timeout_s = (wait_ms + self.limits.write_timeout_ms) / 1000
         return await self.router.on_leader(shard, forwarded, local, is_write=True, timeout_s=timeout_s)
+
+    async def give_back(self, ns: str, claimed: Reply) -> None:
+        """Return to the queue a task claimed for a client that is gone (found
+        gone once the claim committed, before its answer was written): at the
+        queue's leader without counting an attempt; forwarded (this node does
+        not lead it) as a `fail`, which counts one, as the claim's expiry would."""
+        claim = claimed.json()
+        back = _given_back(ns, claim)
+        call = Call("POST", f"/v1/tasks/{ns}/{back.id}/fail",
+                    body=orjson.dumps({"fence": back.fence, "error": back.result}))
+
+        async def local(replica: Shard) -> Reply:
+            return write_reply(self.node_id, shard, await replica.submit(stamped(back, self.clock.wall_ms())))
+
+        shard = self._queue(ns)
+        await self.router.on_leader(shard, call, local, is_write=True)
 
     async def settle(self, ns: str, tid: str, action: str, call: Call) -> Reply:
         """complete | fail | extend, with the claim's fence."""
@@ -175,3 +190,8 @@ class Tasks(Coordinating):
             return Reply(200, body, headers)
 
         return await self._read(shard, call, read, reply)
+
+
+def _given_back(ns: str, claim: Mapping[str, Any]) -> SettleTask:
+    """A claim nobody can learn of, back to the queue without an attempt counted."""
+    return SettleTask(ns, str(claim["id"]), int(claim["fence"]), "fail", "claimant went away", charge=False)

@@ -221,6 +221,30 @@ def test_forwarded_waiters_do_not_hold_up_other_forwards(cluster: Cluster) -> No
     wait_for(lambda: waiters(cluster, leader) == 0, 30, "the waiters gone")
     assert cluster.request(leader, "DELETE", f"/v1/locks/{ns}/L?fence={held['fence']}")[0] == 200
 
+
+def test_a_client_that_leaves_as_its_acquisition_commits_leaves_no_lock_held(cluster: Cluster) -> None:
+    """Clients that send an acquisition of a free lock and close their
+    connection at once: the acquisition commits (in a few ms) before the
+    node's look for departed clients (every 50 ms), so its answer goes
+    nowhere; the lock is given back, not held for its 60 s lease (review
+    finding 8). Through the leader of each lock and through another node."""
+    ns = _ns()
+    names = [f"l{i}" for i in range(12)]
+    body = orjson.dumps({"holder": "gone", "ttl_ms": 60_000, "wait_ms": 0})
+    for i, name in enumerate(names):
+        leader = leader_node(cluster, ns, name)
+        node = leader if i % 2 else next(n for n in cluster.node_ids if n != leader)
+        sock = socket.create_connection(("127.0.0.1", cluster.http[node]), timeout=5)
+        sock.sendall(f"POST /v1/locks/{ns}/{name} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        sock.close()
+
+    def held() -> list[str]:
+        return [n for n in names if cluster.request("n1", "GET", f"/v1/locks/{ns}/{n}")[0] == 200]
+
+    wait_for(lambda: not held(), 10, "every lock given back")
+
+
 def test_a_lease_that_runs_out_frees_the_lock_and_refuses_the_old_fence(cluster: Cluster) -> None:
     ns = _ns()
     status, stale = acquire(cluster, "n1", ns, "job", "sleepy", ttl_ms=300)
