@@ -201,6 +201,7 @@ class AsyncCoordination:
         `renew_every_ms` (default ttl / 3); when a renewal is refused, or none
         succeeds before the lease might run out, the body is cancelled and
         `LockLost` raised. Pass `if_fence=lease` with the writes it guards."""
+        every_s = _renew_every_s(ttl_ms, renew_every_ms, drift)
         lease = await self.acquire_lock(namespace, name, ttl_ms=ttl_ms, holder=holder, wait_ms=wait_ms, drift=drift)
         body = asyncio.current_task()
         assert body is not None, "lock() runs inside a task"
@@ -212,13 +213,14 @@ class AsyncCoordination:
                 state["stopped"] = True
                 body.cancel()
 
-        keeper = asyncio.ensure_future(_keep(self, lease, (renew_every_ms or ttl_ms // RENEW_FRACTION) / 1000,
-                                             drift, stop))
+        keeper = asyncio.ensure_future(_keep(self, lease, every_s, drift, stop))
         try:
             yield lease
         except asyncio.CancelledError:
-            if state["stopped"] and body.uncancel() == 0:
-                raise LockLost(f"lock {namespace}/{name} (fence {lease.fence}) lost: {lease.lost}") from None
+            if state["stopped"]:
+                state["stopped"] = False
+                if body.uncancel() == 0:
+                    raise LockLost(f"lock {namespace}/{name} (fence {lease.fence}) lost: {lease.lost}") from None
             raise
         finally:
             state["inside"] = False
@@ -228,6 +230,10 @@ class AsyncCoordination:
             if lease.lost is None:
                 with suppress(ClientError):
                     await self.release_lock(lease)
+        if state["stopped"]:
+            # The body swallowed the cancellation that stopped it (or ended
+            # before it landed): take it back, so the task is not left cancelling.
+            body.uncancel()
         lease.check()  # lost while the body ran to its end without awaiting
 
     # -- tasks -----------------------------------------------------------------------
@@ -308,6 +314,21 @@ async def _settle(client: _Core, namespace: str, task_id: str, action: str, body
     return out
 
 
+def _loss_margin_s(ttl_ms: int) -> float:
+    return min(LOSS_MARGIN_S_MAX, ttl_ms / 1000 / 10)
+
+
+def _renew_every_s(ttl_ms: int, renew_every_ms: int | None, drift: float) -> float:
+    """How often lock() renews; a ValueError for an interval that cannot keep
+    the lease (a renewal due only after the body would have been stopped)."""
+    every_s = (renew_every_ms or ttl_ms // RENEW_FRACTION) / 1000
+    keeps_s = ttl_ms / 1000 * (1 - drift) - _loss_margin_s(ttl_ms)
+    if every_s >= keeps_s:
+        raise ValueError(f"renew_every_ms={renew_every_ms} cannot keep a lease of ttl_ms={ttl_ms}: renew well "
+                         f"within {keeps_s * 1000:.0f} ms (the ttl less the drift bound and the loss margin)")
+    return every_s
+
+
 def _valid_until(sent: float, ttl_ms: int, drift: float) -> float:
     """Until when (this client's monotonic clock) the lease certainly holds: it
     began when the leader applied the request (or, replayed for a retry, its
@@ -316,8 +337,9 @@ def _valid_until(sent: float, ttl_ms: int, drift: float) -> float:
 
 
 async def _keep(client: _Core, lease: Lease, every_s: float, drift: float, stop: Callable[[str], None]) -> None:
-    """Renew `lease` every `every_s` until cancelled; `stop(why)` once it is lost."""
-    margin = min(LOSS_MARGIN_S_MAX, lease.ttl_ms / 1000 / 10)
+    """Renew `lease` every `every_s` until cancelled; `stop(why)` once it is lost
+    (a renewal refused, none succeeding in time, or one failing unexpectedly)."""
+    margin = _loss_margin_s(lease.ttl_ms)
     next_at = time.monotonic() + every_s
     while True:
         now = time.monotonic()
@@ -329,6 +351,7 @@ async def _keep(client: _Core, lease: Lease, every_s: float, drift: float, stop:
             continue
         left = lease.valid_until - margin - time.monotonic()
         if left <= RENEW_RETRY_S:
+            await asyncio.sleep(max(0.0, left))  # no renewal fits in what is left: wait for the end
             continue
         try:
             await client.renew_lock(lease, retry=RetryPolicy(attempts_max=3, deadline_s=left), drift=drift)
@@ -338,6 +361,9 @@ async def _keep(client: _Core, lease: Lease, every_s: float, drift: float, stop:
         except ClientError:
             next_at = time.monotonic() + RENEW_RETRY_S  # try again while the lease lasts
             continue
+        except Exception as e:  # noqa: BLE001 (not one the client knows: the lease is not kept)
+            stop(f"renewal failed: {type(e).__name__}: {e}")
+            return
         next_at = time.monotonic() + every_s
 
 
@@ -386,6 +412,7 @@ class SyncCoordination:
         is called (on the client's thread: it must not block), and leaving the
         block raises LockLost. Guarded writes carry `if_fence=lease`, which the
         store refuses once the lock moved on."""
+        every_s = _renew_every_s(ttl_ms, renew_every_ms, drift)
         lease: Lease = self._run(self._async.acquire_lock(namespace, name, ttl_ms=ttl_ms, holder=holder,
                                                           wait_ms=wait_ms, drift=drift))
 
@@ -394,7 +421,6 @@ class SyncCoordination:
             if on_lost is not None:
                 on_lost(lease)
 
-        every_s = (renew_every_ms or ttl_ms // RENEW_FRACTION) / 1000
         keeper: asyncio.Task[None] = self._run(_start(_keep(self._async, lease, every_s, drift, stop)))
         try:
             yield lease

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -161,3 +162,63 @@ async def test_a_claim_whose_retry_finds_it_over_claims_nothing() -> None:
     client = WireFake({"POST": [over, Response(200, {"id": "t", "fence": 3}, {})]})
     assert await client.claim_task("q", lease_ms=1000) is None
     assert (await client.claim_task("q", lease_ms=1000))["fence"] == 3
+
+
+class Boom(RuntimeError):
+    pass
+
+
+async def test_a_renewal_that_fails_unexpectedly_stops_the_body() -> None:
+    """Not a ClientError (a bug, a decoding error): the keeper stops the body
+    rather than dying silently and leaving it to run past the lease."""
+    client = FakeClient("ok")
+
+    async def explode(lease: Lease, ttl_ms: int | None = None, *, retry: Any = None, drift: float = 0.1) -> Lease:
+        raise Boom("unexpected")
+
+    client.renew_lock = explode  # type: ignore[method-assign]
+    with pytest.raises(LockLost) as lost:
+        async with client.lock("ns", "l", ttl_ms=300):
+            await asyncio.sleep(2)
+    assert "unexpected" in str(lost.value)
+
+
+async def test_the_keeper_does_not_spin_when_no_renewal_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Renewals keep failing; in the last RENEW_RETRY_S before the lease could
+    run out no renewal is worth sending: the keeper sleeps, it does not spin."""
+    import raftmem.client.coordination as cc
+
+    looks = {"n": 0}
+    real = time.monotonic
+
+    def counted() -> float:
+        looks["n"] += 1
+        return real()
+
+    monkeypatch.setattr(cc, "time", SimpleNamespace(monotonic=counted, time=time.time))
+    client = FakeClient("unavailable")
+    with pytest.raises(LockLost):
+        async with client.lock("ns", "l", ttl_ms=1000):
+            await asyncio.sleep(5)
+    assert looks["n"] < 200, looks
+
+
+@pytest.mark.parametrize("every_ms", [900, 1000, 5000])
+async def test_a_renewal_interval_that_cannot_keep_the_lease_is_refused(every_ms: int) -> None:
+    client = FakeClient()
+    with pytest.raises(ValueError, match="renew_every_ms"):
+        async with client.lock("ns", "l", ttl_ms=1000, renew_every_ms=every_ms):
+            pass
+    assert client.released == []  # refused before acquiring
+
+
+async def test_a_body_that_swallows_the_stop_is_uncancelled_and_told() -> None:
+    client = FakeClient("refused")
+    with pytest.raises(LockLost):
+        async with client.lock("ns", "l", ttl_ms=300):
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                pass  # e.g. a library that catches and cleans up
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    await asyncio.sleep(0.01)
