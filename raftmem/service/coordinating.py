@@ -32,11 +32,15 @@ def waiting_call(call: Call, body: dict[str, Any], wait_ms: int) -> Call:
                 call.hops, waits=wait_ms > 0)
 
 
+def left_ms(wait_ms: int, started: float) -> int:
+    """What is left of a wait of `wait_ms` that began at `started` (monotonic)."""
+    return max(0, wait_ms - int((time.monotonic() - started) * 1000))
+
+
 def moved(forwarded: Call, body: dict[str, Any], wait_ms: int, started: float) -> None:
     """Leadership moved while waiting here: the router forwards `forwarded` to
-    the new leader, with the wait that is left."""
-    left = max(0, wait_ms - int((time.monotonic() - started) * 1000))
-    forwarded.body = orjson.dumps({**body, "wait_ms": left})
+    the new leader (or runs the wait here again), with the wait that is left."""
+    forwarded.body = orjson.dumps({**body, "wait_ms": left_ms(wait_ms, started)})
 
 
 class Coordinating:

@@ -16,7 +16,7 @@ from ..commands import AcquireLock, Committed, ReleaseLock, RenewLock, stamped
 from ..errors import InvalidRequest, LockHeld, NoLeader, NotFound
 from ..shard import MemoryReader, Shard
 from .calls import Call, Reply
-from .coordinating import Coordinating, moved, waiting_call
+from .coordinating import Coordinating, left_ms, moved, waiting_call
 from .outcomes import write_reply
 
 ACQUIRE_FIELDS = frozenset({"holder", "ttl_ms", "wait_ms"})
@@ -44,12 +44,12 @@ class Locks(Coordinating):
         wait_ms = v.json_int("wait_ms", body.get("wait_ms"), 0, 0, self.co.wait_ms_max)
         command = AcquireLock(ns, name, holder, ttl_ms, v.idempotency_key(call.header("Idempotency-Key")))
         forwarded = waiting_call(call, body, wait_ms)
+        started = time.monotonic()  # the router may run `local` twice (a leadership change that comes back)
 
         async def attempt(replica: Shard) -> Committed:
             return await replica.submit(stamped(command, self.clock.wall_ms()))
 
         async def local(replica: Shard) -> Reply:
-            started = time.monotonic()
 
             async def give_back(done: Committed) -> object:
                 fence = int((done.result.coord or {})["fence"])
@@ -60,8 +60,8 @@ class Locks(Coordinating):
                 return float("inf") if expires_at is None else (int(expires_at) - self.clock.wall_ms()) / 1000
 
             try:
-                done = await self.waiters.run((shard, "lock", ns, name), wait_ms / 1000, lambda: attempt(replica),
-                                              give_back, retry_in_s)
+                done = await self.waiters.run((shard, "lock", ns, name), left_ms(wait_ms, started) / 1000,
+                                              lambda: attempt(replica), give_back, retry_in_s)
             except NoLeader:
                 moved(forwarded, body, wait_ms, started)
                 raise

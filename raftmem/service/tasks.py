@@ -20,7 +20,7 @@ from ..errors import InvalidRequest, NoLeader, NotFound, PayloadTooLarge
 from ..shard import MemoryReader, Shard
 from ..shardhash import queue_shard
 from .calls import Call, Reply
-from .coordinating import Coordinating, moved, waiting_call
+from .coordinating import Coordinating, left_ms, moved, waiting_call
 from .memories import TIME_KEY_RE
 from .outcomes import write_reply
 
@@ -91,9 +91,9 @@ class Tasks(Coordinating):
         wait_ms = v.json_int("wait_ms", body.get("wait_ms"), 0, 0, self.co.wait_ms_max)
         command = ClaimTask(ns, worker, self._lease(body), v.idempotency_key(call.header("Idempotency-Key")))
         forwarded = waiting_call(call, body, wait_ms)
+        started = time.monotonic()  # the router may run `local` twice (a leadership change that comes back)
 
         async def local(replica: Shard) -> Reply:
-            started = time.monotonic()
 
             async def attempt() -> Committed:
                 return await replica.submit(stamped(command, self.clock.wall_ms()))
@@ -103,7 +103,8 @@ class Tasks(Coordinating):
                                                     self.clock.wall_ms()))
 
             try:
-                done = await self.waiters.run((shard, "tasks", ns, ""), wait_ms / 1000, attempt, give_back)
+                done = await self.waiters.run((shard, "tasks", ns, ""), left_ms(wait_ms, started) / 1000, attempt,
+                                              give_back)
             except NoLeader:
                 moved(forwarded, body, wait_ms, started)
                 raise
