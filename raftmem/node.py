@@ -87,6 +87,8 @@ class Node:
 
     async def start(self) -> None:
         check_ports_free(self.config, self.me)
+        for warning in debug_warnings(self.config):
+            log.warning("node %s: %s", self.node_id, warning)
         if not self.config.auth.enabled and not is_loopback(self.me.host):
             log.warning(
                 "node %s: the API on %s is open to anyone who can reach it; set auth.cluster_token "
@@ -246,6 +248,25 @@ class Node:
             replica.close()
         self.feed.close()
         log.info("node %s: stopped", self.node_id)
+
+
+# What each debug switch does (config `debug:`, the harness's faults and negative controls).
+DEBUG_EFFECTS = {
+    "unsafe_local_reads": "UNSAFE: strong reads are served locally without a lease or ReadIndex",
+    "unsafe_early_ack": "UNSAFE: writes are acknowledged before they commit",
+    "disable_prevote": "UNSAFE: Raft pre-vote is off",
+    "unsafe_skip_fence_check": "UNSAFE: fences are not checked: a lock protects no write, and a stale claim "
+                               "settles a task",
+    "slow_snapshot_disk": "a fault: each snapshot install takes 3 s longer",
+    "inline_snapshot_install": "snapshots are installed on the event loop, which stalls the node",
+}
+
+
+def debug_warnings(config: Config) -> list[str]:
+    """One warning per debug switch that is on: they exist for the harness's
+    fault tests and negative controls, never for production."""
+    return [f"debug.{name} is on: {DEBUG_EFFECTS.get(name, 'a debug switch')} (for tests only, never in production)"
+            for name, on in sorted(config.debug.items()) if on]
 
 
 def _load_peers(directory: Path) -> list[str] | None:

@@ -38,7 +38,7 @@ from .calls import Call, ForwardLost, ForwardNotSent, Reply, public
 from .leaders import Router
 from .memories import checked_fence, derived_id, fenced_id
 from .outcomes import error_for, write_reply
-from .queries import Queries
+from .queries import Queries, not_fenced
 
 BATCH_KINDS = ("put", "get", "delete", "create")
 INTERNAL_BATCH_PATH = "/v1/internal/batch"
@@ -157,6 +157,7 @@ class Batches:
                              idempotency_key=idem,
                              if_fence=checked_fence(self.router, self.limits, ns, mid, headers.get("If-Fence")))
         else:
+            not_fenced(headers.get("If-Fence"))
             v.consistency(query.get("consistency"))
         op_call = Call("GET", f"/v1/memories/{ns}/{mid}", query, headers, b"", call.hops)
         return _Op(i, kind, ns, mid, self.router.shard_of(ns, mid), command, op_call, wire)

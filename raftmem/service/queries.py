@@ -32,6 +32,14 @@ class _ListPart:
     staleness_ms: int | None = None
 
 
+
+def not_fenced(if_fence: str | None) -> None:
+    """Reads are not fenced: If-Fence on one is refused, not ignored (a client
+    could believe its read was checked against the lock)."""
+    if if_fence is not None:
+        raise InvalidRequest("If-Fence applies to writes (PUT, DELETE, POST, batch put and delete), not to reads",
+                             field="If-Fence")
+
 class Queries:
     def __init__(self, config: Config, router: Router, clock: Clock) -> None:
         self.config = config
@@ -44,6 +52,7 @@ class Queries:
     async def get(self, ns: str, mid: str, call: Call) -> Reply:
         v.name("namespace", ns, self.limits.namespace_chars_max)
         v.name("id", mid, self.limits.id_chars_max)
+        not_fenced(call.header("If-Fence"))
         shard_id = self.router.shard_of(ns, mid)
         q = call.query
         level = v.consistency(q.get("consistency") or call.header("X-Raftmem-Consistency"))
@@ -114,6 +123,7 @@ class Queries:
 
     async def list(self, ns: str, call: Call) -> Reply:
         v.name("namespace", ns, self.limits.namespace_chars_max)
+        not_fenced(call.header("If-Fence"))
         query = self._list_query(ns, call)
         level = self._list_level(call, query.tag)
         parts = await asyncio.gather(

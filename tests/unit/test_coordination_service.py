@@ -1,12 +1,15 @@
 """The lock and task services over a fake shard (no Raft): a wait that has to
 start again here (the proposal was refused by a leadership change that came
-back to this node) waits only what is left of `wait_ms`, not `wait_ms` again."""
+back to this node) waits only what is left of `wait_ms`, not `wait_ms` again;
+If-Fence on a read is refused, not ignored; a node warns of its debug
+switches (unsafe_skip_fence_check among them)."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
 
+import orjson
 import pytest
 
 from raftmem.commands import ClaimTask, Command, Committed, Outcome, Result
@@ -61,3 +64,40 @@ async def test_a_wait_restarted_here_waits_only_what_is_left(what: str, monkeypa
         assert (await service.tasks.claim(NS, call)).status == 204
     elapsed = time.monotonic() - started
     assert shard.stumbled and elapsed < WAIT_MS / 1000 + 0.2, elapsed
+
+
+async def test_if_fence_on_a_read_is_a_400_not_ignored() -> None:
+    """A read is not fenced: If-Fence on a GET, a list or a batch's get was
+    silently ignored (a client could believe its read was checked)."""
+    from raftmem.clock import ManualClock
+    from raftmem.errors import InvalidRequest
+
+    shard = FakeShard(ManualClock(), leading=True)
+    service = MemoryService(CONFIG, "n1", {SHARD: shard}, Table.seed(CONFIG), FakeForwarder(), shard.clock)
+    fence = {"If-Fence": f"{NS}/{MID}:{5 << 16}"}
+    path = f"/v1/memories/{NS}/{MID}"
+    with pytest.raises(InvalidRequest, match="If-Fence"):
+        await service.queries.get(NS, MID, Call("GET", path, {"consistency": "eventual"}, fence))
+    with pytest.raises(InvalidRequest, match="If-Fence"):
+        await service.queries.list(NS, Call("GET", f"/v1/memories/{NS}", {}, fence))
+
+    def batch(**extra: str) -> Call:
+        op = {"op": "get", "namespace": NS, "id": MID, "consistency": "eventual", **extra}
+        return Call("POST", "/v1/batch", body=orjson.dumps({"ops": [op]}))
+
+    refused = (await service.batches.batch(batch(if_fence=fence["If-Fence"]))).json()["results"][0]
+    assert refused["status"] == 400 and "If-Fence" in refused["body"]["error"]["message"]
+    # Controls: the same reads without it are served.
+    assert (await service.queries.get(NS, MID, Call("GET", path, {"consistency": "eventual"}))).status == 200
+    assert (await service.batches.batch(batch())).json()["results"][0]["status"] == 200
+
+
+def test_a_node_warns_of_every_debug_switch_that_is_on() -> None:
+    from raftmem.config.load import _DEBUG_KEYS
+    from raftmem.node import DEBUG_EFFECTS, debug_warnings
+
+    assert set(DEBUG_EFFECTS) == _DEBUG_KEYS  # each says what it does
+    unsafe = dataclasses.replace(CONFIG, debug={"unsafe_skip_fence_check": True, "disable_prevote": False})
+    (warning,) = debug_warnings(unsafe)
+    assert "unsafe_skip_fence_check" in warning and "fences are not checked" in warning
+    assert debug_warnings(CONFIG) == []
