@@ -19,7 +19,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from . import validation as v
-from .auth import Authenticator, need_for
+from .auth import BODY_SCOPED_PATHS, Authenticator, need_for
 from .config import Config
 from .errors import (
     InvalidRequest,
@@ -242,6 +242,9 @@ class HttpForwarder:
             raise ForwardLost(str(e)) from e
 
 
+SCOPE_KEY = "raftmem_scope"  # the namespaces the request's token is limited to
+
+
 def _call(request: web.Request, body: bytes = b"") -> Call:
     try:
         hops = int(request.headers.get(FORWARDED_HEADER, "0"))
@@ -258,6 +261,7 @@ def _call(request: web.Request, body: bytes = b"") -> Call:
         headers=request.headers,
         body=body,
         hops=hops,
+        scope=request.get(SCOPE_KEY),
     )
 
 
@@ -402,6 +406,35 @@ class Api:
     async def internal_batch(self, request: web.Request) -> web.Response:
         return _reply(await self.service.batches.internal(_call(request, await _body(request))))
 
+    # -- recall ---------------------------------------------------------------------------
+    async def search(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.search.search(_call(request, await _body(request))))
+
+    async def search_shard(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.search.shard_internal(_shard(request), _call(request, await _body(request))))
+
+    async def barrier(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.search.barrier_internal(_shard(request), _call(request)))
+
+    async def namespaces(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.recall.namespaces(_call(request)))
+
+    async def namespaces_shard(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.recall.namespaces_internal(_shard(request), _call(request)))
+
+    async def summary(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.recall.summary(request.match_info["namespace"], _call(request)))
+
+    async def summary_shard(self, request: web.Request) -> web.Response:
+        ns = request.match_info["namespace"]
+        return _reply(await self.service.recall.summary_internal(_shard(request), ns, _call(request)))
+
+    async def reindex(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.recall.reindex(_call(request)))
+
+    async def index_status(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.recall.index_status(_call(request)))
+
     async def transfer_leader(self, request: web.Request) -> web.Response:
         return _reply(await self.service.transfers.transfer_leader(_shard(request), _call(request)))
 
@@ -455,11 +488,11 @@ class Api:
 
     async def lock_renew(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["namespace"], request.match_info["name"]
-        return _reply(await self.service.locks.renew(ns, name, _call(request, await request.read())))
+        return _reply(await self.service.locks.renew(ns, name, _call(request, await _body(request))))
 
     async def lock_release(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["namespace"], request.match_info["name"]
-        return _reply(await self.service.locks.release(ns, name, _call(request, await request.read())))
+        return _reply(await self.service.locks.release(ns, name, _call(request, await _body(request))))
 
     async def lock_show(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["namespace"], request.match_info["name"]
@@ -467,7 +500,7 @@ class Api:
 
     async def task_add(self, request: web.Request) -> web.Response:
         return _reply(await self.service.tasks.enqueue(request.match_info["namespace"],
-                                                       _call(request, await request.read())))
+                                                       _call(request, await _body(request))))
 
     async def task_claim(self, request: web.Request) -> web.Response:
         ns = request.match_info["namespace"]
@@ -477,7 +510,7 @@ class Api:
 
     async def task_settle(self, request: web.Request) -> web.Response:
         ns, tid, action = (request.match_info[k] for k in ("namespace", "id", "action"))
-        return _reply(await self.service.tasks.settle(ns, tid, action, _call(request, await request.read())))
+        return _reply(await self.service.tasks.settle(ns, tid, action, _call(request, await _body(request))))
 
     async def task_get(self, request: web.Request) -> web.Response:
         ns, tid = request.match_info["namespace"], request.match_info["id"]
@@ -524,8 +557,9 @@ def build_app(
                 # Who first: nobody without a valid token gets a body read or parsed.
                 token = authenticator.authenticate(request.headers.get("Authorization"), request.path)
                 if token is not None:
-                    body = await _body(request) if request.path == "/v1/batch" else b""
+                    body = await _body(request) if request.path in BODY_SCOPED_PATHS else b""
                     authenticator.authorize(token, need_for(request.method, request.path, request.match_info, body))
+                    request[SCOPE_KEY] = token.namespaces
             response = await handler(request)
         except Exception as e:  # noqa: BLE001 (mapped, or re-raised, in one place)
             response = _error_to_response(request, e)
@@ -568,6 +602,15 @@ def build_app(
     r.add_post("/v1/admin/restore", api.restore)
     r.add_get("/v1/internal/shards/{shard}/snapshot", api.shard_snapshot)
     r.add_post("/v1/internal/shards/{shard}/restore", api.apply_restore)
+    r.add_post("/v1/search", api.search)
+    r.add_get("/v1/namespaces", api.namespaces)
+    r.add_get("/v1/namespaces/{namespace}/summary", api.summary)
+    r.add_post("/v1/admin/reindex", api.reindex)
+    r.add_get("/v1/admin/indexes", api.index_status)
+    r.add_post("/v1/internal/shards/{shard}/search", api.search_shard)
+    r.add_get("/v1/internal/shards/{shard}/barrier", api.barrier)
+    r.add_get("/v1/internal/shards/{shard}/namespaces", api.namespaces_shard)
+    r.add_get("/v1/internal/shards/{shard}/summary/{namespace}", api.summary_shard)
     r.add_get("/healthz", api.healthz)
     r.add_get("/readyz", api.readyz)
     r.add_get("/metrics", api.metrics_handler)

@@ -30,6 +30,8 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 INTERNAL_PREFIX = "/v1/internal/"
 ADMIN_PREFIX = "/v1/admin/"
 BATCH_WRITE_OPS = frozenset({"put", "create", "delete"})
+# Requests whose body names their namespaces (the middleware reads it first).
+BODY_SCOPED_PATHS = frozenset({"/v1/batch", "/v1/search"})
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ def need_for(method: str, path: str, params: Mapping[str, str], body: bytes = b"
         return Need("admin")
     if path == "/v1/batch" and method == "POST":
         return _batch_need(body)
+    if path == "/v1/search" and method == "POST":
+        return _search_need(body)
     namespace = params.get("namespace")
     if namespace is not None:
         return Need("read" if method in ("GET", "HEAD") else "write", frozenset({namespace}))
@@ -67,6 +71,18 @@ def _batch_need(body: bytes) -> Need:
     namespaces = {op["namespace"] for op in ops if isinstance(op, dict) and isinstance(op.get("namespace"), str)}
     writes = any(isinstance(op, dict) and op.get("op") in BATCH_WRITE_OPS for op in ops)
     return Need("write" if writes else "read", frozenset(namespaces))
+
+
+def _search_need(body: bytes) -> Need:
+    """A search of one namespace needs that namespace; a namespace-prefix search
+    needs read, and answers only from the namespaces the token holds (the
+    service restricts it: Call.scope)."""
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        request = None
+    namespace = request.get("namespace") if isinstance(request, dict) else None
+    return Need("read", frozenset({namespace}) if isinstance(namespace, str) else frozenset())
 
 
 class Authenticator:

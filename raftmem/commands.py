@@ -41,6 +41,8 @@ class MemoryFields:
     tags: tuple[str, ...] = ()
     metadata: Mapping[str, Any] = field(default_factory=dict)
     ttl_s: float | None = None
+    # base64 of little-endian float32 (raftmem.embeddings); on the wire only when set
+    embedding: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -53,6 +55,8 @@ class MemoryFields:
         out["metadata"] = dict(self.metadata)
         if self.ttl_s is not None:
             out["ttl_s"] = self.ttl_s
+        if self.embedding is not None:
+            out["embedding"] = self.embedding
         return out
 
     @classmethod
@@ -70,6 +74,7 @@ class MemoryFields:
             tags=tuple(tags),
             metadata=dict(data.get("metadata") or {}),
             ttl_s=ttl,
+            embedding=_opt_str(data, "embedding"),
         )
 
 

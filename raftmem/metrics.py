@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Summa
 
 if TYPE_CHECKING:
     from .consensus import Ticker
+    from .indexing.manager import Indexes
     from .service import MemoryService
     from .storage import MemoryBudget
 
@@ -120,7 +121,8 @@ class _ShardCollector:
 
 
 class Metrics:
-    def __init__(self, ticker: Ticker | None = None, budget: MemoryBudget | None = None) -> None:
+    def __init__(self, ticker: Ticker | None = None, budget: MemoryBudget | None = None,
+                 indexes: Indexes | None = None) -> None:
         self.registry = CollectorRegistry()
         # process_resident_memory_bytes and friends, from /proc.
         ProcessCollector(registry=self.registry)
@@ -134,6 +136,10 @@ class Metrics:
         self._children: dict[tuple[str, str, int], Any] = {}
         self._shards = _ShardCollector(ticker, budget)
         self.registry.register(self._shards)
+        if indexes is not None:
+            from .indexing.metrics import IndexCollector
+
+            self.registry.register(IndexCollector(indexes))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)

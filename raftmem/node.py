@@ -24,6 +24,7 @@ from .coordination import Notice
 from .errors import RaftmemError
 from .events import ChangeFeed
 from .httpserver import ConnectionGuard, Listener
+from .indexing.manager import Indexes
 from .membership import Table, preferred_leaders
 from .metrics import Metrics
 from .replica import EXPIRE_PERIOD_S, ShardReplica
@@ -62,6 +63,8 @@ class Node:
         self.tls = NodeTls(config.tls.for_node(node_id)) if config.tls.enabled else None
         self.forwarder = HttpForwarder(config, self.tls.client if self.tls is not None else None)
         self.listener: Listener | None = None
+        # Derived indexes of every replica here, fed from the feed (raftmem/indexing).
+        self.indexes = Indexes(config, self.feed, self.clock)
         self.service: MemoryService | None = None
         self.known_nodes: dict[str, NodeConfig] = {n.id: n for n in config.nodes}
         self._last_balance = 0.0
@@ -83,6 +86,7 @@ class Node:
                                budget=self.budget, notify=self._wake)
         _save_peers(replica.directory, members)
         self.replicas[shard] = replica
+        self.indexes.attach(replica)
         return replica
 
     async def start(self) -> None:
@@ -107,9 +111,11 @@ class Node:
                 self._start_replica(shard, peers, table)
         self.ticker.start()
         await self.forwarder.start()
-        self.service = MemoryService(self.config, self.node_id, self.replicas, table, self.forwarder, self.clock)
+        self.service = MemoryService(self.config, self.node_id, self.replicas, table, self.forwarder, self.clock,
+                                     indexes=self.indexes)
+        await self.indexes.start()
         guard = ConnectionGuard(self.config.limits)
-        app = build_app(self.service, self.config, Metrics(self.ticker, self.budget), guard)
+        app = build_app(self.service, self.config, Metrics(self.ticker, self.budget, self.indexes), guard)
         self.listener = Listener(app, guard)
         await self.listener.start(self.me.host, self.me.http_port, self.tls.server if self.tls is not None else None)
         self._tasks.append(asyncio.create_task(self._reaper()))
@@ -170,6 +176,7 @@ class Node:
                 # one failure fewer.
                 log.info("node %s: dropping shard %d (no longer assigned here)", self.node_id, shard)
                 del self.replicas[shard]
+                await self.indexes.detach(shard, delete=True)
                 await asyncio.to_thread(replica.drop)
                 self.feed.shard_dropped(shard)
 
@@ -243,6 +250,9 @@ class Node:
         if self.listener is not None:
             await self.listener.stop()
         await self.forwarder.close()
+        await self.indexes.stop()
+        if self.service is not None:
+            await self.service.recall.close()
         self.ticker.stop()
         for replica in self.replicas.values():
             replica.close()

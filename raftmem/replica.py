@@ -358,6 +358,7 @@ class ShardReplica:
             outcomes=dict(self.outcomes),
             commit_seconds_sum=self.commit_seconds_sum,
             replication_lag=group.replication_lag(),
+            io_bytes=self.store.io_stats(),
             **counters,
         )
 

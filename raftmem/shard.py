@@ -17,7 +17,8 @@ This module imports only the command types, the config and the change types.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import builtins
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -45,6 +46,15 @@ class ListQuery:
     until_ms: int = TIME_MAX
     after: tuple[int, str] | None = None  # (created_at, id) of the last item already seen
     limit: int = 100
+
+
+@dataclass
+class RecordScan:
+    """Every memory a replica stored as of `applied` (a storage snapshot):
+    `records` yields (key, JSON bytes) and may be consumed on another thread."""
+
+    applied: int
+    records: Iterator[tuple[bytes, bytes]]
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,22 @@ class MemoryReader(Protocol):
         ...
     @property
     def coordination(self) -> CoordinationReader: ...
+
+    def record_scan(self) -> RecordScan:
+        """Every stored memory as of now (derived indexes rebuild from it)."""
+        ...
+
+    def namespace_scan(self, ns: str) -> RecordScan:
+        """The memories of one namespace as of now (summaries read it)."""
+        ...
+
+    def namespaces(self, prefix: str, after: str | None, limit: int) -> builtins.list[str]:
+        """Namespaces with memories here, in order, starting with `prefix`."""
+        ...
+
+    def dims_of(self, ns: str) -> int | None:
+        """The dimension of the namespace's embeddings here, if it has any."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -173,6 +199,7 @@ class ShardStats:
     outcomes: dict[str, int]
     commit_seconds_sum: float
     replication_lag: dict[str, int] = field(default_factory=dict)  # leaders: per follower
+    io_bytes: dict[str, int] = field(default_factory=dict)  # RocksDB's bytes written (storage.IO_STATS)
 
 
 class Shard(Protocol):

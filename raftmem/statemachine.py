@@ -32,6 +32,8 @@ order is time order):
     s NUL members                                     -> membership table (shard 0 only)
     e NUL index(8) seq(4)                             -> change (JSON, Change.to_log): the change
                                                          log, the last `events_retention` indexes
+    v NUL dims NUL ns                                 -> the dimension of the namespace's embeddings
+                                                         on this shard (4), set by its first one
 
 The change log is written by apply in the entry's own batch, so it is exactly
 the committed changes, survives crashes with the data, and travels inside
@@ -49,13 +51,14 @@ applies their commands for this module; its docstring has the details):
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import codec
+from . import codec, embeddings
 from .commands import (
     AcquireLock,
     ClaimTask,
@@ -81,12 +84,12 @@ from .commands import (
 )
 from .coordination import Coordination, Notice
 from .events import Change, ChangeKind, ChangePage, Compacted
-from .shard import TIME_MAX, ListQuery
+from .shard import TIME_MAX, ListQuery, RecordScan
 from .storage import Batch, Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Applied", "ListQuery", "StateMachine", "is_live", "memory_key"]
+__all__ = ["Applied", "ListQuery", "RecordScan", "StateMachine", "is_live", "memory_key"]
 
 APPLIED_KEY = b"m\x00applied"
 RECORD_FIELDS = (
@@ -102,6 +105,8 @@ MEMORY_PREFIX, MEMORY_END = b"d\x00", b"d\x01"
 EXPIRY_PREFIX, EXPIRY_END = b"x\x00", b"x\x01"
 EVENT_PREFIX, EVENT_END = b"e\x00", b"e\x01"
 EVENTS_FROM_KEY = b"m\x00events_from"
+DIMS_PREFIX = b"v\x00dims\x00"
+CREATED_PREFIX = b"c\x00"
 # The change log is trimmed once it holds this many indexes past its retention
 # (a fraction of it, at least this many): one range delete now and then, not one per entry.
 EVENT_TRIM_SLACK_MIN = 256
@@ -419,6 +424,10 @@ class StateMachine:
                     version=current,
                 )
         fields = op.fields
+        if fields.embedding is not None:
+            refused = self._check_dims(work, ns, embeddings.dims(fields.embedding))
+            if refused is not None:
+                return refused
         rec = {
             "namespace": ns,
             "id": mid,
@@ -433,8 +442,23 @@ class StateMachine:
             "version": (old["version"] + 1) if old else 1,
             "rev": work.index,
         }
+        if fields.embedding is not None:
+            rec["emb"] = fields.embedding
         self._write_record(work, key, old, rec, old_live)
         return Result(Outcome.UPDATED if old_live else Outcome.CREATED, memory=rec)
+
+    def _check_dims(self, work: _Entry, ns: str, dims: int) -> Result | None:
+        """A namespace's embeddings have one dimension (its first one's, on this
+        shard): a put with another is refused, deterministically."""
+        key = DIMS_PREFIX + ns.encode()
+        known = self._get(key, work.overlay)
+        if known is None:
+            work.overlay[key] = {"dims": dims}
+            work.batch.put(key, codec.dumps({"dims": dims}))
+        elif known["dims"] != dims:
+            return Result(Outcome.INVALID_OPERATION,
+                          f"embedding has {dims} dimensions; namespace {ns} holds embeddings of {known['dims']}")
+        return None
 
     def _apply_members(self, work: _Entry, op: SetMembers) -> Result:
         """Compare-and-set of the membership table (kept in shard 0)."""
@@ -462,6 +486,8 @@ class StateMachine:
         rec["version"] = int(rec["version"])
         rec["created_at"] = int(rec["created_at"])
         rec["rev"] = work.index
+        if src.get("emb"):
+            rec["emb"] = src["emb"]
         key = memory_key(rec["namespace"], rec["id"])
         old = self._get(key, work.overlay)
         self._write_record(work, key, old, rec, old)
@@ -613,3 +639,34 @@ class StateMachine:
     def iter_records(self) -> Iterator[dict[str, Any]]:
         for _, raw in self.store.scan(MEMORY_PREFIX, MEMORY_END):
             yield codec.loads(raw)
+
+    def record_scan(self) -> RecordScan:
+        """Every stored memory as of now, with the applied index they are the
+        state of: a RocksDB snapshot, so it may be consumed slowly, on another
+        thread, while apply goes on (derived indexes rebuild from it)."""
+        return RecordScan(self.applied_index, self.store.snapshot_scan(MEMORY_PREFIX, MEMORY_END))
+
+    def namespace_scan(self, ns: str) -> RecordScan:
+        """The memories of one namespace here, as of now (a storage snapshot)."""
+        start = MEMORY_PREFIX + ns.encode() + SEP
+        return RecordScan(self.applied_index, self.store.snapshot_scan(start, MEMORY_PREFIX + ns.encode() + b"\x01"))
+
+    def namespaces(self, prefix: str, after: str | None, limit: int) -> builtins.list[str]:
+        """Namespaces holding memories here, in byte order, starting with
+        `prefix`, strictly after `after`: one seek per namespace (the creation
+        index has one run of keys per namespace)."""
+        out: builtins.list[str] = []
+        start = CREATED_PREFIX + (after.encode() + b"\x01" if after is not None else prefix.encode())
+        end = CREATED_PREFIX + prefix.encode() + b"\xff"
+        while len(out) < limit:
+            first = next(self.store.scan(start, end), None)
+            if first is None:
+                break
+            ns = first[0][len(CREATED_PREFIX):].split(SEP, 1)[0]
+            out.append(ns.decode())
+            start = CREATED_PREFIX + ns + b"\x01"
+        return out
+
+    def dims_of(self, ns: str) -> int | None:
+        raw = self.store.get(DIMS_PREFIX + ns.encode())
+        return None if raw is None else int(codec.loads(raw)["dims"])

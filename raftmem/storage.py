@@ -21,6 +21,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from rocksdict import (
     AccessType,
@@ -81,6 +82,13 @@ def write_file_atomically(path: Path, data: bytes, durable: bool = True) -> None
         fsync_dir(path.parent)
 
 
+# RocksDB statistics counted as physical bytes written (write amplification).
+IO_STATS = {
+    "rocksdb.wal.bytes": "wal_bytes",
+    "rocksdb.flush.write.bytes": "flush_bytes",
+    "rocksdb.compact.write.bytes": "compaction_bytes",
+}
+
 # One memtable of a replica flushes at this share of the node's memtable budget
 # (RocksDB's default, 64 MiB a memtable and 2 of them, is per database: 8
 # replicas could hold 1 GiB before any flush).
@@ -125,6 +133,17 @@ def _options() -> Options:
     return opts
 
 
+def _range(it: Any, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """What a rocksdict iterator holds in [start, end), ascending."""
+    it.seek(start)
+    while it.valid():
+        key = it.key()
+        if key >= end:
+            return
+        yield key, it.value()
+        it.next()
+
+
 class Batch:
     """Puts and deletes that land together or not at all."""
 
@@ -156,14 +175,40 @@ class Store:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._budget = budget
         self._generation = self._recover_generation()
-        self._db = Rdict(str(self._db_path(self._generation)), self._options())
+        # Bytes RocksDB wrote (WAL, flushes, compactions), from its statistics,
+        # for the write-amplification metrics; counts of replaced generations kept.
+        self._io_before: dict[str, int] = {}
+        self._opts = self._options()
+        self._db = Rdict(str(self._db_path(self._generation)), self._opts)
         # The journal is the source of truth and is fsynced per raft.fsync; the
         # RocksDB WAL need not be synced: whatever it loses is re-applied from
         # the log at restart (apply is idempotent by index).
         self._write_opts = WriteOptions()
 
     def _options(self) -> Options:
-        return self._budget.options() if self._budget is not None else _options()
+        opts = self._budget.options() if self._budget is not None else _options()
+        opts.enable_statistics()
+        return opts
+
+    def io_stats(self) -> dict[str, int]:
+        """Bytes RocksDB has written for this replica since it opened: its WAL,
+        memtable flushes and compactions (RocksDB's own statistics)."""
+        out = dict.fromkeys(IO_STATS, 0)
+        for line in (self._opts.get_statistics() or "").splitlines():
+            name, _, rest = line.partition(" COUNT : ")
+            if name in IO_STATS:
+                out[IO_STATS[name]] = int(rest.split()[0])
+        return {k: v + self._io_before.get(k, 0) for k, v in out.items()}
+
+    def snapshot_scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Keys in [start, end) as of now (a RocksDB snapshot): consistent however
+        long the caller takes, and safe to consume on another thread while
+        writes go on."""
+        snap = self._db.snapshot()
+        try:
+            yield from _range(snap.iter(), start, end)
+        finally:
+            del snap
 
     def memtable_bytes(self) -> int:
         """This replica's memtables now (RocksDB's cur-size-all-mem-tables)."""
@@ -192,14 +237,7 @@ class Store:
 
     def scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Keys in [start, end), ascending."""
-        it = self._db.iter()
-        it.seek(start)
-        while it.valid():
-            key = it.key()
-            if key >= end:
-                return
-            yield key, it.value()
-            it.next()
+        return _range(self._db.iter(), start, end)
 
     # -- writes ----------------------------------------------------------------
     def commit(self, batch: Batch) -> None:
@@ -269,10 +307,12 @@ class Store:
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staged, target)
         fsync_dir(self.directory)
-        new_db = Rdict(str(target), self._options())
+        new_opts = self._options()
+        new_db = Rdict(str(target), new_opts)
         write_file_atomically(self.directory / CURRENT_FILE, f"{generation}\n".encode())
         old_db, old_path = self._db, self._db_path(self._generation)
-        self._db, self._generation = new_db, generation
+        self._io_before = self.io_stats()
+        self._db, self._generation, self._opts = new_db, generation, new_opts
         old_db.close()
         remove_in_background(old_path)
 
@@ -286,12 +326,7 @@ class Store:
             tar.extractall(str(unpack), members=members, filter="data")
         db = Rdict(str(unpack / SNAPSHOT_DB_DIR), _options(), access_type=AccessType.read_only(False))
         try:
-            it = db.iter()
-            it.seek(start)
-            while it.valid() and it.key() < end:
-                yield it.key(), it.value()
-                it.next()
-            del it
+            yield from _range(db.iter(), start, end)
         finally:
             db.close()
             shutil.rmtree(unpack, ignore_errors=True)

@@ -10,12 +10,13 @@ from typing import Any
 
 import orjson
 
+from . import embeddings
 from .commands import Fence
 from .config import CONSISTENCY_LEVELS, LEVEL_ALIASES, LimitsConfig, canonical_level
 from .errors import InvalidRequest, PayloadTooLarge
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._:-]+")  # fullmatch: "$" would let a final "\n" through
-MEMORY_FIELDS = frozenset({"agent_id", "kind", "content", "tags", "metadata", "ttl_s"})
+MEMORY_FIELDS = frozenset({"agent_id", "kind", "content", "tags", "metadata", "ttl_s", "embedding"})
 TTL_S_MAX = 10 * 365 * 24 * 3600
 # Below a second, a memory could expire between its write and the writer's read
 # (expiry is decided in ms by the leader's clock): refused rather than lost.
@@ -138,6 +139,8 @@ def memory_fields(body: Any, limits: LimitsConfig) -> dict[str, Any]:
                 f"ttl_s must be in [{TTL_S_MIN:g}, {TTL_S_MAX}] seconds (a memory that expires sooner than "
                 f"that could be gone before it is read back)", field="ttl_s")
         out["ttl_s"] = ttl
+    if body.get("embedding") is not None:
+        out["embedding"] = embeddings.pack(embeddings.check_vector("embedding", body["embedding"]))
     return out
 
 

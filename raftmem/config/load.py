@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from .rules import validate
 from .schema import (
     AUTH_ROLES,
     AUTH_SECRET_CHARS_MIN,
+    EMBEDDING_DIMS_MAX,
+    INDEX_TIERS,
     RAFT_PORT_OFFSET,
     SHARDS_MAX,
     STALENESS_MS_MAX,
@@ -25,11 +28,14 @@ from .schema import (
     ConfigError,
     ConsistencyConfig,
     CoordinationConfig,
+    EmbedderConfig,
+    IndexingConfig,
     LimitsConfig,
     NodeConfig,
     RaftConfig,
     StorageConfig,
     TagOverride,
+    TierRule,
     TlsConfig,
     WatchConfig,
     canonical_level,
@@ -39,7 +45,7 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _SECRET_RE = re.compile(r"[!-~]+")
 
 _TOP_KEYS = {"cluster", "replication", "raft", "consistency", "storage", "limits", "watch", "auth", "tls", "debug",
-             "coordination"}
+             "coordination", "indexing"}
 _CLUSTER_KEYS = {"name", "shards", "nodes"}
 _NODE_KEYS = {"id", "host", "http_port", "raft_port_base", "zone", "port", "role"}
 # The design's node roles. In a Raft cluster every node holds replicas and each
@@ -48,6 +54,8 @@ NODE_ROLES = ("primary", "replica", "secondary", "voter")
 _DEBUG_KEYS = {
     "unsafe_local_reads", "unsafe_early_ack", "disable_prevote",
     "slow_snapshot_disk", "inline_snapshot_install", "unsafe_skip_fence_check",
+    # Negative control of search freshness: fresh=true answers without its barrier.
+    "unsafe_search_no_barrier",
 }
 
 
@@ -164,6 +172,7 @@ def parse(data: Any, source: str = "<embedded>") -> Config:
         auth=_parse_auth(_mapping("auth", top.get("auth"))),
         tls=_dataclass_from("tls", TlsConfig, _mapping("tls", top.get("tls"))),
         coordination=_dataclass_from("coordination", CoordinationConfig, _mapping("coordination", top.get("coordination"))),
+        indexing=_parse_indexing(_mapping("indexing", top.get("indexing"))),
         debug={k: bool(v) for k, v in debug.items()},
         source=source,
     )
@@ -254,6 +263,53 @@ def _parse_auth(raw: Mapping[str, Any]) -> AuthConfig:
             raise ConfigError(f"{section}: the same token is configured twice")
         tokens.append(ApiToken(name=name, sha256=digest, role=role, namespaces=namespaces))
     return AuthConfig(cluster_token=cluster_token, cluster_tokens_also_accepted=tuple(also), tokens=tuple(tokens))
+
+
+def _parse_indexing(raw: Mapping[str, Any]) -> IndexingConfig:
+    """`indexing:` (tiers in the shape of the consistency overrides)."""
+    section = "indexing"
+    plain = {k: v for k, v in raw.items() if k not in ("tiers", "embedder", "default_tier")}
+    base: IndexingConfig = _dataclass_from(section, IndexingConfig, plain)
+    tiers = base.tiers
+    if "tiers" in raw:
+        rules = []
+        for i, item in enumerate(raw.get("tiers") or []):
+            where = f"{section}.tiers[{i}]"
+            item = _mapping(where, item)
+            _check_keys(where, item, {"tags", "tier"})
+            tags = item.get("tags")
+            if not isinstance(tags, list) or not tags or not all(isinstance(t, str) for t in tags):
+                raise ConfigError(f"{where}.tags: must be a non-empty list of strings")
+            if item.get("tier") not in INDEX_TIERS:
+                raise ConfigError(f"{where}.tier: one of {', '.join(INDEX_TIERS)}")
+            rules.append(TierRule(tuple(tags), str(item["tier"])))
+        tiers = tuple(rules)
+    default_tier = raw.get("default_tier", base.default_tier)
+    if default_tier not in INDEX_TIERS:
+        raise ConfigError(f"{section}.default_tier: one of {', '.join(INDEX_TIERS)}")
+    embedder = None
+    if raw.get("embedder") is not None:
+        emb = _mapping(f"{section}.embedder", raw["embedder"])
+        _check_keys(f"{section}.embedder", emb, {"url", "model", "dims", "timeout_ms"})
+        if not isinstance(emb.get("url"), str) or not str(emb["url"]).startswith(("http://", "https://")):
+            raise ConfigError(f"{section}.embedder.url: an http(s) URL of an OpenAI-compatible server")
+        if not isinstance(emb.get("model"), str) or not emb["model"]:
+            raise ConfigError(f"{section}.embedder.model: the model name to ask for")
+        embedder = EmbedderConfig(
+            url=str(emb["url"]).rstrip("/"), model=str(emb["model"]),
+            dims=_int(f"{section}.embedder", "dims", emb.get("dims"), 1, EMBEDDING_DIMS_MAX),
+            timeout_ms=_int(f"{section}.embedder", "timeout_ms", emb.get("timeout_ms", 5000), 1, 600_000),
+        )
+    config = replace(base, tiers=tiers, default_tier=str(default_tier), embedder=embedder)
+    if config.batch_docs < 1 or config.batch_docs > config.batch_docs_max:
+        raise ConfigError(f"{section}.batch_docs: must be in [1, batch_docs_max ({config.batch_docs_max})]")
+    if config.queue_docs_max < config.batch_docs:
+        raise ConfigError(f"{section}.queue_docs_max: must be at least batch_docs ({config.batch_docs})")
+    if config.text_heap_bytes < 15_000_000:
+        raise ConfigError(f"{section}.text_heap_bytes: tantivy needs at least 15000000")
+    if config.checkpoint_s < 1:
+        raise ConfigError(f"{section}.checkpoint_s: at least 1")
+    return config
 
 
 def _check_secret(where: str, secret: str) -> None:

@@ -254,6 +254,60 @@ class WatchConfig:
     retention_entries: int = 100_000
 
 
+INDEX_TIERS = ("eager", "batched", "lazy")  # strictest first
+EMBEDDING_DIMS_MAX = 4096
+
+
+@dataclass(frozen=True)
+class TierRule:
+    """Changes to memories with any of `tags` are indexed in `tier`."""
+
+    tags: tuple[str, ...]
+    tier: str
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    """An OpenAI-compatible embeddings endpoint (POST {url}/v1/embeddings)."""
+
+    url: str
+    model: str
+    dims: int
+    timeout_ms: int = 5000
+
+
+@dataclass(frozen=True)
+class IndexingConfig:
+    """Derived indexes (text, vector, summaries) of each shard replica
+    (raftmem/indexing/DESIGN.md)."""
+
+    enabled: bool = True
+    default_tier: str = "batched"
+    tiers: tuple[TierRule, ...] = (TierRule(("critical", "lock"), "eager"),)
+    # A batched change is absorbed within batch_ms, or sooner once batch_docs wait.
+    batch_ms: int = 200
+    batch_docs: int = 512
+    # Changes waiting per replica index; past it writes to the shard answer 429.
+    queue_docs_max: int = 20_000
+    # Batches grow (up to batch_docs_max) while the oldest waiting change is older than this.
+    queue_age_target_ms: int = 1000
+    batch_docs_max: int = 4096
+    # A lazy change is absorbed once the index has been idle this long (or on demand).
+    lazy_idle_ms: int = 2000
+    # The vector index is saved (its durable watermark advanced) at most this often.
+    checkpoint_s: int = 30
+    # tantivy's indexing memory per replica (its minimum is 15 MB).
+    text_heap_bytes: int = 16_000_000
+    # Summaries marked stale by writes are recomputed this often.
+    summary_refresh_ms: int = 1000
+    embedder: EmbedderConfig | None = None
+
+    def tier_for_tags(self, tags: tuple[str, ...] | list[str] | None) -> str:
+        """The strictest tier any of the tags asks for, else the default."""
+        found = [r.tier for r in self.tiers if tags and any(t in r.tags for t in tags)]
+        return min(found, key=INDEX_TIERS.index) if found else self.default_tier
+
+
 @dataclass(frozen=True)
 class Config:
     name: str
@@ -273,6 +327,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
+    indexing: IndexingConfig = field(default_factory=IndexingConfig)
     # Debug switches that make the store unsafe, for the harness's negative
     # controls only. Never set them in production.
     debug: Mapping[str, bool] = field(default_factory=dict)

@@ -12,6 +12,8 @@ by the Shard port (raftmem.shard). One module per concern:
     memories    put, create, delete (typed commands)
     batches     many operations, one log entry per shard, one request per leader node
     queries     get and list (the read protocol itself is raftmem.reads)
+    search      POST /v1/search over the shards' derived indexes
+    recall      namespaces, summaries, reindex, the write path's index hooks
     transfers   leadership transfer, snapshots, backup, restore
     membership  the membership table as an API
     status      GET /v1/cluster, readiness
@@ -27,6 +29,7 @@ from collections.abc import Mapping
 from ..clock import Clock
 from ..config import Config
 from ..coordination import Notice
+from ..indexing.manager import Indexes
 from ..membership import Table
 from ..shard import Shard
 from .batches import INTERNAL_BATCH_PATH, Batches
@@ -49,6 +52,8 @@ from .locks import Locks
 from .membership import Membership
 from .memories import TIME_KEY_RE, Memories
 from .queries import Queries
+from .recall import Recall
+from .search import Search
 from .status import Status
 from .tasks import Tasks
 from .transfers import SCRATCH_DIR, Transfers
@@ -72,16 +77,20 @@ class MemoryService:
         table: Table,
         forwarder: Forwarder,
         clock: Clock,
+        indexes: Indexes | None = None,
     ) -> None:
+        """`indexes`: the node's derived indexes (None: search is unavailable here)."""
         self.config = config
         self.node_id = node_id
         self.router = Router(config, node_id, shards, table, forwarder)
         self.queries = Queries(config, self.router, clock)
-        self.memories = Memories(config, self.router, clock)
+        self.recall = Recall(config, self.router, clock, indexes)
+        self.search = Search(config, self.router, clock, indexes)
+        self.memories = Memories(config, self.router, clock, hooks=self.recall if indexes is not None else None)
         self.batches = Batches(config, self.router, self.queries, clock)
         self.transfers = Transfers(config, self.router, clock)
         self.membership = Membership(config, self.router, self.memories)
-        self.status = Status(config, self.router)
+        self.status = Status(config, self.router, indexes.status if indexes is not None else None)
         self.waiters = Waiters(config.coordination)
         self.locks = Locks(config, self.router, clock, self.waiters)
         self.tasks = Tasks(config, self.router, clock, self.waiters)

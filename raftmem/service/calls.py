@@ -21,6 +21,7 @@ FORWARD_HEADERS = (
     "Content-Type",
 )
 SNAPSHOT_CONTENT_TYPE = "application/octet-stream"
+PRIVATE_FIELDS = ("rev", "emb")
 
 
 @dataclass
@@ -38,6 +39,9 @@ class Call:
     # It may wait at the leader (a lock acquisition or task claim with wait_ms):
     # forwarded over connections of its own, bounded per node.
     waits: bool = False
+    # The namespaces the caller's token is limited to (None: any), for requests
+    # that name none up front (a namespace-prefix search, the namespace list).
+    scope: tuple[str, ...] | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
@@ -101,7 +105,8 @@ def with_context(reply: Reply, context: dict[int, int], batch: bool = False) -> 
 
 
 def public(rec: Mapping[str, Any], shard: int) -> dict[str, Any]:
-    """A stored record as clients see it: its Raft index as a token."""
-    out = {k: val for k, val in rec.items() if k != "rev"}
+    """A stored record as clients see it: its Raft index as a token (the packed
+    embedding stays inside: search answers with it when asked)."""
+    out = {k: val for k, val in rec.items() if k not in PRIVATE_FIELDS}
     out["token"] = f"{shard}:{rec['rev']}"
     return out

@@ -6,10 +6,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from typing import Protocol
 
 from .. import validation as v
 from ..clock import Clock
-from ..commands import Command, Delete, Fence, MemoryFields, Put, stamped
+from ..commands import Command, Committed, Delete, Fence, MemoryFields, Put, stamped
 from ..config import Config, LimitsConfig
 from ..errors import InvalidRequest
 from ..shard import Shard
@@ -60,20 +61,40 @@ def fenced_id(ns: str, mid: str, header: str | None, limits: LimitsConfig, shard
     return colocated_id(ns, fence.name, mid, shards) if fence is not None and fence.namespace == ns else mid
 
 
+class WriteHooks(Protocol):
+    """What the derived indexes ask of a write at the shard leader: a chance
+    to complete the command before it is proposed (server-side embedding), to
+    refuse it while the indexes are too far behind (429), and to hold its
+    answer until the eager tier has absorbed it."""
+
+    async def prepare(self, command: Command) -> Command: ...
+
+    def admit(self, shard: int) -> None: ...
+
+    async def settle(self, shard: int, command: Command, done: Committed) -> None: ...
+
+
 class Memories:
-    def __init__(self, config: Config, router: Router, clock: Clock) -> None:
+    def __init__(self, config: Config, router: Router, clock: Clock, hooks: WriteHooks | None = None) -> None:
         self.config = config
         self.router = router
         self.clock = clock
         self.limits = config.limits
         self.node_id = router.node_id
+        self.hooks = hooks
 
     async def write(self, shard: int, command: Command, call: Call) -> Reply:
         """Propose `command` at `shard`'s leader (here or forwarded)."""
 
         async def local(replica: Shard) -> Reply:
+            final = command
+            if self.hooks is not None:
+                self.hooks.admit(shard)
+                final = await self.hooks.prepare(command)
             # The leader chooses the time before proposing: apply stays deterministic.
-            done = await replica.submit(stamped(command, self.clock.wall_ms()))
+            done = await replica.submit(stamped(final, self.clock.wall_ms()))
+            if self.hooks is not None:
+                await self.hooks.settle(shard, final, done)
             return write_reply(self.node_id, shard, done)
 
         return await self.router.on_leader(shard, call, local, is_write=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..config import Config
@@ -11,19 +12,25 @@ from .leaders import Router
 
 
 class Status:
-    def __init__(self, config: Config, router: Router) -> None:
+    def __init__(self, config: Config, router: Router,
+                 index_status: Callable[[], dict[int, dict[str, Any]]] | None = None) -> None:
+        """`index_status`: the derived indexes' state per shard (shown as `index`)."""
         self.config = config
         self.router = router
         self.node_id = router.node_id
+        self.index_status = index_status
 
     def cluster(self) -> Reply:
         router = self.router
         shards = []
+        indexes = self.index_status() if self.index_status is not None else {}
         for s in range(self.config.shards):
             entry: dict[str, Any] = {"shard": s, "replicas": router.placement.get(s, [])}
             replica = router.local(s)
             if replica is not None:
                 entry.update(replica.status().to_json())
+            if s in indexes:
+                entry["index"] = indexes[s]
             shards.append(entry)
         nodes = [
             {"id": n.id, "url": self.config.url_of(n), "zone": n.zone, "raft_port_base": n.raft_port_base}

@@ -1,0 +1,174 @@
+"""The node's derived indexes: one `ReplicaIndex` per shard replica the node
+holds (started and stopped with the replica), the summaries, a worker pool
+for absorbing, and what the service asks of them (admission of writes, waits
+for absorption, a replica's index for a search, reindex, statistics)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from ..clock import Clock
+from ..commands import Command, Committed, Put
+from ..config import Config
+from ..errors import Unavailable
+from ..events import ChangeFeed
+from ..shard import Shard
+from .queue import EAGER
+from .replica import ReplicaIndex
+from .summaries import Key, Summaries, Summary, compute
+
+log = logging.getLogger(__name__)
+
+# Absorbing threads per node (tantivy and usearch release the GIL while they
+# work; the event loop keeps one core for Raft, HTTP and apply).
+ABSORB_THREADS = 1
+
+
+@dataclass
+class LagView:
+    entries: int
+    ms: int
+
+
+class Indexes:
+    def __init__(self, config: Config, feed: ChangeFeed, clock: Clock) -> None:
+        self.config = config
+        self.indexing = config.indexing
+        self.enabled = config.indexing.enabled
+        self.feed = feed
+        self.clock = clock
+        self.executor = ThreadPoolExecutor(ABSORB_THREADS, thread_name_prefix="absorb")
+        self.replicas: dict[int, ReplicaIndex] = {}
+        self.summaries = Summaries(config.indexing.summary_refresh_ms)
+        self.eager_waits = 0
+        self.eager_wait_failures = 0
+        self._shards: dict[int, Shard] = {}
+
+    async def start(self) -> None:
+        if self.enabled:
+            self.summaries.start(self.refresh_summary)
+
+    def attach(self, shard: Shard) -> None:
+        """A replica started on this node: index it."""
+        self._shards[shard.shard] = shard
+        if not self.enabled or shard.shard in self.replicas:
+            return
+        index = ReplicaIndex(shard, self.indexing, self.feed, self.executor, on_change=self.summaries.mark,
+                             retention_entries=self.config.watch.retention_entries)
+        self.replicas[shard.shard] = index
+        index.start()
+
+    async def detach(self, shard: int, delete: bool) -> None:
+        """The replica stops (`delete`: it is dropped with its data)."""
+        self._shards.pop(shard, None)
+        self.summaries.drop_shard(shard)
+        index = self.replicas.pop(shard, None)
+        if index is not None:
+            await index.stop(delete=delete)
+
+    async def stop(self) -> None:
+        await self.summaries.stop()
+        for shard in list(self.replicas):
+            await self.detach(shard, delete=False)
+        self.executor.shutdown(wait=True)
+
+    def get(self, shard: int) -> ReplicaIndex | None:
+        return self.replicas.get(shard)
+
+    def require(self, shard: int) -> ReplicaIndex:
+        index = self.replicas.get(shard)
+        if index is None:
+            raise Unavailable(f"shard {shard}: no derived index on this node"
+                              + ("" if self.enabled else " (indexing.enabled is false)"), shard=shard)
+        return index
+
+    # -- the write path's hooks ----------------------------------------------------------
+    def admit(self, shard: int) -> None:
+        index = self.replicas.get(shard)
+        if index is not None:
+            index.admit()
+
+    def eager(self, command: Command) -> bool:
+        return isinstance(command, Put) and self.indexing.tier_for_tags(command.fields.tags) == EAGER
+
+    async def settle(self, shard: int, command: Command, done: Committed) -> None:
+        """An eager-tier write is acknowledged once this replica (the leader's)
+        has absorbed it: a search right after sees it."""
+        index = self.replicas.get(shard)
+        if index is None or not done.result.outcome.ok or not self.eager(command):
+            return
+        self.eager_waits += 1
+        try:
+            await index.wait_absorbed(done.index, (EAGER,), self.config.limits.write_timeout_ms / 1000)
+        except Unavailable:
+            # The write is committed: its answer stands; searches wait for it instead.
+            self.eager_wait_failures += 1
+            log.warning("shard %d: eager write %d acknowledged before its index absorbed it", shard, done.index)
+
+    # -- reindex -----------------------------------------------------------------------
+    def reindex(self, shards: list[int]) -> list[int]:
+        started = []
+        for shard in shards:
+            index = self.replicas.get(shard)
+            if index is not None:
+                index.request_rebuild()
+                started.append(shard)
+        return started
+
+    # -- summaries ------------------------------------------------------------------------
+    async def summary(self, shard: int, ns: str, agent: str | None, refresh: bool) -> Summary:
+        key: Key = (shard, ns, agent)
+        cached = self.summaries.get(key)
+        if cached is not None and not refresh:
+            return cached
+        return await self.refresh_summary(key)
+
+    async def refresh_summary(self, key: Key) -> Summary:
+        shard_id, ns, agent = key
+        shard = self._shards.get(shard_id)
+        if shard is None:
+            raise Unavailable(f"shard {shard_id}: no replica on this node", shard=shard_id)
+        before = self.summaries.get(key)
+        if before is not None:
+            before.stale = False  # changes from now on mark it again
+        scan = (await shard.read("eventual", lambda s: s.namespace_scan(ns)))[0]
+        summary = await asyncio.to_thread(compute, scan.records, agent, self.clock.wall_ms(), scan.applied)
+        if before is not None and before.stale:
+            summary.stale = True  # written to while it was computed
+        self.summaries.put(key, summary)
+        return summary
+
+    # -- observing -----------------------------------------------------------------------
+    def lag(self, shard: int) -> LagView | None:
+        index = self.replicas.get(shard)
+        if index is None:
+            return None
+        entries, ms = index.lag()
+        return LagView(entries, ms)
+
+    def status(self) -> dict[int, dict[str, Any]]:
+        """Per shard: what GET /v1/cluster and `raftmem status` show."""
+        out = {}
+        for shard, index in sorted(self.replicas.items()):
+            entries, ms = index.lag()
+            out[shard] = {
+                "ready": index.ready.is_set(), "watermark": index.visible, "lag_entries": entries, "lag_ms": ms,
+                "waiting": len(index.queue), "error": index.error,
+                "documents": index.text.documents() if index.text is not None and index.ready.is_set() else None,
+            }
+        return out
+
+    def shard_io(self, shard: int) -> dict[str, int]:
+        """RocksDB's bytes written for the replica (its statistics)."""
+        replica = self._shards.get(shard)
+        if replica is None:
+            return {}
+        return {f"rocksdb_{k.removesuffix('_bytes')}": n for k, n in replica.stats().io_bytes.items()}
+
+    def now_s(self) -> float:
+        return time.monotonic()

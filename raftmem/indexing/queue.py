@@ -1,0 +1,166 @@
+"""The changes a replica's derived indexes have received but not yet absorbed:
+bounded, coalescing, tiered, with the watermark it allows. Pure (times are
+given), tested alone.
+
+- Coalescing: a change to a memory that already waits replaces the waiting
+  one (the newer record wins; the tier becomes the stricter of the two; the
+  item keeps the index of the first change it covers). Absorbing out of log
+  order is then safe (each item sets one memory's whole state) and a memory
+  updated ten times between two batches costs the indexes one write.
+- Tiers: `eager` items are due at once, `batched` ones once the oldest has
+  waited `batch_ms` or `batch_docs` wait, `lazy` ones when the index is idle or
+  when a reader demands absorption through some index.
+- The watermark: every change at or below it is absorbed. It is the index
+  before the oldest waiting item's first change, else everything received.
+  `received` moves only forward; an item never claims an index it was not given.
+- Adaptive batches: the batch size doubles (to `batch_docs_max`) while the
+  oldest batched change is older than the queue-age target, and falls back to
+  `batch_docs` once the queue keeps up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..config import INDEX_TIERS, IndexingConfig
+from ..events import Change
+
+EAGER, BATCHED, LAZY = INDEX_TIERS
+
+
+@dataclass(frozen=True)
+class Pending:
+    key: tuple[str, str]  # (namespace, id)
+    change: Change  # the newest change to this memory
+    first_index: int  # the index of the first change this item covers
+    tier: str
+    since_s: float  # when the first change arrived
+
+    @property
+    def index(self) -> int:
+        return self.change.index
+
+
+@dataclass
+class IndexQueue:
+    config: IndexingConfig
+    received: int = 0  # every change at or below it has been handed to the queue
+    items: dict[tuple[str, str], Pending] = field(default_factory=dict)
+    batch_docs: int = 0
+    coalesced: int = 0
+    tier_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(INDEX_TIERS, 0))
+
+    def __post_init__(self) -> None:
+        self.batch_docs = self.batch_docs or self.config.batch_docs
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def full(self) -> bool:
+        return len(self.items) >= self.config.queue_docs_max
+
+    def add(self, change: Change, tier: str, now_s: float) -> None:
+        assert change.index > 0
+        key = (change.namespace, change.id)
+        waiting = self.items.get(key)
+        if waiting is None:
+            self.items[key] = Pending(key, change, change.index, tier, now_s)
+            self.tier_counts[tier] += 1
+        else:
+            assert change.index >= waiting.index, "changes arrive in log order"
+            self.coalesced += 1
+            # A new item, not the old one changed: a batch being absorbed holds
+            # the old one, and `absorbed` must then keep this one waiting.
+            stricter = min(waiting.tier, tier, key=INDEX_TIERS.index)
+            self.tier_counts[waiting.tier] -= 1
+            self.tier_counts[stricter] += 1
+            # Assignment keeps the key's place: items stay in arrival (log) order.
+            self.items[key] = Pending(key, change, waiting.first_index, stricter, waiting.since_s)
+        self.received = max(self.received, change.index)
+
+    def received_through(self, index: int) -> None:
+        """Every change at or below `index` has been handed over (an entry
+        without changes, or the replica's applied index when the feed is drained)."""
+        self.received = max(self.received, index)
+
+    def _first(self, tiers: Iterable[str] | None = None) -> Pending | None:
+        """The oldest waiting item (of these tiers): items are in arrival order,
+        which is log order, so the first found has the lowest first index."""
+        wanted = None if tiers is None else set(tiers)
+        if wanted is not None and not any(self.tier_counts[t] for t in wanted):
+            return None
+        for p in self.items.values():
+            if wanted is None or p.tier in wanted:
+                return p
+        return None
+
+    def watermark(self) -> int:
+        first = self._first()
+        return self.received if first is None else first.first_index - 1
+
+    def tier_watermark(self, tiers: Iterable[str]) -> int:
+        """Every change at or below it of these tiers is absorbed."""
+        first = self._first(tiers)
+        return self.received if first is None else first.first_index - 1
+
+    def oldest_s(self, tier: str | None = None) -> float | None:
+        first = self._first(None if tier is None else (tier,))
+        return None if first is None else first.since_s
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.tier_counts)
+
+    def due(self, now_s: float, idle: bool, demand: int) -> list[Pending]:
+        """What to absorb now (at most the batch size, oldest first): eager
+        items, batched ones when their batch is due, lazy ones when idle, and
+        anything at or below `demand` (a reader waiting for it)."""
+        first = self._first()
+        if first is None:
+            return []
+        counts = self.tier_counts
+        oldest_batched = self.oldest_s(BATCHED)
+        batch_due = oldest_batched is not None and (
+            counts[BATCHED] >= self.batch_docs or now_s - oldest_batched >= self.config.batch_ms / 1000
+        )
+        everything = self.full()  # no room left: absorb, whatever the tier
+        if not (counts[EAGER] or first.first_index <= demand or batch_due or (idle and counts[LAZY]) or everything):
+            return []
+        chosen: list[Pending] = []
+        for p in self.items.values():  # log order
+            if (everything or p.tier == EAGER or p.first_index <= demand
+                    or (p.tier == BATCHED and batch_due) or (p.tier == LAZY and idle)):
+                chosen.append(p)
+                if len(chosen) >= self.batch_docs:
+                    break
+        return chosen
+
+    def next_due_s(self, now_s: float) -> float | None:
+        """Seconds until a batch falls due by age (None: nothing batched waits)."""
+        oldest = self.oldest_s(BATCHED)
+        if oldest is None:
+            return None
+        return max(0.0, oldest + self.config.batch_ms / 1000 - now_s)
+
+    def absorbed(self, items: Iterable[Pending]) -> None:
+        """`items` are in the indexes now (unless a newer change replaced one meanwhile)."""
+        for p in items:
+            current = self.items.get(p.key)
+            if current is p:
+                del self.items[p.key]
+                self.tier_counts[p.tier] -= 1
+
+    def adapt(self, now_s: float) -> None:
+        """Grow batches while the queue lags its age target; shrink once it keeps up."""
+        oldest = self.oldest_s(BATCHED)
+        target_s = self.config.queue_age_target_ms / 1000
+        if oldest is not None and now_s - oldest > target_s:
+            self.batch_docs = min(self.config.batch_docs_max, self.batch_docs * 2)
+        elif oldest is None or now_s - oldest < target_s / 4:
+            self.batch_docs = max(self.config.batch_docs, self.batch_docs // 2)
+
+    def reset(self, received: int) -> None:
+        """Everything waiting is dropped (a rebuild from the store covers it)."""
+        self.items.clear()
+        self.tier_counts = dict.fromkeys(INDEX_TIERS, 0)
+        self.received = received

@@ -1,0 +1,506 @@
+"""One shard replica's derived indexes: the full-text catalogue (textindex)
+and a vector index per embedding dimension (vectorindex), fed from the change
+feed, recovered from the change log, rebuilt from the store.
+
+The absorber task (on the event loop) moves changes from the replica's feed
+subscription into the queue (raftmem.indexing.queue), and hands due batches to
+a worker thread, which writes them to the engines and commits the text index
+with the watermark the batch reaches. One batch at a time, so commits are in
+order. Invariant, asserted before every commit: the watermark claimed is one
+the queue allows (every change at or below it was received and none waits),
+and it never goes backwards except on a rebuild.
+
+Recovery at start (raftmem/indexing/DESIGN.md): subscribe to the feed first,
+then replay the change log from the durable watermark (the lowest of the text
+index's and the vector indexes'), then follow the feed; when the log no longer
+reaches back (`events.Compacted`), after a snapshot install (`RESET`), or on
+`reindex`, rebuild from a snapshot of the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import codec, embeddings
+from ..config import INDEX_TIERS, IndexingConfig
+from ..errors import Overloaded, Unavailable
+from ..events import (
+    Change,
+    ChangeFeed,
+    ChangeKind,
+    ChangePage,
+    Closed,
+    Compacted,
+    Overflowed,
+    Subscription,
+)
+from ..shard import MemoryReader, RecordScan, Shard
+from ..textindex import TextDoc, TextIndex, doc_key
+from ..vectorindex import VectorIndex
+from .queue import EAGER, IndexQueue, Pending
+
+log = logging.getLogger(__name__)
+
+INDEX_DIR = "index"
+VECTOR_FILE_RE = re.compile(r"vectors-(\d+)\.usearch$")
+REPLAY_PAGE = 2048
+REBUILD_CHUNK = 2000
+POLL_WAITING_S = 0.01  # while a reader waits, how often the applied index is looked at
+GC_EVERY_COMMITS = 64
+VKEY_MASK = (1 << 63) - 1
+
+
+def vkey_of(namespace: str, mid: str) -> int:
+    """A memory's key in the vector indexes (64-bit hash; a collision at 100k
+    memories per replica has odds of about 1 in 10^9)."""
+    digest = hashlib.blake2b(doc_key(namespace, mid).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & VKEY_MASK
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a finished wait's outcome as seen (a closed subscription is expected)."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _changes_after(after: int) -> Callable[[MemoryReader], ChangePage]:
+    return lambda s: s.changes_after(after, REPLAY_PAGE)
+
+
+def text_doc(rec: dict[str, Any]) -> TextDoc:
+    emb = rec.get("emb")
+    return TextDoc(
+        namespace=rec["namespace"], id=rec["id"], text=embeddings.text_of(rec.get("content")),
+        agent_id=rec.get("agent_id"), kind=rec.get("kind"), tags=tuple(rec.get("tags") or ()),
+        created_at=int(rec.get("created_at") or 0), updated_at=int(rec.get("updated_at") or 0),
+        vkey=vkey_of(rec["namespace"], rec["id"]) if emb else None,
+    )
+
+
+@dataclass
+class IndexStats:
+    absorbs: int = 0
+    docs_absorbed: int = 0
+    absorb_seconds: float = 0.0
+    last_batch: int = 0
+    batch_sizes_sum: int = 0
+    rebuilds: int = 0
+    replays: int = 0
+    overflows: int = 0
+    vector_saves: int = 0
+    logical_bytes: int = 0  # of the records absorbed (what clients wrote)
+    tiers: dict[str, int] = field(default_factory=lambda: dict.fromkeys(INDEX_TIERS, 0))
+
+
+@dataclass
+class _Waiter:
+    target: int
+    tiers: tuple[str, ...]
+    future: asyncio.Future[None]
+
+
+class ReplicaIndex:
+    def __init__(self, shard: Shard, config: IndexingConfig, feed: ChangeFeed, executor: ThreadPoolExecutor,
+                 on_change: Callable[[Change], None] | None = None, retention_entries: int = 0) -> None:
+        self.shard = shard
+        self.shard_id = shard.shard
+        self.config = config
+        self.feed = feed
+        self.executor = executor
+        self.on_change = on_change  # summaries: mark stale
+        self.retention_entries = retention_entries
+        self.directory: Path = shard.directory / INDEX_DIR
+        self.queue = IndexQueue(config)
+        self.text: TextIndex | None = None
+        self.vectors: dict[int, VectorIndex] = {}
+        self.visible = 0  # every change at or below it is searchable
+        self.stats = IndexStats()
+        self.last_change_s = time.monotonic()
+        self._vectors_dirty = False
+        self._saved_at = time.monotonic()
+        self._commits = 0
+        self._sub: Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._poke = asyncio.Event()
+        self._waiters: list[_Waiter] = []
+        self._demand = 0
+        self._rebuild_wanted = False
+        self._stopped = False
+        self.ready = asyncio.Event()
+        self.error: str | None = None
+
+    # -- life --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Subscribe (before anything is replayed: nothing falls between) and
+        start the absorber."""
+        self._sub = self.feed.subscribe([self.shard_id], queue_max=self.config.queue_docs_max)
+        self._task = asyncio.create_task(self._run(), name=f"index-{self.shard_id}")
+
+    async def stop(self, delete: bool = False) -> None:
+        self._stopped = True
+        if self._sub is not None:
+            self._sub.close()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 (stopping: it was logged)
+                pass
+        for w in self._waiters:
+            if not w.future.done():
+                w.future.set_exception(Unavailable(f"shard {self.shard_id}: index stopped", shard=self.shard_id))
+        if self.text is not None:
+            await self._in_thread(self._close_engines, not delete)
+        if delete:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _close_engines(self, save: bool) -> None:
+        if save and self._vectors_dirty and self.text is not None:
+            for v in self.vectors.values():
+                v.save(self.text.watermark)
+        if self.text is not None:
+            self.text.close()
+        self.text = None
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _open_engines(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.text = TextIndex(self.directory / "text", self.config.text_heap_bytes)
+        for path in self.directory.iterdir():
+            m = VECTOR_FILE_RE.match(path.name)
+            if m:
+                self.vectors[int(m.group(1))] = VectorIndex(path, int(m.group(1)))
+
+    def durable_watermark(self) -> int:
+        assert self.text is not None
+        marks = [self.text.watermark] + [v.watermark for v in self.vectors.values()]
+        return min(marks)
+
+    # -- the absorber ------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            await self._in_thread(self._open_engines)
+            start = self.durable_watermark()
+            self.visible = start
+            self.queue.reset(start)
+            if not await self._replay(start):
+                await self._rebuild()
+            self.ready.set()
+            await self._follow()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.error = f"{type(e).__name__}: {e}"
+            log.exception("shard %d: derived indexes stopped", self.shard_id)
+            for w in self._waiters:
+                if not w.future.done():
+                    w.future.set_exception(Unavailable(f"shard {self.shard_id}: index failed: {self.error}"))
+            raise
+
+    async def _replay(self, after: int) -> bool:
+        """Absorb the change log after `after`; False when it no longer reaches back."""
+        self.stats.replays += 1
+        while True:
+            try:
+                page, _ = await self.shard.read("eventual", _changes_after(after))
+            except Compacted:
+                return False
+            for change in page.changes:
+                self._ingest(change, replay=True)
+            after = max(after, page.through)
+            self.queue.received_through(page.through)
+            while len(self.queue):
+                await self._absorb(self.queue.due(time.monotonic(), True, self.queue.received))
+            if page.complete:
+                return True
+
+    async def _rebuild(self) -> None:
+        """The indexes again from a snapshot of the store."""
+        self.stats.rebuilds += 1
+        scan: RecordScan = (await self.shard.read("eventual", lambda s: s.record_scan()))[0]
+        log.info("shard %d: rebuilding derived indexes from the store at index %d", self.shard_id, scan.applied)
+        await self._in_thread(self._rebuild_sync, scan.records, scan.applied)
+        self.queue.reset(scan.applied)
+        self.visible = scan.applied
+        self._wake_waiters()
+
+    def _rebuild_sync(self, records: Iterator[tuple[bytes, bytes]], applied: int) -> None:
+        assert self.text is not None
+        self.text.clear()
+        for v in self.vectors.values():
+            v.clear()
+        chunk: list[dict[str, Any]] = []
+        for _key, raw in records:
+            chunk.append(codec.loads(raw))
+            if len(chunk) >= REBUILD_CHUNK:
+                self._write_records(chunk, [])
+                chunk = []
+        self._write_records(chunk, [])
+        self.text.commit(applied)
+        for v in self.vectors.values():
+            v.save(applied)
+        self._vectors_dirty = False
+        self._saved_at = time.monotonic()
+
+    def request_rebuild(self) -> None:
+        self._rebuild_wanted = True
+        self._poke.set()
+
+    async def _follow(self) -> None:
+        while not self._stopped:
+            if self._rebuild_wanted:
+                self._rebuild_wanted = False
+                await self._rebuild()
+            resync = self._drain()
+            if resync is not None:
+                await self._resync(resync)
+                continue
+            now = time.monotonic()
+            idle = now - self.last_change_s >= self.config.lazy_idle_ms / 1000
+            batch = self.queue.due(now, idle, self._demand)
+            if batch:
+                await self._absorb(batch)
+                continue
+            self._advance_visible()
+            await self._checkpoint_if_due()
+            await self._sleep(now)
+
+    def _drain(self) -> int | None:
+        """Move what the feed has into the queue; an index to resync from when
+        the subscription was cut off, or the store was replaced (-1)."""
+        assert self._sub is not None
+        while True:
+            try:
+                change = self._sub.get_nowait()
+            except Overflowed:
+                self.stats.overflows += 1
+                return self.queue.received
+            except Closed:
+                return None
+            if change is None:
+                break
+            if change.kind is ChangeKind.RESET:
+                return -1
+            self._ingest(change)
+        # Drained: every change the replica applied so far has been published.
+        self.queue.received_through(self.shard.applied_index)
+        return None
+
+    def _ingest(self, change: Change, replay: bool = False) -> None:
+        if change.index <= self.queue.received:
+            return  # absorbed already (a replay, or a re-apply after a crash)
+        rec = change.record or {}
+        tier = "batched" if replay else self.config.tier_for_tags(rec.get("tags"))
+        if change.before is not None and change.kind is ChangeKind.PUT:
+            tier = min(tier, self.config.tier_for_tags(change.before.get("tags")), key=INDEX_TIERS.index)
+        self.queue.add(change, tier, time.monotonic())
+        self.stats.tiers[tier] += 1
+        if change.kind is ChangeKind.PUT and change.after is not None:
+            self.stats.logical_bytes += len(codec.dumps(change.after))
+        self.last_change_s = time.monotonic()
+        if self.on_change is not None:
+            self.on_change(change)
+
+    async def _resync(self, after: int) -> None:
+        assert self._sub is not None
+        self._sub.close()
+        self._sub = self.feed.subscribe([self.shard_id], queue_max=self.config.queue_docs_max)
+        if after < 0 or not await self._replay(self.queue.watermark()):
+            await self._rebuild()
+
+    async def _sleep(self, now: float) -> None:
+        assert self._sub is not None
+        timeouts = [1.0]
+        due = self.queue.next_due_s(now)
+        if due is not None:
+            timeouts.append(due)
+        if self.queue.tier_counts["lazy"]:
+            timeouts.append(max(0.0, self.last_change_s + self.config.lazy_idle_ms / 1000 - now))
+        if self._waiters:
+            timeouts.append(POLL_WAITING_S)
+        if self._vectors_dirty:
+            timeouts.append(max(0.0, self._saved_at + self.config.checkpoint_s - now))
+        timeout = min(timeouts)
+        if timeout <= 0:
+            return
+        self._poke.clear()
+        get = asyncio.ensure_future(self._sub.get(timeout))
+        get.add_done_callback(_retrieve)
+        poke = asyncio.ensure_future(self._poke.wait())
+        try:
+            done, _ = await asyncio.wait({get, poke}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            poke.cancel()
+            if not get.done():
+                get.cancel()
+        if get not in done or get.cancelled() or get.exception() is not None:
+            return  # poked, or cut off / closed: the next drain sees to it
+        change = get.result()
+        if change is not None:
+            if change.kind is ChangeKind.RESET:
+                self._rebuild_wanted = True
+            else:
+                self._ingest(change)
+
+    async def _absorb(self, batch: list[Pending]) -> None:
+        if not batch:
+            return
+        taken = [(p, p.change) for p in batch]
+        chosen = {id(p) for p in batch}
+        remaining = [p for p in self.queue.items.values() if id(p) not in chosen]
+        watermark = remaining[0].first_index - 1 if remaining else self.queue.received
+        assert watermark <= self.queue.received, "a derived index never claims a change it was not given"
+        assert all(p.first_index > watermark for p in remaining), "nor one still waiting"
+        started = time.perf_counter()
+        await self._in_thread(self._absorb_sync, [c for _, c in taken], max(watermark, self.visible))
+        self.queue.absorbed(batch)
+        self.stats.absorbs += 1
+        self.stats.docs_absorbed += len(batch)
+        self.stats.last_batch = len(batch)
+        self.stats.batch_sizes_sum += len(batch)
+        self.stats.absorb_seconds += time.perf_counter() - started
+        self.queue.adapt(time.monotonic())
+        self._advance_visible()
+
+    def _absorb_sync(self, changes: Sequence[Change], watermark: int) -> None:
+        assert self.text is not None
+        puts = [dict(c.after) for c in changes if c.kind is ChangeKind.PUT and c.after is not None]
+        gone = [c for c in changes if c.kind is not ChangeKind.PUT]
+        self._write_records(puts, [(c.namespace, c.id) for c in gone])
+        self.text.commit(watermark)
+        self._commits += 1
+        if self._commits % GC_EVERY_COMMITS == 0:
+            self.text.garbage_collect()
+
+    def _write_records(self, records: list[dict[str, Any]], deleted: Iterable[tuple[str, str]]) -> None:
+        assert self.text is not None
+        docs = [text_doc(r) for r in records]
+        self.text.upsert(docs)
+        gone = list(deleted)
+        self.text.delete(doc_key(ns, mid) for ns, mid in gone)
+        by_dims: dict[int, tuple[list[int], list[list[float]]]] = {}
+        unvectored: list[int] = [vkey_of(ns, mid) for ns, mid in gone]
+        for rec, doc in zip(records, docs, strict=True):
+            if doc.vkey is None:
+                unvectored.append(vkey_of(rec["namespace"], rec["id"]))
+                continue
+            vector = embeddings.unpack(rec["emb"])
+            keys, vectors = by_dims.setdefault(len(vector), ([], []))
+            keys.append(doc.vkey)
+            vectors.append(vector)
+        for dims, (keys, vectors) in by_dims.items():
+            index = self.vectors.get(dims)
+            if index is None:
+                index = VectorIndex(self.directory / f"vectors-{dims}.usearch", dims)
+                # Empty, it covers everything before this batch: saving that now
+                # keeps a restart from replaying from index 0.
+                index.save(self.text.watermark)
+                self.vectors[dims] = index
+            for other in self.vectors.values():
+                if other is not index:
+                    other.remove(keys)
+            index.upsert(keys, np.asarray(vectors, dtype=np.float32))
+            self._vectors_dirty = True
+        if unvectored:
+            for index in self.vectors.values():
+                index.remove(unvectored)
+            self._vectors_dirty = self._vectors_dirty or bool(self.vectors)
+
+    async def _checkpoint_if_due(self) -> None:
+        """Save the vector indexes (their durable watermark) every checkpoint_s,
+        or sooner when the change log is about to forget what they would replay."""
+        if not self._vectors_dirty or self.text is None:
+            return
+        behind = self.text.watermark - min(v.watermark for v in self.vectors.values())
+        late = self.retention_entries and behind > self.retention_entries // 2
+        if time.monotonic() - self._saved_at < self.config.checkpoint_s and not late:
+            return
+        await self._in_thread(self._save_vectors)
+
+    def _save_vectors(self) -> None:
+        assert self.text is not None
+        for v in self.vectors.values():
+            v.save(self.text.watermark)
+        self.stats.vector_saves += 1
+        self._vectors_dirty = False
+        self._saved_at = time.monotonic()
+
+    def _advance_visible(self) -> None:
+        if self.text is not None:
+            self.visible = max(self.visible, self.text.watermark)
+        self._wake_waiters()
+
+    # -- readers -----------------------------------------------------------------------
+    def covered(self, target: int, tiers: Sequence[str]) -> bool:
+        """Every change at or below `target` of these tiers is searchable."""
+        if self.queue.received < target or not self.ready.is_set():
+            return False
+        if set(tiers) >= set(INDEX_TIERS):
+            return self.visible >= target
+        return self.queue.tier_watermark(tiers) >= target
+
+    def _wake_waiters(self) -> None:
+        still = []
+        for w in self._waiters:
+            if w.future.done():
+                continue
+            if self.covered(w.target, w.tiers):
+                w.future.set_result(None)
+            else:
+                still.append(w)
+        self._waiters = still
+        if not still:
+            self._demand = 0
+
+    async def wait_absorbed(self, target: int, tiers: Sequence[str], timeout_s: float) -> None:
+        """Until every change at or below `target` of `tiers` is searchable here
+        (lazy ones are absorbed on this demand). Raises Unavailable past the timeout."""
+        if self.covered(target, tiers):
+            return
+        if self.error is not None:
+            raise Unavailable(f"shard {self.shard_id}: index failed: {self.error}", shard=self.shard_id)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(_Waiter(target, tuple(tiers), future))
+        if set(tiers) - {EAGER}:
+            self._demand = max(self._demand, target)
+        self._poke.set()
+        try:
+            await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            raise Unavailable(
+                f"shard {self.shard_id}: the index has not absorbed through {target} within {timeout_s:.1f}s "
+                f"(it is at {self.visible})", shard=self.shard_id,
+            ) from None
+
+    def admit(self) -> None:
+        """Back-pressure: writes to the shard wait for the index to catch up."""
+        waiting = len(self.queue) + (self._sub.pending() if self._sub is not None else 0)
+        if waiting >= self.config.queue_docs_max:
+            raise Overloaded(
+                f"shard {self.shard_id}: {waiting} changes wait for the derived indexes (limit "
+                f"{self.config.queue_docs_max}); retry", shard=self.shard_id,
+            )
+
+    def lag(self) -> tuple[int, int]:
+        """(entries applied but not searchable, age in ms of the oldest change waiting)."""
+        entries = max(0, self.shard.applied_index - self.visible) if self.ready.is_set() else self.shard.applied_index
+        oldest = self.queue.oldest_s()
+        return entries, 0 if oldest is None else int((time.monotonic() - oldest) * 1000)
+
+    def bytes_written(self) -> dict[str, int]:
+        text = self.text.bytes_written if self.text is not None else 0
+        return {"text": text, "vector": sum(v.bytes_written for v in self.vectors.values())}

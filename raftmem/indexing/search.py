@@ -1,0 +1,181 @@
+"""One shard's part of a search, over one replica's derived indexes: the best
+`need` memories that match, by BM25, by vector similarity, or by time.
+
+Candidates come from the indexes (restricted by namespace and the filter's
+pushdown), records from the replica's state (so every hit is the record as
+GET returns it there, and a memory deleted or changed since the index absorbed
+it is dropped or re-checked), and the whole filter is evaluated on the record.
+When too few candidates survive the filter, the shard asks its index for four
+times as many and tries again (at most `ROUNDS_MAX` times, or until the index
+has no more).
+
+A vector search among few candidates (a namespace, an agent, a tag: at most
+`EXACT_CANDIDATES_MAX` of them) is exact over their stored vectors; a broad
+one asks the HNSW graph for more neighbours than it needs and filters them.
+The graph ranks by cosine; `dot` and `l2` re-rank its candidates exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..textindex import Hit, Restriction, bm25_idf
+from .filters import TRUE, Node, Pushdown, matches
+from .replica import ReplicaIndex
+
+ROUNDS_MAX = 5
+EXACT_CANDIDATES_MAX = 5000
+CANDIDATES_MIN = 20
+ORDER_FIELDS = {"updated_at": "updated", "created_at": "created"}
+
+# Fetch live records by (namespace, id) from the replica's state: None where gone.
+Records = Callable[[Sequence[tuple[str, str]]], Awaitable[list[dict[str, Any] | None]]]
+
+
+@dataclass
+class ShardQuery:
+    namespace: str | None = None
+    namespace_prefix: str | None = None
+    namespaces: tuple[str, ...] | None = None  # only these (a scoped token); None: any
+    terms: list[tuple[str, float]] = field(default_factory=list)  # (token, boost)
+    vector: list[float] | None = None
+    metric: str = "cosine"
+    filter: Node = TRUE
+    pushdown: Pushdown = field(default_factory=Pushdown)
+    order_by: str = "score"  # or updated_at / created_at
+    descending: bool = True
+    need: int = 10
+
+    def restriction(self, with_vector: bool = False) -> Restriction:
+        return Restriction(
+            namespace=self.namespace, namespace_prefix=self.namespace_prefix,
+            agent_ids=self.pushdown.agent_ids, kinds=self.pushdown.kinds,
+            tags_all=self.pushdown.tags_all, tags_any=self.pushdown.tags_any, with_vector=with_vector,
+        )
+
+    def allows_namespace(self, ns: str) -> bool:
+        if self.namespace is not None and ns != self.namespace:
+            return False
+        prefix = self.namespace_prefix
+        if prefix is not None and ns != prefix and not ns.startswith(prefix + "."):
+            return False
+        return self.namespaces is None or ns in self.namespaces
+
+
+@dataclass
+class Found:
+    record: dict[str, Any]
+    score: float | None
+
+
+@dataclass
+class ShardResult:
+    text: list[Found] = field(default_factory=list)
+    vector: list[Found] = field(default_factory=list)
+    ordered: list[Found] = field(default_factory=list)  # no query or vector: by time
+    exhausted: bool = True  # the index had no more candidates than these
+
+
+def _split(key: str) -> tuple[str, str]:
+    ns, _, mid = key.partition("\x00")
+    return ns, mid
+
+
+async def _keep(q: ShardQuery, keys: Sequence[tuple[str, float | None]], records: Records,
+                out: list[Found], seen: set[str]) -> None:
+    """Hydrate candidates, keep those the filter and the namespace scope accept."""
+    fresh = [(k, s) for k, s in keys if k not in seen]
+    seen.update(k for k, _ in fresh)
+    pairs = [_split(k) for k, _ in fresh]
+    allowed = [(p, s) for p, (_k, s) in zip(pairs, fresh, strict=True) if q.allows_namespace(p[0])]
+    recs = await records([p for p, _ in allowed])
+    for (_p, score), rec in zip(allowed, recs, strict=True):
+        if rec is not None and matches(q.filter, rec):
+            out.append(Found(rec, score))
+
+
+async def text_search(index: ReplicaIndex, q: ShardQuery, records: Records) -> tuple[list[Found], bool]:
+    text = index.text
+    assert text is not None
+    order = ORDER_FIELDS.get(q.order_by)
+    limit = max(CANDIDATES_MIN, q.need * 2)
+    out: list[Found] = []
+    seen: set[str] = set()
+    for _round in range(ROUNDS_MAX):
+        hits: list[Hit] = await asyncio.to_thread(
+            text.search, q.restriction(), q.terms, limit, order, q.descending)
+        await _keep(q, [(h.key, h.score if order is None and q.terms else None) for h in hits], records, out, seen)
+        if len(out) >= q.need or len(hits) < limit:
+            return out[: q.need], len(hits) < limit
+        limit *= 4
+    return out[: q.need], False
+
+
+async def vector_search(index: ReplicaIndex, q: ShardQuery, records: Records) -> tuple[list[Found], bool]:
+    assert q.vector is not None and index.text is not None
+    text = index.text
+    vectors = index.vectors.get(len(q.vector))
+    if vectors is None or not len(vectors):
+        return [], True
+    query = np.asarray(q.vector, dtype=np.float32)
+    restriction = q.restriction(with_vector=True)
+    candidates = await asyncio.to_thread(text.count, restriction)
+    out: list[Found] = []
+    seen: set[str] = set()
+    if candidates <= EXACT_CANDIDATES_MAX:
+        hits = await asyncio.to_thread(text.search, restriction, [], candidates or 1, "updated", True)
+        by_vkey = {h.vkey: h.key for h in hits if h.vkey is not None}
+        ranked = await asyncio.to_thread(vectors.exact, query, list(by_vkey), q.metric)
+        step = max(CANDIDATES_MIN, q.need * 2)
+        for start in range(0, len(ranked), step):
+            chunk = [(by_vkey[k], s) for k, s in ranked[start:start + step]]
+            await _keep(q, chunk, records, out, seen)
+            if len(out) >= q.need:
+                break
+        return out[: q.need], True
+    count = max(CANDIDATES_MIN, q.need * 4)
+    total = len(vectors)
+    for _round in range(ROUNDS_MAX):
+        near = await asyncio.to_thread(vectors.search, query, count)
+        if q.metric != "cosine":
+            near = await asyncio.to_thread(vectors.exact, query, [k for k, _ in near], q.metric)
+        keys = await asyncio.to_thread(text.resolve, [k for k, _ in near])
+        await _keep(q, [(keys[k], s) for k, s in near if k in keys], records, out, seen)
+        out.sort(key=lambda f: -(f.score or 0.0))
+        if len(out) >= q.need or count >= total:
+            return out[: q.need], count >= total
+        count = min(total, count * 4)
+    return out[: q.need], False
+
+
+async def shard_search(index: ReplicaIndex, q: ShardQuery, records: Records) -> ShardResult:
+    result = ShardResult()
+    if q.terms or (q.vector is None and not q.terms):
+        found, exhausted = await text_search(index, q, records)
+        if q.terms and q.order_by == "score":
+            result.text = found
+        else:
+            result.ordered = found
+        result.exhausted = exhausted
+    if q.vector is not None:
+        found, exhausted = await vector_search(index, q, records)
+        result.vector = found
+        result.exhausted = result.exhausted and exhausted
+    return result
+
+
+def term_boosts(local: tuple[int, list[int]], total: tuple[int, list[int]], tokens: Sequence[str]) -> list[tuple[str, float]]:
+    """Per-token boosts that turn this shard's BM25 idf into the cluster's: the
+    shard's score for a document becomes sum(global idf x the shard's tf part)."""
+    docs, freqs = local
+    all_docs, all_freqs = total
+    out = []
+    for token, df, all_df in zip(tokens, freqs, all_freqs, strict=True):
+        local_idf = bm25_idf(docs, df)
+        out.append((token, bm25_idf(all_docs, all_df) / local_idf if df and local_idf > 0 else 1.0))
+    return out
