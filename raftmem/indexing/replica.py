@@ -138,6 +138,10 @@ class ReplicaIndex:
         self._demand = 0
         self._rebuild_wanted = False
         self._stopped = False
+        # Changes at or below it came from the change log or a rebuild: the feed's
+        # copies are dropped (not the queue's `received`: an entry's changes share
+        # its index, and the feed hands them over one by one).
+        self._skip_through = 0
         self.ready = asyncio.Event()
         self.error: str | None = None
 
@@ -197,6 +201,7 @@ class ReplicaIndex:
             start = self.durable_watermark()
             self.visible = start
             self.queue.reset(start)
+            self._skip_through = start
             if not await self._replay(start):
                 await self._rebuild()
             self.ready.set()
@@ -222,6 +227,7 @@ class ReplicaIndex:
             for change in page.changes:
                 self._ingest(change, replay=True)
             after = max(after, page.through)
+            self._skip_through = max(self._skip_through, page.through)
             self.queue.received_through(page.through)
             while len(self.queue):
                 await self._absorb(self.queue.due(time.monotonic(), True, self.queue.received))
@@ -235,6 +241,7 @@ class ReplicaIndex:
         log.info("shard %d: rebuilding derived indexes from the store at index %d", self.shard_id, scan.applied)
         await self._in_thread(self._rebuild_sync, scan.records, scan.applied)
         self.queue.reset(scan.applied)
+        self._skip_through = scan.applied
         self.visible = scan.applied
         self._wake_waiters()
 
@@ -301,7 +308,7 @@ class ReplicaIndex:
         return None
 
     def _ingest(self, change: Change, replay: bool = False) -> None:
-        if change.index <= self.queue.received:
+        if change.index <= self._skip_through:
             return  # absorbed already (a replay, or a re-apply after a crash)
         rec = change.record or {}
         tier = "batched" if replay else self.config.tier_for_tags(rec.get("tags"))
