@@ -435,6 +435,9 @@ class Api:
     async def index_status(self, request: web.Request) -> web.Response:
         return _reply(await self.service.recall.index_status(_call(request)))
 
+    async def index_check(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.recall.index_check(_shard(request), _call(request)))
+
     async def transfer_leader(self, request: web.Request) -> web.Response:
         return _reply(await self.service.transfers.transfer_leader(_shard(request), _call(request)))
 
@@ -607,6 +610,7 @@ def build_app(
     r.add_get("/v1/namespaces/{namespace}/summary", api.summary)
     r.add_post("/v1/admin/reindex", api.reindex)
     r.add_get("/v1/admin/indexes", api.index_status)
+    r.add_get("/v1/admin/indexes/{shard}/check", api.index_check)
     r.add_post("/v1/internal/shards/{shard}/search", api.search_shard)
     r.add_get("/v1/internal/shards/{shard}/barrier", api.barrier)
     r.add_get("/v1/internal/shards/{shard}/namespaces", api.namespaces_shard)

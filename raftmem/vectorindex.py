@@ -102,6 +102,13 @@ class VectorIndex:
             with self._lock:
                 self._index.remove(np.asarray(keys, dtype=np.uint64))
 
+    def held(self, keys: Sequence[int]) -> int:
+        """How many of these keys the index holds."""
+        if not keys:
+            return 0
+        with self._lock:
+            return int(np.count_nonzero(self._index.contains(np.asarray(keys, dtype=np.uint64))))
+
     def clear(self) -> None:
         with self._lock:
             self._index = _new_index(self.dims)

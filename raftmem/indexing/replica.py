@@ -59,6 +59,7 @@ REPLAY_PAGE = 2048
 REBUILD_CHUNK = 2000
 POLL_WAITING_S = 0.01  # while a reader waits, how often the applied index is looked at
 GC_EVERY_COMMITS = 64
+QUIET_COMMIT_MIN = 1000  # entries without changes before the watermark alone is committed
 VKEY_MASK = (1 << 63) - 1
 
 
@@ -429,8 +430,15 @@ class ReplicaIndex:
 
     async def _checkpoint_if_due(self) -> None:
         """Save the vector indexes (their durable watermark) every checkpoint_s,
-        or sooner when the change log is about to forget what they would replay."""
-        if not self._vectors_dirty or self.text is None:
+        or sooner when the change log is about to forget what they would replay;
+        commit the text index's watermark alone when entries without changes
+        (read barriers, expiry passes) have moved it far."""
+        if self.text is None:
+            return
+        quiet = self.visible - self.text.watermark
+        if quiet > max(QUIET_COMMIT_MIN, self.retention_entries // 4) and not len(self.queue):
+            await self._in_thread(self.text.commit, self.visible)
+        if not self._vectors_dirty:
             return
         behind = self.text.watermark - min(v.watermark for v in self.vectors.values())
         late = self.retention_entries and behind > self.retention_entries // 2
@@ -447,8 +455,10 @@ class ReplicaIndex:
         self._saved_at = time.monotonic()
 
     def _advance_visible(self) -> None:
-        if self.text is not None:
-            self.visible = max(self.visible, self.text.watermark)
+        # Every change the queue no longer holds (and at or below what it
+        # received) is committed and searchable: entries without changes count.
+        if self.text is not None and self.ready.is_set():
+            self.visible = max(self.visible, self.text.watermark, self.queue.watermark())
         self._wake_waiters()
 
     # -- readers -----------------------------------------------------------------------
@@ -492,6 +502,40 @@ class ReplicaIndex:
                 f"shard {self.shard_id}: the index has not absorbed through {target} within {timeout_s:.1f}s "
                 f"(it is at {self.visible})", shard=self.shard_id,
             ) from None
+
+    async def check(self, timeout_s: float) -> dict[str, Any]:
+        """Compare the indexes with the store at the same index (writes paused):
+        documents missing from the index, extra ones, duplicates, vectors."""
+        await self.wait_absorbed(self.shard.applied_index, INDEX_TIERS, timeout_s)
+        scan: RecordScan = (await self.shard.read("eventual", lambda s: s.record_scan()))[0]
+        watermark = self.visible
+
+        def compare() -> dict[str, Any]:
+            assert self.text is not None
+            store: set[str] = set()
+            vectored: dict[int, list[int]] = {}
+            for _key, raw in scan.records:
+                rec = codec.loads(raw)
+                store.add(doc_key(rec["namespace"], rec["id"]))
+                if rec.get("emb"):
+                    dims = embeddings.dims(rec["emb"])
+                    vectored.setdefault(dims, []).append(vkey_of(rec["namespace"], rec["id"]))
+            keys = self.text.all_keys()
+            held = set(keys)
+            vectors = {str(d): {"store": len(ks), "index": len(self.vectors[d]) if d in self.vectors else 0,
+                                "held": self.vectors[d].held(ks) if d in self.vectors else 0}
+                       for d, ks in vectored.items()}
+            return {
+                "applied": scan.applied, "watermark": watermark, "documents": len(keys), "store": len(store),
+                "missing": sorted(store - held)[:20], "extra": sorted(held - store)[:20],
+                "duplicates": len(keys) - len(held), "vectors": vectors,
+            }
+
+        return dict(await self._in_thread(compare))
+
+    async def wait_applied(self, target: int, timeout_s: float) -> None:
+        """Until the replica has applied `target` (and handed its changes over)."""
+        await self.wait_absorbed(target, (), timeout_s)
 
     def admit(self) -> None:
         """Back-pressure: writes to the shard wait for the index to catch up."""

@@ -84,8 +84,8 @@ class MemoryService:
         self.node_id = node_id
         self.router = Router(config, node_id, shards, table, forwarder)
         self.queries = Queries(config, self.router, clock)
-        self.recall = Recall(config, self.router, clock, indexes)
         self.search = Search(config, self.router, clock, indexes)
+        self.recall = Recall(config, self.router, clock, indexes, self.search.barrier)
         self.memories = Memories(config, self.router, clock, hooks=self.recall if indexes is not None else None)
         self.batches = Batches(config, self.router, self.queries, clock)
         self.transfers = Transfers(config, self.router, clock)

@@ -59,7 +59,11 @@ def _namespaces(prefix: str, after: str | None) -> Callable[[MemoryReader], list
 
 
 class Recall:
-    def __init__(self, config: Config, router: Router, clock: Clock, indexes: Indexes | None) -> None:
+    def __init__(self, config: Config, router: Router, clock: Clock, indexes: Indexes | None,
+                 barrier: Callable[[int, str, int], Awaitable[int]]) -> None:
+        """`barrier(shard, level, hops)`: an index at the shard's leader that
+        covers every acknowledged write (service.search.Search.barrier)."""
+        self.barrier = barrier
         self.config = config
         self.router = router
         self.clock = clock
@@ -145,7 +149,7 @@ class Recall:
         path = "/v1/internal/shards/{s}/summary/" + quote(ns)
         parts = await asyncio.gather(*(
             self._on_holder(s, path.format(s=s), params, call,
-                            lambda shard: self._summary_part(shard, ns, agent, refresh))
+                            lambda shard: self._summary_part(shard, ns, agent, refresh, call.hops))
             for s in range(self.config.shards)
         ))
         now_s = self._indexes().now_s()
@@ -153,8 +157,13 @@ class Recall:
         body.update(namespace=ns, agent_id=agent)
         return Reply(200, body, {"X-Raftmem-Served-By": self.router.node_id})
 
-    async def _summary_part(self, shard: Shard, ns: str, agent: str | None, refresh: bool) -> dict[str, Any]:
+    async def _summary_part(self, shard: Shard, ns: str, agent: str | None, refresh: bool,
+                            hops: int = 0) -> dict[str, Any]:
         indexes = self._indexes()
+        if refresh:
+            # Recomputed on demand: from a replica that has every write acknowledged before.
+            target = await self.barrier(shard.shard, "strong", hops)
+            await indexes.require(shard.shard).wait_applied(target, self.limits.read_timeout_ms / 1000)
         part = await indexes.summary(shard.shard, ns, agent, refresh)
         out = asdict(part)
         # Between nodes as an age (monotonic clocks differ by node).
@@ -167,7 +176,8 @@ class Recall:
         if shard is None:
             raise InvalidRequest(f"no replica of shard {shard_id} here")
         refresh = call.query.get("refresh") == "true"
-        return Reply(200, await self._summary_part(shard, ns, call.query.get("agent_id") or None, refresh))
+        return Reply(200, await self._summary_part(shard, ns, call.query.get("agent_id") or None, refresh,
+                                                   call.hops))
 
     # -- reindex -----------------------------------------------------------------------------
     async def reindex(self, call: Call) -> Reply:
@@ -193,6 +203,15 @@ class Recall:
         indexes = self._indexes()
         return Reply(200, {"node": self.router.node_id,
                            "shards": {str(s): st for s, st in indexes.status().items()}})
+
+    async def index_check(self, shard_id: int, _call: Call) -> Reply:
+        """GET /v1/admin/indexes/{shard}/check: this node's index of the shard
+        against its store at the same index (pause writes first)."""
+        self._shard_id(shard_id)
+        index = self._indexes().require(shard_id)
+        result = await index.check(self.limits.read_timeout_ms / 1000)
+        result.update(node=self.router.node_id, shard=shard_id)
+        return Reply(200, result)
 
     def _indexes(self) -> Indexes:
         if self.indexes is None:

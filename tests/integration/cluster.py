@@ -93,6 +93,7 @@ class Cluster:
         tls: dict[str, Any] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         coordination: dict[str, Any] | None = None,
+        indexing: dict[str, Any] | None = None,
     ) -> None:
         """`spare`: extra nodes with reserved ports, started later with `start_joining`.
         `auth`: the config's auth section; `token`: sent by `request` unless told otherwise.
@@ -144,6 +145,8 @@ class Cluster:
             config["raft"]["password"] = "a raft secret for the tls tests"
         if coordination:
             config["coordination"] = coordination
+        if indexing:
+            config["indexing"] = indexing
         root.mkdir(parents=True, exist_ok=True)
         self.config_path = root / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
