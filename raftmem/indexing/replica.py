@@ -59,6 +59,7 @@ REPLAY_PAGE = 2048
 REBUILD_CHUNK = 2000
 POLL_WAITING_S = 0.01  # while a reader waits, how often the applied index is looked at
 GC_EVERY_COMMITS = 64
+CHECK_ATTEMPTS = 10
 QUIET_COMMIT_MIN = 1000  # entries without changes before the watermark alone is committed
 VKEY_MASK = (1 << 63) - 1
 
@@ -506,9 +507,13 @@ class ReplicaIndex:
     async def check(self, timeout_s: float) -> dict[str, Any]:
         """Compare the indexes with the store at the same index (writes paused):
         documents missing from the index, extra ones, duplicates, vectors."""
-        await self.wait_absorbed(self.shard.applied_index, INDEX_TIERS, timeout_s)
-        scan: RecordScan = (await self.shard.read("eventual", lambda s: s.record_scan()))[0]
-        watermark = self.visible
+        for _attempt in range(CHECK_ATTEMPTS):
+            await self.wait_absorbed(self.shard.applied_index, INDEX_TIERS, timeout_s)
+            scan: RecordScan = (await self.shard.read("eventual", lambda s: s.record_scan()))[0]
+            await self.wait_absorbed(scan.applied, INDEX_TIERS, timeout_s)
+            watermark = self.visible
+            if watermark == scan.applied:
+                break  # the store and the indexes at the same index
 
         def compare() -> dict[str, Any]:
             assert self.text is not None
