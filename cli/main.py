@@ -14,6 +14,7 @@ from . import cluster as cluster_cmd
 from . import coordination as coordination_cmd
 from . import logfmt
 from . import memory as memory_cmd
+from . import search as search_cmd
 from . import status as status_cmd
 from .common import EXIT_FAILED, EXIT_INDETERMINATE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, Parser
 
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_cmd.add_parsers(sub)
     memory_cmd.add_parsers(sub)
     coordination_cmd.add_parsers(sub)
+    search_cmd.add_parsers(sub)
     bench_cmd.add_parser(sub)
     return parser
 

@@ -176,6 +176,8 @@ def summarize(snap: Snapshot) -> dict[str, Any]:
                 "lag": None if lag is None else max(0, lag),
                 "lease_remaining_ms": entry.get("lease_remaining_ms"),
                 "last_contact_ms": entry.get("last_contact_ms"),
+                "index_lag": (entry.get("index") or {}).get("lag_entries"),
+                "index_lag_ms": (entry.get("index") or {}).get("lag_ms"),
             })
         shards.append({
             "shard": shard,
@@ -243,8 +245,10 @@ def render(summary: Mapping[str, Any], out: TextIO) -> None:
     for s in summary["shards"]:
         for i, r in enumerate(s["replicas"]):
             rows.append((s["shard"] if i == 0 else "", r["node"], r["role"], r.get("term"), r.get("commit_index"),
-                         r.get("applied_index"), r["lag"], r.get("lease_remaining_ms"), r.get("last_contact_ms")))
-    render_table(("SHARD", "NODE", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "LEASE_MS", "CONTACT_MS"), rows, out)
+                         r.get("applied_index"), r["lag"], r.get("lease_remaining_ms"), r.get("last_contact_ms"),
+                         _index_lag(r)))
+    render_table(("SHARD", "NODE", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "LEASE_MS", "CONTACT_MS", "INDEX_LAG"),
+                 rows, out)
     out.write("\n")
     for problem in summary["problems"]:
         out.write(f"! {problem}\n")
@@ -263,6 +267,12 @@ def render(summary: Mapping[str, Any], out: TextIO) -> None:
             f"quorums: writes wait for {q['write']} of {q['replicas']} replicas (tolerate {q['writes_tolerate_failures']} "
             f"down); reads at the default level need {q['read']} (tolerate {q['reads_tolerate_failures']} down)\n"
         )
+
+
+def _index_lag(replica: Mapping[str, Any]) -> str | None:
+    """`entries/ms` the replica's derived indexes are behind it (None: no index there)."""
+    entries = replica.get("index_lag")
+    return None if entries is None else f"{entries}/{replica.get('index_lag_ms') or 0}ms"
 
 
 def _status(args: argparse.Namespace) -> int:

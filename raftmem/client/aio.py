@@ -26,6 +26,7 @@ from .errors import (
 from .health import PROBE_TIMEOUT_S, HealthTable
 from .retry import ATTEMPT_S_MIN, RetryPolicy, may_retry
 from .routing import RouteTable
+from .search import SearchMixin
 from .session import AsyncSession
 from .types import (
     CONSISTENCY_LEVELS,
@@ -52,7 +53,7 @@ CONNECTIONS_MAX = 256
 LIST_PAGES_MAX = 1_000_000  # an iterator never follows more cursors than this
 
 
-class AsyncClient(AsyncCoordination):
+class AsyncClient(AsyncCoordination, SearchMixin):
     """An asyncio raftmem client. Use `async with AsyncClient([...]) as c:` or call
     `close()`. Pass `session` to share an aiohttp session (it is then not closed)."""
 

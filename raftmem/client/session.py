@@ -70,6 +70,13 @@ class AsyncSession:
         body: dict[str, Any] = response.body
         return body
 
+    async def search(self, namespace: str | None = None, query: str | None = None, **kw: Any) -> dict[str, Any]:
+        """A search that sees this session's writes (its context: read your writes)."""
+        response = await self.client.search_raw(namespace, query, context=self.context, **kw)
+        self.observe_context(response.headers.get(HEADER_CONTEXT))
+        body: dict[str, Any] = response.body
+        return body
+
     async def get(self, namespace: str, memory_id: str, *, consistency: str | None = None, **kw: Any) -> dict[str, Any]:
         """Session read (or the given level); NotFound also advances the session."""
         await self.client._ensure_routes()

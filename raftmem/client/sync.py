@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from .aio import AsyncClient
 from .coordination import SyncCoordination
 from .routing import RouteTable
+from .search import SyncSearchMixin
 from .session import AsyncSession
 from .types import BatchResult
 
@@ -21,7 +22,7 @@ async def _awaited(awaitable: Awaitable[T]) -> T:
     return await awaitable
 
 
-class Client(SyncCoordination):
+class Client(SyncCoordination, SyncSearchMixin):
     """A blocking client: the same logic as AsyncClient, run on a private event-loop
     thread. Use as a context manager or call `close()`."""
 
@@ -147,3 +148,6 @@ class Session:
 
     def get(self, namespace: str, memory_id: str, **kw: Any) -> dict[str, Any]:
         return self._client._run(self._inner.get(namespace, memory_id, **kw))
+
+    def search(self, namespace: str | None = None, query: str | None = None, **kw: Any) -> dict[str, Any]:
+        return self._client._run(self._inner.search(namespace, query, **kw))

@@ -9,6 +9,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -352,3 +353,50 @@ def test_write_amplification_is_measured(rc: Cluster) -> None:
                  'part="text"', "raftmem_index_write_amplification", "raftmem_index_queue_depth",
                  "raftmem_index_absorb_seconds_count", "raftmem_index_batch_docs"):
         assert name in text.replace('{shard="0",part="rocksdb_wal"', '{part="rocksdb_wal"'), name
+
+
+# -- clients and the command line ------------------------------------------------------------------
+def test_the_python_client_searches_and_its_session_reads_its_writes(rc: Cluster) -> None:
+    from raftmem.client import Client
+
+    urls = [f"http://127.0.0.1:{rc.http[n]}" for n in rc.node_ids]
+    with Client(urls) as client:
+        session = client.session()
+        for i in range(5):
+            session.put("cli-ns", f"c{i}", f"client note {i} lazyword", tags=["slow"])  # lazy tier
+            # read-your-writes: the session's context makes the search wait for its own writes
+            found = session.search("cli-ns", "lazyword", limit=10)
+            assert f"c{i}" in [it["id"] for it in found["items"]]
+        items = list(client.search_all("cli-ns", "client note", limit=2, fresh=True))
+        assert sorted(it["id"] for it in items) == [f"c{i}" for i in range(5)]
+        assert "cli-ns" in client.list_namespaces(prefix="cli-ns")
+        assert client.namespace_summary("cli-ns", refresh=True)["count"] == 5
+
+
+def test_the_command_line_searches_lists_summarizes_and_reindexes(rc: Cluster) -> None:
+    import json as _json
+    import subprocess
+    import sys
+
+    url = ",".join(f"http://127.0.0.1:{rc.http[n]}" for n in rc.node_ids)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cli.main", "--url", url, *args], capture_output=True,
+                              text=True, timeout=120, cwd=str(Path(__file__).resolve().parents[2]))
+
+    rc.request("n1", "PUT", "/v1/memories/cli-b/one", {"content": "the command line finds this", "tags": ["t"]})
+    out = cli("--json", "search", "cli-b", "command line", "--fresh")
+    assert out.returncode == 0, out.stderr
+    assert [it["id"] for it in _json.loads(out.stdout)["items"]] == ["one"]
+    out = cli("search", "cli-b", "command", "--prefix", "--fresh", "--filter", '{"tags": "t"}')
+    assert out.returncode == 0 and "one" in out.stdout and "index lag 0 entries" in out.stdout, out
+    bad = cli("search", "cli-b", "x", "--filter", '{"kind": {"$nope": 1}}')
+    assert bad.returncode == 1 and "unknown operator" in bad.stderr
+    assert cli("namespaces", "--prefix", "cli-b").stdout.split() == ["cli-b"]
+    summary = _json.loads(cli("--json", "summary", "cli-b", "--refresh").stdout)
+    assert summary["count"] == 1 and summary["by_tag"] == {"t": 1}
+    out = cli("--json", "reindex", "--shard", "0")
+    assert out.returncode == 0, out.stderr
+    assert all(r["shards"] == [0] for r in _json.loads(out.stdout)["nodes"].values())
+    status = cli("status")
+    assert "INDEX_LAG" in status.stdout
