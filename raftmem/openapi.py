@@ -100,6 +100,53 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _resp("results", {"type": "object"}), **_ERRORS},
             }
         },
+        "/v1/search": {
+            "post": {
+                "summary": "Recall: BM25 text, vector and field filters (hybrid: reciprocal-rank fusion), "
+                           "gathered across shards; fresh=true waits until every shard's indexes absorbed "
+                           "every acknowledged write (index_lag 0)",
+                "parameters": [_CONTEXT],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/SearchRequest"}}}},
+                "responses": {"200": {**_resp("hits, best first", {"$ref": "#/components/schemas/SearchResult"}),
+                                      "headers": {"X-Raftmem-Index-Lag": {
+                                          "description": "entries=N; ms=M: how far the indexes were behind",
+                                          "schema": {"type": "string"}}}}, **_ERRORS},
+            }
+        },
+        "/v1/namespaces": {
+            "get": {
+                "summary": "Namespaces (LangGraph list_namespaces): dotted labels, * matches one label",
+                "parameters": [
+                    {"name": "prefix", "in": "query", "schema": {"type": "string"}},
+                    {"name": "suffix", "in": "query", "schema": {"type": "string"}},
+                    {"name": "max_depth", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 64}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                ],
+                "responses": {"200": _resp("a page", {"type": "object", "properties": {
+                    "namespaces": {"type": "array", "items": {"type": "string"}}, "more": {"type": "boolean"}}}),
+                    **_ERRORS},
+            }
+        },
+        "/v1/namespaces/{namespace}/summary": {
+            "get": {
+                "summary": "Counts by kind and tag, time range, newest ids; stale flag and age",
+                "parameters": [_NS, {"name": "agent_id", "in": "query", "schema": {"type": "string"}},
+                               {"name": "refresh", "in": "query", "schema": {"type": "boolean"}}],
+                "responses": {"200": _resp("the summary", {"type": "object"}), **_ERRORS},
+            }
+        },
+        "/v1/admin/reindex": {
+            "post": {
+                "summary": "Rebuild this node's derived indexes from its RocksDB state",
+                "parameters": [{"name": "shard", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                               {"name": "wait", "in": "query", "schema": {"type": "boolean"}}],
+                "responses": {"200": _resp("rebuilt (or started)", {"type": "object"}), **_ERRORS},
+            }
+        },
+        "/v1/admin/indexes": {"get": {"summary": "This node's derived indexes: watermark, lag, queue",
+                                      "responses": {"200": _resp("per shard", {"type": "object"})}}},
         "/v1/cluster": {"get": {"summary": "Nodes, shards, leaders, terms, indexes", "responses": {"200": _resp("cluster", {"type": "object"})}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _resp("alive", {"type": "object"})}}},
         "/readyz": {"get": {"summary": "Readiness", "responses": {"200": _resp("ready", {"type": "object"}), "503": _resp("not ready", _ERR)}}},
@@ -125,6 +172,48 @@ OPENAPI: dict[str, Any] = {
                     "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 64},
                     "metadata": {"type": "object"},
                     "ttl_s": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+                    "embedding": {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 4096,
+                                  "description": "fixed dimension per namespace (its first embedding's)"},
+                },
+            },
+            "SearchRequest": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "one of namespace and namespace_prefix (label boundaries: team-a matches "
+                               "team-a.x, never team-ab)",
+                "properties": {
+                    "namespace": {"type": "string"},
+                    "namespace_prefix": {"type": "string"},
+                    "query": {"type": "string", "maxLength": 4096},
+                    "vector": {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 4096},
+                    "metric": {"type": "string", "enum": ["cosine", "dot", "l2"], "default": "cosine"},
+                    "filter": {"type": "object", "description": "dotted paths (agent_id, kind, tags, namespace, id, "
+                               "created_at, updated_at, version, content.<path>, metadata.<path>) to a value "
+                               "(equality; tags: has) or {$eq $ne $gt $gte $lt $lte $in $nin $contains}; $and, $or, "
+                               "$not; at most 8 levels and 256 conditions"},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+                    "offset": {"type": "integer", "minimum": 0, "maximum": 10000},
+                    "cursor": {"type": "string"},
+                    "fresh": {"type": "boolean", "default": False},
+                    "consistency": {"type": "string", "enum": ["linearizable", "strong", "session", "causal",
+                                                               "eventual"]},
+                    "after": {"type": "string", "pattern": "^[0-9]+:[0-9]+(,[0-9]+:[0-9]+)*$"},
+                    "order_by": {"type": "string", "enum": ["score", "updated_at", "-updated_at", "created_at",
+                                                            "-created_at"]},
+                    "with_embedding": {"type": "boolean"},
+                    "rrf_k": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 60},
+                },
+            },
+            "SearchResult": {
+                "type": "object",
+                "properties": {
+                    "items": {"type": "array", "items": {"allOf": [_MEM, {"type": "object", "properties": {
+                        "score": {"type": "number", "nullable": True}}}]}},
+                    "more": {"type": "boolean"},
+                    "cursor": {"type": "string", "nullable": True},
+                    "index_lag": {"type": "object", "properties": {
+                        "entries": {"type": "integer"}, "ms": {"type": "integer"}, "stale": {"type": "boolean"},
+                        "shards": {"type": "object"}}},
                 },
             },
             "Memory": {
