@@ -3,7 +3,8 @@
     python bench/load_memories.py --url http://127.0.0.1:8781,... --count 1000000 \
         [--batch 64] [--concurrency 16] [--value-bytes 200] [--pids-from data/cluster.json]
 
-Writes `count` memories (ids m-0 ... in namespace `load`), `batch` puts per
+Writes `count` memories (ids m-0 ... in namespace `load`; with --corpus the
+texts, agents, tags and --dims vectors of cli/corpus.py), `batch` puts per
 request, `concurrency` requests in flight, spread over the nodes. Every second
 it samples each node's resident memory (VmRSS in /proc/<pid>/status, pids from
 `raftmem cluster up`'s cluster.json) and prints, at the end, the load rate, the
@@ -25,6 +26,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+
+from cli import corpus
 
 SAMPLE_S = 1.0
 PIECES = (
@@ -72,7 +75,8 @@ async def load(args: argparse.Namespace) -> dict[str, Any]:
         nonlocal errors, written
         while (b := next(next_batch)) < batches:
             first = b * args.batch
-            ops = [{"op": "put", "namespace": args.namespace, "id": f"m-{i}", "body": {"content": value}}
+            ops = [{"op": "put", "namespace": args.namespace, "id": f"m-{i}",
+                    "body": corpus.memory(i, args.dims) if args.corpus else {"content": value}}
                    for i in range(first, min(first + args.batch, args.count))]
             url = urls[(b + wid) % len(urls)]
             try:
@@ -120,6 +124,9 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--value-bytes", type=int, default=200)
     p.add_argument("--namespace", default="load")
+    p.add_argument("--corpus", action="store_true",
+                   help="memories of cli/corpus.py (text, agents, kinds, tags) instead of --value-bytes of x")
+    p.add_argument("--dims", type=int, default=0, help="with --corpus: an embedding of this many dimensions each")
     p.add_argument("--pids-from", help="cluster.json of `raftmem cluster up` (for RSS)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()

@@ -5,7 +5,13 @@ latency per operation (per consistency level for reads) and errors by kind.
 
 Load shape, the same for both targets: each client loops, picking read or write
 by `--mix read:write` and a key uniformly from `--keys`; reads cycle through the
-`--consistency` levels. The keyspace is written once before any read. The first
+`--consistency` levels. raftmem only: a third share, `--mix read:write:search`,
+issues searches (`--search text,vector,hybrid,filtered`, cycled) over
+`--search-namespace` (a corpus preloaded by `bench/load_memories.py --corpus`),
+and `--corpus` makes the benchmark's own writes corpus memories (text, tags,
+`--dims` vectors) so that the derived indexes work under the write load. The
+report then also says, from the nodes' /metrics over the measured window, how
+far the indexes lagged (sampled each second) and the write amplification. The keyspace is written once before any read. The first
 `--warmup` seconds are not measured. Every loop is bounded in time (`--duration`)
 and count (`--ops-max` per client); every request has a timeout; no request is
 retried (a failure is counted, by kind, and the client moves on).
@@ -46,6 +52,9 @@ from raftmem.client import (
     Unavailable,
 )
 
+from . import corpus
+from .benchindex import IndexWatch
+
 CLIENTS_MAX = 4096
 KEYS_MAX = 10_000_000
 VALUE_BYTES_MAX = 1 << 20
@@ -56,6 +65,7 @@ ERROR_PAUSE_S = 0.01  # after a failed request, so a dead endpoint is not hammer
 PRELOAD_ATTEMPTS = 5
 BATCH_MAX = 128  # etcd's default --max-txn-ops
 NAMESPACE = "bench"
+SEARCH_KINDS = ("text", "vector", "hybrid", "filtered")
 ETCD_LEVELS = {"linearizable": False, "serializable": True, "eventual": True}
 ETCD_UNAVAILABLE_GRPC_CODES = {14}  # UNAVAILABLE
 ETCD_TIMEOUT_GRPC_CODES = {4}  # DEADLINE_EXCEEDED: a put may still apply
@@ -126,12 +136,15 @@ def error_kind(error: BaseException) -> str:
 # -- targets -------------------------------------------------------------------------
 class Target(Protocol):
     levels: list[str]
+    searches: list[str]
 
     async def write(self, worker: int, key: int) -> None: ...
 
     async def write_batch(self, worker: int, keys: list[int]) -> None: ...
 
     async def read(self, worker: int, key: int, level: str) -> None: ...
+
+    async def search(self, worker: int, kind: str, rng: random.Random) -> None: ...
 
 
 def key_id(key: int) -> str:
@@ -150,6 +163,10 @@ class RaftmemTarget:
         if unknown:
             raise ValueError(f"raftmem has no consistency level {', '.join(unknown)} (known: {', '.join(CONSISTENCY_LEVELS)})")
         self.levels = levels
+        self.searches: list[str] = []
+        self.search_namespace = "load"
+        self.dims = 0
+        self.corpus = False
         self.value = value
         self.clients = [
             AsyncClient(part, session=session, retry=NO_RETRY, timeout_s=timeout_s, idempotent=idempotent,
@@ -176,6 +193,10 @@ class RaftmemTarget:
         await _batch_ok(self.preload_client, keys, self.value)
 
     async def write(self, worker: int, key: int) -> None:
+        if self.corpus:
+            body = corpus.memory(key, self.dims)
+            await self._client(worker).put_raw(NAMESPACE, key_id(key), body.pop("content"), **body)
+            return
         await self._client(worker).put_raw(NAMESPACE, key_id(key), self.value, agent_id="bench")
 
     async def write_batch(self, worker: int, keys: list[int]) -> None:
@@ -194,6 +215,12 @@ async def _batch_ok(client: AsyncClient, keys: list[int], value: str) -> None:
     for result in results:
         if result.error is not None:
             raise result.error
+
+    async def search(self, worker: int, kind: str, rng: random.Random) -> None:
+        body = corpus.search_body(kind, rng, self.search_namespace, self.dims)
+        namespace = body.pop("namespace")
+        query = body.pop("query", None)
+        await self._client(worker).search_raw(namespace, query, **body)
 
 
 class EtcdError(Exception):
@@ -219,6 +246,7 @@ class EtcdTarget:
         self.value_b64 = base64.b64encode(value.encode()).decode()
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.endpoint: dict[int, int] = {}
+        self.searches: list[str] = []
 
     async def start(self) -> None:
         await self._post(0, "/v3/maintenance/status", {})
@@ -272,6 +300,9 @@ class EtcdTarget:
     async def write(self, worker: int, key: int) -> None:
         await self._post(worker, "/v3/kv/put", {"key": self.key_b64(key), "value": self.value_b64})
 
+    async def search(self, worker: int, kind: str, rng: random.Random) -> None:
+        raise EtcdError("unsupported", "etcd has no search")
+
     async def write_batch(self, worker: int, keys: list[int]) -> None:
         """One txn of puts (etcd refuses a key twice in a txn: the keys are distinct)."""
         puts = [{"requestPut": {"key": self.key_b64(k), "value": self.value_b64}} for k in keys]
@@ -307,6 +338,7 @@ class Load:
     ops_max: int
     seed: int
     batch: int = 1  # puts per write request (a batch; an etcd txn)
+    search_share: float = 0.0  # 0..1, raftmem only
 
 
 async def run_load(target: Target, load: Load) -> tuple[dict[tuple[str, str], OpStats], float]:
@@ -323,10 +355,15 @@ async def run_load(target: Target, load: Load) -> tuple[dict[tuple[str, str], Op
             if began >= stop_at:
                 return
             key = rng.randrange(load.keys)
-            if rng.random() < load.read_share:
+            roll = rng.random()
+            if roll < load.read_share:
                 level = levels[n % len(levels)]
                 op_key = ("read", level)
                 call = target.read(i, key, level)
+            elif roll < load.read_share + load.search_share:
+                kind = target.searches[n % len(target.searches)]
+                op_key = ("search", kind)
+                call = target.search(i, kind, rng)
             elif load.batch > 1:
                 op_key = ("write", f"batch{load.batch}")
                 call = target.write_batch(i, rng.sample(range(load.keys), min(load.batch, load.keys)))
@@ -421,16 +458,31 @@ def print_report(report: dict[str, Any]) -> None:
     for line in lines:
         print("  ".join(v.rjust(w) if 2 <= i <= 8 else v.ljust(w)
                         for i, (v, w) in enumerate(zip(line, widths, strict=True))).rstrip())
+    index = report.get("index")
+    if index:
+        print(f"indexes: lag max {index['lag_entries_max']:.0f} entries (mean {index['lag_entries_mean']}), oldest "
+              f"waiting {index['queue_age_s_max']} s; write amplification {index['write_amplification']} "
+              f"({sum(index['physical_bytes'].values()):,} physical / {index['logical_bytes']:,} logical bytes: "
+              + ", ".join(f"{k} {v:,}" for k, v in index["physical_bytes"].items()) + ")")
+
+
+def mix_shares(text: str) -> tuple[float, float]:
+    """(read share, search share) of `read:write` or `read:write:search`."""
+    try:
+        parts = [float(x) for x in text.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError("--mix must look like read:write or read:write:search, e.g. 90:10")
+    read, write, search = parts[0], parts[1], parts[2] if len(parts) == 3 else 0.0
+    if min(read, write, search) < 0 or read + write + search <= 0:
+        raise argparse.ArgumentTypeError("--mix needs non-negative shares, not all zero")
+    total = read + write + search
+    return read / total, search / total
 
 
 def parse_mix(text: str) -> float:
-    try:
-        read, write = (float(x) for x in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError("--mix must look like read:write, e.g. 90:10") from None
-    if read < 0 or write < 0 or read + write <= 0:
-        raise argparse.ArgumentTypeError("--mix needs non-negative shares, not both zero")
-    return read / (read + write)
+    return mix_shares(text)[0]
 
 
 def _bounded(kind: type[int] | type[float], lo: float, hi: float) -> Any:
@@ -446,10 +498,16 @@ def _bounded(kind: type[int] | type[float], lo: float, hi: float) -> Any:
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     urls = [u.strip() for u in (args.bench_url or args.url).split(",") if u.strip()]
     levels = [lv.strip() for lv in args.consistency.split(",") if lv.strip()]
-    read_share = parse_mix(args.mix)
+    read_share, search_share = mix_shares(args.mix)
+    searches = [k.strip() for k in args.search.split(",") if k.strip()]
+    unknown = [k for k in searches if k not in SEARCH_KINDS]
+    if unknown or (search_share and not searches):
+        raise ValueError(f"--search takes {', '.join(SEARCH_KINDS)}")
+    if search_share and args.target != "raftmem":
+        raise ValueError("searches are raftmem's only (--target raftmem)")
     value = ("0123456789abcdef" * (args.value_bytes // 16 + 1))[: args.value_bytes]
     load = Load(args.clients, args.duration, args.warmup, read_share, args.keys, args.ops_max, args.seed,
-                args.batch)
+                args.batch, search_share)
     cpu_start_s = time.process_time()
     connector = aiohttp.TCPConnector(limit=max(CLIENTS_MAX, args.clients * 2), limit_per_host=0,
                                      ssl=getattr(args, "ssl_context", None) or True)
@@ -460,6 +518,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         else:
             target = RaftmemTarget(urls, session, value, levels, args.timeout, args.idempotent, args.token,
                                    spray=args.spray)
+            target.searches, target.search_namespace = searches, args.search_namespace
+            target.dims, target.corpus = args.dims, args.corpus
         await target.start()
         preload_s = 0.0
         t0 = time.monotonic()
@@ -468,13 +528,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         if read_share > 0 and args.preload < args.keys:
             await preload(target, args.keys, args.clients)
         preload_s = time.monotonic() - t0
+        watch = IndexWatch(session, urls) if args.target == "raftmem" else None
+        if watch is not None:
+            await watch.start(load.warmup_s)
         stats, measured_s = await run_load(target, load)
+        index = await watch.stop() if watch is not None else None
     return {
         "config": {
             "target": args.target, "urls": urls, "clients": args.clients, "duration_s": args.duration,
             "warmup_s": args.warmup, "mix": args.mix, "value_bytes": args.value_bytes, "keys": args.keys,
             "consistency": levels, "idempotent": bool(args.idempotent) if args.target == "raftmem" else None,
             "timeout_s": args.timeout, "batch": args.batch, "spray": bool(args.spray), "preload": args.preload,
+            "search": searches if search_share else [], "corpus": args.corpus, "dims": args.dims,
         },
         "preload_memories_per_s": round(args.preload / preload_s, 1) if args.preload and preload_s else None,
         "preload_s": round(preload_s, 2),
@@ -482,6 +547,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "client_cpu_s": round(time.process_time() - cpu_start_s, 2),  # this process, preload included
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "results": summarize(stats, measured_s),
+        "index": index,
     }
 
 
@@ -526,6 +592,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--preload", type=_bounded(int, 0, KEYS_MAX), default=0,
                    help="first write keys 0..N-1 in batches (--preload-batch) and report the rate")
     p.add_argument("--preload-batch", type=_bounded(int, 1, BATCH_MAX), default=64)
+    p.add_argument("--search", default="text", help=f"search kinds for the mix's third share, cycled "
+                   f"({', '.join(SEARCH_KINDS)})")
+    p.add_argument("--search-namespace", default="load", help="where searches look (bench/load_memories.py --corpus)")
+    p.add_argument("--corpus", action="store_true", help="raftmem: writes are corpus memories (cli/corpus.py)")
+    p.add_argument("--dims", type=_bounded(int, 0, 4096), default=0,
+                   help="vector dimension: of searches' vectors and (with --corpus) of written embeddings")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", dest="bench_json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_run)

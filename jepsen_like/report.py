@@ -280,7 +280,7 @@ def ops_checked(workload_result: dict[str, Any]) -> int:
             best = max(best, int(checker.get("adds_attempted", 0)) + int(checker.get("reads", 0)))
         elif name == "session":
             best = max(best, int(checker.get("reads_checked", 0)) + int(checker.get("writes_checked", 0)))
-        elif name in ("stale", "causal"):
+        elif name in ("stale", "causal", "search"):
             best = max(best, int(checker.get("reads_checked", 0)))
         else:
             best = max(best, int(checker.get("ops_checked", 0)))

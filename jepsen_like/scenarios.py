@@ -40,11 +40,16 @@ coord-power-loss       power-loss, lock and task workloads                 pass
 control-no-fence       coord-kill-rolling with the fence checks skipped    FAIL
                        (debug.unsafe_skip_fence_check): Jepsen's etcd-lock
                        unsafety, and tasks completed twice
-=====================  ==================================================  ======
 
 The ``coord-`` scenarios run only the ``lock`` and ``task`` workloads
 (``coordworkloads.py``): their holders also pause past their leases by
 themselves, under every fault, which is the fault locks are for.
+control-search-        fresh searches answered without their barrier       FAIL
+  no-barrier           (debug.unsafe_search_no_barrier)
+=====================  ==================================================  ======
+
+``leader-isolate`` and ``kill-rolling`` also run the ``search`` workload
+(fresh searches never miss an acknowledged write, never return a deleted one).
 
 """
 
@@ -235,6 +240,9 @@ async def schedule_membership(nem: Nemesis, t: float) -> None:
         await nem.member_leave(fid, spare)
 
 
+DEFAULT_WORKLOADS = ("register", "set", "session", "stale", "causal")
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -244,7 +252,7 @@ class Scenario:
     cluster: dict[str, Any] = field(default_factory=dict)
     quick_time_limit_s: float = 25.0
     time_limit_s: float = 60.0
-    workloads: tuple[str, ...] = ("register", "set", "session", "stale", "causal")
+    workloads: tuple[str, ...] = DEFAULT_WORKLOADS
 
     def cluster_spec(self) -> ClusterSpec:
         return ClusterSpec(**self.cluster)
@@ -259,12 +267,12 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         Scenario("none", "no faults", schedule_none, quick_time_limit_s=15),
         Scenario("leader-isolate", "the leader of a random shard isolated, healed, repeated",
-                 schedule_leader_isolate, quick_time_limit_s=25),
+                 schedule_leader_isolate, quick_time_limit_s=25, workloads=(*DEFAULT_WORKLOADS, "search")),
         Scenario("halves", "random halves, twice", schedule_halves),
         Scenario("leader-pause", "a shard leader SIGSTOPped past its lease, SIGCONT, repeated",
                  schedule_leader_pause),
         Scenario("kill-rolling", "kill -9 and restart of each node in turn, then of all nodes",
-                 schedule_kill_rolling, quick_time_limit_s=30),
+                 schedule_kill_rolling, quick_time_limit_s=30, workloads=(*DEFAULT_WORKLOADS, "search")),
         Scenario("clock", "clock jumps, strobes and skew within the drift bound on shard leaders",
                  schedule_clock, cluster={"clock_shim": True}, time_limit_s=60),
         Scenario("disk-full", "a follower's disk full, freed, the node restarted",
@@ -301,20 +309,23 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("control-no-fence", "NEGATIVE CONTROL: fence checks skipped (locks and task claims) under "
                  "kill-rolling", schedule_kill_rolling, expect_valid=False, workloads=COORDINATION,
                  cluster={"debug": {"unsafe_skip_fence_check": True}}, quick_time_limit_s=25),
+        Scenario("control-search-no-barrier", "NEGATIVE CONTROL: fresh searches answered without their barrier",
+                 schedule_none, expect_valid=False, workloads=("search",), quick_time_limit_s=15,
+                 cluster={"debug": {"unsafe_search_no_barrier": True}}),
     )
 }
 
 # The scenarios the issue fixes (make jepsen); extras run after them.
 REQUIRED = ("none", "leader-isolate", "halves", "leader-pause", "kill-rolling", "clock", "disk-full",
             "power-loss", "membership", "control-local-reads", "control-no-fsync", "control-early-ack",
-            "control-causal-blind")
+            "control-causal-blind", "control-search-no-barrier")
 COORDINATION_MATRIX = ("coord-leader-pause", "coord-leader-isolate", "coord-kill-rolling", "coord-clock",
                        "coord-power-loss", "control-no-fence")
 FULL_MATRIX = (*REQUIRED, "majority-ring", "bridge", "disk-full-failover", *COORDINATION_MATRIX)
 # make jepsen-quick (CI): a short subset, with negative controls that must FAIL.
 QUICK_MATRIX = ("none", "leader-isolate", "kill-rolling", "power-loss", "control-local-reads",
                 "control-early-ack", "control-no-fsync", "control-causal-blind", "coord-kill-rolling",
-                "control-no-fence")
+                "control-no-fence", "control-search-no-barrier")
 
 
 def get(name: str) -> Scenario:

@@ -492,6 +492,7 @@ class StaleWorkload(Workload):
 
 # Workloads in modules of their own build on Workload above.
 from jepsen_like.causal import BlindCausalWorkload, CausalWorkload  # noqa: E402
+from jepsen_like.search import SearchWorkload  # noqa: E402
 
 WORKLOAD_CLASSES: dict[str, type[Workload]] = {
     "register": RegisterWorkload,
@@ -500,6 +501,7 @@ WORKLOAD_CLASSES: dict[str, type[Workload]] = {
     "stale": StaleWorkload,
     "causal": CausalWorkload,
     "causal-blind": BlindCausalWorkload,
+    "search": SearchWorkload,
 }
 
 # Which checkers of jepsen_like.checker judge each harness workload.
@@ -510,4 +512,5 @@ WORKLOAD_CHECKS: dict[str, str] = {
     "stale": "stale",
     "causal": "causal",
     "causal-blind": "causal",
+    "search": "search",
 }

@@ -8,6 +8,7 @@
 - ``causal``: reads with a causal context handed between agents see what it covers.
 - ``coordination``: the registers locks guard, fences that never go back, and
   task queues (every task completed once or dead-lettered).
+- ``search``: fresh searches see every acknowledged write and no deleted memory.
 - ``testdata_formats``: readers for the reference Jepsen/EDN histories.
 
 ``check_history`` runs the checkers a workload needs and folds their verdicts:
@@ -28,6 +29,7 @@ from jepsen_like.checker.causal import check_causal
 from jepsen_like.checker.coordination import check_fences, check_lock_register, check_tasks
 from jepsen_like.checker.history import Event, HistoryError, load_jsonl
 from jepsen_like.checker.linear import DEADLINE_S_DEFAULT, check_linearizable
+from jepsen_like.checker.search import check_search
 from jepsen_like.checker.session import check_session
 from jepsen_like.checker.setcheck import check_set
 from jepsen_like.checker.stale import check_stale
@@ -62,6 +64,7 @@ _CHECKERS: dict[str, Checker] = {
     "linear-lock": check_lock_register,
     "fences": lambda events, _deadline_s: check_fences(events),
     "tasks": lambda events, _deadline_s: check_tasks(events),
+    "search": lambda events, _deadline_s: check_search(events),
 }
 
 # Which checkers apply to each workload. The session workload's reads and writes
@@ -75,6 +78,7 @@ WORKLOADS: dict[str, tuple[str, ...]] = {
     "causal": ("causal",),
     "lock": ("linear-lock", "fences"),
     "task": ("tasks",),
+    "search": ("search",),
 }
 
 
