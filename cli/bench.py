@@ -167,6 +167,7 @@ class RaftmemTarget:
         self.search_namespace = "load"
         self.dims = 0
         self.corpus = False
+        self.fresh = False
         self.value = value
         self.clients = [
             AsyncClient(part, session=session, retry=NO_RETRY, timeout_s=timeout_s, idempotent=idempotent,
@@ -218,6 +219,8 @@ async def _batch_ok(client: AsyncClient, keys: list[int], value: str) -> None:
 
     async def search(self, worker: int, kind: str, rng: random.Random) -> None:
         body = corpus.search_body(kind, rng, self.search_namespace, self.dims)
+        if self.fresh:
+            body["fresh"] = True
         namespace = body.pop("namespace")
         query = body.pop("query", None)
         await self._client(worker).search_raw(namespace, query, **body)
@@ -519,7 +522,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             target = RaftmemTarget(urls, session, value, levels, args.timeout, args.idempotent, args.token,
                                    spray=args.spray)
             target.searches, target.search_namespace = searches, args.search_namespace
-            target.dims, target.corpus = args.dims, args.corpus
+            target.dims, target.corpus, target.fresh = args.dims, args.corpus, args.search_fresh
         await target.start()
         preload_s = 0.0
         t0 = time.monotonic()
@@ -595,6 +598,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--search", default="text", help=f"search kinds for the mix's third share, cycled "
                    f"({', '.join(SEARCH_KINDS)})")
     p.add_argument("--search-namespace", default="load", help="where searches look (bench/load_memories.py --corpus)")
+    p.add_argument("--search-fresh", action="store_true", help="searches ask fresh: true (lag 0)")
     p.add_argument("--corpus", action="store_true", help="raftmem: writes are corpus memories (cli/corpus.py)")
     p.add_argument("--dims", type=_bounded(int, 0, 4096), default=0,
                    help="vector dimension: of searches' vectors and (with --corpus) of written embeddings")

@@ -394,7 +394,9 @@ class Api:
 
     async def list(self, request: web.Request) -> web.Response:
         ns = request.match_info["namespace"]
-        return await self._memories(_call(request), lambda call: self.service.queries.list(ns, call))
+        # Ordered by a time (?order=-updated_at): the derived indexes serve it.
+        run = self.service.search.list_ordered if request.query.get("order") else self.service.queries.list
+        return await self._memories(_call(request), lambda call: run(ns, call))
 
     async def list_shard(self, request: web.Request) -> web.Response:
         ns = request.match_info["namespace"]

@@ -199,7 +199,7 @@ class Search:
             rrf_k=_int(body, "rrf_k", RRF_K_DEFAULT, 1, 10_000), scope=call.scope,
         )
         request.digest = hashlib.blake2b(orjson.dumps(
-            [ns, prefix, query, vector, metric, body.get("filter"), order_by, limit]), digest_size=8).hexdigest()
+            [ns, prefix, query, vector, metric, body.get("filter"), order_by]), digest_size=8).hexdigest()
         if body.get("cursor") is not None:
             if not isinstance(body["cursor"], str):
                 raise InvalidRequest("cursor must be a string", field="cursor")
@@ -238,6 +238,46 @@ class Search:
         parts = [Part.from_json(a) for a in answers]
         items, more = self._merge(r, parts)
         return self._reply(r, items, more, parts)
+
+    async def list_ordered(self, ns: str, call: Call) -> Reply:
+        """GET /v1/memories/{ns}?order=[-]updated_at|[-]created_at: a list (its
+        agent_id, tag, since, until, limit, cursor) ordered by a time, served by
+        the derived indexes (a filter-only search; the default list order stays
+        the store's (created_at, id))."""
+        q = call.query
+        order = q.get("order") or ""
+        if order not in ORDERS or order == "score":
+            raise InvalidRequest("order must be updated_at, -updated_at, created_at or -created_at", field="order")
+        conditions: list[dict[str, Any]] = []
+        if q.get("agent_id"):
+            conditions.append({"agent_id": q["agent_id"]})
+        if q.get("tag"):
+            conditions.append({"tags": q["tag"]})
+        for param, op in (("since", "$gte"), ("until", "$lte")):
+            if q.get(param):
+                conditions.append({"created_at": {op: v.int_param(param, q[param], 0, 0, (1 << 63) - 1)}})
+        body: dict[str, Any] = {"namespace": ns, "order_by": order,
+                                "limit": v.int_param("limit", q.get("limit"), 100, 1, self.limits.list_page_max)}
+        if conditions:
+            body["filter"] = {"$and": conditions}
+        # A list keeps its levels' promises: strong and linearizable see every
+        # acknowledged write (fresh), the others what their level allows.
+        level = v.consistency(q.get("consistency") or call.header("X-Raftmem-Consistency"))
+        if level in (None, "strong", "linearizable"):
+            body["fresh"] = True
+        else:
+            body["consistency"] = level
+        if q.get("after"):
+            body["after"] = q["after"]
+        if q.get("cursor"):
+            body["cursor"] = q["cursor"]
+        reply = await self.search(replace(call, body=orjson.dumps(body)))
+        found = reply.json()
+        items = [{k: val for k, val in item.items() if k != "score"} for item in found["items"]]
+        out: dict[str, Any] = {"items": items, "count": len(items), "index_lag": found["index_lag"]}
+        if found["cursor"]:
+            out["cursor"] = found["cursor"]
+        return Reply(200, out, reply.headers)
 
     def _merge(self, r: SearchRequest, parts: Sequence[Part]) -> tuple[list[dict[str, Any]], bool]:
         def key(rec: dict[str, Any]) -> tuple[str, str]:

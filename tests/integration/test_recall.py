@@ -284,6 +284,19 @@ def test_pages_follow_the_cursor_without_repeats(rc: Cluster) -> None:
     assert times == sorted(times, reverse=True)
 
 
+def test_a_list_orders_by_updated_at(rc: Cluster) -> None:
+    for mid in ("u1", "u2", "u3"):
+        rc.request("n1", "PUT", f"/v1/memories/ordered/{mid}", {"content": mid, "agent_id": "a"})
+    rc.request("n1", "PUT", "/v1/memories/ordered/u1", {"content": "touched last", "agent_id": "a"})
+    status, _, body = rc.request("n2", "GET", "/v1/memories/ordered?order=-updated_at&agent_id=a&limit=2")
+    assert status == 200 and [it["id"] for it in body["items"]] == ["u1", "u3"] and body["cursor"]
+    rest = rc.request("n2", "GET", f"/v1/memories/ordered?order=-updated_at&agent_id=a&cursor={body['cursor']}")[2]
+    assert [it["id"] for it in rest["items"]] == ["u2"]
+    default = rc.request("n3", "GET", "/v1/memories/ordered")[2]
+    assert [it["id"] for it in default["items"]] == ["u1", "u2", "u3"]  # (created_at, id), as before
+    assert rc.request("n3", "GET", "/v1/memories/ordered?order=score")[0] == 400
+
+
 def test_a_summary_is_marked_stale_by_a_write_and_refreshed(rc: Cluster) -> None:
     load(rc, "summ", [(f"s{i}", {"content": "x", "kind": "fact" if i % 2 else "episodic", "tags": ["t"]})
                       for i in range(10)])
