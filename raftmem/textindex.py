@@ -48,6 +48,7 @@ class TextDoc:
     created_at: int = 0
     updated_at: int = 0
     vkey: int | None = None  # its key in the vector index, when it has an embedding
+    rev: int = 0  # the Raft index of the record's write (checks compare it with the store's)
 
     @property
     def key(self) -> str:
@@ -105,6 +106,7 @@ def _schema() -> tantivy.Schema:
     sb.add_unsigned_field("updated", fast=True)
     sb.add_unsigned_field("vkey", stored=True, indexed=True, fast=True)
     sb.add_unsigned_field("wm", stored=True)
+    sb.add_unsigned_field("rev", stored=True)
     return sb.build()
 
 
@@ -181,6 +183,7 @@ class TextIndex:
             doc.add_unsigned("updated", max(0, int(d.updated_at)))
             if d.vkey is not None:
                 doc.add_unsigned("vkey", d.vkey)
+            doc.add_unsigned("rev", max(0, d.rev))
             self.writer.add_document(doc)
 
     def delete(self, keys: Iterable[str]) -> None:
@@ -331,10 +334,18 @@ class TextIndex:
 
     def all_keys(self) -> list[str]:
         """Every memory's key (for checks and tests; reads the whole index)."""
+        return sorted(key for key, _rev in self.all_revs())
+
+    def all_revs(self) -> list[tuple[str, int]]:
+        """Every memory's key and the Raft index of the version indexed."""
         searcher = self.index.searcher()
         total = searcher.num_docs
         if total == 0:
             return []
-        hits = searcher.search(tantivy.Query.all_query(), total, count=False).hits
-        keys = (searcher.doc(a).get_first("key") for _s, a in hits)
-        return sorted(str(k) for k in keys if k is not None and k != META_KEY)
+        out = []
+        for _score, address in searcher.search(tantivy.Query.all_query(), total, count=False).hits:
+            doc = searcher.doc(address)
+            key = doc.get_first("key")
+            if key is not None and key != META_KEY:
+                out.append((str(key), int(doc.get_first("rev") or 0)))
+        return out

@@ -59,13 +59,14 @@ def scores(metric: str, query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
 
 
 class VectorIndex:
-    def __init__(self, path: Path, dims: int) -> None:
+    def __init__(self, path: Path, dims: int, empty: bool = False) -> None:
+        """`empty`: start a new graph (a rebuild), whatever the file holds."""
         self.path = path
         self.dims = dims
         self.watermark = 0  # of the last save (what a restart resumes from)
         self.bytes_written = 0
         self._lock = threading.Lock()
-        self._index = self._load()
+        self._index = _new_index(dims) if empty else self._load()
 
     def _load(self) -> Index:
         try:

@@ -87,7 +87,7 @@ def text_doc(rec: dict[str, Any]) -> TextDoc:
         namespace=rec["namespace"], id=rec["id"], text=embeddings.text_of(rec.get("content")),
         agent_id=rec.get("agent_id"), kind=rec.get("kind"), tags=tuple(rec.get("tags") or ()),
         created_at=int(rec.get("created_at") or 0), updated_at=int(rec.get("updated_at") or 0),
-        vkey=vkey_of(rec["namespace"], rec["id"]) if emb else None,
+        vkey=vkey_of(rec["namespace"], rec["id"]) if emb else None, rev=int(rec.get("rev") or 0),
     )
 
 
@@ -237,31 +237,35 @@ class ReplicaIndex:
                 return True
 
     async def _rebuild(self) -> None:
-        """The indexes again from a snapshot of the store."""
-        self.stats.rebuilds += 1
+        """The indexes again from a snapshot of the store (searches see the old
+        ones until the new ones are committed and swapped in)."""
         scan: RecordScan = (await self.shard.read("eventual", lambda s: s.record_scan()))[0]
         log.info("shard %d: rebuilding derived indexes from the store at index %d", self.shard_id, scan.applied)
         await self._in_thread(self._rebuild_sync, scan.records, scan.applied)
         self.queue.reset(scan.applied)
         self._skip_through = scan.applied
         self.visible = scan.applied
+        self.stats.rebuilds += 1
         self._wake_waiters()
 
     def _rebuild_sync(self, records: Iterator[tuple[bytes, bytes]], applied: int) -> None:
         assert self.text is not None
-        self.text.clear()
-        for v in self.vectors.values():
-            v.clear()
+        self.text.clear()  # takes effect at the commit below
+        fresh: dict[int, VectorIndex] = {}
         chunk: list[dict[str, Any]] = []
         for _key, raw in records:
             chunk.append(codec.loads(raw))
             if len(chunk) >= REBUILD_CHUNK:
-                self._write_records(chunk, [])
+                self._write_records(chunk, [], fresh)
                 chunk = []
-        self._write_records(chunk, [])
+        self._write_records(chunk, [], fresh)
         self.text.commit(applied)
-        for v in self.vectors.values():
+        for dims, old in self.vectors.items():
+            if dims not in fresh:
+                old.remove_file()
+        for v in fresh.values():
             v.save(applied)
+        self.vectors = fresh
         self._vectors_dirty = False
         self._saved_at = time.monotonic()
 
@@ -395,8 +399,13 @@ class ReplicaIndex:
         if self._commits % GC_EVERY_COMMITS == 0:
             self.text.garbage_collect()
 
-    def _write_records(self, records: list[dict[str, Any]], deleted: Iterable[tuple[str, str]]) -> None:
+    def _write_records(self, records: list[dict[str, Any]], deleted: Iterable[tuple[str, str]],
+                       vectors: dict[int, VectorIndex] | None = None) -> None:
+        """Into the text index and `vectors` (the live ones by default; new
+        empty ones, for a rebuild, are created there)."""
         assert self.text is not None
+        rebuilding = vectors is not None
+        live = self.vectors if vectors is None else vectors
         docs = [text_doc(r) for r in records]
         self.text.upsert(docs)
         gone = list(deleted)
@@ -408,26 +417,27 @@ class ReplicaIndex:
                 unvectored.append(vkey_of(rec["namespace"], rec["id"]))
                 continue
             vector = embeddings.unpack(rec["emb"])
-            keys, vectors = by_dims.setdefault(len(vector), ([], []))
+            keys, rows = by_dims.setdefault(len(vector), ([], []))
             keys.append(doc.vkey)
-            vectors.append(vector)
-        for dims, (keys, vectors) in by_dims.items():
-            index = self.vectors.get(dims)
+            rows.append(vector)
+        for dims, (keys, rows) in by_dims.items():
+            index = live.get(dims)
             if index is None:
-                index = VectorIndex(self.directory / f"vectors-{dims}.usearch", dims)
-                # Empty, it covers everything before this batch: saving that now
-                # keeps a restart from replaying from index 0.
-                index.save(self.text.watermark)
-                self.vectors[dims] = index
-            for other in self.vectors.values():
+                index = VectorIndex(self.directory / f"vectors-{dims}.usearch", dims, empty=rebuilding)
+                if not rebuilding:
+                    # Empty, it covers everything before this batch: saving that
+                    # now keeps a restart from replaying from index 0.
+                    index.save(self.text.watermark)
+                live[dims] = index
+            for other in live.values():
                 if other is not index:
                     other.remove(keys)
-            index.upsert(keys, np.asarray(vectors, dtype=np.float32))
+            index.upsert(keys, np.asarray(rows, dtype=np.float32))
             self._vectors_dirty = True
         if unvectored:
-            for index in self.vectors.values():
+            for index in live.values():
                 index.remove(unvectored)
-            self._vectors_dirty = self._vectors_dirty or bool(self.vectors)
+            self._vectors_dirty = self._vectors_dirty or bool(live)
 
     async def _checkpoint_if_due(self) -> None:
         """Save the vector indexes (their durable watermark) every checkpoint_s,
@@ -518,22 +528,26 @@ class ReplicaIndex:
         def compare() -> dict[str, Any]:
             assert self.text is not None
             store: set[str] = set()
+            revs: dict[str, int] = {}
             vectored: dict[int, list[int]] = {}
             for _key, raw in scan.records:
                 rec = codec.loads(raw)
                 store.add(doc_key(rec["namespace"], rec["id"]))
+                revs[doc_key(rec["namespace"], rec["id"])] = int(rec.get("rev") or 0)
                 if rec.get("emb"):
                     dims = embeddings.dims(rec["emb"])
                     vectored.setdefault(dims, []).append(vkey_of(rec["namespace"], rec["id"]))
-            keys = self.text.all_keys()
+            indexed = self.text.all_revs()
+            keys = [k for k, _ in indexed]
             held = set(keys)
+            stale = sorted(k for k, rev in indexed if k in revs and revs[k] != rev)
             vectors = {str(d): {"store": len(ks), "index": len(self.vectors[d]) if d in self.vectors else 0,
                                 "held": self.vectors[d].held(ks) if d in self.vectors else 0}
                        for d, ks in vectored.items()}
             return {
                 "applied": scan.applied, "watermark": watermark, "documents": len(keys), "store": len(store),
                 "missing": sorted(store - held)[:20], "extra": sorted(held - store)[:20],
-                "duplicates": len(keys) - len(held), "vectors": vectors,
+                "duplicates": len(keys) - len(held), "stale": stale[:20], "vectors": vectors,
             }
 
         return dict(await self._in_thread(compare))

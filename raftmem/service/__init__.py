@@ -87,7 +87,8 @@ class MemoryService:
         self.search = Search(config, self.router, clock, indexes)
         self.recall = Recall(config, self.router, clock, indexes, self.search.barrier)
         self.memories = Memories(config, self.router, clock, hooks=self.recall if indexes is not None else None)
-        self.batches = Batches(config, self.router, self.queries, clock)
+        self.batches = Batches(config, self.router, self.queries, clock,
+                               hooks=self.recall if indexes is not None else None)
         self.transfers = Transfers(config, self.router, clock)
         self.membership = Membership(config, self.router, self.memories)
         self.status = Status(config, self.router, indexes.status if indexes is not None else None)

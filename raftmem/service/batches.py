@@ -36,7 +36,7 @@ from ..errors import Indeterminate, InvalidRequest, NotFound, Overloaded, Raftme
 from ..shard import Shard
 from .calls import Call, ForwardLost, ForwardNotSent, Reply, public
 from .leaders import Router
-from .memories import checked_fence, derived_id, fenced_id
+from .memories import WriteHooks, checked_fence, derived_id, fenced_id
 from .outcomes import error_for, write_reply
 from .queries import Queries, not_fenced
 
@@ -70,7 +70,10 @@ def _error(e: RaftmemError) -> Result:
 
 
 class Batches:
-    def __init__(self, config: Config, router: Router, queries: Queries, clock: Clock) -> None:
+    def __init__(self, config: Config, router: Router, queries: Queries, clock: Clock,
+                 hooks: WriteHooks | None = None) -> None:
+        """`hooks`: the derived indexes' part of a write (memories.WriteHooks)."""
+        self.hooks = hooks
         self.config = config
         self.router = router
         self.queries = queries
@@ -252,17 +255,29 @@ class Batches:
         return {"status": reply.status, "body": reply.json()}
 
     async def _propose(self, replica: Shard, ops: list[_Op], atomic: bool) -> list[Result]:
+        hooks = self.hooks
+        writes: list[Put | Delete | None] = [op.command for op in ops]
+        if hooks is not None:
+            hooks.admit(replica.shard)
+            for i, c in enumerate(writes):
+                if isinstance(c, Put):
+                    prepared = await hooks.prepare(c)  # a Put again (with its embedding)
+                    assert isinstance(prepared, Put)
+                    writes[i] = prepared
         now = self.clock.wall_ms()
         # The leader chooses the time before proposing (apply stays deterministic).
         commands: list[TxnOp] = [
-            replace(op.command, now_ms=now) if op.command is not None else Get(op.namespace, op.id, now)
-            for op in ops
+            replace(w, now_ms=now) if w is not None else Get(op.namespace, op.id, now)
+            for op, w in zip(ops, writes, strict=True)
         ]
         if atomic:
             (done,) = await replica.submit_many([Txn(tuple(commands))])
             committed = [Committed(done.index, r) for r in done.result.results] or [done] * len(ops)
         else:
             committed = await replica.submit_many(commands)
+        if hooks is not None:
+            await asyncio.gather(*(hooks.settle(replica.shard, w, c)
+                                   for w, c in zip(writes, committed, strict=True) if w is not None))
         return [self._result(replica.shard, op, c) for op, c in zip(ops, committed, strict=True)]
 
     def _result(self, shard: int, op: _Op, done: Committed) -> Result:
