@@ -140,12 +140,15 @@ def bench(cluster: Cluster, out: Path, name: str, *args: str) -> dict[str, Any]:
 
 
 def phase_search(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    reuse = args.reuse and (out / "search" / "data").exists()
     cluster = Cluster(out / "search", {})
     cluster.start()
     try:
         t0 = time.monotonic()
-        load = run([sys.executable, "bench/load_memories.py", "--url", ",".join(cluster.urls), "--count",
-                    str(args.count), "--corpus", "--dims", str(args.dims), "--json"], out, "preload")
+        load: dict[str, Any] = {"reused": str(out / "search" / "data")}
+        if not reuse:
+            load = run([sys.executable, "bench/load_memories.py", "--url", ",".join(cluster.urls), "--count",
+                        str(args.count), "--corpus", "--dims", str(args.dims), "--json"], out, "preload")
         deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
         while not cluster.caught_up():
             if time.monotonic() > deadline:
@@ -187,6 +190,7 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=20)
     p.add_argument("--search-clients", type=int, default=8)
     p.add_argument("--phases", default="search,writes")
+    p.add_argument("--reuse", action="store_true", help="search: restart on OUT's preloaded data, no preload")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "count": args.count, "dims": args.dims,

@@ -206,6 +206,14 @@ class RaftmemTarget:
     async def read(self, worker: int, key: int, level: str) -> None:
         await self._client(worker).get_raw(NAMESPACE, key_id(key), consistency=level)
 
+    async def search(self, worker: int, kind: str, rng: random.Random) -> None:
+        body = corpus.search_body(kind, rng, self.search_namespace, self.dims)
+        if self.fresh:
+            body["fresh"] = True
+        namespace = body.pop("namespace")
+        query = body.pop("query", None)
+        await self._client(worker).search_raw(namespace, query, **body)
+
 
 async def _batch_ok(client: AsyncClient, keys: list[int], value: str) -> None:
     """One POST /v1/batch of puts; raises the first operation's error, if any."""
@@ -216,14 +224,6 @@ async def _batch_ok(client: AsyncClient, keys: list[int], value: str) -> None:
     for result in results:
         if result.error is not None:
             raise result.error
-
-    async def search(self, worker: int, kind: str, rng: random.Random) -> None:
-        body = corpus.search_body(kind, rng, self.search_namespace, self.dims)
-        if self.fresh:
-            body["fresh"] = True
-        namespace = body.pop("namespace")
-        query = body.pop("query", None)
-        await self._client(worker).search_raw(namespace, query, **body)
 
 
 class EtcdError(Exception):

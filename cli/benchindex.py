@@ -30,7 +30,8 @@ def parse(text: str) -> dict[str, Any]:
             out["logical"] += v
         elif name == "raftmem_index_physical_bytes_total":
             part = _PART.search(labels or "")
-            out["physical"][part.group(1) if part else "?"] += v
+            if part:
+                out["physical"][part.group(1)] += v
     return out
 
 

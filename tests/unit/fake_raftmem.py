@@ -69,6 +69,7 @@ class FakeCluster:
         self.index: dict[int, int] = {s: 0 for s in range(SHARDS)}
         self.forwarding = True  # followers "forward": Served-By names the leader
         self.extra_nodes: dict[str, str] = {}  # listed in /v1/cluster, not served
+        self.searches: list[dict[str, Any]] = []  # bodies of POST /v1/search
 
     async def start(self) -> FakeCluster:
         for node in self.node_ids:
@@ -105,11 +106,17 @@ class FakeCluster:
         async def batch(request: web.Request) -> web.Response:
             return await self._batch(node, request)
 
+        async def search(request: web.Request) -> web.Response:
+            self.searches.append(await request.json())
+            return web.json_response({"items": [], "more": False, "cursor": None,
+                                      "index_lag": {"entries": 0, "ms": 0, "stale": False, "shards": {}}})
+
         app = web.Application()
         app.router.add_get("/v1/cluster", cluster)
         app.router.add_route("*", "/v1/memories/{ns}/{id}", memory)
         app.router.add_route("*", "/v1/memories/{ns}", namespace)
         app.router.add_post("/v1/batch", batch)
+        app.router.add_post("/v1/search", search)
         return app
 
     async def _record(self, node: str, request: web.Request) -> Seen:

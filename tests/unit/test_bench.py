@@ -75,7 +75,7 @@ async def fake() -> AsyncIterator[FakeCluster]:
 def _args(url: str, **kw: object) -> argparse.Namespace:
     argv = ["--url", url, "bench", "--clients", "4", "--duration", "0.3", "--warmup", "0.1", "--keys", "20"]
     for key, value in kw.items():
-        argv += [f"--{key.replace('_', '-')}", str(value)]
+        argv += [f"--{key.replace('_', '-')}"] + ([str(value)] if value != "" else [])
     return build_parser().parse_args(argv)
 
 
@@ -88,6 +88,17 @@ async def test_a_short_raftmem_run(fake: FakeCluster) -> None:
     assert len({k for (ns, k) in fake.data if ns == bench.NAMESPACE}) == 20  # preloaded
     writes = [s for s in fake.data_requests() if s.method == "PUT"]
     assert "Idempotency-Key" not in writes[-1].headers  # not --idempotent
+
+
+async def test_searches_join_the_mix(fake: FakeCluster) -> None:
+    report = await bench.bench(_args(",".join(fake.url_list()), mix="0:1:3", search="text,vector,filtered",
+                                     dims=8, search_fresh=""))
+    rows = {(r["op"], r["consistency"]) for r in report["results"]}
+    assert {("search", "text"), ("search", "vector"), ("search", "filtered"), ("write", "-")} <= rows
+    kinds = {("query" in b, "vector" in b, "filter" in b) for b in fake.searches}
+    assert kinds == {(True, False, False), (False, True, False), (True, False, True)}
+    assert all(b["fresh"] is True and b["namespace"] == "load" for b in fake.searches)
+    assert all(len(b["vector"]) == 8 for b in fake.searches if "vector" in b)
 
 
 async def test_errors_are_counted_by_kind(fake: FakeCluster) -> None:
