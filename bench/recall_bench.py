@@ -64,9 +64,16 @@ def get_json(url: str, timeout_s: float = 10) -> Any:
 
 
 class Cluster:
-    def __init__(self, root: Path, indexing: dict[str, Any]) -> None:
+    def __init__(self, root: Path, indexing: dict[str, Any], reuse: bool = False) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        self.config = root / "cluster.yaml"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        if reuse and self.config.exists():  # the same ports: the membership table names them
+            nodes = yaml.safe_load(self.config.read_text())["cluster"]["nodes"]
+            self.http = [n["http_port"] for n in nodes]
+            self.urls = [f"http://127.0.0.1:{p}" for p in self.http]
+            return
         self.http, raft = ports()
         config = {
             "cluster": {"name": "bench", "shards": SHARDS, "nodes": [
@@ -78,9 +85,7 @@ class Cluster:
             "storage": {"data_dir": str(root / "data")},
             "indexing": indexing,
         }
-        self.config = root / "cluster.yaml"
         self.config.write_text(yaml.safe_dump(config))
-        self.procs: list[subprocess.Popen[bytes]] = []
         self.urls = [f"http://127.0.0.1:{p}" for p in self.http]
 
     def start(self) -> None:
@@ -141,7 +146,7 @@ def bench(cluster: Cluster, out: Path, name: str, *args: str) -> dict[str, Any]:
 
 def phase_search(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     reuse = args.reuse and (out / "search" / "data").exists()
-    cluster = Cluster(out / "search", {})
+    cluster = Cluster(out / "search", {}, reuse=reuse)
     cluster.start()
     try:
         t0 = time.monotonic()
@@ -155,6 +160,10 @@ def phase_search(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 raise SystemExit("the indexes did not catch up")
             time.sleep(2)
         caught_up_s = round(time.monotonic() - t0, 1)
+        if args.skip_searches:
+            writes = bench(cluster, out, "writes_with_vectors", "--mix", "0:100", "--clients", "32", "--duration",
+                           str(args.duration), "--corpus", "--dims", str(args.dims), "--keys", "100000")
+            return {"writes_with_vectors": writes}
         searches = bench(cluster, out, "searches", "--mix", "0:0:100", "--search", "text,vector,hybrid,filtered",
                          "--clients", str(args.search_clients), "--duration", str(args.duration), "--dims",
                          str(args.dims), "--search-namespace", "load")
@@ -190,6 +199,7 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=20)
     p.add_argument("--search-clients", type=int, default=8)
     p.add_argument("--phases", default="search,writes")
+    p.add_argument("--skip-searches", action="store_true", help="search phase: only the write load with vectors")
     p.add_argument("--reuse", action="store_true", help="search: restart on OUT's preloaded data, no preload")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -342,6 +342,7 @@ class AsyncClient(AsyncCoordination, SearchMixin):
         tags: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         ttl_s: float | None = None,
+        embedding: Sequence[float] | None = None,
         if_match: int | str | None = None,
         if_none_match: bool = False,
         if_fence: str | HasFence | None = None,
@@ -360,14 +361,14 @@ class AsyncClient(AsyncCoordination, SearchMixin):
             shard=self.shard_of(namespace, memory_id),
             headers=_with_context(self._write_headers(if_match, if_none_match, idempotency_key, idempotent, if_fence),
                                   context),
-            body=orjson.dumps(_memory_body(agent_id, kind, content, tags, metadata, ttl_s)),
+            body=orjson.dumps(_memory_body(agent_id, kind, content, tags, metadata, ttl_s, embedding)),
         )
         return await self._send(request, retry)
 
     async def put(self, namespace: str, memory_id: str, content: Any = None, **kw: Any) -> dict[str, Any]:
         """Upsert; returns the memory (with `version` and `token`). Keywords: agent_id,
-        kind, tags, metadata, ttl_s, if_match, if_none_match, idempotency_key,
-        idempotent, retry."""
+        kind, tags, metadata, ttl_s, embedding (a list of floats: vector search),
+        if_match, if_none_match, idempotency_key, idempotent, retry."""
         body: dict[str, Any] = (await self.put_raw(namespace, memory_id, content, **kw)).body
         return body
 
@@ -381,6 +382,7 @@ class AsyncClient(AsyncCoordination, SearchMixin):
         tags: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         ttl_s: float | None = None,
+        embedding: Sequence[float] | None = None,
         idempotency_key: str | None = None,
         idempotent: bool | None = None,
         retry: RetryPolicy | None = None,
@@ -393,7 +395,7 @@ class AsyncClient(AsyncCoordination, SearchMixin):
             _memory_path(namespace),
             is_write=True,
             headers=_with_context(self._write_headers(None, False, idempotency_key, idempotent), context),
-            body=orjson.dumps(_memory_body(agent_id, kind, content, tags, metadata, ttl_s)),
+            body=orjson.dumps(_memory_body(agent_id, kind, content, tags, metadata, ttl_s, embedding)),
         )
         return await self._send(request, retry)
 

@@ -109,8 +109,11 @@ def _memory_body(
     tags: Sequence[str] | None,
     metadata: Mapping[str, Any] | None,
     ttl_s: float | None,
+    embedding: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"content": content}
+    if embedding is not None:
+        body["embedding"] = [float(x) for x in embedding]
     if agent_id is not None:
         body["agent_id"] = agent_id
     if kind is not None:

@@ -383,6 +383,8 @@ def test_the_python_client_searches_and_its_session_reads_its_writes(rc: Cluster
         items = list(client.search_all("cli-ns", "client note", limit=2, fresh=True))
         assert sorted(it["id"] for it in items) == [f"c{i}" for i in range(5)]
         assert "cli-ns" in client.list_namespaces(prefix="cli-ns")
+        client.put("cli-vec", "v1", "with a vector", embedding=[0.0, 1.0])
+        assert client.search("cli-vec", vector=[0.1, 1.0], fresh=True)["items"][0]["id"] == "v1"
         assert client.namespace_summary("cli-ns", refresh=True)["count"] == 5
 
 
