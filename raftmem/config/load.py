@@ -305,6 +305,8 @@ def _parse_indexing(raw: Mapping[str, Any]) -> IndexingConfig:
         raise ConfigError(f"{section}.batch_docs: must be in [1, batch_docs_max ({config.batch_docs_max})]")
     if config.queue_docs_max < config.batch_docs:
         raise ConfigError(f"{section}.queue_docs_max: must be at least batch_docs ({config.batch_docs})")
+    if config.queue_bytes_max < 1 << 20:
+        raise ConfigError(f"{section}.queue_bytes_max: at least 1 MiB (a record is up to a MiB)")
     if config.text_heap_bytes < 15_000_000:
         raise ConfigError(f"{section}.text_heap_bytes: tantivy needs at least 15000000")
     if config.checkpoint_s < 1:

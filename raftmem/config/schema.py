@@ -287,8 +287,10 @@ class IndexingConfig:
     # A batched change is absorbed within batch_ms, or sooner once batch_docs wait.
     batch_ms: int = 200
     batch_docs: int = 512
-    # Changes waiting per replica index; past it writes to the shard answer 429.
+    # Changes waiting per replica index, and the bytes of their records (an
+    # embedding of 384 dimensions is 2 KB); past either, writes to the shard answer 429.
     queue_docs_max: int = 20_000
+    queue_bytes_max: int = 32 << 20
     # Batches grow (up to batch_docs_max) while the oldest waiting change is older than this.
     queue_age_target_ms: int = 1000
     batch_docs_max: int = 4096

@@ -13,6 +13,9 @@ given), tested alone.
 - The watermark: every change at or below it is absorbed. It is the index
   before the oldest waiting item's first change, else everything received.
   `received` moves only forward; an item never claims an index it was not given.
+- Bounded: `queue_docs_max` changes and `queue_bytes_max` bytes of records
+  (an embedding of 384 dimensions is 2 KB): past either, everything waiting
+  is due whatever its tier, and the shard's writes are refused (429).
 - Adaptive batches: the batch size doubles (to `batch_docs_max`) while the
   oldest batched change is older than the queue-age target, and falls back to
   `batch_docs` once the queue keeps up.
@@ -36,6 +39,7 @@ class Pending:
     first_index: int  # the index of the first change this item covers
     tier: str
     since_s: float  # when the first change arrived
+    size: int = 0  # bytes of the record it holds (embedding included)
 
     @property
     def index(self) -> int:
@@ -50,6 +54,7 @@ class IndexQueue:
     batch_docs: int = 0
     coalesced: int = 0
     tier_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(INDEX_TIERS, 0))
+    bytes: int = 0  # of the records waiting
 
     def __post_init__(self) -> None:
         self.batch_docs = self.batch_docs or self.config.batch_docs
@@ -58,16 +63,18 @@ class IndexQueue:
         return len(self.items)
 
     def full(self) -> bool:
-        return len(self.items) >= self.config.queue_docs_max
+        return len(self.items) >= self.config.queue_docs_max or self.bytes >= self.config.queue_bytes_max
 
-    def add(self, change: Change, tier: str, now_s: float) -> None:
+    def add(self, change: Change, tier: str, now_s: float, size: int = 0) -> None:
         assert change.index > 0
         key = (change.namespace, change.id)
         waiting = self.items.get(key)
+        self.bytes += size
         if waiting is None:
-            self.items[key] = Pending(key, change, change.index, tier, now_s)
+            self.items[key] = Pending(key, change, change.index, tier, now_s, size)
             self.tier_counts[tier] += 1
         else:
+            self.bytes -= waiting.size
             assert change.index >= waiting.index, "changes arrive in log order"
             self.coalesced += 1
             # A new item, not the old one changed: a batch being absorbed holds
@@ -76,7 +83,7 @@ class IndexQueue:
             self.tier_counts[waiting.tier] -= 1
             self.tier_counts[stricter] += 1
             # Assignment keeps the key's place: items stay in arrival (log) order.
-            self.items[key] = Pending(key, change, waiting.first_index, stricter, waiting.since_s)
+            self.items[key] = Pending(key, change, waiting.first_index, stricter, waiting.since_s, size)
         self.received = max(self.received, change.index)
 
     def received_through(self, index: int) -> None:
@@ -149,6 +156,7 @@ class IndexQueue:
             if current is p:
                 del self.items[p.key]
                 self.tier_counts[p.tier] -= 1
+                self.bytes -= p.size
 
     def adapt(self, now_s: float) -> None:
         """Grow batches while the queue lags its age target; shrink once it keeps up."""
@@ -163,4 +171,5 @@ class IndexQueue:
         """Everything waiting is dropped (a rebuild from the store covers it)."""
         self.items.clear()
         self.tier_counts = dict.fromkeys(INDEX_TIERS, 0)
+        self.bytes = 0
         self.received = received

@@ -320,10 +320,10 @@ class ReplicaIndex:
         tier = "batched" if replay else self.config.tier_for_tags(rec.get("tags"))
         if change.before is not None and change.kind is ChangeKind.PUT:
             tier = min(tier, self.config.tier_for_tags(change.before.get("tags")), key=INDEX_TIERS.index)
-        self.queue.add(change, tier, time.monotonic())
+        size = len(codec.dumps(change.after)) if change.kind is ChangeKind.PUT and change.after is not None else 0
+        self.queue.add(change, tier, time.monotonic(), size)
         self.stats.tiers[tier] += 1
-        if change.kind is ChangeKind.PUT and change.after is not None:
-            self.stats.logical_bytes += len(codec.dumps(change.after))
+        self.stats.logical_bytes += size
         self.last_change_s = time.monotonic()
         if self.on_change is not None:
             self.on_change(change)
@@ -559,10 +559,11 @@ class ReplicaIndex:
     def admit(self) -> None:
         """Back-pressure: writes to the shard wait for the index to catch up."""
         waiting = len(self.queue) + (self._sub.pending() if self._sub is not None else 0)
-        if waiting >= self.config.queue_docs_max:
+        if waiting >= self.config.queue_docs_max or self.queue.bytes >= self.config.queue_bytes_max:
             raise Overloaded(
-                f"shard {self.shard_id}: {waiting} changes wait for the derived indexes (limit "
-                f"{self.config.queue_docs_max}); retry", shard=self.shard_id,
+                f"shard {self.shard_id}: {waiting} changes ({self.queue.bytes} bytes) wait for the derived "
+                f"indexes (limits {self.config.queue_docs_max}, {self.config.queue_bytes_max} bytes); retry",
+                shard=self.shard_id,
             )
 
     def lag(self) -> tuple[int, int]:

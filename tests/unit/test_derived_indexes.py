@@ -109,6 +109,17 @@ def test_queue_keeps_a_change_that_replaced_one_being_absorbed() -> None:
     assert len(q) == 1 and q.items[("ns", "a")].index == 2
 
 
+def test_queue_bytes_are_bounded_and_counted_through_coalescing() -> None:
+    q = IndexQueue(config(queue_bytes_max=1 << 20, batch_ms=60_000, tiers=(), default_tier="lazy"))
+    q.add(change(1, "a"), "lazy", 0.0, size=600_000)
+    q.add(change(2, "a"), "lazy", 0.0, size=300_000)  # replaces the first
+    assert q.bytes == 300_000 and not q.full() and q.due(0.0, idle=False, demand=0) == []
+    q.add(change(3, "b"), "lazy", 0.0, size=800_000)
+    assert q.full() and len(q.due(0.0, idle=False, demand=0)) == 2  # full: due whatever the tier
+    q.absorbed(list(q.items.values()))
+    assert q.bytes == 0
+
+
 def test_queue_lazy_waits_for_idle_or_demand_and_batches_adapt() -> None:
     q = IndexQueue(config(batch_docs=2, batch_docs_max=8, queue_age_target_ms=100))
     q.add(change(1, "a"), "lazy", 0.0)
@@ -268,6 +279,6 @@ async def test_a_full_queue_refuses_writes(tmp_path: Path) -> None:
     index._sub = _feed.subscribe([0])
     for i in range(4):
         shard.apply(put(f"m{i}", "x"))
-    with pytest.raises(Exception, match="changes wait for the derived indexes"):
+    with pytest.raises(Exception, match="wait for the derived indexes"):
         index.admit()
     executor.shutdown()
