@@ -290,7 +290,7 @@ class IndexingConfig:
     # Changes waiting per replica index, and the bytes of their records (an
     # embedding of 384 dimensions is 2 KB); past either, writes to the shard answer 429.
     queue_docs_max: int = 20_000
-    queue_bytes_max: int = 32 << 20
+    queue_bytes_max: int = 8 << 20
     # Batches grow (up to batch_docs_max) while the oldest waiting change is older than this.
     queue_age_target_ms: int = 1000
     batch_docs_max: int = 4096

@@ -60,6 +60,7 @@ REBUILD_CHUNK = 2000
 POLL_WAITING_S = 0.01  # while a reader waits, how often the applied index is looked at
 GC_EVERY_COMMITS = 64
 CHECK_ATTEMPTS = 10
+SUBSCRIPTION_BATCHES = 4
 QUIET_COMMIT_MIN = 1000  # entries without changes before the watermark alone is committed
 VKEY_MASK = (1 << 63) - 1
 
@@ -151,7 +152,7 @@ class ReplicaIndex:
     def start(self) -> None:
         """Subscribe (before anything is replayed: nothing falls between) and
         start the absorber."""
-        self._sub = self.feed.subscribe([self.shard_id], queue_max=self.config.queue_docs_max)
+        self._sub = self._subscribe()
         self._task = asyncio.create_task(self._run(), name=f"index-{self.shard_id}")
 
     async def stop(self, delete: bool = False) -> None:
@@ -171,6 +172,13 @@ class ReplicaIndex:
             await self._in_thread(self._close_engines, not delete)
         if delete:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _subscribe(self) -> Subscription:
+        """The feed's changes of this shard. Its queue holds records between two
+        turns of the absorber: a few batches' worth. A subscription that falls
+        further behind (a long absorb under a write burst) is cut off, and the
+        absorber resumes from the change log, which costs reads, not memory."""
+        return self.feed.subscribe([self.shard_id], queue_max=SUBSCRIPTION_BATCHES * self.config.batch_docs)
 
     def _close_engines(self, save: bool) -> None:
         if save and self._vectors_dirty and self.text is not None:
@@ -331,7 +339,7 @@ class ReplicaIndex:
     async def _resync(self, after: int) -> None:
         assert self._sub is not None
         self._sub.close()
-        self._sub = self.feed.subscribe([self.shard_id], queue_max=self.config.queue_docs_max)
+        self._sub = self._subscribe()
         if after < 0 or not await self._replay(self.queue.watermark()):
             await self._rebuild()
 

@@ -1,7 +1,11 @@
 """A node's memory is bounded in bytes: with small budgets (RocksDB memtables and
 block cache shared by the node's replicas, and the Raft log compacted by bytes),
 loading several times those budgets leaves each node's resident memory within
-its start-up size plus the budgets plus a stated margin. The control runs the
+its start-up size plus the budgets plus a stated margin. The derived indexes
+have budgets of their own, counted per replica: tantivy's indexing arena
+(indexing.text_heap_bytes), the records waiting for absorption
+(indexing.queue_bytes_max) and the feed subscription (4 batches of records).
+The control runs the
 same load with budgets as large as the old defaults and shows the same check
 failing, so the check can tell."""
 
@@ -28,6 +32,8 @@ MARGIN_BYTES = 48 * MIB
 VALUE_BYTES = 4096
 BATCH = 32
 LOAD_BYTES = 64 * MIB  # 8x the memtable budget, 32x a shard's log budget
+INDEXING = {"text_heap_bytes": 15_000_000, "queue_bytes_max": 1 * MIB, "batch_docs": 64}
+INDEX_BYTES = INDEXING["text_heap_bytes"] + INDEXING["queue_bytes_max"] + 4 * INDEXING["batch_docs"] * VALUE_BYTES
 
 
 def _rss(pid: int) -> int:
@@ -94,11 +100,13 @@ def _growth_under_load(cluster: Cluster) -> dict[str, int]:
 
 
 def _allowed(storage: dict[str, int], log_bytes: int) -> int:
-    return storage["memtable_bytes_max"] + storage["block_cache_bytes"] + SHARDS * log_bytes + MARGIN_BYTES
+    return (storage["memtable_bytes_max"] + storage["block_cache_bytes"] + SHARDS * (log_bytes + INDEX_BYTES)
+            + MARGIN_BYTES)
 
 
 def _load_cluster(tmp_path: Path, storage: dict[str, int], log_bytes: int) -> dict[str, int]:
-    cluster = Cluster(tmp_path, shards=SHARDS, storage=storage, raft={"log_compaction_bytes": log_bytes})
+    cluster = Cluster(tmp_path, shards=SHARDS, storage=storage, raft={"log_compaction_bytes": log_bytes},
+                      indexing=INDEXING)
     try:
         cluster.start_all()
         return _growth_under_load(cluster)
