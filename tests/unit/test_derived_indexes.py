@@ -282,3 +282,16 @@ async def test_a_full_queue_refuses_writes(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="wait for the derived indexes"):
         index.admit()
     executor.shutdown()
+
+
+async def test_a_subscription_cut_off_resumes_from_the_change_log(tmp_path: Path) -> None:
+    """A burst larger than the subscription (4 batches) cuts it off; the index
+    resumes from the change log and misses nothing."""
+    shard, index, _feed, executor = await started(tmp_path, config(batch_docs=2, queue_docs_max=10))
+    for i in range(100):  # no await in between: the absorber cannot drain meanwhile
+        shard.apply(put(f"m{i}", f"burst {i}"))
+    await index.wait_absorbed(shard.applied_index, ("eager", "batched", "lazy"), 10)
+    assert index.stats.overflows >= 1 and index.stats.replays >= 2
+    assert index.text is not None and index.text.all_keys() == store_ids(shard)
+    await index.stop()
+    executor.shutdown()
