@@ -415,6 +415,9 @@ class Api:
     async def search_shard(self, request: web.Request) -> web.Response:
         return _reply(await self.service.search.shard_internal(_shard(request), _call(request, await _body(request))))
 
+    async def barriers(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.search.barriers_internal(_call(request)))
+
     async def barrier(self, request: web.Request) -> web.Response:
         return _reply(await self.service.search.barrier_internal(_shard(request), _call(request)))
 
@@ -615,6 +618,7 @@ def build_app(
     r.add_get("/v1/admin/indexes/{shard}/check", api.index_check)
     r.add_post("/v1/internal/shards/{shard}/search", api.search_shard)
     r.add_get("/v1/internal/shards/{shard}/barrier", api.barrier)
+    r.add_get("/v1/internal/barriers", api.barriers)
     r.add_get("/v1/internal/shards/{shard}/namespaces", api.namespaces_shard)
     r.add_get("/v1/internal/shards/{shard}/summary/{namespace}", api.summary_shard)
     r.add_get("/healthz", api.healthz)

@@ -37,7 +37,7 @@ from .. import embeddings
 from .. import validation as v
 from ..clock import Clock
 from ..config import Config
-from ..errors import InvalidRequest, from_result
+from ..errors import InvalidRequest, RaftmemError, from_result
 from ..indexing import filters
 from ..indexing.manager import Indexes
 from ..indexing.queue import EAGER
@@ -45,7 +45,7 @@ from ..indexing.search import Found, ShardQuery, shard_search, term_boosts
 from ..shard import Shard
 from ..textindex import analyzer
 from ..vectorindex import METRICS
-from .calls import CONTEXT_HEADER, Call, Reply, public
+from .calls import CONTEXT_HEADER, Call, ForwardLost, ForwardNotSent, Reply, public
 from .leaders import Router
 
 QUERY_CHARS_MAX = 4096
@@ -81,6 +81,9 @@ class SearchRequest:
     rrf_k: int
     scope: tuple[str, ...] | None = None
     digest: str = ""
+    # shard -> the barrier index its leader gave this search (taken up front,
+    # one call per leader node); shards missing here take theirs one by one.
+    targets: dict[int, int] = field(default_factory=dict)
 
     @property
     def need(self) -> int:
@@ -226,6 +229,8 @@ class Search:
                 return self._reply(r, [], False, [])
             r.scope = allowed
         shards = range(self.config.shards)
+        if r.level in ("strong", "linearizable") and not (r.level == "linearizable" and self.no_barrier):
+            r.targets = await self._barriers(r.level, call.hops)
         boosts: dict[int, list[tuple[str, float]]] = {}
         if r.tokens:
             stats = await asyncio.gather(*(self._run(s, r, call, "stats", None) for s in shards))
@@ -413,9 +418,63 @@ class Search:
             target = r.after.get(shard_id, 0)
             await index.wait_absorbed(target, ALL_TIERS, timeout_s)
             return target
-        target = await self.barrier(shard_id, level, hops)
-        await index.wait_absorbed(target, ALL_TIERS if level == "linearizable" else (EAGER,), timeout_s)
-        return target
+        found = r.targets.get(shard_id)
+        barrier = found if found is not None else await self.barrier(shard_id, level, hops)
+        await index.wait_absorbed(barrier, ALL_TIERS if level == "linearizable" else (EAGER,), timeout_s)
+        return barrier
+
+    async def _barriers(self, level: str, hops: int) -> dict[int, int]:
+        """Barriers of every shard this node searches locally, asked of each
+        leader node once (a shard whose leader moved meanwhile is left out: it
+        takes its own barrier later)."""
+        assert self.indexes is not None
+        by_leader: dict[str, list[int]] = {}
+        for s in range(self.config.shards):
+            leader = self.router.leader_of(s)
+            if self.indexes.get(s) is not None and leader is not None:
+                by_leader.setdefault(leader, []).append(s)
+        answers = await asyncio.gather(*(self._barriers_at(node, shards, level, hops)
+                                         for node, shards in by_leader.items()))
+        return {s: i for answer in answers for s, i in answer.items()}
+
+    async def _barriers_at(self, node: str, shards: list[int], level: str, hops: int) -> dict[int, int]:
+        if node == self.router.node_id:
+            return await self.barriers_here(shards, level)
+        call = Call("GET", "/v1/internal/barriers", {"shards": ",".join(map(str, shards)), "level": level},
+                    {}, b"", hops)
+        try:
+            reply = await self.router.forwarder.forward(node, call, self.limits.read_timeout_ms / 1000)
+        except (ForwardNotSent, ForwardLost):
+            return {}
+        body = reply.json()
+        if reply.status != 200 or not isinstance(body, dict):
+            return {}
+        return {int(s): int(i) for s, i in (body.get("indexes") or {}).items()}
+
+    async def barriers_here(self, shards: list[int], level: str) -> dict[int, int]:
+        """The barriers of those shards this node leads."""
+        async def one(s: int) -> tuple[int, int | None]:
+            replica = self.router.local(s)
+            if replica is None or not replica.role().leading:
+                return s, None
+            try:
+                return s, int((await self.barrier_here(replica, level)).json()["index"])
+            except RaftmemError:
+                return s, None
+
+        found = await asyncio.gather(*(one(s) for s in shards))
+        return {s: i for s, i in found if i is not None}
+
+    async def barriers_internal(self, call: Call) -> Reply:
+        """GET /v1/internal/barriers?shards=1,4&level=: those this node leads."""
+        try:
+            shards = [int(x) for x in (call.query.get("shards") or "").split(",") if x]
+        except ValueError:
+            raise InvalidRequest("shards must be comma-separated integers") from None
+        if any(not 0 <= s < self.config.shards for s in shards):
+            raise InvalidRequest("no such shard")
+        indexes = await self.barriers_here(shards, call.query.get("level") or "strong")
+        return Reply(200, {"indexes": {str(s): i for s, i in indexes.items()}})
 
     async def barrier(self, shard_id: int, level: str, hops: int = 0) -> int:
         """An index at the shard's leader covering every write acknowledged before
