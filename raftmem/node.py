@@ -271,6 +271,8 @@ DEBUG_EFFECTS = {
                                "settles a task",
     "slow_snapshot_disk": "a fault: each snapshot install takes 3 s longer",
     "inline_snapshot_install": "snapshots are installed on the event loop, which stalls the node",
+    "unsafe_search_no_barrier": "UNSAFE: fresh searches answer without their barrier (they may miss "
+                                "acknowledged writes)",
 }
 
 
