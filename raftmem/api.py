@@ -116,6 +116,11 @@ def _error_to_response(request: web.Request, exc: Exception) -> web.Response:
     except (HttpProcessingError, RequestPayloadError) as e:
         # e.g. a body that does not decode as its Content-Encoding says
         return _error_response(InvalidRequest(f"unreadable request body: {e}"))
+    except ConnectionResetError:
+        # The client went away while its body was being read: nothing was done,
+        # and nobody is left to answer (not a server fault).
+        log.debug("client of %s %s went away mid-request", request.method, request.path)
+        return _error_response(InvalidRequest("the client closed the connection before its request was read"))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _error_response(RaftmemError("internal error; see the node's log"))
