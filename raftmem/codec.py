@@ -18,6 +18,8 @@ OP_TYPES = frozenset({
     "put", "delete", "noop", "expire", "restore", "members", "get", "txn",
     # coordination (locks, task claims, their expiry)
     "lock_acquire", "lock_renew", "lock_release", "task_add", "task_claim", "task_settle", "lease_expire",
+    # lifecycle (reads recorded, memories pruned)
+    "touch", "prune",
 })
 
 

@@ -43,6 +43,9 @@ class MemoryFields:
     ttl_s: float | None = None
     # base64 of little-endian float32 (raftmem.embeddings); on the wire only when set
     embedding: str | None = None
+    # Written only when set, so older entries and their fingerprints keep their bytes.
+    actor: str | None = None  # who wrote it (history)
+    ttl_refresh_on_read: bool = False  # a sliding TTL: reads extend it (raftmem.lifecycle)
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -57,6 +60,10 @@ class MemoryFields:
             out["ttl_s"] = self.ttl_s
         if self.embedding is not None:
             out["embedding"] = self.embedding
+        if self.actor is not None:
+            out["actor"] = self.actor
+        if self.ttl_refresh_on_read:
+            out["ttl_refresh_on_read"] = True
         return out
 
     @classmethod
@@ -75,6 +82,8 @@ class MemoryFields:
             metadata=dict(data.get("metadata") or {}),
             ttl_s=ttl,
             embedding=_opt_str(data, "embedding"),
+            actor=_opt_str(data, "actor"),
+            ttl_refresh_on_read=bool(data.get("ttl_refresh_on_read")),
         )
 
 
@@ -150,18 +159,23 @@ class Delete:
     idempotency_key: str | None = None
     now_ms: int = 0
     if_fence: Fence | None = None
+    actor: str | None = None  # who deleted it (history); on the wire only when set
 
     def to_wire(self) -> dict[str, Any]:
-        return _with_fence({
+        out = _with_fence({
             "t": self.TAG, "ns": self.namespace, "id": self.id, "if_match": self.if_match,
             "idem": self.idempotency_key, "now": self.now_ms,
         }, self.if_fence)
+        if self.actor is not None:
+            out["actor"] = self.actor
+        return out
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> Delete:
         return cls(
             namespace=_str(d, "ns"), id=_str(d, "id"), if_match=_opt_int(d, "if_match"),
             idempotency_key=_opt_str(d, "idem"), now_ms=_int(d, "now"), if_fence=Fence.from_wire(d.get("fence")),
+            actor=_opt_str(d, "actor"),
         )
 
 
@@ -475,20 +489,108 @@ class ExpireLeases:
         return cls(_int(d, "now"), min(_int(d, "limit"), EXPIRE_OPS_MAX))
 
 
+# -- lifecycle: reads recorded, memories pruned (applied with raftmem.lifecycle) ----
+TOUCH_ITEMS_MAX = 1000
+PRUNE_TARGETS_MAX = 1000
+
+
+@dataclass(frozen=True)
+class TouchItem:
+    """The reads of one memory a replica served since its last flush."""
+
+    namespace: str
+    id: str
+    reads: int
+    last_ms: int  # the latest read, on the serving node's clock
+    refresh: bool  # its sliding TTL is due for a refresh
+
+    def to_wire(self) -> list[Any]:
+        return [self.namespace, self.id, self.reads, self.last_ms, 1 if self.refresh else 0]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> TouchItem:
+        ns, mid, reads, last_ms, refresh = value
+        if not isinstance(ns, str) or not isinstance(mid, str):
+            raise TypeError(f"touch item must be [namespace, id, reads, last_ms, refresh], got {value!r:.80}")
+        return cls(ns, mid, _int({"reads": reads}, "reads"), _int({"last": last_ms}, "last"), bool(refresh))
+
+
+@dataclass(frozen=True)
+class Touch:
+    """Record coalesced reads (access counts, last access, sliding-TTL
+    refreshes): one log entry per shard and node and flush, not one per read."""
+
+    TAG: ClassVar[str] = "touch"
+    items: tuple[TouchItem, ...]
+    now_ms: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": self.TAG, "items": [i.to_wire() for i in self.items], "now": self.now_ms}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> Touch:
+        items = d["items"]
+        if not isinstance(items, list) or len(items) > TOUCH_ITEMS_MAX:
+            raise TypeError(f"items must be a list of at most {TOUCH_ITEMS_MAX}")
+        return cls(tuple(TouchItem.from_wire(i) for i in items), _int(d, "now"))
+
+
+@dataclass(frozen=True)
+class Prune:
+    """Remove memories a lifecycle policy selected, re-checked in apply against
+    the rule the leader chose before proposing: `idle` (last access at or before
+    `cutoff_ms`), `count` (while the agent has more than `keep`), or `history`
+    (compact the histories of memories removed at or before `cutoff_ms`)."""
+
+    TAG: ClassVar[str] = "prune"
+    RULES: ClassVar[tuple[str, ...]] = ("idle", "count", "history")
+    policy: str
+    rule: str
+    cutoff_ms: int = 0
+    keep: int = 0
+    tag: str | None = None
+    targets: tuple[tuple[str, str, int], ...] = ()  # (namespace, id, version)
+    now_ms: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": self.TAG, "policy": self.policy, "rule": self.rule, "cutoff": self.cutoff_ms,
+                "keep": self.keep, "tag": self.tag, "targets": [list(t) for t in self.targets], "now": self.now_ms}
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> Prune:
+        rule = _str(d, "rule")
+        if rule not in cls.RULES:
+            raise ValueError(f"unknown prune rule {rule!r}")
+        targets = d["targets"]
+        if not isinstance(targets, list) or len(targets) > PRUNE_TARGETS_MAX:
+            raise TypeError(f"targets must be a list of at most {PRUNE_TARGETS_MAX}")
+        clean = []
+        for ns, mid, version in targets:
+            if not isinstance(ns, str) or not isinstance(mid, str):
+                raise TypeError("a target is [namespace, id, version]")
+            clean.append((ns, mid, _int({"v": version}, "v")))
+        return cls(_str(d, "policy"), rule, _int(d, "cutoff"), _int(d, "keep"), _opt_str(d, "tag"),
+                   tuple(clean), _int(d, "now"))
+
+
 Command = (
     Put | Delete | Noop | Expire | Restore | SetMembers | Get | Txn
     | AcquireLock | RenewLock | ReleaseLock | EnqueueTask | ClaimTask | SettleTask | ExpireLeases
+    | Touch | Prune
 )
 CoordinationCommand = AcquireLock | RenewLock | ReleaseLock | EnqueueTask | ClaimTask | SettleTask | ExpireLeases
 _CLASSES: tuple[type[Command], ...] = (
     Put, Delete, Noop, Expire, Restore, SetMembers, Get, Txn,
     AcquireLock, RenewLock, ReleaseLock, EnqueueTask, ClaimTask, SettleTask, ExpireLeases,
+    Touch, Prune,
 )
 COMMANDS: dict[str, Any] = {cls.TAG: cls for cls in _CLASSES}
 assert set(COMMANDS) == codec.OP_TYPES, "every wire tag has one command class"
 # Commands stamped with the leader's time before proposing, and those that
 # carry a client's Idempotency-Key.
-_STAMPED = (Put, Delete, SetMembers, Get, AcquireLock, RenewLock, ReleaseLock, EnqueueTask, ClaimTask, SettleTask)
+_STAMPED = (
+    Put, Delete, SetMembers, Get, AcquireLock, RenewLock, ReleaseLock, EnqueueTask, ClaimTask, SettleTask, Touch, Prune,
+)
 _KEYED = (Put, Delete, AcquireLock, RenewLock, ReleaseLock, EnqueueTask, ClaimTask, SettleTask)
 
 

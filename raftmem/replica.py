@@ -89,7 +89,8 @@ class ShardReplica:
         self.sm = StateMachine(self.store, shard, config.limits.idempotency_keys_max,
                                publish=feed.publish if feed is not None else None,
                                events_retention=config.watch.retention_entries, notify=notify,
-                               unsafe_skip_fence_check=bool(config.debug.get("unsafe_skip_fence_check")))
+                               unsafe_skip_fence_check=bool(config.debug.get("unsafe_skip_fence_check")),
+                               history_versions_max=config.history.versions_max)
         spec = GroupSpec(
             shard=shard,
             self_address=f"{me.host}:{me.raft_port(shard)}",

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from .commands import Command, Committed
-from .config import NodeConfig
+from .config import NodeConfig, PolicyConfig
 from .events import ChangePage
 
 T = TypeVar("T")
@@ -117,6 +117,18 @@ class MemoryReader(Protocol):
 
     def dims_of(self, ns: str) -> int | None:
         """The dimension of the namespace's embeddings here, if it has any."""
+    def history_of(self, ns: str, mid: str, limit: int) -> builtins.list[dict[str, Any]]:
+        """A memory's versions, newest first (raftmem.history)."""
+        ...
+
+    def history_compaction_due(self, cutoff_ms: int) -> bool:
+        """Does a removed memory's history wait for compaction (removed at or before the cut-off)?"""
+        ...
+
+    def prune_candidates(
+        self, policy: PolicyConfig, cutoff_ms: int, now_ms: int, limit: int, scan_max: int,
+    ) -> builtins.list[tuple[str, str, int]]:
+        """What a lifecycle policy would remove now (raftmem.lifecycle)."""
         ...
 
 

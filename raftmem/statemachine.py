@@ -35,6 +35,15 @@ order is time order):
     v NUL dims NUL ns                                 -> the dimension of the namespace's embeddings
                                                          on this shard (4), set by its first one
 
+Version history and the lifecycle (their keys belong to raftmem.history and
+raftmem.lifecycle, which this module delegates to; their docstrings have the
+details):
+
+    h NUL ns NUL id NUL ~index(8) ~seq(4)             -> one version of a memory, newest first
+    n NUL ns NUL id                                   -> which versions it keeps; removed when
+    r NUL g NUL gone(8) ns NUL id                     -> ""   (removed memories' histories)
+    r NUL a NUL ns NUL minute(8) id                   -> ""   (memories by last access: pruning)
+
 The change log is written by apply in the entry's own batch, so it is exactly
 the committed changes, survives crashes with the data, and travels inside
 snapshots: a watch resumes, and a derived index replays, from any replica.
@@ -58,8 +67,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import codec, embeddings
+from . import codec, embeddings, lifecycle
 from .commands import (
+    EXPIRE_OPS_MAX,
     AcquireLock,
     ClaimTask,
     Command,
@@ -72,18 +82,22 @@ from .commands import (
     Invalid,
     Noop,
     Outcome,
+    Prune,
     Put,
     Restore,
     Result,
     SetMembers,
+    Touch,
     Txn,
     decode_entry,
     earlier_fingerprints,
     fingerprint,
     idempotency_key,
 )
+from .config import PolicyConfig
 from .coordination import Coordination, Notice
 from .events import Change, ChangeKind, ChangePage, Compacted
+from .history import History
 from .shard import TIME_MAX, ListQuery, RecordScan
 from .storage import Batch, Store
 
@@ -96,6 +110,8 @@ RECORD_FIELDS = (
     "namespace", "id", "agent_id", "kind", "content", "tags", "metadata",
     "created_at", "updated_at", "expires_at", "version",
 )
+# Restored as they were when the backup has them (raftmem.lifecycle's fields).
+LIFECYCLE_FIELDS = ("actor", "last_accessed_at", "access_count", "ttl_s", "ttl_refresh_on_read")
 IDEM_COUNT_KEY = b"m\x00idem_count"
 MEMBERS_KEY = b"s\x00members"
 SEP = b"\x00"
@@ -132,6 +148,7 @@ def _index_keys(rec: dict[str, Any]) -> list[bytes]:
         keys.append(b"t\x00" + ns + SEP + tag.encode() + SEP + ts + mid)
     if rec.get("expires_at") is not None:
         keys.append(EXPIRY_PREFIX + codec.u64(rec["expires_at"]) + ns + SEP + mid)
+    keys.append(lifecycle.idle_key(rec))
     return keys
 
 
@@ -220,14 +237,17 @@ class StateMachine:
         publish: Callable[[list[Change]], None] | None = None, events_retention: int = 0,
         notify: Callable[[int, list[Notice]], None] | None = None,
         unsafe_skip_fence_check: bool = False,
+        history_versions_max: int = 0,
     ) -> None:
         """`publish`: where each entry's changes go once its batch is written
         (the node's change feed); `notify`: where its coordination wake-ups go
         (locks freed, tasks ready: the leader's waiters); neither may block or
         raise. `events_retention`: how many indexes of changes the change log
-        keeps (0: none). `unsafe_skip_fence_check`: a negative control (debug
+        keeps (0: none). `history_versions_max`: versions of each memory kept
+        (0: no history). `unsafe_skip_fence_check`: a negative control (debug
         config) only."""
         self.store = store
+        self.history = History(store, history_versions_max)
         self.shard = shard
         self.idempotency_keys_max = idempotency_keys_max
         self.events_retention = events_retention
@@ -352,6 +372,10 @@ class StateMachine:
             return self._apply_txn(work, seq, command)
         if isinstance(command, ExpireLeases):
             return self.coordination.apply(work, seq, command)
+        if isinstance(command, Touch):
+            return self._apply_touch(work, command)
+        if isinstance(command, Prune):
+            return self._apply_prune(work, command)
         key = idempotency_key(command)
         if key is None:
             return self._apply_write(work, seq, command)
@@ -444,6 +468,7 @@ class StateMachine:
         }
         if fields.embedding is not None:
             rec["emb"] = fields.embedding
+        lifecycle.stamp_put(rec, fields, old_live, now)
         self._write_record(work, key, old, rec, old_live)
         return Result(Outcome.UPDATED if old_live else Outcome.CREATED, memory=rec)
 
@@ -485,6 +510,7 @@ class StateMachine:
         rec["metadata"] = rec["metadata"] or {}
         rec["version"] = int(rec["version"])
         rec["created_at"] = int(rec["created_at"])
+        rec.update({name: src[name] for name in LIFECYCLE_FIELDS if src.get(name) is not None})
         rec["rev"] = work.index
         if src.get("emb"):
             rec["emb"] = src["emb"]
@@ -497,11 +523,24 @@ class StateMachine:
         self, work: _Entry, key: bytes, old: dict[str, Any] | None, rec: dict[str, Any],
         old_live: dict[str, Any] | None,
     ) -> None:
-        """Replace `old` (if any) by `rec`: the record and its index entries.
-        Only index entries that change are written: an overwrite that keeps the
-        agent, tags, creation time and expiry (the common case) writes the
-        record alone, rather than a tombstone and a put for each entry."""
-        if old is None or any(old.get(f) != rec.get(f) for f in _INDEXED_FIELDS):
+        """Replace `old` (if any) by `rec`, a new version: the record, its index
+        entries, its change and its history."""
+        encoded = self._replace_record(work, key, old, rec)
+        change = Change(
+            ChangeKind.PUT, self.shard, work.index, rec["namespace"], rec["id"], old_live, rec,
+            time_ms=int(rec.get("updated_at") or 0),
+            prev_version=int(old_live["version"]) if old_live is not None else None, encoded=encoded,
+        )
+        work.changes.append(change)
+        self.history.add(work, change, rec.get("actor"))
+
+    def _replace_record(self, work: _Entry, key: bytes, old: dict[str, Any] | None, rec: dict[str, Any]) -> bytes:
+        """The record and its index entries; returns the record as stored. Only
+        index entries that change are written: an overwrite that keeps the
+        agent, tags, creation time, expiry and minute of last access (the
+        common case) writes the record alone, rather than a tombstone and a put
+        for each entry."""
+        if old is None or any(old.get(f) != rec.get(f) for f in _INDEXED_FIELDS) or lifecycle.idle_moved(old, rec):
             new_keys = _index_keys(rec)
             if old is not None:
                 old_keys = _index_keys(old)
@@ -514,11 +553,7 @@ class StateMachine:
         encoded = codec.dumps(rec)
         work.batch.put(key, encoded)
         work.overlay[key] = rec
-        work.changes.append(Change(
-            ChangeKind.PUT, self.shard, work.index, rec["namespace"], rec["id"], old_live, rec,
-            time_ms=int(rec.get("updated_at") or 0),
-            prev_version=int(old_live["version"]) if old_live is not None else None, encoded=encoded,
-        ))
+        return encoded
 
     def _apply_delete(self, work: _Entry, op: Delete) -> Result:
         ns, mid, now = op.namespace, op.id, op.now_ms
@@ -533,17 +568,64 @@ class StateMachine:
                 Outcome.PRECONDITION_FAILED, f"version is {old['version']}, If-Match wanted {op.if_match}",
                 version=old["version"],
             )
-        self._delete_record(work, key, old, ChangeKind.DELETE, now)
+        self._delete_record(work, key, old, ChangeKind.DELETE, now, op.actor)
         return Result(Outcome.DELETED, deleted=Deleted(ns, mid, old["version"]))
 
-    def _delete_record(self, work: _Entry, key: bytes, rec: dict[str, Any], kind: ChangeKind, now_ms: int) -> None:
+    def _delete_record(
+        self, work: _Entry, key: bytes, rec: dict[str, Any], kind: ChangeKind, now_ms: int, actor: str | None = None,
+    ) -> None:
         for k in _index_keys(rec):
             work.batch.delete(k)
         work.batch.delete(key)
         work.overlay[key] = None
-        work.changes.append(
-            Change(kind, self.shard, work.index, rec["namespace"], rec["id"], rec, None, time_ms=now_ms)
-        )
+        change = Change(kind, self.shard, work.index, rec["namespace"], rec["id"], rec, None, time_ms=now_ms)
+        work.changes.append(change)
+        self.history.add(work, change, actor)
+
+    def _apply_touch(self, work: _Entry, op: Touch) -> Result:
+        """Reads recorded (raftmem.lifecycle): counters, last access, and sliding
+        TTLs extended. Not a new version: no change event, no history."""
+        touched = 0
+        for item in op.items:
+            key = memory_key(item.namespace, item.id)
+            old = self._get(key, work.overlay)
+            if old is not None and is_live(old, op.now_ms):
+                self._replace_record(work, key, old, lifecycle.touched(old, item, op.now_ms))
+                touched += 1
+        return Result(Outcome.APPLIED, expired=touched)
+
+    def _apply_prune(self, work: _Entry, op: Prune) -> Result:
+        """A lifecycle policy's removals, each re-checked here against the rule
+        the leader proposed (raftmem.lifecycle), or histories compacted."""
+        if op.rule == "history":
+            batch = work.batch  # a prune is never part of a txn: the entry's own batch
+            compacted = self.history.compact(work, batch, op.cutoff_ms, EXPIRE_OPS_MAX) if isinstance(batch, Batch) else 0
+            return Result(Outcome.APPLIED, expired=compacted)
+        removed = 0
+        left: dict[tuple[str, str], int] = {}  # count rule: live memories per (namespace, agent)
+        for ns, mid, version in op.targets:
+            key = memory_key(ns, mid)
+            rec = self._get(key, work.overlay)
+            if rec is None or not is_live(rec, op.now_ms):
+                continue
+            if op.rule == "idle":
+                if not lifecycle.idle_removable(rec, op, version):
+                    continue
+            else:
+                group = (ns, str(rec.get("agent_id") or ""))
+                if group not in left:
+                    getter: lifecycle.Getter = lambda n, m: self._live(n, m, work, op.now_ms)  # noqa: E731
+                    left[group] = len(lifecycle.agent_memories(self.store, getter, ns, group[1], op.tag))
+                if int(rec["version"]) != version or not lifecycle.matches(op.tag, rec) or left[group] <= op.keep:
+                    continue
+                left[group] -= 1
+            self._delete_record(work, key, rec, ChangeKind.EXPIRE, op.now_ms, f"policy:{op.policy}")
+            removed += 1
+        return Result(Outcome.APPLIED, expired=removed)
+
+    def _live(self, ns: str, mid: str, work: _Entry, now_ms: int) -> dict[str, Any] | None:
+        rec = self._get(memory_key(ns, mid), work.overlay)
+        return rec if is_live(rec, now_ms) else None
 
     def _apply_expire(self, work: _Entry, op: Expire) -> Result:
         now = op.now_ms
@@ -608,6 +690,25 @@ class StateMachine:
             return None
         rec: dict[str, Any] = codec.loads(raw)
         return rec if is_live(rec, now_ms) else None
+
+    def history_of(self, ns: str, mid: str, limit: int) -> list[dict[str, Any]]:
+        """The memory's versions, newest first (raftmem.history)."""
+        return self.history.read(self.shard, ns, mid, limit)
+
+    def history_compaction_due(self, cutoff_ms: int) -> bool:
+        """Is a removed memory's history waiting to be compacted (removed at or before the cut-off)?"""
+        return self.history.compaction_due(cutoff_ms)
+
+    def prune_candidates(
+        self, policy: PolicyConfig, cutoff_ms: int, now_ms: int, limit: int, scan_max: int,
+    ) -> list[tuple[str, str, int]]:
+        """What `policy` would remove now (a proposal: apply re-checks)."""
+        def get(ns: str, mid: str) -> dict[str, Any] | None:
+            return self.get(ns, mid, now_ms)
+
+        if policy.rule == "idle":
+            return lifecycle.select_idle(self.store, get, policy, cutoff_ms, limit, scan_max)
+        return lifecycle.select_count(self.store, get, policy, limit, scan_max)
 
     def list(self, q: ListQuery, now_ms: int) -> list[dict[str, Any]]:
         ns = q.namespace.encode()

@@ -18,6 +18,7 @@ from .schema import (
     AUTH_SECRET_CHARS_MIN,
     EMBEDDING_DIMS_MAX,
     INDEX_TIERS,
+    LIFECYCLE_ORDERS,
     RAFT_PORT_OFFSET,
     SHARDS_MAX,
     STALENESS_MS_MAX,
@@ -29,9 +30,12 @@ from .schema import (
     ConsistencyConfig,
     CoordinationConfig,
     EmbedderConfig,
+    HistoryConfig,
     IndexingConfig,
+    LifecycleConfig,
     LimitsConfig,
     NodeConfig,
+    PolicyConfig,
     RaftConfig,
     StorageConfig,
     TagOverride,
@@ -44,8 +48,10 @@ from .schema import (
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _SECRET_RE = re.compile(r"[!-~]+")
 
-_TOP_KEYS = {"cluster", "replication", "raft", "consistency", "storage", "limits", "watch", "auth", "tls", "debug",
-             "coordination", "indexing"}
+_TOP_KEYS = {
+    "cluster", "replication", "raft", "consistency", "storage", "limits", "watch", "history", "lifecycle", "auth",
+    "tls", "debug", "coordination", "indexing",
+}
 _CLUSTER_KEYS = {"name", "shards", "nodes"}
 _NODE_KEYS = {"id", "host", "http_port", "raft_port_base", "zone", "port", "role"}
 # The design's node roles. In a Raft cluster every node holds replicas and each
@@ -53,10 +59,13 @@ _NODE_KEYS = {"id", "host", "http_port", "raft_port_base", "zone", "port", "role
 NODE_ROLES = ("primary", "replica", "secondary", "voter")
 _DEBUG_KEYS = {
     "unsafe_local_reads", "unsafe_early_ack", "disable_prevote",
-    "slow_snapshot_disk", "inline_snapshot_install", "unsafe_skip_fence_check",
+    "slow_snapshot_disk", "inline_snapshot_install", "unsafe_skip_fence_check", "unsafe_watch_drop",
     # Negative control of search freshness: fresh=true answers without its barrier.
     "unsafe_search_no_barrier",
 }
+_POLICY_KEYS = {"name", "namespace", "tag", "not_accessed_for", "max_per_agent", "order"}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
+_DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
 
 
 def _check_keys(section: str, data: Mapping[str, Any], allowed: set[str]) -> None:
@@ -169,6 +178,8 @@ def parse(data: Any, source: str = "<embedded>") -> Config:
         storage=storage_config,
         limits=limits,
         watch=_dataclass_from("watch", WatchConfig, _mapping("watch", top.get("watch"))),
+        history=_dataclass_from("history", HistoryConfig, _mapping("history", top.get("history"))),
+        lifecycle=_parse_lifecycle(_mapping("lifecycle", top.get("lifecycle"))),
         auth=_parse_auth(_mapping("auth", top.get("auth"))),
         tls=_dataclass_from("tls", TlsConfig, _mapping("tls", top.get("tls"))),
         coordination=_dataclass_from("coordination", CoordinationConfig, _mapping("coordination", top.get("coordination"))),
@@ -206,6 +217,56 @@ def _node(section: str, raw: Any) -> NodeConfig:
         raft_port_base=_int(section, "raft_port_base", raft_base, 1, 65535),
         zone=str(raw.get("zone", "")),
     )
+
+
+def duration_ms(where: str, value: Any) -> int:
+    """`30d`, `12h`, `15m`, `90s`, `250ms`, or a number of seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: a duration like 30d, 12h, 15m or 90s, got {value!r}")
+    match = _DURATION_RE.fullmatch(str(value).strip())
+    if match is None:
+        raise ConfigError(f"{where}: a duration like 30d, 12h, 15m or 90s, got {value!r}")
+    ms = int(float(match.group(1)) * _DURATION_MS[match.group(2)])
+    if ms <= 0:
+        raise ConfigError(f"{where}: must be longer than 0")
+    return ms
+
+
+def _parse_lifecycle(raw: Mapping[str, Any]) -> LifecycleConfig:
+    scalars = {k: v for k, v in raw.items() if k != "policies"}
+    base: LifecycleConfig = _dataclass_from("lifecycle", LifecycleConfig, scalars)
+    raw_policies = raw.get("policies") or []
+    if not isinstance(raw_policies, list):
+        raise ConfigError("lifecycle.policies: must be a list")
+    policies: list[PolicyConfig] = []
+    for i, item in enumerate(raw_policies):
+        section = f"lifecycle.policies[{i}]"
+        item = _mapping(section, item)
+        _check_keys(section, item, _POLICY_KEYS)
+        name = item.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+            raise ConfigError(f"{section}.name: 1 to 64 characters of [A-Za-z0-9._-]")
+        if any(p.name == name for p in policies):
+            raise ConfigError(f"{section}.name: {name!r} is used twice")
+        selector = {k: item.get(k) for k in ("namespace", "tag")}
+        if not any(selector.values()):
+            raise ConfigError(f"{section}: name a namespace, a tag, or both (which memories it applies to)")
+        for key, value in selector.items():
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{section}.{key}: a non-empty string")
+        if ("not_accessed_for" in item) == ("max_per_agent" in item):
+            raise ConfigError(f"{section}: give exactly one rule: not_accessed_for (e.g. 30d) or max_per_agent")
+        idle = duration_ms(f"{section}.not_accessed_for", item["not_accessed_for"]) if "not_accessed_for" in item \
+            else None
+        keep = _int(section, "max_per_agent", item["max_per_agent"], 0, 1 << 31) if "max_per_agent" in item else None
+        order = item.get("order", "oldest")
+        if order not in LIFECYCLE_ORDERS:
+            raise ConfigError(f"{section}.order: one of {', '.join(LIFECYCLE_ORDERS)}")
+        if "order" in item and keep is None:
+            raise ConfigError(f"{section}.order: only with max_per_agent")
+        policies.append(PolicyConfig(name, selector["namespace"], selector["tag"], idle, keep, order))
+    fields = {k: getattr(base, k) for k in LifecycleConfig.__dataclass_fields__ if k != "policies"}
+    return LifecycleConfig(**fields, policies=tuple(policies))
 
 
 def _parse_auth(raw: Mapping[str, Any]) -> AuthConfig:

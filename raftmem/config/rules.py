@@ -12,6 +12,8 @@ from .schema import (
     CONSISTENCY_LEVELS,
     FSYNC_MODES,
     TLS_CLIENT_AUTH,
+    WATCH_PROGRESS_MS_MAX,
+    WATCH_PROGRESS_MS_MIN,
     WATCH_RETENTION_MAX,
     Config,
     ConfigError,
@@ -118,8 +120,7 @@ def validate(config: Config) -> None:
     _check_quorums(config)
     _check_tls(config)
     lim = config.limits
-    if not 0 <= config.watch.retention_entries <= WATCH_RETENTION_MAX:
-        raise ConfigError(f"watch.retention_entries: must be in [0, {WATCH_RETENTION_MAX}]")
+    _check_feed(config)
     if not 16 <= lim.connections_max <= 1_000_000:
         raise ConfigError("limits.connections_max: must be in [16, 1000000]")
     for name in ("header_timeout_ms", "body_timeout_ms", "idle_timeout_ms"):
@@ -162,6 +163,29 @@ def _check_coordination(config: Config) -> None:
     for key in ("holder_chars_max", "tasks_open_max", "task_list_page_max", "task_retention_ms"):
         if getattr(co, key) < 1:
             raise ConfigError(f"coordination.{key}: must be at least 1")
+
+
+def _check_feed(config: Config) -> None:
+    """Watch, history and lifecycle bounds."""
+    w, lc = config.watch, config.lifecycle
+    if not 0 <= w.retention_entries <= WATCH_RETENTION_MAX:
+        raise ConfigError(f"watch.retention_entries: must be in [0, {WATCH_RETENTION_MAX}]")
+    for key, value, lo, hi in (
+        ("watch.watchers_max", w.watchers_max, 1, 100_000),
+        ("watch.buffer_events_max", w.buffer_events_max, 16, 1_000_000),
+        ("watch.progress_ms", w.progress_ms, WATCH_PROGRESS_MS_MIN, WATCH_PROGRESS_MS_MAX),
+        ("watch.page_events_max", w.page_events_max, 1, 100_000),
+        ("history.versions_max", config.history.versions_max, 0, 1000),
+        ("lifecycle.touch_flush_ms", lc.touch_flush_ms, 10, 600_000),
+        ("lifecycle.touch_keys_max", lc.touch_keys_max, 1, 10_000_000),
+        ("lifecycle.run_every_ms", lc.run_every_ms, 100, 86_400_000),
+        ("lifecycle.prune_batch_max", lc.prune_batch_max, 1, 1000),  # a Prune command's targets, at most
+        ("lifecycle.scan_keys_max", lc.scan_keys_max, 1, 100_000_000),
+    ):
+        if not lo <= value <= hi:
+            raise ConfigError(f"{key}: must be in [{lo}, {hi}]")
+    if not 0.0 <= lc.ttl_refresh_fraction <= 1.0:
+        raise ConfigError("lifecycle.ttl_refresh_fraction: must be in [0, 1]")
 
 
 def _check_quorums(config: Config) -> None:

@@ -242,16 +242,88 @@ class TlsConfig:
 
 
 WATCH_RETENTION_MAX = 10_000_000
+# A watch's progress notifications: at most this often, at least this rarely.
+WATCH_PROGRESS_MS_MIN = 50
+WATCH_PROGRESS_MS_MAX = 600_000
 
 
 @dataclass(frozen=True)
 class WatchConfig:
     """The change log each replica keeps (in its RocksDB, written by apply):
-    what watches resume from and derived indexes replay after a crash."""
+    what watches resume from and derived indexes replay after a crash; and the
+    bounds of the watch streams a node serves (raftmem.service.watch)."""
 
     # Raft indexes of changes kept per shard; a resume from before them is 410
-    # compacted (0: keep no log; watches then start from now only).
+    # compacted (0: keep no log, and no watch is served).
     retention_entries: int = 100_000
+    # Open watch streams per node; past it a new watch answers 429.
+    watchers_max: int = 1000
+    # Changes queued for one watcher (its feed subscription, and entries waiting
+    # for its socket); a watcher that falls this far behind is cut off with an
+    # `overflow` event and resumes from its token.
+    buffer_events_max: int = 1000
+    # A watch with nothing to send says where it is (progress) this often, unless
+    # it asks otherwise (progress_ms=).
+    progress_ms: int = 5000
+    # Changes read from the change log at once (catching up, or fetched from
+    # another node for a shard this node holds no replica of).
+    page_events_max: int = 500
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """Per-memory version history (GET /v1/memories/{ns}/{id}/history), written
+    by apply in each entry's batch (raftmem.history)."""
+
+    # Versions kept per memory, newest first (0: no history).
+    versions_max: int = 10
+    # The history of a deleted or expired memory is compacted this long after.
+    retain_removed_s: int = 7 * 24 * 3600
+
+
+LIFECYCLE_ORDERS = ("oldest", "least_accessed")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """One pruning policy: which memories (a namespace, a tag, or both) and one
+    rule: remove those not accessed (read or written) for `idle_ms`, or keep at
+    most `max_per_agent` per agent, removing the oldest or least accessed first."""
+
+    name: str
+    namespace: str | None = None
+    tag: str | None = None
+    idle_ms: int | None = None
+    max_per_agent: int | None = None
+    order: str = "oldest"
+
+    @property
+    def rule(self) -> str:
+        return "idle" if self.idle_ms is not None else "count"
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    """Access tracking, sliding TTL and pruning (raftmem.lifecycle)."""
+
+    # Reads update last_accessed_at and access_count (coalesced, through the log).
+    track_access: bool = True
+    # A node sends the reads it served to each shard leader this often, as one
+    # `touch` log entry per shard (a memory read many times: one item).
+    touch_flush_ms: int = 1000
+    # Memories with reads waiting to be sent, per node; past it more are dropped
+    # (counted: raftmem_touches_dropped).
+    touch_keys_max: int = 10_000
+    # A read extends a sliding TTL (ttl_refresh_on_read) through the log only
+    # once this fraction of the TTL has passed since the last refresh.
+    ttl_refresh_fraction: float = 0.5
+    # Each shard leader runs the policies this often.
+    run_every_ms: int = 60_000
+    # Memories one policy removes per run and shard, at most; index keys it
+    # scans to find them, at most (the next run goes on).
+    prune_batch_max: int = 500
+    scan_keys_max: int = 100_000
+    policies: tuple[PolicyConfig, ...] = ()
 
 
 INDEX_TIERS = ("eager", "batched", "lazy")  # strictest first
@@ -326,6 +398,8 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
