@@ -403,6 +403,40 @@ class Api:
         run = self.service.search.list_ordered if request.query.get("order") else self.service.queries.list
         return await self._memories(_call(request), lambda call: run(ns, call))
 
+    async def history(self, request: web.Request) -> web.Response:
+        ns, mid = request.match_info["namespace"], request.match_info["id"]
+        return await self._memories(_call(request), lambda call: self.service.histories.history(ns, mid, call))
+
+    async def watch(self, request: web.Request) -> web.StreamResponse:
+        """A stream: errors found before it starts (400, 410, 429, 503) are
+        answered as usual; once it runs, the stream's last event says why it ended."""
+        stream = await self.service.watches.open(_call(request))
+        response = web.StreamResponse(status=200, headers=stream.headers)
+
+        async def start() -> None:
+            await response.prepare(request)
+
+        def alive() -> bool:
+            return request.transport is not None and not request.transport.is_closing()
+
+        await stream.run(start, response.write, alive)
+        return response
+
+    async def watch_fetch(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.watches.fetch(_shard(request), _call(request)))
+
+    async def touch(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.lifecycle.touch(_shard(request), _call(request, await request.read())))
+
+    async def touches_drain(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.lifecycle.drain(_shard(request)))
+
+    async def lifecycle_shard(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.lifecycle.run_here(_shard(request), _call(request)))
+
+    async def lifecycle_run(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.lifecycle.run_all(_call(request)))
+
     async def list_shard(self, request: web.Request) -> web.Response:
         ns = request.match_info["namespace"]
         return _reply(await self.service.queries.list_shard(_shard(request), ns, _call(request)))
@@ -571,7 +605,8 @@ def build_app(
                 token = authenticator.authenticate(request.headers.get("Authorization"), request.path)
                 if token is not None:
                     body = await _body(request) if request.path in BODY_SCOPED_PATHS else b""
-                    authenticator.authorize(token, need_for(request.method, request.path, request.match_info, body))
+                    authorize = need_for(request.method, request.path, request.match_info, body, request.query)
+                    authenticator.authorize(token, authorize)
                     request[SCOPE_KEY] = token.namespaces
             response = await handler(request)
         except Exception as e:  # noqa: BLE001 (mapped, or re-raised, in one place)
@@ -592,6 +627,13 @@ def build_app(
     r.add_delete("/v1/memories/{namespace}/{id}", api.delete)
     r.add_post("/v1/memories/{namespace}", api.create)
     r.add_get("/v1/memories/{namespace}", api.list)
+    r.add_get("/v1/memories/{namespace}/{id}/history", api.history)
+    r.add_get("/v1/watch", api.watch)
+    r.add_get("/v1/internal/shards/{shard}/changes", api.watch_fetch)
+    r.add_post("/v1/internal/shards/{shard}/touch", api.touch)
+    r.add_post("/v1/internal/shards/{shard}/touches/drain", api.touches_drain)
+    r.add_post("/v1/internal/shards/{shard}/lifecycle", api.lifecycle_shard)
+    r.add_post("/v1/admin/lifecycle/run", api.lifecycle_run)
     r.add_get("/v1/internal/shards/{shard}/list/{namespace}", api.list_shard)
     r.add_post("/v1/batch", api.batch)
     r.add_post(INTERNAL_BATCH_PATH, api.internal_batch)

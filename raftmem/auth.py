@@ -32,6 +32,7 @@ ADMIN_PREFIX = "/v1/admin/"
 BATCH_WRITE_OPS = frozenset({"put", "create", "delete"})
 # Requests whose body names their namespaces (the middleware reads it first).
 BODY_SCOPED_PATHS = frozenset({"/v1/batch", "/v1/search"})
+WATCH_PATH = "/v1/watch"
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,19 @@ class Need:
     role: str
     namespaces: frozenset[str] = frozenset()
     internal: bool = False
+    every_namespace: bool = False  # a watch of more than one namespace
 
 
-def need_for(method: str, path: str, params: Mapping[str, str], body: bytes = b"") -> Need | None:
-    """The permission a request needs, or None for an open endpoint."""
+def need_for(
+    method: str, path: str, params: Mapping[str, str], body: bytes = b"", query: Mapping[str, str] | None = None,
+) -> Need | None:
+    """The permission a request needs, or None for an open endpoint. `query`:
+    the query string (a watch names its namespace there)."""
     if path in OPEN_PATHS:
         return None
+    if path == WATCH_PATH:
+        namespace = (query or {}).get("namespace")
+        return Need("read", frozenset({namespace})) if namespace else Need("read", every_namespace=True)
     if path.startswith(INTERNAL_PREFIX):
         return Need("admin", internal=True)
     if path.startswith(ADMIN_PREFIX):
@@ -123,6 +131,8 @@ class Authenticator:
             raise Forbidden(f"token {token.name!r}: internal endpoints are for the cluster's nodes")
         if AUTH_ROLES.index(token.role) < AUTH_ROLES.index(need.role):
             raise Forbidden(f"token {token.name!r} has role {token.role}; this needs {need.role}")
+        if token.namespaces is not None and need.every_namespace:
+            raise Forbidden(f"token {token.name!r} is limited to some namespaces: watch one of them (namespace=)")
         if token.namespaces is not None:
             outside = sorted(need.namespaces - set(token.namespaces))
             if outside:

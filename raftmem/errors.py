@@ -11,6 +11,9 @@
     │   ├── LockHeld                  409 lock_held         (another holder has the lock)
     │   └── Fenced                    409 fenced            (the fence is not the lock's or claim's
     │                                                        current one: released, expired, taken over)
+    ├── Gone                          410 compacted         (a watch resumed from before what
+    │                                                         the change log keeps: `oldest` says
+    │                                                         where it may resume)
     ├── PreconditionFailed            412 precondition_failed
     ├── Overloaded                    429 overloaded        (retryable, nothing was done)
     ├── Unavailable                   503 unavailable       (retryable, nothing was done)
@@ -83,6 +86,9 @@ class LockHeld(Conflict):
 
 class Fenced(Conflict):
     code = "fenced"
+class Gone(RaftmemError):
+    status = 410
+    code = "compacted"
 
 
 class PreconditionFailed(RaftmemError):
@@ -121,6 +127,7 @@ _BY_STATUS: dict[int, type[RaftmemError]] = {
     400: InvalidRequest,
     404: NotFound,
     409: Conflict,
+    410: Gone,
     412: PreconditionFailed,
     413: PayloadTooLarge,
     429: Overloaded,

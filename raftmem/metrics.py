@@ -118,6 +118,41 @@ class _ShardCollector:
         yield lag
         yield commit
         yield node_replicas
+        yield from self._feed()
+
+    def _feed(self) -> Any:
+        """Watch streams, and the lifecycle (as this node ran it for the shards it led)."""
+        assert self.service is not None
+        watch, life = self.service.watches.stats, self.service.lifecycle
+        yield GaugeMetricFamily("raftmem_watch_streams", "Watch streams open on this node", value=watch.open_now)
+        yield CounterMetricFamily("raftmem_watch_streams_opened", "Watch streams opened", value=watch.opened)
+        yield CounterMetricFamily("raftmem_watch_events_sent", "Change events sent to watchers", value=watch.events)
+        ended = CounterMetricFamily("raftmem_watch_streams_ended", "Watch streams ended, by why (overflow: a "
+                                    "slow consumer cut off; compacted; client gone; ...)", labels=["reason"])
+        for reason, count in watch.ended.items():
+            ended.add_metric([reason], count)
+        yield ended
+        pruned = CounterMetricFamily("raftmem_lifecycle_pruned", "Memories removed by each pruning policy "
+                                     "(the shards this node led)", labels=["policy"])
+        runs = CounterMetricFamily("raftmem_lifecycle_runs", "Policy runs, done or deferred (a replica did not "
+                                   "hand over its unsent reads)", labels=["policy", "outcome"])
+        for name, stats in life.stats.policies.items():
+            pruned.add_metric([name], stats.removed)
+            runs.add_metric([name, "done"], stats.runs)
+            runs.add_metric([name, "deferred"], stats.deferred)
+        yield pruned
+        yield runs
+        buffer = life.buffer
+        yield CounterMetricFamily("raftmem_touch_reads", "Reads recorded for access tracking and sliding TTL",
+                                  value=buffer.recorded)
+        yield CounterMetricFamily("raftmem_touches_dropped", "Reads not recorded: lifecycle.touch_keys_max "
+                                  "memories were waiting already", value=buffer.dropped)
+        yield CounterMetricFamily("raftmem_touch_entries", "Touch commands sent (each carries a flush's reads of "
+                                  "one shard)", value=life.stats.touches.entries)
+        yield GaugeMetricFamily("raftmem_touches_pending", "Memories with reads waiting to be sent",
+                                value=buffer.count)
+        yield CounterMetricFamily("raftmem_history_compacted", "Histories of removed memories compacted",
+                                  value=life.stats.histories_compacted)
 
 
 class Metrics:

@@ -41,6 +41,7 @@ RECONCILE_PERIOD_S = 0.5
 LEADER_BALANCE_AFTER_S = 10.0
 PEERS_FILE = "peers.json"  # the voters this replica last knew, to restart with
 JOINED_FILE = "joined"  # this node has been a member: never re-seed its replicas
+STOP_FLUSH_S = 2.0  # a stopping node sends the reads it served for at most this long
 
 
 class Node:
@@ -114,7 +115,7 @@ class Node:
         self.ticker.start()
         await self.forwarder.start()
         self.service = MemoryService(self.config, self.node_id, self.replicas, table, self.forwarder, self.clock,
-                                     indexes=self.indexes)
+                                     indexes=self.indexes, feed=self.feed)
         await self.indexes.start()
         guard = ConnectionGuard(self.config.limits)
         app = build_app(self.service, self.config, Metrics(self.ticker, self.budget, self.indexes), guard)
@@ -122,6 +123,8 @@ class Node:
         await self.listener.start(self.me.host, self.me.http_port, self.tls.server if self.tls is not None else None)
         self._tasks.append(asyncio.create_task(self._reaper()))
         self._tasks.append(asyncio.create_task(self._reconcile_forever()))
+        self._tasks.append(asyncio.create_task(self.service.lifecycle.flush_forever()))
+        self._tasks.append(asyncio.create_task(self.service.lifecycle.run_forever()))
         log.info(
             "node %s: serving %d shard replicas, API on %s, Raft on %s:%d-%d",
             self.node_id, len(self.replicas), self.config.url_of(self.me), self.me.host,
@@ -245,6 +248,10 @@ class Node:
                     log.debug("shard %d: expiry deferred: %s", replica.shard, e)
 
     async def stop(self) -> None:
+        if self.service is not None:
+            self.service.watches.close()  # streams end with an event saying so
+            with suppress(Exception):  # reads served and not yet sent: best effort
+                await asyncio.wait_for(self.service.lifecycle.flush_all(), STOP_FLUSH_S)
         for task in self._tasks:
             task.cancel()
             with suppress(asyncio.CancelledError):

@@ -41,6 +41,8 @@ _CONTEXT = {
                    "returns it advanced",
     "schema": {"type": "string", "pattern": "^[0-9]+:[0-9]+(,[0-9]+:[0-9]+)*$"},
 }
+_TOKENS = "^[0-9]+:[0-9]+(,[0-9]+:[0-9]+)*$"
+_EVENT = {"$ref": "#/components/schemas/WatchEvent"}
 _WRITE_BODY = {
     "required": True,
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MemoryWrite"}}},
@@ -71,7 +73,9 @@ OPENAPI: dict[str, Any] = {
             },
             "delete": {
                 "summary": "Delete a memory (If-Match, If-Fence)",
-                "parameters": [_NS, _ID, coordination.IF_FENCE],
+                "parameters": [_NS, _ID, coordination.IF_FENCE,
+                               {"name": "actor", "in": "query", "schema": {"type": "string"},
+                                "description": "who deletes it (kept in its history)"}],
                 "responses": {"200": _resp("deleted", {"type": "object"}), **_ERRORS},
             },
         },
@@ -92,6 +96,57 @@ OPENAPI: dict[str, Any] = {
                 ],
                 "responses": {"200": _resp("a page", {"type": "object"}), **_ERRORS},
             },
+        },
+        "/v1/memories/{namespace}/{id}/history": {
+            "get": {
+                "summary": "A memory's last versions, newest first (history.versions_max of them); read like the "
+                           "memory (consistency, after, max_staleness_ms); not an access",
+                "parameters": [_NS, _ID, _CONSISTENCY, _CONTEXT,
+                               {"name": "after", "in": "query", "schema": {"type": "string"}},
+                               {"name": "max_staleness_ms", "in": "query", "schema": {"type": "integer"}},
+                               {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}],
+                "responses": {"200": _resp("the versions", {"type": "object", "properties": {
+                    "namespace": {"type": "string"}, "id": {"type": "string"},
+                    "versions": {"type": "array", "items": {"$ref": "#/components/schemas/Version"}}}}),
+                    **_ERRORS},
+            }
+        },
+        "/v1/watch": {
+            "get": {
+                "summary": "Stream committed changes (Server-Sent Events, or NDJSON with Accept: "
+                           "application/x-ndjson): per shard in log order, resumable from tokens; progress "
+                           "events say where the stream is; the last event of a stream that must end "
+                           "(overflow, compacted, error) carries the tokens to resume from",
+                "parameters": [
+                    {"name": "namespace", "in": "query", "schema": {"type": "string"}},
+                    {"name": "namespace_prefix", "in": "query", "schema": {"type": "string"}},
+                    {"name": "agent_id", "in": "query", "schema": {"type": "string"}},
+                    {"name": "tag", "in": "query", "schema": {"type": "string"}},
+                    {"name": "after", "in": "query", "schema": {"type": "string", "pattern": _TOKENS},
+                     "description": "per shard, the token to resume after; shards not named start from now"},
+                    {"name": "progress_ms", "in": "query", "schema": {"type": "integer", "minimum": 50}},
+                    {"name": "require_leader", "in": "query", "schema": {"type": "boolean"},
+                     "description": "every shard's events from its leader's replica (default: any replica)"},
+                ],
+                "responses": {
+                    "200": {"description": "the stream, one event per line (SSE: one data: line per event)",
+                            "content": {"text/event-stream": {"schema": _EVENT},
+                                        "application/x-ndjson": {"schema": _EVENT}}},
+                    "410": _resp("compacted: a token older than the change log keeps; `oldest` says where "
+                                 "to resume", _ERR),
+                    **{k: v for k, v in _ERRORS.items() if k in ("400", "401", "403", "429", "503")},
+                },
+            }
+        },
+        "/v1/admin/lifecycle/run": {
+            "post": {
+                "summary": "Run the pruning policies now on every shard leader (dry_run: only say what they would "
+                           "remove)",
+                "parameters": [{"name": "dry_run", "in": "query", "schema": {"type": "boolean"}},
+                               {"name": "policy", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": _resp("per shard and policy: candidates, removed", {"type": "object"}),
+                              **_ERRORS},
+            }
         },
         "/v1/batch": {
             "post": {
@@ -172,6 +227,8 @@ OPENAPI: dict[str, Any] = {
                     "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 64},
                     "metadata": {"type": "object"},
                     "ttl_s": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+                    "ttl_refresh_on_read": {"type": "boolean", "description": "a sliding TTL: reads extend it"},
+                    "actor": {"type": "string", "description": "who writes it (kept in its history)"},
                     "embedding": {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 4096,
                                   "description": "fixed dimension per namespace (its first embedding's)"},
                 },
@@ -216,6 +273,33 @@ OPENAPI: dict[str, Any] = {
                         "shards": {"type": "object"}}},
                 },
             },
+            "WatchEvent": {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "enum": ["put", "delete", "expire", "progress", "overflow",
+                                                        "compacted", "error"]},
+                    "token": {"type": "string", "description": "<shard>:<index> of the change's log entry"},
+                    "seq": {"type": "integer", "description": "the change's place in its entry"},
+                    "last": {"type": "boolean", "description": "the last event of its entry this stream sends"},
+                    "namespace": {"type": "string"}, "id": {"type": "string"},
+                    "version": {"type": "integer"}, "prev_version": {"type": "integer", "nullable": True},
+                    "time": {"type": "integer"}, "record": _MEM,
+                    "tokens": {"type": "string", "description": "progress, overflow, compacted, error: where to "
+                                                                "resume (one token per shard)"},
+                    "oldest": {"type": "string"}, "code": {"type": "string"}, "message": {"type": "string"},
+                },
+            },
+            "Version": {
+                "type": "object",
+                "properties": {
+                    "event": {"type": "string", "enum": ["put", "delete", "expire"]},
+                    "version": {"type": "integer"}, "token": {"type": "string"}, "time": {"type": "integer"},
+                    "actor": {"type": "string", "nullable": True}, "value": {},
+                    "agent_id": {"type": "string", "nullable": True}, "kind": {"type": "string", "nullable": True},
+                    "tags": {"type": "array", "items": {"type": "string"}}, "metadata": {"type": "object"},
+                    "expires_at": {"type": "integer", "nullable": True},
+                },
+            },
             "Memory": {
                 "type": "object",
                 "properties": {
@@ -231,6 +315,10 @@ OPENAPI: dict[str, Any] = {
                     "expires_at": {"type": "integer", "nullable": True},
                     "version": {"type": "integer"},
                     "token": {"type": "string"},
+                    "actor": {"type": "string", "description": "who wrote the last version, when said"},
+                    "last_accessed_at": {"type": "integer", "description": "the last read or write recorded"},
+                    "access_count": {"type": "integer", "description": "reads recorded"},
+                    "ttl_s": {"type": "number"}, "ttl_refresh_on_read": {"type": "boolean"},
                 },
             },
         }

@@ -16,7 +16,8 @@ from .config import CONSISTENCY_LEVELS, LEVEL_ALIASES, LimitsConfig, canonical_l
 from .errors import InvalidRequest, PayloadTooLarge
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._:-]+")  # fullmatch: "$" would let a final "\n" through
-MEMORY_FIELDS = frozenset({"agent_id", "kind", "content", "tags", "metadata", "ttl_s", "embedding"})
+MEMORY_FIELDS = frozenset({"agent_id", "kind", "content", "tags", "metadata", "ttl_s", "embedding", "actor",
+                           "ttl_refresh_on_read"})
 TTL_S_MAX = 10 * 365 * 24 * 3600
 # Below a second, a memory could expire between its write and the writer's read
 # (expiry is decided in ms by the leader's clock): refused rather than lost.
@@ -141,7 +142,21 @@ def memory_fields(body: Any, limits: LimitsConfig) -> dict[str, Any]:
         out["ttl_s"] = ttl
     if body.get("embedding") is not None:
         out["embedding"] = embeddings.pack(embeddings.check_vector("embedding", body["embedding"]))
+    if body.get("actor") is not None:
+        out["actor"] = actor(body["actor"])
+    refresh = body.get("ttl_refresh_on_read")
+    if refresh is not None and not isinstance(refresh, bool):
+        raise InvalidRequest("ttl_refresh_on_read must be true or false", field="ttl_refresh_on_read")
+    if refresh and ttl is None:
+        raise InvalidRequest("ttl_refresh_on_read needs ttl_s (the TTL a read extends)", field="ttl_refresh_on_read")
+    if refresh:
+        out["ttl_refresh_on_read"] = True
     return out
+
+
+def actor(value: Any) -> str:
+    """Who wrote (or deleted) a memory: an agent's name, kept in its history."""
+    return _label("actor", value, AGENT_CHARS_MAX)
 
 
 def version_header(what: str, value: str | None) -> int | None:

@@ -20,6 +20,9 @@ by the Shard port (raftmem.shard). One module per concern:
     locks       locks: acquire (waiting in turn), renew, release, inspect
     tasks       task queues: enqueue, claim (waiting in turn), complete, fail, extend, list
     waiters     the leader's queues of waiting acquisitions and claims
+    watch       GET /v1/watch: committed changes, streamed, resumable from tokens
+    history     GET /v1/memories/{ns}/{id}/history
+    lifecycle   reads recorded (access, sliding TTL), pruning policies
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collections.abc import Mapping
 from ..clock import Clock
 from ..config import Config
 from ..coordination import Notice
+from ..events import ChangeFeed
 from ..indexing.manager import Indexes
 from ..membership import Table
 from ..shard import Shard
@@ -47,7 +51,9 @@ from .calls import (
     Reply,
     with_context,
 )
+from .history import Histories
 from .leaders import Router
+from .lifecycle import Lifecycle
 from .locks import Locks
 from .membership import Membership
 from .memories import TIME_KEY_RE, Memories
@@ -58,6 +64,7 @@ from .status import Status
 from .tasks import Tasks
 from .transfers import SCRATCH_DIR, Transfers
 from .waiters import Waiters
+from .watch import Watches
 
 __all__ = [
     "CONTEXT_HEADER", "INTERNAL_BATCH_PATH", "with_context",
@@ -78,8 +85,10 @@ class MemoryService:
         forwarder: Forwarder,
         clock: Clock,
         indexes: Indexes | None = None,
+        feed: ChangeFeed | None = None,
     ) -> None:
-        """`indexes`: the node's derived indexes (None: search is unavailable here)."""
+        """`indexes`: the node's derived indexes (None: search is unavailable here);
+        `feed`: the node's change events (watches follow it)."""
         self.config = config
         self.node_id = node_id
         self.router = Router(config, node_id, shards, table, forwarder)
@@ -95,6 +104,12 @@ class MemoryService:
         self.waiters = Waiters(config.coordination)
         self.locks = Locks(config, self.router, clock, self.waiters)
         self.tasks = Tasks(config, self.router, clock, self.waiters)
+        self.histories = Histories(config, self.queries)
+        self.watches = Watches(config, self.router, feed if feed is not None else ChangeFeed(), forwarder)
+        self.lifecycle = Lifecycle(config, self.router, self.memories, forwarder, clock)
+        self.queries.on_read = self.lifecycle.saw
+        self.status.sections["lifecycle"] = self.lifecycle.status
+        self.status.sections["watch"] = self.watches.status
 
     def wake(self, shard: int, notices: list[Notice]) -> None:
         """A replica here applied what waiters may want: a lock freed, tasks ready."""

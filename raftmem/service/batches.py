@@ -45,7 +45,7 @@ INTERNAL_BATCH_PATH = "/v1/internal/batch"
 PLAN_YIELD_EVERY = 64
 _OP_HEADERS = (("if_match", "If-Match"), ("if_none_match", "If-None-Match"), ("idempotency_key", "Idempotency-Key"),
                ("if_fence", "If-Fence"))
-_OP_QUERY = ("consistency", "after", "max_staleness_ms")
+_OP_QUERY = ("consistency", "after", "max_staleness_ms", "actor")
 
 
 @dataclass

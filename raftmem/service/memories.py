@@ -130,11 +130,13 @@ class Memories:
     async def delete(self, ns: str, mid: str, call: Call) -> Reply:
         v.name("namespace", ns, self.limits.namespace_chars_max)
         v.name("id", mid, self.limits.id_chars_max)
+        actor = call.query.get("actor")
         command = Delete(
             namespace=ns,
             id=mid,
             if_match=v.version_header("If-Match", call.header("If-Match")),
             idempotency_key=v.idempotency_key(call.header("Idempotency-Key")),
             if_fence=self._fence(ns, mid, call),
+            actor=v.actor(actor) if actor is not None else None,
         )
         return await self.write(self.router.shard_of(ns, mid), command, call)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from .. import validation as v
@@ -19,6 +20,8 @@ from ..reads import NotHere, level_for
 from ..shard import FRESH_LEVELS, ListQuery, MemoryReader, Served, Shard
 from .calls import CONTEXT_HEADER, Call, Reply, public
 from .leaders import Router
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -47,6 +50,8 @@ class Queries:
         self.clock = clock
         self.limits = config.limits
         self.node_id = router.node_id
+        # Told of every memory a read served here found (the node wires it).
+        self.on_read: Callable[[int, dict[str, Any]], None] | None = None
 
     # -- one memory ------------------------------------------------------------------
     async def get(self, ns: str, mid: str, call: Call) -> Reply:
@@ -73,20 +78,32 @@ class Queries:
         bound_ms = v.int_param("max_staleness_ms", q.get("max_staleness_ms"), tag_bound_ms, 0, STALENESS_MS_MAX)
         if level == "bounded" and bound_ms < 0:
             raise InvalidRequest("consistency=bounded needs max_staleness_ms", field="max_staleness_ms")
+        return await self.serve(shard_id, call, level, read, lambda rec, served: self._reply_for(
+            shard_id, ns, mid, rec, served), after=after, bound_ms=bound_ms)
+
+    async def serve(
+        self, shard_id: int, call: Call, level: str, read: Callable[[MemoryReader], T],
+        reply: Callable[[T, Served], Reply], *, after: int = 0, bound_ms: int = -1,
+    ) -> Reply:
+        """Run `read` where `level` allows: the local replica when it may serve
+        (any replica for `eventual`; a follower decides for the other levels),
+        else the shard leader (here, or `call` forwarded to it)."""
+        shard = self.router.local(shard_id)
         if shard is not None and (level == "eventual" or not shard.role().leading):
             try:
-                rec, served = await shard.read(level, read, after=after, bound_ms=bound_ms)
-                return self._reply_for(shard_id, ns, mid, rec, served)
+                value, served = await shard.read(level, read, after=after, bound_ms=bound_ms)
+                return reply(value, served)
             except NotHere:
                 pass  # the leader serves it
 
         async def local(leader: Shard) -> Reply:
-            rec, served = await leader.read(level, read, after=after, bound_ms=bound_ms)
-            return self._reply_for(shard_id, ns, mid, rec, served)
+            value, served = await leader.read(level, read, after=after, bound_ms=bound_ms)
+            return reply(value, served)
 
         return await self.router.on_leader(shard_id, call, local, is_write=False)
 
-    def _reply_for(self, shard: int, ns: str, mid: str, rec: dict[str, Any] | None, served: Served) -> Reply:
+    def read_headers(self, served: Served) -> dict[str, str]:
+        """What a reply says of how it was read."""
         headers = {
             "X-Raftmem-Consistency": served.level,
             "X-Raftmem-Served-By": self.node_id,
@@ -94,12 +111,18 @@ class Queries:
         }
         if served.staleness_ms is not None and served.level not in FRESH_LEVELS:
             headers["X-Raftmem-Staleness-Ms"] = str(served.staleness_ms)
+        return headers
+
+    def _reply_for(self, shard: int, ns: str, mid: str, rec: dict[str, Any] | None, served: Served) -> Reply:
+        headers = self.read_headers(served)
         if rec is None:
             # A reply, not a raise: a miss carries the read headers too (the level
             # served, and the token that says how far this replica had applied).
             missing = NotFound(f"memory {ns}/{mid} not found", token=served.token)
             return Reply(missing.status, missing.body(), headers)
         headers["ETag"] = str(rec["version"])
+        if self.on_read is not None:
+            self.on_read(shard, rec)  # access tracking, sliding TTL (service/lifecycle.py)
         return Reply(200, public(rec, shard), headers)
 
     # -- lists ---------------------------------------------------------------------

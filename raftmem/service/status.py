@@ -19,6 +19,8 @@ class Status:
         self.router = router
         self.node_id = router.node_id
         self.index_status = index_status
+        # More of this node's state for GET /v1/cluster, by section name.
+        self.sections: dict[str, Callable[[], dict[str, Any]]] = {}
 
     def cluster(self) -> Reply:
         router = self.router
@@ -47,6 +49,7 @@ class Status:
             "nodes": nodes,
             "shards": shards,
         }
+        body.update({name: section() for name, section in self.sections.items()})
         return Reply(200, body)
 
     def readiness(self, sync: bool = False) -> tuple[bool, list[str]]:

@@ -94,11 +94,13 @@ class Cluster:
         ssl_context: ssl.SSLContext | None = None,
         coordination: dict[str, Any] | None = None,
         indexing: dict[str, Any] | None = None,
+        sections: dict[str, Any] | None = None,
     ) -> None:
         """`spare`: extra nodes with reserved ports, started later with `start_joining`.
         `auth`: the config's auth section; `token`: sent by `request` unless told otherwise.
         `tls`: the config's tls section (a raft password is set with it); `ssl_context`:
-        what `request` connects with (https)."""
+        what `request` connects with (https). `sections`: more top-level config
+        sections as they are (watch, history, lifecycle...)."""
         self.root = root
         self.ssl_context = ssl_context
         self.auth_headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -147,6 +149,7 @@ class Cluster:
             config["coordination"] = coordination
         if indexing:
             config["indexing"] = indexing
+        config.update(sections or {})
         root.mkdir(parents=True, exist_ok=True)
         self.config_path = root / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump(config))

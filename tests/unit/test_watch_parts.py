@@ -1,0 +1,101 @@
+"""The pure parts of watch: filters, request parsing (a clear 400 for every bad
+input), events the same whether read from the change log or the live feed,
+entries grouped with their seq, the shared encoding cache, who may watch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raftmem.auth import Authenticator, need_for
+from raftmem.commands import Delete, MemoryFields, Put, encode_entry
+from raftmem.config import ApiToken, AuthConfig, embedded_default
+from raftmem.errors import Forbidden, InvalidRequest
+from raftmem.events import Change, ChangeFeed
+from raftmem.membership import Table
+from raftmem.service import Call
+from raftmem.service.leaders import Router
+from raftmem.service.watch import EventCache, Watches, WatchFilter, entries, event_body
+from raftmem.statemachine import StateMachine
+from raftmem.storage import Store
+
+NOW = 1_763_700_000_000
+
+
+def _watches() -> Watches:
+    config = embedded_default()
+    router = Router(config, "n1", {}, Table.seed(config), forwarder=None)  # type: ignore[arg-type]
+    return Watches(config, router, ChangeFeed(), forwarder=None)  # type: ignore[arg-type]
+
+
+def test_filters_judge_the_changes_record() -> None:
+    rec = {"namespace": "team-a", "agent_id": "al", "tags": ["hot"]}
+    assert WatchFilter().matches(rec)
+    assert WatchFilter(namespace="team-a", agent_id="al", tag="hot").matches(rec)
+    assert WatchFilter(namespace_prefix="team-").matches(rec)
+    assert not WatchFilter(namespace="team").matches(rec)
+    assert not WatchFilter(tag="cold").matches(rec)
+    assert not WatchFilter(agent_id="bo").matches(rec)
+    assert not WatchFilter().matches(None)
+
+
+@pytest.mark.parametrize("query", [
+    {"colour": "red"}, {"after": "nope"}, {"after": "8:1"}, {"after": "0:-1"}, {"after": "0:1:2"},
+    {"namespace": "a", "namespace_prefix": "a"}, {"namespace": "a b"}, {"namespace_prefix": ".."},
+    {"progress_ms": "x"}, {"progress_ms": "1"}, {"progress_ms": "999999999"}, {"require_leader": "yes"},
+    {"tag": "a\nb"}, {"agent_id": "\x00"},
+])
+def test_bad_watch_requests_are_invalid(query: dict[str, str]) -> None:
+    with pytest.raises(InvalidRequest):
+        _watches().parse(Call("GET", "/v1/watch", query))
+
+
+def test_a_good_request() -> None:
+    request = _watches().parse(Call("GET", "/v1/watch", {"namespace": "a", "after": "0:5,3:7,0:9",
+                                                         "require_leader": "true", "progress_ms": "250"},
+                                    {"Accept": "application/x-ndjson"}))
+    assert request.after == {0: 9, 3: 7} and request.require_leader and request.ndjson
+    assert request.progress_ms == 250 and request.filter == WatchFilter(namespace="a")
+
+
+def test_an_event_is_the_same_from_the_feed_and_from_the_change_log(tmp_path: Path) -> None:
+    published: list[Change] = []
+    sm = StateMachine(Store(tmp_path), shard=2, publish=published.extend, events_retention=100)
+    put = Put("ns", "a", MemoryFields(content=1), now_ms=NOW)
+    sm.apply(1, encode_entry([put]))
+    sm.apply(2, encode_entry([Put("ns", "a", MemoryFields(content=2), now_ms=NOW + 1),
+                              Put("ns", "b", MemoryFields(content=3), now_ms=NOW + 1),
+                              Delete("ns", "a", now_ms=NOW + 2)]))
+    logged = sm.changes_after(0, 100).changes
+    live = [(s, i, [(q, event_body(c, q)) for q, c in group]) for s, i, group in entries(published)]
+    replayed = [(s, i, [(q, event_body(c, q)) for q, c in group]) for s, i, group in entries(logged)]
+    assert live == replayed
+    assert [(s, i, [q for q, _ in group]) for s, i, group in live] == [(2, 1, [0]), (2, 2, [0, 1, 2])]
+    second_put = live[1][2][0][1]
+    assert (second_put["type"], second_put["prev_version"], second_put["token"]) == ("put", 1, "2:2")
+    assert live[1][2][2][1]["type"] == "delete" and live[1][2][2][1]["record"]["content"] == 2
+
+
+def test_the_event_cache_is_bounded() -> None:
+    cache = EventCache(size_max=2)
+    made: list[int] = []
+    for key in [(0, 1, 0), (0, 2, 0), (0, 1, 0), (0, 3, 0), (0, 1, 0)]:
+        cache.get(key, lambda k=key: (made.append(k[1]), b"x")[1])  # type: ignore[misc]
+    assert made == [1, 2, 3, 1]
+
+
+def test_a_watch_needs_read_and_a_namespace_limited_token_must_name_one_of_its_namespaces() -> None:
+    assert need_for("GET", "/v1/watch", {}, b"", {"namespace": "a"}).namespaces == frozenset({"a"})  # type: ignore[union-attr]
+    everything = need_for("GET", "/v1/watch", {}, b"", {"namespace_prefix": "a"})
+    assert everything is not None and everything.every_namespace and everything.role == "read"
+    limited = ApiToken("t", "0" * 64, "read", ("a",))
+    Authenticator.authorize(limited, need_for("GET", "/v1/watch", {}, b"", {"namespace": "a"}))
+    with pytest.raises(Forbidden):
+        Authenticator.authorize(limited, everything)
+    with pytest.raises(Forbidden):
+        Authenticator.authorize(limited, need_for("GET", "/v1/watch", {}, b"", {"namespace": "b"}))
+    Authenticator.authorize(ApiToken("all", "1" * 64, "read"), everything)
+    history = need_for("GET", "/v1/memories/a/x/history", {"namespace": "a", "id": "x"})
+    assert history is not None and history.role == "read" and history.namespaces == frozenset({"a"})
+    assert AuthConfig().enabled is False
