@@ -12,6 +12,7 @@ from . import admin as admin_cmd
 from . import bench as bench_cmd
 from . import cluster as cluster_cmd
 from . import coordination as coordination_cmd
+from . import feed as feed_cmd
 from . import logfmt
 from . import memory as memory_cmd
 from . import search as search_cmd
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     memory_cmd.add_parsers(sub)
     coordination_cmd.add_parsers(sub)
     search_cmd.add_parsers(sub)
+    feed_cmd.add_parsers(sub)
     bench_cmd.add_parser(sub)
     return parser
 

@@ -120,6 +120,8 @@ def _put(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         kind=args.kind,
         tags=args.tag,
         ttl_s=args.ttl,
+        ttl_refresh_on_read=args.sliding,
+        actor=args.actor,
         if_match=args.if_match,
         if_none_match=args.create_only,
         if_fence=args.if_fence,
@@ -146,7 +148,7 @@ def _get(client: Client, args: argparse.Namespace, out: TextIO) -> None:
 
 
 def _delete(client: Client, args: argparse.Namespace, out: TextIO) -> None:
-    result = client.delete(args.namespace, args.id, if_match=args.if_match, if_fence=args.if_fence)
+    result = client.delete(args.namespace, args.id, if_match=args.if_match, if_fence=args.if_fence, actor=args.actor)
     if args.json:
         _dump(result, out)
     else:
@@ -210,6 +212,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--tag", action="append", help="a tag (repeatable)")
     p.add_argument("--kind", help="episodic, fact, ...")
     p.add_argument("--ttl", type=float, help="expire after this many seconds")
+    p.add_argument("--sliding", action="store_true", help="with --ttl: reads extend the TTL (ttl_refresh_on_read)")
+    p.add_argument("--actor", help="who writes it (kept in its history)")
     p.add_argument("--if-match", type=int, metavar="VERSION", help="write only if the version is VERSION")
     p.add_argument("--create-only", action="store_true", help="fail if the memory exists (If-None-Match: *)")
     p.add_argument("--if-fence", metavar="NS/LOCK:FENCE", help="write only while that lock is held with that fence")
@@ -229,6 +233,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("id")
     p.add_argument("--if-match", type=int, metavar="VERSION", help="delete only if the version is VERSION")
     p.add_argument("--if-fence", metavar="NS/LOCK:FENCE", help="delete only while that lock is held with that fence")
+    p.add_argument("--actor", help="who deletes it (kept in its history)")
     p.set_defaults(func=_run(_delete))
 
     p = sub.add_parser("list", parents=[global_options()], help="list a namespace's memories, oldest first")

@@ -35,6 +35,7 @@ from .common import (
     report_error,
     urls,
 )
+from .feed import feed_summary, render_feed
 
 
 @dataclass
@@ -207,6 +208,7 @@ def summarize(snap: Snapshot) -> dict[str, Any]:
     for url, error in sorted(snap.dead_seeds.items()):
         problems.append(f"{url} did not answer: {error}")
     return {
+        **feed_summary(views),
         "ok": all(s["available"] for s in shards) and bool(shards),
         "cluster": next(iter(views.values())).get("cluster") if views else None,
         "quorums": next(iter(views.values())).get("quorums") if views else None,
@@ -261,6 +263,7 @@ def render(summary: Mapping[str, Any], out: TextIO) -> None:
         + (f"; {moving} shard(s) moving replicas (~)" if moving else "")
         + "\n"
     )
+    render_feed(summary, out)
     q = summary.get("quorums")
     if q:
         out.write(

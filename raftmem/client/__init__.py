@@ -14,6 +14,7 @@ answer came back):
     │   ├── LockHeld              409 lock_held: another holder has the lock
     │   └── Fenced                409 fenced: the lock or claim moved on since that fence
     ├── LockLost                  a lock held by `lock()` was lost (the body was stopped)
+    ├── Compacted                 410 compacted: a watch from before what the log keeps
     ├── PreconditionFailed        412 precondition_failed (If-Match / If-None-Match)
     ├── Unavailable               503, or a read that got no answer: nothing happened,
     │   │                         retrying is safe (`retryable` is True)
@@ -44,7 +45,8 @@ only where they cannot duplicate anything:
 Modules: `errors` (the tree below), `routing` (shard -> leader, pure), `retry`
 (bounds, pure), `types` (request model, tokens, bodies), `aio` (AsyncClient),
 `session` (AsyncSession), `sync` (Client, Session), `coordination` (locks with
-fences, task queues, the `lock()` context manager). See DESIGN.md in this folder.
+fences, task queues, the `lock()` context manager), `watch` (the `watch()`
+iterator that resumes by itself). See DESIGN.md in this folder.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from .aio import CONNECTIONS_MAX, TIMEOUT_S_DEFAULT, AsyncClient
 from .coordination import Lease, default_holder
 from .errors import (
     ClientError,
+    Compacted,
     Conflict,
     ConnectionFailed,
     Fenced,
@@ -86,8 +89,13 @@ from .types import (
     parse_token,
     tls_context,
 )
+from .watch import Progress, Watch, WatchEvent
 
 __all__ = [
+    "Compacted",
+    "Progress",
+    "Watch",
+    "WatchEvent",
     "ATTEMPT_S_MIN",
     "CONNECTIONS_MAX",
     "CONSISTENCY_LEVELS",

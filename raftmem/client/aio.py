@@ -42,6 +42,7 @@ from .types import (
     _Request,
     bearer_headers,
 )
+from .watch import Watch
 
 TIMEOUT_S_DEFAULT = 10.0  # one attempt: above the server's 5 s write timeout + a forward
 CLUSTER_TIMEOUT_S = 2.0  # one GET /v1/cluster while (re)loading the routes
@@ -343,6 +344,8 @@ class AsyncClient(AsyncCoordination, SearchMixin):
         metadata: Mapping[str, Any] | None = None,
         ttl_s: float | None = None,
         embedding: Sequence[float] | None = None,
+        ttl_refresh_on_read: bool = False,
+        actor: str | None = None,
         if_match: int | str | None = None,
         if_none_match: bool = False,
         if_fence: str | HasFence | None = None,
@@ -361,13 +364,15 @@ class AsyncClient(AsyncCoordination, SearchMixin):
             shard=self.shard_of(namespace, memory_id),
             headers=_with_context(self._write_headers(if_match, if_none_match, idempotency_key, idempotent, if_fence),
                                   context),
-            body=orjson.dumps(_memory_body(agent_id, kind, content, tags, metadata, ttl_s, embedding)),
+            body=orjson.dumps(_memory_body(agent_id, kind, content, tags, metadata, ttl_s, embedding, actor,
+                                           ttl_refresh_on_read)),
         )
         return await self._send(request, retry)
 
     async def put(self, namespace: str, memory_id: str, content: Any = None, **kw: Any) -> dict[str, Any]:
         """Upsert; returns the memory (with `version` and `token`). Keywords: agent_id,
         kind, tags, metadata, ttl_s, embedding (a list of floats: vector search),
+        ttl_refresh_on_read (a sliding TTL), actor (who writes: kept in the history),
         if_match, if_none_match, idempotency_key, idempotent, retry."""
         body: dict[str, Any] = (await self.put_raw(namespace, memory_id, content, **kw)).body
         return body
@@ -383,6 +388,8 @@ class AsyncClient(AsyncCoordination, SearchMixin):
         metadata: Mapping[str, Any] | None = None,
         ttl_s: float | None = None,
         embedding: Sequence[float] | None = None,
+        ttl_refresh_on_read: bool = False,
+        actor: str | None = None,
         idempotency_key: str | None = None,
         idempotent: bool | None = None,
         retry: RetryPolicy | None = None,
@@ -395,7 +402,8 @@ class AsyncClient(AsyncCoordination, SearchMixin):
             _memory_path(namespace),
             is_write=True,
             headers=_with_context(self._write_headers(None, False, idempotency_key, idempotent), context),
-            body=orjson.dumps(_memory_body(agent_id, kind, content, tags, metadata, ttl_s, embedding)),
+            body=orjson.dumps(_memory_body(agent_id, kind, content, tags, metadata, ttl_s, embedding, actor,
+                                           ttl_refresh_on_read)),
         )
         return await self._send(request, retry)
 
@@ -455,6 +463,7 @@ class AsyncClient(AsyncCoordination, SearchMixin):
         idempotent: bool | None = None,
         retry: RetryPolicy | None = None,
         context: str | None = None,
+        actor: str | None = None,
     ) -> Response:
         await self._ensure_routes()
         headers = _with_context(self._write_headers(if_match, False, idempotency_key, idempotent, if_fence), context)
@@ -465,6 +474,7 @@ class AsyncClient(AsyncCoordination, SearchMixin):
             is_write=True,
             shard=self.shard_of(namespace, memory_id),
             headers=headers,
+            params={"actor": actor} if actor is not None else {},
         )
         return await self._send(request, retry)
 
@@ -587,6 +597,26 @@ class AsyncClient(AsyncCoordination, SearchMixin):
         except (ValueError, TypeError):
             pass
         return body
+
+    async def history(self, namespace: str, memory_id: str, *, consistency: str | None = None,
+                      limit: int | None = None, retry: RetryPolicy | None = None) -> builtins.list[dict[str, Any]]:
+        """A memory's last versions, newest first (`event`, `version`, `token`,
+        `time`, `actor`, `value`, ...). Raises NotFound when it has none."""
+        params = {k: str(v) for k, v in (("consistency", consistency), ("limit", limit)) if v is not None}
+        leader_bound = consistency is None or consistency in LEADER_LEVELS
+        request = _Request("GET", _memory_path(namespace, memory_id) + "/history", is_write=False,
+                           shard=self.shard_of(namespace, memory_id) if leader_bound else None, params=params,
+                           stale_tolerant=not leader_bound)
+        versions: builtins.list[dict[str, Any]] = (await self._send(request, retry)).body["versions"]
+        return versions
+
+    def watch(self, **kw: Any) -> Watch:
+        """Changes as they commit, from `after` (tokens) or from now: an async
+        iterator of `WatchEvent` (and `Progress` with progress=True) that
+        resumes by itself after a disconnect, an overflow or a node failure.
+        Keywords: namespace, namespace_prefix, agent_id, tag, after,
+        progress_ms, require_leader, progress, outage_s (see raftmem.client.watch)."""
+        return Watch(self, **kw)
 
     def session(self, context: str | None = None) -> AsyncSession:
         """A session; `context` continues another agent's (its `session.context`):

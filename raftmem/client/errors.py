@@ -67,6 +67,23 @@ class LockLost(ClientError):
     default_code = "lock_lost"
 
 
+class Compacted(ClientError):
+    """A watch asked for changes older than the servers keep (410). `oldest`:
+    per shard, the token it may resume from."""
+
+    default_code = "compacted"
+
+    @property
+    def oldest(self) -> dict[int, int]:
+        error = self.body.get("error", self.body) if isinstance(self.body, dict) else {}
+        out: dict[int, int] = {}
+        for part in str(error.get("oldest") or "").split(","):
+            shard, _, index = part.partition(":")
+            if shard.isdigit() and index.isdigit():
+                out[int(shard)] = int(index)
+        return out
+
+
 class PreconditionFailed(ClientError):
     default_code = "precondition_failed"
 
@@ -100,6 +117,7 @@ _BY_STATUS: dict[int, type[ClientError]] = {
     404: NotFound,
     405: InvalidRequest,
     409: Conflict,
+    410: Compacted,
     412: PreconditionFailed,
     413: InvalidRequest,
     429: Overloaded,

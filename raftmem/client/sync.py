@@ -14,6 +14,7 @@ from .routing import RouteTable
 from .search import SyncSearchMixin
 from .session import AsyncSession
 from .types import BatchResult
+from .watch import Progress, WatchEvent
 
 T = TypeVar("T")
 
@@ -102,6 +103,27 @@ class Client(SyncCoordination, SyncSearchMixin):
 
     def batch(self, ops: Sequence[Mapping[str, Any]], **kw: Any) -> builtins.list[BatchResult]:
         return self._run(self._async.batch(ops, **kw))
+
+    def history(self, namespace: str, memory_id: str, **kw: Any) -> builtins.list[dict[str, Any]]:
+        return self._run(self._async.history(namespace, memory_id, **kw))
+
+    def watch(self, **kw: Any) -> Iterator[WatchEvent | Progress]:
+        """Changes as they commit (see AsyncClient.watch); `tokens_out`, if
+        given, is a list the current resume tokens are kept in (its only item)."""
+        tokens_out: builtins.list[str] | None = kw.pop("tokens_out", None)
+        watch = self._async.watch(**kw)
+        try:
+            while True:
+                try:
+                    item = self._run(watch.__anext__())
+                except StopAsyncIteration:
+                    return
+                if tokens_out is not None:
+                    tokens_out[:] = [watch.tokens]
+                yield item
+        finally:
+            if not self._closed:
+                self._run(watch.close())
 
     def cluster(self) -> dict[str, Any]:
         return self._run(self._async.cluster())

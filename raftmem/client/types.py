@@ -110,6 +110,8 @@ def _memory_body(
     metadata: Mapping[str, Any] | None,
     ttl_s: float | None,
     embedding: Sequence[float] | None = None,
+    actor: str | None = None,
+    ttl_refresh_on_read: bool = False,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"content": content}
     if embedding is not None:
@@ -124,6 +126,10 @@ def _memory_body(
         body["metadata"] = dict(metadata)
     if ttl_s is not None:
         body["ttl_s"] = ttl_s
+    if actor is not None:
+        body["actor"] = actor
+    if ttl_refresh_on_read:
+        body["ttl_refresh_on_read"] = True
     return body
 
 
