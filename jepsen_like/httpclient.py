@@ -14,6 +14,7 @@ Outcomes are reported as an ``Answer``:
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,3 +89,60 @@ class HttpClient:
             return Answer(LOST, error="timeout")
         except aiohttp.ClientError as exc:
             return Answer(LOST, error=f"lost: {type(exc).__name__}: {exc}"[:200])
+
+    async def lines(
+        self,
+        node: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        read_timeout_s: float,
+        until: float,
+        line_bytes_max: int = 4 << 20,
+    ) -> tuple[Answer, list[bytes]]:
+        """A streaming GET read line by line until `until` (the event loop's
+        time), the end of the stream, or `read_timeout_s` without a byte.
+        Returns the answer (status; the body when not 200; `error` when the
+        stream ended or broke) and the complete lines read (a line cut off by a
+        break is dropped)."""
+        assert self._session is not None
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=2.0, sock_read=read_timeout_s)
+        got: list[bytes] = []
+        buffer = b""
+        answer: Answer | None = None
+        try:
+            async with self._session.get(self.urls[node] + path, params=params, headers=headers,
+                                         timeout=timeout) as resp:
+                if resp.status != 200:
+                    raw = await resp.read()
+                    try:
+                        body = json.loads(raw) if raw else None
+                    except ValueError:
+                        body = raw.decode(errors="replace")[:200]
+                    return Answer(resp.status, body, dict(resp.headers)), got
+                answer = Answer(200, None, dict(resp.headers))
+                while True:
+                    remaining = until - asyncio.get_running_loop().time()
+                    if remaining <= 0:
+                        return answer, got
+                    try:
+                        chunk = await asyncio.wait_for(resp.content.readany(), remaining)
+                    except TimeoutError:
+                        return answer, got  # our own deadline, not the server's silence
+                    if not chunk:
+                        answer.error = "ended"
+                        return answer, got
+                    buffer += chunk
+                    *complete, buffer = buffer.split(b"\n")
+                    got.extend(line for line in complete if line.strip())
+                    if len(buffer) > line_bytes_max:
+                        answer.error = "line too long"
+                        return answer, got
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            return Answer(NOT_SENT, error=f"not sent: {type(exc).__name__}"), got
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+            if answer is None:
+                return Answer(LOST, error=f"lost: {type(exc).__name__}"), got
+            answer.error = f"broken: {type(exc).__name__}"
+            return answer, got

@@ -32,6 +32,8 @@ control-local-reads    leader-isolate with debug.unsafe_local_reads        FAIL
 control-no-fsync       power-loss with raft.fsync: never                   FAIL
 control-early-ack      kill-rolling with debug.unsafe_early_ack            FAIL
 control-causal-blind   causal chains that never send their context         FAIL
+control-watch-drop     watch streams leave out one event in a hundred      FAIL
+                       (debug.unsafe_watch_drop), no faults
 coord-leader-pause     leader-pause, running the lock and task workloads   pass
 coord-leader-isolate   leader-isolate, lock and task workloads             pass
 coord-kill-rolling     kill-rolling, lock and task workloads               pass
@@ -40,6 +42,10 @@ coord-power-loss       power-loss, lock and task workloads                 pass
 control-no-fence       coord-kill-rolling with the fence checks skipped    FAIL
                        (debug.unsafe_skip_fence_check): Jepsen's etcd-lock
                        unsafety, and tasks completed twice
+
+The ``watch`` workload (``watch.py``: watchers resumed session after session,
+checked as etcd's robustness suite checks watches) joins the default five in
+leader-isolate, halves, kill-rolling and power-loss.
 
 The ``coord-`` scenarios run only the ``lock`` and ``task`` workloads
 (``coordworkloads.py``): their holders also pause past their leases by
@@ -64,6 +70,9 @@ from jepsen_like.nemesis import Nemesis, Schedule
 
 DRIFT_BOUND = 0.1  # the cluster config's raft.clock_drift_bound (cluster.py)
 SKEW_OF_BOUND = 0.8  # monotonic skew injected, as a fraction of the bound
+DEFAULT_WORKLOADS = ("register", "set", "session", "stale", "causal")
+# The scenarios the watch workload joins (the issue's: kill-rolling, leader-isolate, halves, power-loss).
+WITH_WATCH = (*DEFAULT_WORKLOADS, "watch")
 COORDINATION = ("lock", "task")  # the workloads of the coord- scenarios (coordworkloads.py)
 
 
@@ -240,7 +249,6 @@ async def schedule_membership(nem: Nemesis, t: float) -> None:
         await nem.member_leave(fid, spare)
 
 
-DEFAULT_WORKLOADS = ("register", "set", "session", "stale", "causal")
 
 
 @dataclass(frozen=True)
@@ -267,12 +275,12 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         Scenario("none", "no faults", schedule_none, quick_time_limit_s=15),
         Scenario("leader-isolate", "the leader of a random shard isolated, healed, repeated",
-                 schedule_leader_isolate, quick_time_limit_s=25, workloads=(*DEFAULT_WORKLOADS, "search")),
-        Scenario("halves", "random halves, twice", schedule_halves),
+                 schedule_leader_isolate, quick_time_limit_s=25, workloads=(*WITH_WATCH, "search")),
+        Scenario("halves", "random halves, twice", schedule_halves, workloads=WITH_WATCH),
         Scenario("leader-pause", "a shard leader SIGSTOPped past its lease, SIGCONT, repeated",
                  schedule_leader_pause),
         Scenario("kill-rolling", "kill -9 and restart of each node in turn, then of all nodes",
-                 schedule_kill_rolling, quick_time_limit_s=30, workloads=(*DEFAULT_WORKLOADS, "search")),
+                 schedule_kill_rolling, quick_time_limit_s=30, workloads=(*WITH_WATCH, "search")),
         Scenario("clock", "clock jumps, strobes and skew within the drift bound on shard leaders",
                  schedule_clock, cluster={"clock_shim": True}, time_limit_s=60),
         Scenario("disk-full", "a follower's disk full, freed, the node restarted",
@@ -280,7 +288,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("disk-full-failover", "a follower's disk full, then its acknowledgements decide commits, "
                  "then it and the leader are killed", schedule_disk_full_failover, cluster={"disk": "small"}),
         Scenario("power-loss", "power loss of every node (unsynced writes dropped), fsync always",
-                 schedule_power_loss, cluster={"disk": "power"}),
+                 schedule_power_loss, cluster={"disk": "power"}, workloads=WITH_WATCH),
         Scenario("majority-ring", "each node sees a different majority, twice", schedule_majority_ring),
         Scenario("membership", "a 4th node added, replicas rebalanced onto it, then removed, twice, under load",
                  schedule_membership, cluster={"spare": 1, "shards": 8}, quick_time_limit_s=30),
@@ -296,6 +304,9 @@ SCENARIOS: dict[str, Scenario] = {
                  cluster={"debug": {"unsafe_early_ack": True}}, quick_time_limit_s=20),
         Scenario("control-causal-blind", "NEGATIVE CONTROL: agents pass causal chains without the context",
                  schedule_none, expect_valid=False, workloads=("causal-blind",), quick_time_limit_s=15),
+        Scenario("control-watch-drop", "NEGATIVE CONTROL: watch streams leave out one event in a hundred",
+                 schedule_none, expect_valid=False, workloads=("watch",),
+                 cluster={"debug": {"unsafe_watch_drop": True}}, quick_time_limit_s=15),
         Scenario("coord-leader-pause", "locks and tasks: a shard leader SIGSTOPped past its lease, SIGCONT",
                  schedule_leader_pause, workloads=COORDINATION),
         Scenario("coord-leader-isolate", "locks and tasks: the leader of a random shard isolated, healed",
@@ -318,14 +329,14 @@ SCENARIOS: dict[str, Scenario] = {
 # The scenarios the issue fixes (make jepsen); extras run after them.
 REQUIRED = ("none", "leader-isolate", "halves", "leader-pause", "kill-rolling", "clock", "disk-full",
             "power-loss", "membership", "control-local-reads", "control-no-fsync", "control-early-ack",
-            "control-causal-blind", "control-search-no-barrier")
+            "control-causal-blind", "control-search-no-barrier", "control-watch-drop")
 COORDINATION_MATRIX = ("coord-leader-pause", "coord-leader-isolate", "coord-kill-rolling", "coord-clock",
                        "coord-power-loss", "control-no-fence")
 FULL_MATRIX = (*REQUIRED, "majority-ring", "bridge", "disk-full-failover", *COORDINATION_MATRIX)
 # make jepsen-quick (CI): a short subset, with negative controls that must FAIL.
 QUICK_MATRIX = ("none", "leader-isolate", "kill-rolling", "power-loss", "control-local-reads",
                 "control-early-ack", "control-no-fsync", "control-causal-blind", "coord-kill-rolling",
-                "control-no-fence", "control-search-no-barrier")
+                "control-no-fence", "control-search-no-barrier", "control-watch-drop")
 
 
 def get(name: str) -> Scenario:

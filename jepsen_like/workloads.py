@@ -493,6 +493,7 @@ class StaleWorkload(Workload):
 # Workloads in modules of their own build on Workload above.
 from jepsen_like.causal import BlindCausalWorkload, CausalWorkload  # noqa: E402
 from jepsen_like.search import SearchWorkload  # noqa: E402
+from jepsen_like.watch import WatchWorkload  # noqa: E402
 
 WORKLOAD_CLASSES: dict[str, type[Workload]] = {
     "register": RegisterWorkload,
@@ -502,6 +503,7 @@ WORKLOAD_CLASSES: dict[str, type[Workload]] = {
     "causal": CausalWorkload,
     "causal-blind": BlindCausalWorkload,
     "search": SearchWorkload,
+    "watch": WatchWorkload,
 }
 
 # Which checkers of jepsen_like.checker judge each harness workload.
@@ -513,4 +515,5 @@ WORKLOAD_CHECKS: dict[str, str] = {
     "causal": "causal",
     "causal-blind": "causal",
     "search": "search",
+    "watch": "watch",
 }

@@ -6,6 +6,7 @@
 - ``session``: read-your-writes and monotonic reads per client session.
 - ``stale``: bounded-staleness reads.
 - ``causal``: reads with a causal context handed between agents see what it covers.
+- ``watch``: watch streams against the acknowledged writes (etcd's watch checks).
 - ``coordination``: the registers locks guard, fences that never go back, and
   task queues (every task completed once or dead-lettered).
 - ``search``: fresh searches see every acknowledged write and no deleted memory.
@@ -33,6 +34,7 @@ from jepsen_like.checker.search import check_search
 from jepsen_like.checker.session import check_session
 from jepsen_like.checker.setcheck import check_set
 from jepsen_like.checker.stale import check_stale
+from jepsen_like.checker.watch import check_watch
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -65,6 +67,7 @@ _CHECKERS: dict[str, Checker] = {
     "fences": lambda events, _deadline_s: check_fences(events),
     "tasks": lambda events, _deadline_s: check_tasks(events),
     "search": lambda events, _deadline_s: check_search(events),
+    "watch": lambda events, _deadline_s: check_watch(events),
 }
 
 # Which checkers apply to each workload. The session workload's reads and writes
@@ -79,6 +82,7 @@ WORKLOADS: dict[str, tuple[str, ...]] = {
     "lock": ("linear-lock", "fences"),
     "task": ("tasks",),
     "search": ("search",),
+    "watch": ("watch",),
 }
 
 
