@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -62,6 +63,7 @@ NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
 LOCAL_IDLE_S = 0.25  # a local driver checks its replicas (dropped? still leading?) this often when idle
 ALIVE_CHECK_S = 1.0  # a stream notices a client that went away within this, even when idle
+WAIT_S_MIN = 0.01
 REMOTE_WAIT_MS = 2000  # a fetch from another node waits this long for a matching change
 REMOTE_WAIT_MS_MAX = 30_000
 REMOTE_RETRY_S_MIN, REMOTE_RETRY_S_MAX = 0.05, 1.0
@@ -434,11 +436,16 @@ class WatchStream:
         next_progress = time.monotonic() + progress_s
         last_progress = dict(self.written)
         while True:
-            timeout = max(0.0, min(next_progress - time.monotonic(), ALIVE_CHECK_S))
-            try:
-                item: _Item | None = await asyncio.wait_for(self.queue.get(), timeout)
-            except TimeoutError:
-                item = None
+            item: _Item | None = None
+            if not self.queue.empty():
+                item = self.queue.get_nowait()
+            else:
+                # Wait only when there is nothing to send, and never 0 s: a get
+                # given no time is cancelled before it runs, however full the
+                # queue (a stream that kept finding its progress due stalled so).
+                timeout = max(WAIT_S_MIN, min(next_progress - time.monotonic(), ALIVE_CHECK_S))
+                with contextlib.suppress(TimeoutError):
+                    item = await asyncio.wait_for(self.queue.get(), timeout)
             if not alive():
                 return
             if item is not None and item.terminal is None:

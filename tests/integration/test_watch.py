@@ -7,6 +7,7 @@ holds no replica of a shard still serves its events."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -415,3 +416,28 @@ def test_control_a_server_that_drops_an_event_fails_the_same_check(tmp_path: Pat
             s.close()
     finally:
         c.stop_all()
+
+
+async def test_a_watch_keeps_up_with_32_concurrent_writers(cluster: Cluster) -> None:
+    """Group commit packs several writes into an entry, and the stream's queue
+    is rarely empty: every acknowledged write still arrives, exactly once.
+    (Before its fix, a writer that found its progress due with a non-empty
+    queue spun without sending: this stream stalled after a few hundred events.)"""
+    from raftmem.client import AsyncClient
+
+    stream = await asyncio.to_thread(Stream, cluster, "n2", {"namespace": "crowd", "progress_ms": 100})
+    acked: list[tuple[str, str, str, int]] = []
+    try:
+        async with AsyncClient([f"http://127.0.0.1:{cluster.http[n]}" for n in cluster.node_ids]) as client:
+
+            async def writer(w: int) -> None:
+                for n in range(25):
+                    body = await client.put("crowd", f"k{w}-{n % 5}", n)
+                    acked.append((body["token"], "put", body["id"], body["version"]))
+
+            await asyncio.gather(*(writer(w) for w in range(32)))
+        got = await asyncio.to_thread(stream.wait_events, len(acked), 60)
+        assert sorted(seen(got)) == sorted(acked)
+        assert in_log_order_per_shard(got)
+    finally:
+        await asyncio.to_thread(stream.close)
