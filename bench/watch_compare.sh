@@ -17,7 +17,9 @@
 # watchers, and per watcher), end-to-end latency from write acknowledged (and
 # sent) to event received, p50/p99; and the write throughput with the most
 # watchers against none. Prints a Markdown table (also $OUT/table.md, with every
-# JSON report). Everything started here is stopped on exit, by pid.
+# JSON report), with the servers' CPU per write over each run (what the watchers
+# cost the servers, apart from this client) and how busy the whole machine was.
+# Everything started here is stopped on exit, by pid.
 set -euo pipefail
 
 DURATION_S=${1:-${DURATION_S:-15}}
@@ -41,24 +43,27 @@ check_ports_free
 LOADAVG_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)  # other work on the machine skews the numbers
 ETCD_URL_LIST=$(printf 'http://127.0.0.1:%s,' "${ETCD_CLIENT_PORTS[@]}"); ETCD_URL_LIST=${ETCD_URL_LIST%,}
 
-measure() { # TARGET URLS
+measure() { # TARGET URLS PIDS...
     local target=$1 urls=$2 w
+    shift 2
     for w in $WATCHERS; do
         log "$target: $CLIENTS writers, $w watcher(s), ${DURATION_S}s"
+        cpu_start "$@"
         "$PYTHON" "$REPO/bench/watch_bench.py" --target "$target" --url "$urls" --clients "$CLIENTS" \
             --watchers "$w" --duration "$DURATION_S" --warmup "$WARMUP_S" --value-bytes "$VALUE_BYTES" \
             --keys "$KEYS" --json "$OUT/$target-$w.json" >/dev/null
+        cpu_stop "$OUT/$target-$w.cpu.json"
     done
 }
 
 log "etcd: $(etcd --version 2>/dev/null | sed -n 1p)"
 start_etcd
-measure etcd "$ETCD_URL_LIST"
+measure etcd "$ETCD_URL_LIST" "${ETCD_PID[@]}"
 stop_etcd
 
 mkdir -p "$RM_DIR/logs"
 start_raftmem
-measure raftmem "$RM_URLS"
+measure raftmem "$RM_URLS" "${RM_PID[@]}"
 stop_raftmem
 
 "$PYTHON" - "$OUT" "$WATCHERS" "$LOADAVG_BEFORE" <<'EOF' | tee "$OUT/table.md"
@@ -67,14 +72,21 @@ from pathlib import Path
 out, counts, load = Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3]
 def row(target, w):
     r = json.loads((out / f"{target}-{w}.json").read_text())
+    cpu = json.loads((out / f"{target}-{w}.cpu.json").read_text())
+    # The servers' CPU over the whole run (warm-up and drain included) per write measured.
+    writes = r["writes_per_s"] * r["duration_s"]
+    r["cpu_ms_per_write"] = round(cpu["server_cpu_s"] * 1000 / writes, 2) if writes else None
+    r["machine_busy"] = round(cpu["machine_busy_cpu_s"] / cpu["wall_s"], 2)
     cell = lambda k: "" if r.get(k) is None else f"{r[k]:,}"
     return (f"| {target} | {w} | {cell('writes_per_s')} | {cell('write_p99_ms')} | {cell('events_per_s')} | "
             f"{cell('events_per_watcher_per_s')} | {cell('e2e_from_ack_p50_ms')} | {cell('e2e_from_ack_p99_ms')} | "
-            f"{cell('e2e_from_send_p99_ms')} | {cell('events_vs_writes')} |")
+            f"{cell('e2e_from_send_p99_ms')} | {cell('events_vs_writes')} | {cell('cpu_ms_per_write')} | "
+            f"{cell('machine_busy')} |")
 print(f"load average before: {load}\n")
 print("| system | watchers | writes/s | write p99 ms | events/s (all) | events/s per watcher | ack->event p50 ms "
-      "| ack->event p99 ms | send->event p99 ms | events / (writes x watchers) |")
-print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+      "| ack->event p99 ms | send->event p99 ms | events / (writes x watchers) | server CPU ms per write "
+      "| machine busy (cores) |")
+print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 for target in ("raftmem", "etcd"):
     for w in counts:
         print(row(target, w))

@@ -64,6 +64,7 @@ SSE = "text/event-stream"
 LOCAL_IDLE_S = 0.25  # a local driver checks its replicas (dropped? still leading?) this often when idle
 ALIVE_CHECK_S = 1.0  # a stream notices a client that went away within this, even when idle
 WAIT_S_MIN = 0.01
+WRITE_BYTES_MAX = 256 << 10  # entries joined into one write, at most
 REMOTE_WAIT_MS = 2000  # a fetch from another node waits this long for a matching change
 REMOTE_WAIT_MS_MAX = 30_000
 REMOTE_RETRY_S_MIN, REMOTE_RETRY_S_MAX = 0.05, 1.0
@@ -449,8 +450,20 @@ class WatchStream:
             if not alive():
                 return
             if item is not None and item.terminal is None:
-                await asyncio.wait_for(send(item.data), WRITE_STALL_S)
+                # Everything queued behind it goes in the same write (one system
+                # call for many entries when the client keeps up less than the feed).
+                chunks = [item.data]
                 self.written[item.shard] = max(self.written.get(item.shard, 0), item.index)
+                size = len(item.data)
+                while size < WRITE_BYTES_MAX and not self.queue.empty():
+                    more = self.queue.get_nowait()
+                    if more.terminal is not None:
+                        self.queue.put_nowait(more)  # room: it was just taken out
+                        break
+                    chunks.append(more.data)
+                    size += len(more.data)
+                    self.written[more.shard] = max(self.written.get(more.shard, 0), more.index)
+                await asyncio.wait_for(send(b"".join(chunks)), WRITE_STALL_S)
             if self.queue.empty():
                 for shard, index in self.pos.items():
                     self.written[shard] = max(self.written.get(shard, 0), index)
