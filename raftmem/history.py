@@ -4,7 +4,8 @@ snapshots), read back newest first.
 
 The state machine delegates to this module; its keys belong here:
 
-    h NUL ns NUL id NUL ~index(8) ~seq(4)        -> one version (JSON), newest first
+    h NUL ns NUL id NUL ~index(8) ~seq(4)        -> one version (JSON: event, version, index, time,
+                                                    actor, and a put's record as stored), newest first
     n NUL ns NUL id                              -> {"v": [[index, seq], ...] oldest first,
                                                      "gone": removed at (ms) or null}
     r NUL g NUL gone(8) ns NUL id                -> ""   (histories of removed memories,
@@ -37,8 +38,8 @@ GONE_PREFIX, GONE_END = b"r\x00g\x00", b"r\x00g\x01"
 SEP = b"\x00"
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
-# Fields of a put's record kept with its version (namespace, id, version and
-# the lifecycle counters are the version entry's own, or not history).
+# Fields of a put's record a version shows besides its value (namespace, id and
+# version are the version's own; the lifecycle counters are not history).
 VERSION_FIELDS = ("agent_id", "kind", "tags", "metadata", "expires_at")
 READ_LIMIT_MAX = 1000
 
@@ -71,8 +72,8 @@ def _meta_key(ns: str, mid: str) -> bytes:
     return META_PREFIX + ns.encode() + SEP + mid.encode()
 
 
-def _version_key(ns: str, mid: str, index: int, seq: int) -> bytes:
-    return _key_prefix(ns, mid) + codec.u64(_U64 - index) + (_U32 - seq).to_bytes(4, "big")
+def _version_suffix(index: int, seq: int) -> bytes:
+    return codec.u64(_U64 - index) + (_U32 - seq).to_bytes(4, "big")
 
 
 def _gone_key(at_ms: int, ns: str, mid: str) -> bytes:
@@ -95,23 +96,24 @@ class History:
         """Record `change` as the memory's newest version."""
         if self.versions_max <= 0 or change.kind is ChangeKind.RESET:
             return
-        ns, mid = change.namespace, change.id
-        meta_key = _meta_key(ns, mid)
+        ns, mid, index = change.namespace, change.id, change.index
+        key = ns.encode() + SEP + mid.encode()
+        meta_key = META_PREFIX + key
         meta = self._meta(work, meta_key) or {"v": [], "gone": None}
         # Several versions of a memory in one entry (a txn's too) are told apart
         # by a sequence of their own: one past the newest of that entry kept.
-        seq = max((s for i, s in meta["v"] if i == change.index), default=-1) + 1
-        record = change.record or {}
-        version: dict[str, Any] = {"e": change.kind.value, "v": change.version, "i": change.index,
+        seq = max((s for i, s in meta["v"] if i == index), default=-1) + 1
+        version: dict[str, Any] = {"e": change.kind.value, "v": change.version, "i": index,
                                    "t": change.time_ms, "a": actor}
-        if change.kind is ChangeKind.PUT:
-            version["val"] = record.get("content")
-            version["rec"] = {f: record.get(f) for f in VERSION_FIELDS}
-        work.batch.put(_version_key(ns, mid, change.index, seq), codec.dumps(version))
-        kept: list[list[int]] = [*meta["v"], [change.index, seq]]
+        if change.kind is ChangeKind.PUT and change.record is not None:
+            # The record as apply stored it, embedded as it is (not encoded again).
+            version["rec"] = codec.embedded(change.encoded) if change.encoded is not None else dict(change.record)
+        prefix = HISTORY_PREFIX + key + SEP
+        work.batch.put(prefix + _version_suffix(index, seq), codec.dumps(version))
+        kept: list[list[int]] = [*meta["v"], [index, seq]]
         while len(kept) > self.versions_max:
-            index, old_seq = kept.pop(0)
-            work.batch.delete(_version_key(ns, mid, index, old_seq))
+            old_index, old_seq = kept.pop(0)
+            work.batch.delete(prefix + _version_suffix(old_index, old_seq))
         gone = meta.get("gone")
         if gone is not None:
             work.batch.delete(_gone_key(int(gone), ns, mid))
@@ -160,9 +162,11 @@ class History:
 
 
 def public_version(shard: int, stored: Mapping[str, Any]) -> dict[str, Any]:
+    rec = stored.get("rec") or {}
     out: dict[str, Any] = {
         "event": stored["e"], "version": stored["v"], "token": f"{shard}:{stored['i']}",
-        "time": stored["t"], "actor": stored.get("a"), "value": stored.get("val"),
+        "time": stored["t"], "actor": stored.get("a"), "value": rec.get("content"),
     }
-    out.update(stored.get("rec") or {})
+    if rec:
+        out.update({f: rec.get(f) for f in VERSION_FIELDS})
     return out
