@@ -16,7 +16,8 @@ from raftmem.events import Change, ChangeFeed
 from raftmem.membership import Table
 from raftmem.service import Call
 from raftmem.service.leaders import Router
-from raftmem.service.watch import EventCache, Watches, WatchFilter, entries, event_body
+from raftmem.service.watch import Watches
+from raftmem.service.watchstream import EventCache, WatchFilter, entries, event_body
 from raftmem.statemachine import StateMachine
 from raftmem.storage import Store
 

@@ -1,0 +1,497 @@
+"""One watch stream (GET /v1/watch): its sources, its queue, its writer; and
+the pieces the node's watch service (raftmem.service.watch) shares with it:
+filters, event encoding, entries. The design is in service/watch.py's
+docstring."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .. import validation as v
+from ..errors import InvalidRequest, NoLeader, RaftmemError, Unavailable
+from ..events import Change, ChangeKind, ChangePage, Compacted, Overflowed
+from ..shard import Shard
+from .calls import Call, ForwardLost, ForwardNotSent, public
+
+if TYPE_CHECKING:
+    from .watch import Watches
+
+log = logging.getLogger(__name__)
+
+FILTER_PARAMS = ("namespace", "namespace_prefix", "agent_id", "tag")
+NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
+LOCAL_IDLE_S = 0.25  # a local driver checks its replicas (dropped? still leading?) this often when idle
+ALIVE_CHECK_S = 1.0  # a stream notices a client that went away within this, even when idle
+WAIT_S_MIN = 0.01
+WRITE_BYTES_MAX = 256 << 10  # entries joined into one write, at most
+REMOTE_WAIT_MS = 2000  # a fetch from another node waits this long for a matching change
+REMOTE_RETRY_S_MIN, REMOTE_RETRY_S_MAX = 0.05, 1.0
+# A client that takes nothing for this long is gone (its stream ends and frees its
+# place); the last event (overflow, compacted, error) waits as long for it.
+WRITE_STALL_S = 30.0
+EVENT_CACHE_MAX = 4096
+LAST_IN_ENTRY = b',"last":true}'
+
+
+@dataclass(frozen=True)
+class WatchFilter:
+    """Which changes a watch wants, judged on the change's record (the new one
+    of a put, the removed one of a delete or expire)."""
+
+    namespace: str | None = None
+    namespace_prefix: str | None = None
+    agent_id: str | None = None
+    tag: str | None = None
+
+    def matches(self, rec: Mapping[str, Any] | None) -> bool:
+        if rec is None:
+            return False
+        ns = str(rec.get("namespace"))
+        return (
+            (self.namespace is None or ns == self.namespace)
+            and (self.namespace_prefix is None or ns.startswith(self.namespace_prefix))
+            and (self.agent_id is None or rec.get("agent_id") == self.agent_id)
+            and (self.tag is None or self.tag in (rec.get("tags") or ()))
+        )
+
+    def query(self) -> dict[str, str]:
+        return {name: value for name in FILTER_PARAMS if (value := getattr(self, name)) is not None}
+
+
+def parse_filter(query: Mapping[str, str], limits_ns_chars: int) -> WatchFilter:
+    ns, prefix = query.get("namespace") or None, query.get("namespace_prefix") or None
+    if ns is not None and prefix is not None:
+        raise InvalidRequest("give namespace or namespace_prefix, not both", field="namespace_prefix")
+    if ns is not None:
+        v.name("namespace", ns, limits_ns_chars)
+    if prefix is not None:
+        v.name("namespace_prefix", prefix, limits_ns_chars)
+    agent, tag = query.get("agent_id") or None, query.get("tag") or None
+    for what, value in (("agent_id", agent), ("tag", tag)):
+        if value is not None and any(ord(c) < 32 for c in value):
+            raise InvalidRequest(f"{what} must not contain control characters", field=what)
+    return WatchFilter(ns, prefix, agent, tag)
+
+
+@dataclass(frozen=True)
+class WatchRequest:
+    filter: WatchFilter
+    after: dict[int, int]  # shards the caller named; the others start from now
+    progress_ms: int
+    require_leader: bool
+    ndjson: bool
+
+
+class EventCache:
+    """Encoded events by (shard, index, seq): a change sent to many watchers is
+    encoded once. Bounded (least recently added go first)."""
+
+    def __init__(self, size_max: int = EVENT_CACHE_MAX) -> None:
+        self._items: collections.OrderedDict[tuple[int, int, int], bytes] = collections.OrderedDict()
+        self.size_max = size_max
+
+    def get(self, key: tuple[int, int, int], make: Callable[[], bytes]) -> bytes:
+        data = self._items.get(key)
+        if data is None:
+            data = self._items[key] = make()
+            if len(self._items) > self.size_max:
+                self._items.popitem(last=False)
+        return data
+
+
+def event_body(change: Change, seq: int) -> dict[str, Any]:
+    """A change as the stream shows it (the same from the feed and from the log:
+    a put's old version is `prev_version`, never the old record)."""
+    rec = change.record
+    body: dict[str, Any] = {
+        "type": change.kind.value, "token": change.token, "seq": seq, "namespace": change.namespace,
+        "id": change.id, "version": change.version, "time": change.time_ms,
+        "record": public(rec, change.shard) if rec is not None else None,
+    }
+    if change.kind is ChangeKind.PUT:
+        body["prev_version"] = change.prev_version
+    return body
+
+
+def entries(changes: Iterable[Change]) -> list[tuple[int, int, list[tuple[int, Change]]]]:
+    """Changes grouped by log entry, in order: (shard, index, [(seq, change)])."""
+    out: list[tuple[int, int, list[tuple[int, Change]]]] = []
+    for change in changes:
+        if out and out[-1][0] == change.shard and out[-1][1] == change.index:
+            out[-1][2].append((len(out[-1][2]), change))
+        else:
+            out.append((change.shard, change.index, [(0, change)]))
+    return out
+
+
+def format_tokens(positions: Mapping[int, int]) -> str:
+    return ",".join(f"{s}:{i}" for s, i in sorted(positions.items()))
+
+
+@dataclass
+class _Item:
+    """What goes out: one entry's events (shard, index), or the last event."""
+
+    data: bytes
+    shard: int = -1
+    index: int = 0
+    terminal: Callable[[dict[int, int]], dict[str, Any]] | None = None
+
+
+async def read_page(replica: Shard, after: int, limit: int) -> ChangePage:
+    page, _served = await replica.read("eventual", lambda state: state.changes_after(after, limit))
+    return page
+
+
+class WatchStream:
+    """One client's watch: a driver per source (this node's replicas together,
+    and one per shard fetched from another node), one writer, one queue."""
+
+    def __init__(self, watches: Watches, request: WatchRequest, hops: int) -> None:
+        self.watches = watches
+        self.request = request
+        self.hops = hops
+        self.limits = watches.limits
+        self.router = watches.router
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=self.limits.buffer_events_max)
+        self.pos: dict[int, int] = {}  # per shard: every matching change at or below it is queued
+        self.written: dict[int, int] = {}  # per shard: ... and written
+        self.local: dict[int, Shard] = {}  # shards served by this node's replicas
+        self.remote: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._failed: asyncio.Future[BaseException] | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        ctype = NDJSON if self.request.ndjson else SSE
+        return {"Content-Type": ctype, "Cache-Control": "no-cache", "X-Raftmem-Served-By": self.router.node_id}
+
+    def frame(self, body: bytes) -> bytes:
+        return body + b"\n" if self.request.ndjson else b"data: " + body + b"\n\n"
+
+    # -- where each shard starts ------------------------------------------------------------
+    async def start(self, shard: int) -> None:
+        """The shard's starting position; raises events.Compacted when the
+        caller's token is older than what the change log keeps."""
+        after = self.request.after.get(shard)
+        replica = self.watches.serving(shard, self.request.require_leader)
+        if replica is not None:
+            self.local[shard] = replica
+            if after is None:
+                self.pos[shard] = replica.applied_index
+            else:
+                await read_page(replica, after, 1)  # raises Compacted
+                self.pos[shard] = after
+            return
+        self.remote.add(shard)
+        if after is not None:
+            self.pos[shard] = after
+        body = await self._fetch(shard, after if after is not None else -1, 0, limit=1)
+        if after is None:
+            self.pos[shard] = int(body["through"])
+
+    # -- running -------------------------------------------------------------------------------
+    async def run(self, start: Callable[[], Awaitable[None]], send: Callable[[bytes], Awaitable[None]],
+                  alive: Callable[[], bool]) -> None:
+        """Stream until the client goes, the node stops, or the watch must end
+        (overflow, compacted, no leader): then one last event says why and
+        where to resume."""
+        watches = self.watches
+        watches.stats.opened += 1
+        watches.stats.open_now += 1
+        self._failed = asyncio.get_running_loop().create_future()
+        reason = "client gone"
+        writer: asyncio.Task[None] | None = None
+        try:
+            await start()
+            self.written = dict(self.pos)
+            await send(self.frame(orjson.dumps({"type": "progress", "tokens": format_tokens(self.written)})))
+            writer = asyncio.create_task(self._write(send, alive))
+            if self.local:
+                self._spawn(self._local(dict(self.local)))
+            for shard in sorted(self.remote):
+                self._spawn(self._remote(shard))
+            stopping = asyncio.create_task(self._until_stopping())
+            self._tasks.add(stopping)
+            waiters: set[asyncio.Future[Any]] = {writer, self._failed, stopping}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if not writer.done():
+                error: BaseException = (self._failed.result() if self._failed.done()
+                                        else Unavailable(f"node {self.router.node_id} is stopping"))
+                reason, terminal = _terminal(error)
+                watches.stats.ended[reason] = watches.stats.ended.get(reason, 0) + 1
+                await self._cancel_drivers()
+                await asyncio.wait_for(self.queue.put(_Item(b"", terminal=terminal)), WRITE_STALL_S)
+                await asyncio.wait_for(writer, WRITE_STALL_S)
+            elif writer.exception() is not None:
+                raise writer.exception()  # type: ignore[misc]
+        except (ConnectionError, TimeoutError):
+            pass  # the client went away, or took nothing for WRITE_STALL_S
+        finally:
+            await self._cancel_drivers()
+            if writer is not None and not writer.done():
+                writer.cancel()
+            watches.stats.open_now -= 1
+            if reason == "client gone":
+                watches.stats.ended[reason] = watches.stats.ended.get(reason, 0) + 1
+
+    async def _until_stopping(self) -> None:
+        await self.watches.stopping.wait()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._driver_done)
+
+    def _driver_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or self._failed is None or self._failed.done():
+            return
+        error = task.exception()
+        if error is not None:
+            self._failed.set_result(error)
+
+    async def _cancel_drivers(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _write(self, send: Callable[[bytes], Awaitable[None]], alive: Callable[[], bool]) -> None:
+        """Send what the drivers queue, and a progress event whenever the queue
+        is empty (so every position is written) and `progress_ms` has passed."""
+        progress_s = self.request.progress_ms / 1000
+        next_progress = time.monotonic() + progress_s
+        last_progress = dict(self.written)
+        while True:
+            item: _Item | None = None
+            if not self.queue.empty():
+                item = self.queue.get_nowait()
+            else:
+                # Wait only when there is nothing to send, and never 0 s: a get
+                # given no time is cancelled before it runs, however full the
+                # queue (a stream that kept finding its progress due stalled so).
+                timeout = max(WAIT_S_MIN, min(next_progress - time.monotonic(), ALIVE_CHECK_S))
+                with contextlib.suppress(TimeoutError):
+                    item = await asyncio.wait_for(self.queue.get(), timeout)
+            if not alive():
+                return
+            if item is not None and item.terminal is None:
+                # Everything queued behind it goes in the same write (one system
+                # call for many entries when the client keeps up less than the feed).
+                chunks = [item.data]
+                self.written[item.shard] = max(self.written.get(item.shard, 0), item.index)
+                size = len(item.data)
+                while size < WRITE_BYTES_MAX and not self.queue.empty():
+                    more = self.queue.get_nowait()
+                    if more.terminal is not None:
+                        self.queue.put_nowait(more)  # room: it was just taken out
+                        break
+                    chunks.append(more.data)
+                    size += len(more.data)
+                    self.written[more.shard] = max(self.written.get(more.shard, 0), more.index)
+                await asyncio.wait_for(send(b"".join(chunks)), WRITE_STALL_S)
+            if self.queue.empty():
+                for shard, index in self.pos.items():
+                    self.written[shard] = max(self.written.get(shard, 0), index)
+            if item is not None and item.terminal is not None:
+                await send(self.frame(orjson.dumps(item.terminal(self.written))))
+                return
+            now = time.monotonic()
+            idle = item is None
+            if now >= next_progress and self.queue.empty() and (idle or self.written != last_progress):
+                await send(self.frame(orjson.dumps({"type": "progress", "tokens": format_tokens(self.written)})))
+                last_progress = dict(self.written)
+                next_progress = now + progress_s
+
+    # -- delivering entries ----------------------------------------------------------------------
+    async def _deliver(self, shard: int, index: int, group: list[tuple[int, Change]], live: bool = False) -> None:
+        """Queue one entry's matching changes (one write), then move past it."""
+        if index <= self.pos.get(shard, 0):
+            return
+        flt = self.request.filter
+        encoded = [self.watches.encode(change, seq) for seq, change in group
+                   if change.kind is not ChangeKind.RESET and flt.matches(change.record)]
+        await self._queue_entry(shard, index, encoded, live)
+
+    async def _queue_entry(self, shard: int, index: int, encoded: list[bytes], live: bool = False) -> None:
+        """Live from the feed, a full queue cuts the watch off (the client is
+        `buffer_events_max` entries behind, and the feed must not wait); read
+        from a change log, the reader waits for room instead."""
+        kept = [data for data in encoded if not self.watches.drop()]
+        if kept:
+            # The entry's last event says so: a client that has it may resume
+            # from its token (orjson's object ends in "}"; the shared encoding is
+            # the same for every watcher, the flag depends on the filter).
+            kept[-1] = kept[-1][:-1] + LAST_IN_ENTRY
+        parts = [self.frame(data) for data in kept]
+        if parts:
+            item = _Item(b"".join(parts), shard, index)
+            if not live:
+                await self.queue.put(item)
+            elif self.queue.full():
+                raise Overflowed(self.pos)
+            else:
+                self.queue.put_nowait(item)
+            self.watches.stats.events += len(parts)
+        self.pos[shard] = max(self.pos.get(shard, 0), index)
+
+    async def _deliver_bodies(self, shard: int, bodies: list[dict[str, Any]]) -> None:
+        """Events fetched from another node (whole entries), by entry."""
+        group: list[dict[str, Any]] = []
+        for body in [*bodies, None]:
+            if group and (body is None or body["token"] != group[0]["token"]):
+                index = int(str(group[0]["token"]).split(":")[1])
+                if index > self.pos.get(shard, 0):
+                    await self._queue_entry(shard, index, [self.watches.encode_body(shard, index, b) for b in group])
+                group = []
+            if body is not None:
+                group.append(body)
+
+    # -- shards on this node ---------------------------------------------------------------------
+    async def _catch_up(self, shard: int, replica: Shard) -> None:
+        """From the change log, up to the replica's applied index."""
+        while True:
+            page = await read_page(replica, self.pos[shard], self.limits.page_events_max)
+            for s, index, group in entries(page.changes):
+                await self._deliver(s, index, group)
+            self.pos[shard] = max(self.pos[shard], page.through)
+            if page.complete:
+                return
+
+    async def _local(self, shards: dict[int, Shard]) -> None:
+        for shard, replica in sorted(shards.items()):
+            await self._catch_up(shard, replica)
+        sub = self.watches.feed.subscribe(shards, queue_max=self.limits.buffer_events_max)
+        try:
+            for shard, replica in sorted(shards.items()):
+                await self._catch_up(shard, replica)
+            checked = time.monotonic()
+            while shards:
+                first = await sub.get(LOCAL_IDLE_S)
+                if first is None:
+                    self._idle(shards)
+                    checked = time.monotonic()
+                    continue
+                if time.monotonic() - checked > LOCAL_IDLE_S:  # busy: check the replicas all the same
+                    self._check_replicas(shards)
+                    checked = time.monotonic()
+                batch = [first]
+                while (more := sub.get_nowait()) is not None:
+                    batch.append(more)
+                for shard, index, group in entries(batch):
+                    current = shards.get(shard)
+                    if current is None:
+                        continue
+                    if group[0][1].kind is ChangeKind.RESET:
+                        # Replaced by a snapshot (its change log came with it), or dropped.
+                        if index == 0 or self.router.local(shard) is not current:
+                            self._to_remote(shards, shard)
+                        else:
+                            await self._catch_up(shard, current)
+                        continue
+                    await self._deliver(shard, index, group, live=True)
+        finally:
+            sub.close()
+
+    def _idle(self, shards: dict[int, Shard]) -> None:
+        """Nothing queued: every change these replicas applied has been seen, so
+        their positions move to their applied indexes."""
+        self._check_replicas(shards)
+        for shard, replica in shards.items():
+            self.pos[shard] = max(self.pos[shard], replica.applied_index)
+
+    def _check_replicas(self, shards: dict[int, Shard]) -> None:
+        """A replica dropped, or no longer leading when the leader is required,
+        hands its shard over to a fetch from another node."""
+        for shard, replica in list(shards.items()):
+            if self.watches.serving(shard, self.request.require_leader) is not replica:
+                self._to_remote(shards, shard)
+
+    def _to_remote(self, shards: dict[int, Shard], shard: int) -> None:
+        del shards[shard]
+        self.remote.add(shard)
+        self._spawn(self._remote(shard))
+
+    # -- shards fetched from another node ----------------------------------------------------------
+    def _holders(self, shard: int) -> list[str]:
+        """Nodes to fetch the shard's changes from, best first: any other holder,
+        or with the leader required, the leader this node knows, then the others."""
+        me = self.router.node_id
+        others = [n for n in self.router.placement.get(shard, []) if n != me]
+        leader = self.router.leader_of(shard)
+        if self.request.require_leader and leader is not None:
+            return [leader, *(n for n in others if n != leader)]
+        return others or ([leader] if leader is not None else [])
+
+    async def _fetch(self, shard: int, after: int, wait_ms: int, limit: int | None = None,
+                     attempt: int = 0) -> dict[str, Any]:
+        holders = self._holders(shard)
+        if not holders:
+            raise NoLeader(f"shard {shard}: no node to fetch its changes from", shard=shard)
+        node = holders[attempt % len(holders)]
+        query = {"after": str(after), "wait_ms": str(wait_ms), "limit": str(limit or self.limits.page_events_max),
+                 **self.request.filter.query()}
+        if self.request.require_leader:
+            query["require_leader"] = "true"
+        call = Call("GET", f"/v1/internal/shards/{shard}/changes", query, {}, b"", self.hops)
+        try:
+            reply = await self.watches.forwarder.forward(node, call, wait_ms / 1000 + 5)
+        except (ForwardNotSent, ForwardLost) as e:
+            raise Unavailable(f"shard {shard}: node {node}: {e}", shard=shard) from None
+        body = reply.json()
+        if reply.status == 410:
+            raise Compacted(shard, int(str(body["error"]["oldest"]).split(":")[1]))
+        if reply.status != 200:
+            message = body.get("error", {}).get("message") if isinstance(body, dict) else None
+            raise Unavailable(f"shard {shard}: node {node} answered {reply.status}: {message}", shard=shard)
+        result: dict[str, Any] = body
+        return result
+
+    async def _remote(self, shard: int) -> None:
+        """Long-polls at a node that holds the shard (its leader, when required),
+        moving on to another one when it fails."""
+        attempt, failing_since = 0, None
+        timeout_s = self.watches.config.limits.read_timeout_ms / 1000
+        while True:
+            try:
+                body = await self._fetch(shard, self.pos[shard], REMOTE_WAIT_MS, attempt=attempt)
+            except Unavailable as e:
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if self.request.require_leader and now - failing_since > timeout_s:
+                    raise NoLeader(f"shard {shard}: no leader reachable for {timeout_s:.0f}s: {e.message}",
+                                   shard=shard) from None
+                attempt += 1
+                await asyncio.sleep(min(REMOTE_RETRY_S_MAX, REMOTE_RETRY_S_MIN * 2 ** min(attempt, 5)))
+                continue
+            failing_since = None
+            await self._deliver_bodies(shard, list(body["events"]))
+            self.pos[shard] = max(self.pos[shard], int(body["through"]))
+
+
+def _terminal(error: BaseException) -> tuple[str, Callable[[dict[int, int]], dict[str, Any]]]:
+    """The last event of a stream that must end, and a word for the metrics."""
+    if isinstance(error, Overflowed):
+        return "overflow", lambda tokens: {"type": "overflow", "tokens": format_tokens(tokens)}
+    if isinstance(error, Compacted):
+        shard, oldest = error.shard, error.oldest
+        return "compacted", lambda tokens: {"type": "compacted", "shard": shard, "oldest": f"{shard}:{oldest}",
+                                            "tokens": format_tokens(tokens)}
+    if isinstance(error, RaftmemError):
+        code, message = error.code, error.message
+    else:
+        log.error("watch stream failed", exc_info=error)
+        code, message = "internal", "internal error; see the node's log"
+    return code, lambda tokens: {"type": "error", "code": code, "message": message,
+                                 "tokens": format_tokens(tokens)}
