@@ -173,6 +173,7 @@ def _check_feed(config: Config) -> None:
     for key, value, lo, hi in (
         ("watch.watchers_max", w.watchers_max, 1, 100_000),
         ("watch.buffer_events_max", w.buffer_events_max, 16, 1_000_000),
+        ("watch.buffer_bytes_max", w.buffer_bytes_max, 64 << 10, 1 << 30),
         ("watch.progress_ms", w.progress_ms, WATCH_PROGRESS_MS_MIN, WATCH_PROGRESS_MS_MAX),
         ("watch.page_events_max", w.page_events_max, 1, 100_000),
         ("history.versions_max", config.history.versions_max, 0, 1000),

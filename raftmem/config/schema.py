@@ -262,6 +262,9 @@ class WatchConfig:
     # for its socket); a watcher that falls this far behind is cut off with an
     # `overflow` event and resumes from its token.
     buffer_events_max: int = 1000
+    # ... or this many bytes of events (an event alone may be larger): a node's
+    # watches hold at most watchers_max times this.
+    buffer_bytes_max: int = 1 << 20
     # A watch with nothing to send says where it is (progress) this often, unless
     # it asks otherwise (progress_ms=).
     progress_ms: int = 5000

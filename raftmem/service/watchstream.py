@@ -40,6 +40,7 @@ REMOTE_RETRY_S_MIN, REMOTE_RETRY_S_MAX = 0.05, 1.0
 # place); the last event (overflow, compacted, error) waits as long for it.
 WRITE_STALL_S = 30.0
 EVENT_CACHE_MAX = 4096
+EVENT_CACHE_BYTES_MAX = 16 << 20
 LAST_IN_ENTRY = b',"last":true}'
 
 
@@ -94,18 +95,21 @@ class WatchRequest:
 
 class EventCache:
     """Encoded events by (shard, index, seq): a change sent to many watchers is
-    encoded once. Bounded (least recently added go first)."""
+    encoded once. Bounded in entries and bytes (the first added go first)."""
 
-    def __init__(self, size_max: int = EVENT_CACHE_MAX) -> None:
+    def __init__(self, size_max: int = EVENT_CACHE_MAX, bytes_max: int = EVENT_CACHE_BYTES_MAX) -> None:
         self._items: collections.OrderedDict[tuple[int, int, int], bytes] = collections.OrderedDict()
         self.size_max = size_max
+        self.bytes_max = bytes_max
+        self.bytes = 0
 
     def get(self, key: tuple[int, int, int], make: Callable[[], bytes]) -> bytes:
         data = self._items.get(key)
         if data is None:
             data = self._items[key] = make()
-            if len(self._items) > self.size_max:
-                self._items.popitem(last=False)
+            self.bytes += len(data)
+            while self._items and (len(self._items) > self.size_max or self.bytes > self.bytes_max):
+                self.bytes -= len(self._items.popitem(last=False)[1])
         return data
 
 
@@ -138,6 +142,47 @@ def format_tokens(positions: Mapping[int, int]) -> str:
     return ",".join(f"{s}:{i}" for s, i in sorted(positions.items()))
 
 
+class Outbox:
+    """A stream's entries waiting for its client, bounded in entries and bytes
+    (an entry alone may exceed the bytes: a large record still goes out)."""
+
+    def __init__(self, entries_max: int, bytes_max: int) -> None:
+        self.entries_max = entries_max
+        self.bytes_max = bytes_max
+        self.items: collections.deque[_Item] = collections.deque()
+        self.bytes = 0
+        self._changed = asyncio.Event()  # an item came in, or went out
+
+    def empty(self) -> bool:
+        return not self.items
+
+    def full(self, size: int = 0) -> bool:
+        return bool(self.items) and (len(self.items) >= self.entries_max or self.bytes + size > self.bytes_max)
+
+    def put_nowait(self, item: _Item) -> None:
+        self.items.append(item)
+        self.bytes += len(item.data)
+        self._changed.set()
+
+    def get_nowait(self) -> _Item:
+        item = self.items.popleft()
+        self.bytes -= len(item.data)
+        self._changed.set()
+        return item
+
+    async def changed(self, timeout_s: float) -> None:
+        """Until an item comes in or goes out, or `timeout_s` passes."""
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout_s)
+
+    async def put(self, item: _Item) -> None:
+        """Wait for room, then queue."""
+        while self.full(len(item.data)):
+            await self.changed(ALIVE_CHECK_S)
+        self.put_nowait(item)
+
+
 @dataclass
 class _Item:
     """What goes out: one entry's events (shard, index), or the last event."""
@@ -163,7 +208,7 @@ class WatchStream:
         self.hops = hops
         self.limits = watches.limits
         self.router = watches.router
-        self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=self.limits.buffer_events_max)
+        self.queue = Outbox(self.limits.buffer_events_max, self.limits.buffer_bytes_max)
         self.pos: dict[int, int] = {}  # per shard: every matching change at or below it is queued
         self.written: dict[int, int] = {}  # per shard: ... and written
         self.local: dict[int, Shard] = {}  # shards served by this node's replicas
@@ -231,7 +276,7 @@ class WatchStream:
                 reason, terminal = _terminal(error)
                 watches.stats.ended[reason] = watches.stats.ended.get(reason, 0) + 1
                 await self._cancel_drivers()
-                await asyncio.wait_for(self.queue.put(_Item(b"", terminal=terminal)), WRITE_STALL_S)
+                self.queue.put_nowait(_Item(b"", terminal=terminal))  # the drivers are gone: nothing follows it
                 await asyncio.wait_for(writer, WRITE_STALL_S)
             elif writer.exception() is not None:
                 raise writer.exception()  # type: ignore[misc]
@@ -274,16 +319,11 @@ class WatchStream:
         next_progress = time.monotonic() + progress_s
         last_progress = dict(self.written)
         while True:
-            item: _Item | None = None
-            if not self.queue.empty():
-                item = self.queue.get_nowait()
-            else:
-                # Wait only when there is nothing to send, and never 0 s: a get
-                # given no time is cancelled before it runs, however full the
-                # queue (a stream that kept finding its progress due stalled so).
-                timeout = max(WAIT_S_MIN, min(next_progress - time.monotonic(), ALIVE_CHECK_S))
-                with contextlib.suppress(TimeoutError):
-                    item = await asyncio.wait_for(self.queue.get(), timeout)
+            if self.queue.empty():
+                # Wait only when there is nothing to send (a stream that waited
+                # whenever its progress fell due, however full its queue, stalled).
+                await self.queue.changed(max(WAIT_S_MIN, min(next_progress - time.monotonic(), ALIVE_CHECK_S)))
+            item = self.queue.get_nowait() if not self.queue.empty() else None
             if not alive():
                 return
             if item is not None and item.terminal is None:
@@ -292,11 +332,8 @@ class WatchStream:
                 chunks = [item.data]
                 self.written[item.shard] = max(self.written.get(item.shard, 0), item.index)
                 size = len(item.data)
-                while size < WRITE_BYTES_MAX and not self.queue.empty():
+                while size < WRITE_BYTES_MAX and not self.queue.empty() and self.queue.items[0].terminal is None:
                     more = self.queue.get_nowait()
-                    if more.terminal is not None:
-                        self.queue.put_nowait(more)  # room: it was just taken out
-                        break
                     chunks.append(more.data)
                     size += len(more.data)
                     self.written[more.shard] = max(self.written.get(more.shard, 0), more.index)
@@ -326,8 +363,9 @@ class WatchStream:
 
     async def _queue_entry(self, shard: int, index: int, encoded: list[bytes], live: bool = False) -> None:
         """Live from the feed, a full queue cuts the watch off (the client is
-        `buffer_events_max` entries behind, and the feed must not wait); read
-        from a change log, the reader waits for room instead."""
+        `buffer_events_max` entries or `buffer_bytes_max` bytes behind, and the
+        feed must not wait); read from a change log, the reader waits for room
+        instead."""
         kept = [data for data in encoded if not self.watches.drop()]
         if kept:
             # The entry's last event says so: a client that has it may resume
@@ -339,7 +377,7 @@ class WatchStream:
             item = _Item(b"".join(parts), shard, index)
             if not live:
                 await self.queue.put(item)
-            elif self.queue.full():
+            elif self.queue.full(len(item.data)):
                 raise Overflowed(self.pos)
             else:
                 self.queue.put_nowait(item)

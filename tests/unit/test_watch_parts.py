@@ -4,6 +4,7 @@ entries grouped with their seq, the shared encoding cache, who may watch."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,29 @@ def test_a_watch_needs_read_and_a_namespace_limited_token_must_name_one_of_its_n
     history = need_for("GET", "/v1/memories/a/x/history", {"namespace": "a", "id": "x"})
     assert history is not None and history.role == "read" and history.namespaces == frozenset({"a"})
     assert AuthConfig().enabled is False
+
+
+def test_the_event_cache_is_bounded_in_bytes_too() -> None:
+    cache = EventCache(size_max=100, bytes_max=10)
+    for i in range(5):
+        cache.get((0, i, 0), lambda: b"xxxx")
+    assert cache.bytes <= 10 and len(cache._items) == 2
+
+
+async def test_a_streams_queue_is_bounded_in_entries_and_bytes() -> None:
+    from raftmem.service.watchstream import Outbox, _Item
+
+    box = Outbox(entries_max=3, bytes_max=10)
+    box.put_nowait(_Item(b"x" * 40, 0, 1))  # alone, a large entry still goes in
+    assert box.full() and box.full(1)
+    assert box.get_nowait().index == 1 and box.empty() and box.bytes == 0
+    for i in range(3):
+        assert not box.full(2)
+        box.put_nowait(_Item(b"ab", 0, i))
+    assert box.full()  # three entries
+    waiting = asyncio.ensure_future(box.put(_Item(b"cd", 0, 9)))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # no room: a log reader waits
+    box.get_nowait()
+    await asyncio.wait_for(waiting, 2)
+    assert [i.index for i in box.items] == [1, 2, 9]
