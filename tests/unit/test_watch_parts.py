@@ -127,3 +127,17 @@ async def test_a_streams_queue_is_bounded_in_entries_and_bytes() -> None:
     box.get_nowait()
     await asyncio.wait_for(waiting, 2)
     assert [i.index for i in box.items] == [1, 2, 9]
+
+
+def test_the_openapi_document_describes_watch_history_and_the_lifecycle_run() -> None:
+    from raftmem.openapi import OPENAPI
+
+    paths = OPENAPI["paths"]
+    watch = paths["/v1/watch"]["get"]
+    assert {p["name"] for p in watch["parameters"]} == {
+        "namespace", "namespace_prefix", "agent_id", "tag", "after", "progress_ms", "require_leader"}
+    assert {"200", "400", "410", "429", "503"} <= set(watch["responses"])
+    assert "get" in paths["/v1/memories/{namespace}/{id}/history"]
+    assert "post" in paths["/v1/admin/lifecycle/run"]
+    write = OPENAPI["components"]["schemas"]["MemoryWrite"]["properties"]
+    assert {"actor", "ttl_refresh_on_read"} <= set(write)
