@@ -223,7 +223,8 @@ class Lifecycle:
         if not replica.role().leading:
             raise NoLeader(f"node {self.router.node_id} does not lead shard {replica.shard}", shard=replica.shard)
         policies = [p for p in self.settings.policies if only is None or p.name == only]
-        complete = True if dry_run else await self._collect_reads(replica)
+        # Reads are collected first only when something may be pruned on their account.
+        complete = True if dry_run or not policies else await self._collect_reads(replica)
         report: dict[str, Any] = {}
         for policy in policies:
             stats = self.stats.policies[policy.name]
