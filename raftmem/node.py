@@ -280,6 +280,7 @@ DEBUG_EFFECTS = {
     "inline_snapshot_install": "snapshots are installed on the event loop, which stalls the node",
     "unsafe_search_no_barrier": "UNSAFE: fresh searches answer without their barrier (they may miss "
                                 "acknowledged writes)",
+    "unsafe_watch_drop": "UNSAFE: watch streams leave out one event in a hundred",
 }
 
 
