@@ -177,7 +177,9 @@ class Subscription:
         return None
 
     async def get(self, timeout_s: float | None = None) -> Change | None:
-        """The next change; None when `timeout_s` passes first."""
+        """The next change; None when `timeout_s` passes first and nothing is
+        queued (a change published as the wait timed out is returned: a caller
+        told None may take everything applied so far as seen)."""
         change = self.get_nowait()
         if change is not None:
             return change
@@ -186,7 +188,7 @@ class Subscription:
         try:
             await asyncio.wait_for(asyncio.shield(self._waiter), timeout_s)
         except TimeoutError:
-            return None
+            pass
         finally:
             self._waiter = None
         return self.get_nowait()

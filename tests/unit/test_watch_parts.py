@@ -141,3 +141,84 @@ def test_the_openapi_document_describes_watch_history_and_the_lifecycle_run() ->
     assert "post" in paths["/v1/admin/lifecycle/run"]
     write = OPENAPI["components"]["schemas"]["MemoryWrite"]["properties"]
     assert {"actor", "ttl_refresh_on_read"} <= set(write)
+
+
+async def test_a_change_published_as_a_subscription_wait_times_out_is_returned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race a jepsen halves run hit: the wait times out in the very loop
+    iteration a burst is published (a partition heals, a follower applies a
+    hundred entries). Told None then, a watch took everything applied as seen
+    and skipped the burst."""
+    from raftmem import events
+    from raftmem.events import ChangeKind
+
+    feed = ChangeFeed()
+    sub = feed.subscribe()
+    change = Change(ChangeKind.PUT, 0, 7, "ns", "a", after={"version": 1})
+    real_wait_for = asyncio.wait_for
+
+    async def published_as_it_times_out(awaitable: object, timeout: float | None) -> None:
+        feed.publish([change])
+        await real_wait_for(awaitable, 0.001)  # type: ignore[arg-type]
+        raise TimeoutError
+
+    monkeypatch.setattr(events.asyncio, "wait_for", published_as_it_times_out)
+    assert await sub.get(0.1) is change
+
+
+async def test_a_stream_never_moves_past_changes_still_queued() -> None:
+    """The stream's own guard: told None while changes wait in its subscription,
+    it does not take the replica's applied index as seen."""
+    import types
+
+    from raftmem.events import ChangeKind, ChangePage
+    from raftmem.service.watchstream import WatchRequest, WatchStream
+
+    feed = ChangeFeed()
+
+    class Replica:
+        shard = 0
+        applied_index = 5
+
+        async def read(self, level: str, fn: object, **kw: object) -> tuple[ChangePage, None]:
+            return ChangePage(0, [], self.applied_index, complete=True), None
+
+        def role(self) -> object:
+            return types.SimpleNamespace(leading=True)
+
+    replica = Replica()
+    config = embedded_default()
+    router = types.SimpleNamespace(local=lambda s: replica, node_id="n1", placement={})
+    watches = Watches(config, router, feed, forwarder=None)  # type: ignore[arg-type]
+    stream = WatchStream(watches, WatchRequest(WatchFilter(), {0: 5}, 1000, False, True), 0)
+    stream.pos = {0: 5}
+    real_subscribe = feed.subscribe
+
+    def subscribe(*args: object, **kw: object) -> object:
+        sub = real_subscribe(*args, **kw)  # type: ignore[arg-type]
+        real_get = sub.get
+        told_none = []
+
+        async def get(timeout_s: float | None = None) -> Change | None:
+            change = await real_get(timeout_s)
+            if change is not None and not told_none:
+                told_none.append(True)
+                sub._queue.appendleft(change)  # the old race: None, with the change still queued
+                return None
+            return change
+
+        sub.get = get  # type: ignore[method-assign]
+        return sub
+
+    feed.subscribe = subscribe  # type: ignore[method-assign]
+    driver = asyncio.ensure_future(stream._local({0: replica}))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    replica.applied_index = 6  # entry 6 applied and published: queued, not yet taken
+    feed.publish([Change(ChangeKind.PUT, 0, 6, "ns", "a", after={"namespace": "ns", "id": "a", "version": 1,
+                                                                  "rev": 6})])
+    for _ in range(100):
+        if not stream.queue.empty():
+            break
+        await asyncio.sleep(0.01)
+    driver.cancel()
+    await asyncio.gather(driver, return_exceptions=True)
+    assert [item.index for item in stream.queue.items] == [6], "the change was skipped"
