@@ -41,6 +41,7 @@ _U64 = (1 << 64) - 1
 # Fields of a put's record a version shows besides its value (namespace, id and
 # version are the version's own; the lifecycle counters are not history).
 VERSION_FIELDS = ("agent_id", "kind", "tags", "metadata", "expires_at")
+HEAVY_FIELD = "emb"  # a record's embedding (search's): left out of its versions
 READ_LIMIT_MAX = 1000
 
 
@@ -106,8 +107,12 @@ class History:
         version: dict[str, Any] = {"e": change.kind.value, "v": change.version, "i": index,
                                    "t": change.time_ms, "a": actor}
         if change.kind is ChangeKind.PUT and change.record is not None:
-            # The record as apply stored it, embedded as it is (not encoded again).
-            version["rec"] = codec.embedded(change.encoded) if change.encoded is not None else dict(change.record)
+            record = change.record
+            if change.encoded is not None and HEAVY_FIELD not in record:
+                # The record as apply stored it, embedded as it is (not encoded again).
+                version["rec"] = codec.embedded(change.encoded)
+            else:  # a version never shows the embedding: not kept versions_max times over
+                version["rec"] = {k: val for k, val in record.items() if k != HEAVY_FIELD}
         prefix = HISTORY_PREFIX + key + SEP
         work.batch.put(prefix + _version_suffix(index, seq), codec.dumps(version))
         kept: list[list[int]] = [*meta["v"], [index, seq]]

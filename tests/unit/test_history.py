@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from raftmem import codec
+from raftmem import codec, embeddings
 from raftmem.commands import (
     Command,
     Delete,
@@ -20,6 +20,7 @@ from raftmem.commands import (
     encode_entry,
     fingerprint,
 )
+from raftmem.history import HISTORY_PREFIX
 from raftmem.statemachine import StateMachine
 from raftmem.storage import Store
 
@@ -154,3 +155,13 @@ def test_a_txn_writes_its_versions_only_when_it_applies_whole(tmp_path: Path) ->
     apply(sm, Txn((put("a", 4, now=NOW + 3), Delete("ns", "missing", now_ms=NOW + 3))))
     assert [v for _e, v, _val, _a in events(sm)] == [3, 2, 1]
     assert sm.get("ns", "a", NOW + 3)["content"] == 3
+
+
+def test_versions_do_not_keep_embeddings(tmp_path: Path) -> None:
+    sm = sm_at(tmp_path)
+    vector = embeddings.pack([0.5, 0.25, 1.0])
+    apply(sm, put("a", "one", embedding=vector), put("b", "plain"))
+    assert sm.get("ns", "a", NOW)["emb"] == vector  # the memory keeps it (search's)
+    stored = [raw for key, raw in sm.store.scan(HISTORY_PREFIX, HISTORY_PREFIX[:-1] + b"\x01")]
+    assert len(stored) == 2 and not any(b"emb" in raw for raw in stored)
+    assert events(sm) == [("put", 1, "one", None)]
