@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +21,7 @@ from mcp.types import CallToolResult, TextResourceContents
 from raftmem.client import AsyncClient
 from raftmem.integrations.mcp import TOOLS, build_server
 
-from .cluster import REPO, Cluster
+from .cluster import REPO, Cluster, free_port_block, wait_for
 
 NS = "mcp-it"
 
@@ -246,3 +248,28 @@ async def test_raftmem_mcp_serves_over_stdio_as_a_subprocess(cluster: Cluster, t
             assert error["code"] == "invalid_request"
     # Its log went to stderr, never into the protocol on stdout.
     assert "Traceback" not in (tmp_path / "stderr.log").read_text()
+
+
+async def test_raftmem_mcp_serves_streamable_http_on_loopback(cluster: Cluster, tmp_path: Any) -> None:
+    port = free_port_block(1, 1)[0][0]
+    with open(tmp_path / "mcp.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "mcp", "--url", ",".join(_urls(cluster)), "--namespace", "mcp-http",
+             "--transport", "streamable-http", "--port", str(port)],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: _listening(port), 30, "the MCP endpoint to listen")
+        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+            put = _ok(await client.call_tool("memory_put", {"id": "h-1", "content": "over http"}))
+            assert put["memory"]["namespace"] == "mcp-http"
+            got = _ok(await client.call_tool("memory_get", {"id": "h-1"}))
+            assert got["memory"]["content"] == "over http"
+            assert _error(await client.call_tool("memory_get", {"id": "h-2"}))["code"] == "not_found"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
