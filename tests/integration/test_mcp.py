@@ -273,3 +273,34 @@ async def test_raftmem_mcp_serves_streamable_http_on_loopback(cluster: Cluster, 
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_raftmem_mcp_acts_with_the_token_of_its_token_file(tmp_path: Any) -> None:
+    """Against a cluster with auth on: the server's requests carry the token
+    read from --token-file, so the store's own refusals (a namespace the token
+    may not write, no token at all) come back as tool errors with their codes."""
+    admin, team_a = "admin-token-0123456789", "team-a-writer-0123456789"
+    auth = {"cluster_token": "cluster-secret-0123456789", "tokens": [
+        {"name": "ops", "token": admin, "role": "admin"},
+        {"name": "team-a", "token": team_a, "role": "write", "namespaces": ["team-a"]}]}
+    secured = Cluster(tmp_path / "cluster", auth=auth, token=admin)
+    token_file = tmp_path / "token"
+    token_file.write_text(team_a + "\n")
+    try:
+        secured.start_all()
+        for args, expect in ((["--token-file", str(token_file)], "forbidden"), ([], "unauthorized")):
+            params = StdioServerParameters(
+                command=sys.executable, cwd=str(REPO),
+                args=["-m", "cli.main", "mcp", "--url", ",".join(_urls(secured)), "--namespace", "team-a", *args])
+            with open(tmp_path / "stderr.log", "a") as errlog:
+                async with Client(stdio_client(params, errlog=errlog), read_timeout_seconds=60) as client:
+                    put = await client.call_tool("memory_put", {"id": "t-1", "content": 1})
+                    if expect == "forbidden":
+                        assert _ok(put)["memory"]["namespace"] == "team-a"
+                        put = await client.call_tool("memory_put", {"namespace": "team-b", "id": "t-1",
+                                                                    "content": 1})
+                    error = _error(put)
+                    assert error["code"] == expect and error["status"] in (401, 403), error
+                    assert "token" in error["hint"]
+    finally:
+        secured.stop_all()
