@@ -403,8 +403,7 @@ class Tools:
             cursor=cursor, consistency=consistency,
         )
         items = [_memory(m) for m in page.get("items") or ()]
-        return {"items": items, "count": len(items), "cursor": page.get("cursor"),
-                "consistency": consistency or "default"}
+        return {"items": items, "count": len(items), "cursor": page.get("cursor"), "consistency": consistency}
 
     async def memory_delete(
         self,
