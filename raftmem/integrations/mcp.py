@@ -98,9 +98,7 @@ MemoryId = Annotated[str, Field(
     pattern=NAME_PATTERN, min_length=1, max_length=256)]
 Content = Annotated[Any, Field(description="The memory's value: any JSON (text, number, object, list).")]
 Tags = Annotated[list[str] | None, Field(
-    description="Labels to find it by (memory_list's `tag`). The tags 'critical' and 'lock' make "
-    "reads of this memory linearizable by default; 'analytics' and 'metric' make them eventual.",
-    max_length=64)]
+    description="Labels to find it by (memory_list's `tag`), e.g. ['deploy', 'critical'].", max_length=64)]
 ContextIn = Annotated[str | None, Field(
     description="A causal context another agent gave you (the `context` of one of its results): "
     "this call then sees everything that agent wrote and saw. Optional.")]
