@@ -31,9 +31,9 @@ def _urls(cluster: Cluster, nodes: list[str] | None = None) -> list[str]:
 
 
 @asynccontextmanager
-async def _connected(cluster: Cluster, namespace: str | None = NS,
-                     nodes: list[str] | None = None) -> AsyncIterator[Client]:
-    server = build_server(AsyncClient(_urls(cluster, nodes)), namespace=namespace)
+async def _connected(cluster: Cluster, namespace: str | None = NS, nodes: list[str] | None = None,
+                     **kw: Any) -> AsyncIterator[Client]:
+    server = build_server(AsyncClient(_urls(cluster, nodes)), namespace=namespace, **kw)
     async with Client(server) as client:
         yield client
 
@@ -80,7 +80,7 @@ async def test_memories_are_written_read_listed_and_deleted_through_the_tools(cl
         assert memory["tags"] == ["plan"] and memory["agent_id"] == "planner" and put["context"]
 
         got = _ok(await client.call_tool("memory_get", {"id": "plan"}))
-        assert got["memory"]["content"] == {"step": 1} and got["consistency"] == "session"
+        assert got["memory"]["content"] == {"step": 1} and got["consistency"] == "strong"  # just written
         assert got["served_by"] in cluster.node_ids
         linear = _ok(await client.call_tool("memory_get", {"id": "plan", "consistency": "linearizable"}))
         assert linear["consistency"] == "linearizable"
@@ -143,10 +143,10 @@ async def test_bad_input_comes_back_as_a_tool_error_with_a_code_and_changes_noth
 
 async def test_an_agent_reads_its_own_writes_whichever_node_serves_the_read(cluster: Cluster) -> None:
     """Every read right after a write, at the default level, sees that write,
-    though replicas (followers included) serve most of them; the server passes
+    though replicas (followers included) serve most of them: the server passes
     its causal context with each request."""
     served: set[str] = set()
-    async with _connected(cluster) as client:
+    async with _connected(cluster, recent_write_s=0) as client:  # session reads only, from any replica
         for i in range(40):
             put = _ok(await client.call_tool("memory_put", {"id": f"ryw-{i % 4}", "content": {"i": i}}))
             got = _ok(await client.call_tool("memory_get", {"id": f"ryw-{i % 4}"}))
@@ -155,6 +155,18 @@ async def test_an_agent_reads_its_own_writes_whichever_node_serves_the_read(clus
             assert got["consistency"] == "session"
             served.add(got["served_by"])
     assert len(served) >= 2, served  # replicas answered, not only the leaders
+
+
+async def test_a_read_right_after_a_write_is_served_by_the_leader(cluster: Cluster) -> None:
+    """By default, for a moment after this server wrote to a shard, its session
+    reads of the shard are strong reads at the leader, which has the write at
+    once (a follower waits for the next heartbeat). The unit tests check the
+    moment's end with a manual clock."""
+    async with _connected(cluster) as client:
+        _ok(await client.call_tool("memory_put", {"id": "fresh", "content": 1}))
+        got = _ok(await client.call_tool("memory_get", {"id": "fresh"}))
+        leader = cluster.leader_of(cluster.shard_of(NS, "fresh"))
+        assert got["consistency"] == "strong" and got["served_by"] == leader
 
 
 async def test_a_context_handed_to_another_agent_lets_it_read_what_the_first_wrote(cluster: Cluster) -> None:

@@ -12,7 +12,7 @@ from mcp import Client
 from mcp.types import CallToolResult
 
 from raftmem.client import NO_RETRY, AsyncClient, LockHeld
-from raftmem.integrations.mcp import TOOLS, build_server, client_error_payload
+from raftmem.integrations.mcp import TOOLS, Tools, build_server, client_error_payload
 from tests.unit.fake_raftmem import FakeCluster, Fault, free_port
 
 
@@ -80,7 +80,7 @@ def test_a_refusal_keeps_what_the_store_said_beyond_its_code() -> None:
 
 async def test_every_request_carries_the_servers_causal_context_and_reads_default_to_session(
         fake: FakeCluster) -> None:
-    server = build_server(AsyncClient(fake.url_list()), namespace="ns")
+    server = build_server(AsyncClient(fake.url_list()), namespace="ns", recent_write_s=0)
     async with Client(server) as client:
         put = _ok(await client.call_tool("memory_put", {"id": "a", "content": 1}))
         token = put["memory"]["token"]
@@ -94,3 +94,23 @@ async def test_every_request_carries_the_servers_causal_context_and_reads_defaul
     assert "3:999" in gets[1].headers["X-Raftmem-Context"]
     assert gets[2].query["consistency"] == "eventual" and "3:999" in gets[2].headers["X-Raftmem-Context"]
     assert "3:999" in got["context"]
+
+
+async def test_a_session_read_of_a_shard_written_a_moment_ago_is_a_strong_read(fake: FakeCluster) -> None:
+    now = [100.0]
+    tools = Tools(AsyncClient(fake.url_list()), "ns", recent_write_s=1.0, clock=lambda: now[0])
+    try:
+        await tools.memory_put("a", 1)
+        shard = tools.client.shard_of("ns", "a")
+        other = next(f"b{i}" for i in range(100) if tools.client.shard_of("ns", f"b{i}") != shard)
+        now[0] += 1.5
+        await tools.memory_put(other, 2)
+        now[0] += 1.5
+        await tools.memory_put("a", 3)
+        assert (await tools.memory_get("a"))["consistency"] == "strong"
+        assert (await tools.memory_get(other))["consistency"] == "session"  # its shard was written long ago
+        now[0] += 1.5
+        assert (await tools.memory_get("a"))["consistency"] == "session"
+        assert (await tools.memory_get("a", consistency="linearizable"))["consistency"] == "linearizable"
+    finally:
+        await tools.client.close()
