@@ -36,8 +36,41 @@ the state before its writes, and of several writes of one key the last wins.
 Gets go in one `POST /v1/batch`, writes in another (one request per shard
 leader); deleting an absent item is not an error.
 
+**Search** (`POST /v1/search` per `SearchOp`): under `namespace_prefix` on
+label boundaries; `filter` on the value's fields becomes raftmem's filter on
+`content.<field>` (a plain value is equality, LangGraph's operators `$eq $ne $gt
+$gte $lt $lte` pass through, as do raftmem's `$in $nin $contains`; an object
+without operators matches field by field); `limit`, `offset`. Without a query,
+newest first (by `updated_at`, as LangGraph's Postgres store). With
+`index={"embed": ..., "dims": ..., "fields": [...]}`, as LangGraph's own stores
+take it, a put embeds the text at `fields` (or the op's `index`; `False`: none)
+and stores the vector with the memory, and a `query` is embedded and searched
+by cosine similarity. Without `index`, a `query` is a full-text (BM25) search of
+the content. At `strong` and `linearizable` a search is fresh (it waits for the
+indexes to absorb every write acknowledged before it); at `session` it sees
+this store's writes; at `eventual` the nearest replica's indexes as they are.
+A search of the whole store (`()`) searches under each root namespace and
+merges (the roots from the namespace list and from this store's writes).
+
+**list_namespaces** (`GET /v1/namespaces`): `prefix` and `suffix` with `*`
+wildcards, `max_depth`, `limit` (at most 1000), `offset`. Namespaces are listed
+by the replicas of the node asked (eventual: one created a moment ago may take
+a moment to show), ordered by their dotted names.
+
 **TTL** (`supports_ttl = True`): `PutOp.ttl` (minutes) becomes the memory's
 `ttl_s` (at least one second: the store refuses shorter).
+
+**Deliberate differences** from LangGraph's `InMemoryStore` (checked by a
+differential test): `created_at` is when the item was first put (InMemoryStore
+resets it on every put); ops with invalid labels are refused by `batch` itself;
+an empty key is refused; `list_namespaces` lists namespaces that hold items
+(InMemoryStore also those it only looked up or emptied) in the order of their
+dotted names; without a query, search orders newest first (InMemoryStore: by
+insertion); filters compare JSON values (`true` is not `1`, and a number is not
+a numeric string: InMemoryStore compares with `float()`); a filter key may not
+contain `.`; one vector per item, the texts at its fields joined (InMemoryStore
+embeds each and keeps the best match), and items without one are not found by
+a query (InMemoryStore appends them, unscored).
 """
 
 from __future__ import annotations
@@ -45,21 +78,27 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from langgraph.store.base import (
     BaseStore,
+    Embeddings,
     GetOp,
+    IndexConfig,
     Item,
     ListNamespacesOp,
     Op,
     PutOp,
     Result,
+    SearchItem,
     SearchOp,
     TTLConfig,
+    ensure_embeddings,
+    get_text_at_path,
+    tokenize_path,
     validate_op_namespace,
 )
 
@@ -73,6 +112,9 @@ SECONDS_PER_MINUTE = 60.0
 _LABEL_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _KEY_SAFE = _LABEL_SAFE | {"."}
 _ESCAPE = ":"
+WILDCARD = "*"  # a label of a list_namespaces prefix or suffix: any one label
+NAMESPACES_PAGE_MAX = 1000  # GET /v1/namespaces' page limit
+ROOTS_KNOWN_MAX = 10_000
 _HEX = frozenset("0123456789ABCDEF")
 
 
@@ -178,14 +220,29 @@ class _Tokens:
 
 
 class _Core:
-    """What both stores share: the requests a batch becomes and what their answers mean."""
+    """What both stores share: the calls a batch becomes and what their answers
+    mean (sans I/O: `steps` yields calls, the store answers them)."""
 
-    def __init__(self, consistency: str) -> None:
+    def __init__(self, consistency: str, index: IndexConfig | None) -> None:
         if consistency not in CONSISTENCY_LEVELS:
             raise ValueError(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}, not {consistency!r}")
         self.consistency = consistency
         self.tokens = _Tokens()
+        self.index = index
+        self.embeddings: Embeddings | None = None
+        self.fields: list[tuple[str, str | list[str]]] = []
+        self.dims = 0
+        # Root labels of namespaces this store wrote: a whole-store search looks
+        # under them as well as under those the namespace list (eventual) has.
+        self.roots: set[str] = set()
+        if index is not None:
+            if "embed" not in index or "dims" not in index:
+                raise ValueError("index needs embed (an Embeddings, a function or a provider string) and dims")
+            self.embeddings = ensure_embeddings(index["embed"])
+            self.dims = int(index["dims"])
+            self.fields = [(p, p if p == "$" else tokenize_path(p)) for p in index.get("fields") or ["$"]]
 
+    # -- gets ------------------------------------------------------------------------------
     def get_ops(self, gets: list[tuple[int, GetOp]]) -> list[dict[str, Any]]:
         after = self.tokens.after() if self.consistency == "session" else None
         ops = []
@@ -206,16 +263,31 @@ class _Core:
             self.tokens.observe(answer.body.get("token"))
             plan.results[i] = item(answer.body)
 
-    def write_ops(self, puts: dict[tuple[tuple[str, ...], str], PutOp]) -> list[dict[str, Any]]:
+    # -- writes ------------------------------------------------------------------------------
+    def texts(self, op: PutOp) -> str | None:
+        """What to embed for a put: the text at the index's fields (or the op's),
+        joined into one text: raftmem keeps one vector per memory."""
+        if self.embeddings is None or op.value is None or op.index is False:
+            return None
+        paths = self.fields if op.index is None else [(p, tokenize_path(p)) for p in op.index]
+        texts = [t for _, path in paths for t in get_text_at_path(op.value, path)]
+        return "\n".join(texts) if texts else None
+
+    def write_ops(self, puts: dict[tuple[tuple[str, ...], str], PutOp],
+                  vectors: Mapping[tuple[tuple[str, ...], str], list[float]] | None = None) -> list[dict[str, Any]]:
         ops: list[dict[str, Any]] = []
-        for op in puts.values():
+        for key, op in puts.items():
             target = {"namespace": namespace_name(op.namespace), "id": memory_id(op.key)}
             if op.value is None:
                 ops.append({"op": "delete", **target})
                 continue
+            if len(self.roots) < ROOTS_KNOWN_MAX:
+                self.roots.add(target["namespace"].split(".")[0])
             body: dict[str, Any] = {"content": dict(op.value)}
             if op.ttl is not None:
                 body["ttl_s"] = op.ttl * SECONDS_PER_MINUTE
+            if vectors and key in vectors:
+                body["embedding"] = vectors[key]
             ops.append({"op": "put", **target, "body": body})
         return ops
 
@@ -228,50 +300,138 @@ class _Core:
             if isinstance(answer.body, dict):
                 self.tokens.observe(answer.body.get("token"))
 
+    def _vectors(self, puts: dict[tuple[tuple[str, ...], str], PutOp]) -> Generator[
+            Call, Any, dict[tuple[tuple[str, ...], str], list[float]]]:
+        texts = {key: text for key, op in puts.items() if (text := self.texts(op)) is not None}
+        if not texts:
+            return {}
+        vectors = yield Call("embed_documents", (list(texts.values()),))
+        if len(vectors) != len(texts) or any(len(v) != self.dims for v in vectors):
+            raise ValueError(f"the embedder gave {len(vectors)} vectors for {len(texts)} texts, of "
+                             f"{sorted({len(v) for v in vectors})} dimensions, not index['dims'] ({self.dims})")
+        return {key: [float(x) for x in vector] for key, vector in zip(texts, vectors, strict=True)}
+
+    # -- searches -----------------------------------------------------------------------------
+    def _level(self) -> dict[str, Any]:
+        """A search at the store's level: strong and linearizable ones wait for
+        the indexes to absorb every acknowledged write (fresh); session ones,
+        this store's writes."""
+        if self.consistency in ("strong", "linearizable"):
+            return {"fresh": True}
+        if self.consistency == "session":
+            after = self.tokens.after()
+            return {"consistency": "session", **({"after": after} if after else {})}
+        return {"consistency": "eventual"}
+
+    def _search(self, op: SearchOp) -> Generator[Call, Any, list[SearchItem]]:
+        kw: dict[str, Any] = {**self._level(), "filter": translate_filter(op.filter) if op.filter else None}
+        if op.query and self.embeddings is not None:
+            kw["vector"] = [float(x) for x in (yield Call("embed_query", (op.query,)))]
+        elif op.query:
+            kw["query"] = op.query
+        if op.namespace_prefix:
+            page = yield Call("search", (), {**kw, "namespace_prefix": namespace_name(op.namespace_prefix),
+                                             "limit": op.limit, "offset": op.offset})
+            return [search_item(r) for r in page.get("items") or ()]
+        # The whole store: a search under each root namespace, merged (scores are
+        # comparable across searches: cosine for vectors; BM25 with each search's statistics).
+        listed = yield Call("list_namespaces", (), {"max_depth": 1, "limit": NAMESPACES_PAGE_MAX})
+        found: list[dict[str, Any]] = []
+        for root in sorted(set(listed) | self.roots):
+            page = yield Call("search", (), {**kw, "namespace_prefix": root, "limit": op.offset + op.limit})
+            found.extend(page.get("items") or ())
+        if "query" in kw or "vector" in kw:
+            found.sort(key=lambda r: -float(r.get("score") or 0.0))
+        else:
+            found.sort(key=lambda r: (-int(r["updated_at"]), r["namespace"], r["id"]))
+        return [search_item(r) for r in found[op.offset: op.offset + op.limit]]
+
+    @staticmethod
+    def _list(op: ListNamespacesOp) -> Generator[Call, Any, list[tuple[str, ...]]]:
+        patterns: dict[str, str] = {}
+        for condition in op.match_conditions or ():
+            if not condition.path:
+                continue
+            if condition.match_type in patterns:
+                raise NotImplementedError(f"one {condition.match_type} condition at most")
+            patterns[condition.match_type] = ".".join(
+                label if label == WILDCARD else _encode(label, _LABEL_SAFE) for label in condition.path)
+        names = yield Call("list_namespaces", (), {**patterns, "max_depth": op.max_depth,
+                                                   "limit": min(op.limit, NAMESPACES_PAGE_MAX), "offset": op.offset})
+        return [namespace_labels(name) for name in names]
+
     def steps(self, ops: Iterable[Op]) -> Steps:
         """A batch as the calls it needs, answered by the store's driver (the
         same whether the client blocks or not)."""
         plan = _plan(ops)
-        if plan.searches or plan.listings:
-            raise NotImplementedError("search and list_namespaces need raftmem's recall API (POST /v1/search, "
-                                      "GET /v1/namespaces)")
         if plan.gets:
-            self.got(plan, (yield Call("batch", self.get_ops(plan.gets))))
+            self.got(plan, (yield Call("batch", (self.get_ops(plan.gets),))))
+        for i, search in plan.searches:
+            plan.results[i] = yield from self._search(search)
+        for i, listing in plan.listings:
+            plan.results[i] = yield from self._list(listing)
         if plan.puts:
-            writes = self.write_ops(plan.puts)
-            self.wrote(writes, (yield Call("batch", writes)))
+            writes = self.write_ops(plan.puts, (yield from self._vectors(plan.puts)))
+            self.wrote(writes, (yield Call("batch", (writes,))))
         return plan.results
+
+
+def translate_filter(conditions: Mapping[str, Any], path: tuple[str, ...] = ("content",)) -> dict[str, Any]:
+    """A LangGraph filter on an item's value as a raftmem filter on the memory's
+    content: `{"a": 1}` is `{"content.a": {"$eq": 1}}`, operators pass through,
+    and an object without operators matches field by field, as LangGraph's stores do."""
+    out: dict[str, Any] = {}
+    for key, value in conditions.items():
+        if "." in key or not key:
+            raise ValueError(f"filter key {key!r}: raftmem paths are dotted; nest objects instead of dots")
+        where = (*path, key)
+        if isinstance(value, Mapping) and any(str(k).startswith("$") for k in value):
+            out[".".join(where)] = dict(value)
+        elif isinstance(value, Mapping):
+            out.update(translate_filter(value, where))
+        else:
+            out[".".join(where)] = {"$eq": value}
+    return out
+
+
+def search_item(record: dict[str, Any]) -> SearchItem:
+    found = item(record)
+    score = record.get("score")
+    return SearchItem(found.namespace, found.key, found.value, found.created_at, found.updated_at,
+                      float(score) if score is not None else None)
 
 
 @dataclass
 class Call:
-    """One call of a raftmem client method: the same name and arguments on
-    `Client` and `AsyncClient`."""
+    """One call the store answers: a raftmem client method (the same name and
+    arguments on `Client` and `AsyncClient`), or the index's embedder
+    (`embed_documents`, `embed_query`; `aembed_*` in the async store)."""
 
     method: str
-    arg: Any
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 Steps = Generator[Call, Any, list[Result]]
+EMBEDDER_CALLS = ("embed_documents", "embed_query")
 
 
 class _Store(BaseStore):
     supports_ttl = True
 
-    def __init__(self, consistency: Consistency, index: Any, ttl: TTLConfig | None) -> None:
-        if index is not None:
-            raise NotImplementedError("index (semantic search) needs raftmem's recall API")
-        self._core = _Core(consistency)
+    def __init__(self, consistency: Consistency, index: IndexConfig | None, ttl: TTLConfig | None) -> None:
+        self._core = _Core(consistency, index)
+        self.index_config = index
         self.ttl_config = ttl
 
 
 class AsyncRaftmemStore(_Store):
     """A LangGraph store over a raftmem cluster, for asyncio (see the module
-    docstring: mapping, consistency, batches, TTL). Call `aclose()` when done
-    (or use `async with`). Its blocking methods work from other threads while
-    the loop it first ran on is running."""
+    docstring: mapping, consistency, batches, search, TTL). Call `aclose()`
+    when done (or use `async with`). Its blocking methods work from other
+    threads while the loop it first ran on is running."""
 
-    def __init__(self, urls: Sequence[str], *, consistency: Consistency = "strong", index: Any = None,
+    def __init__(self, urls: Sequence[str], *, consistency: Consistency = "strong", index: IndexConfig | None = None,
                  token: str | None = None, ssl_context: ssl.SSLContext | None = None,
                  ttl: TTLConfig | None = None) -> None:
         super().__init__(consistency, index, ttl)
@@ -287,13 +447,18 @@ class AsyncRaftmemStore(_Store):
     async def aclose(self) -> None:
         await self.client.close()
 
+    async def _answer(self, call: Call) -> Any:
+        if call.method in EMBEDDER_CALLS:
+            return await getattr(self._core.embeddings, "a" + call.method)(*call.args)
+        return await getattr(self.client, call.method)(*call.args, **call.kwargs)
+
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
         self._loop = asyncio.get_running_loop()
         steps = self._core.steps(ops)
         try:
             call = next(steps)
             while True:
-                call = steps.send(await getattr(self.client, call.method)(call.arg))
+                call = steps.send(await self._answer(call))
         except StopIteration as done:
             results: list[Result] = done.value
             return results
@@ -317,7 +482,7 @@ class RaftmemStore(_Store):
     """A blocking LangGraph store over a raftmem cluster (see the module
     docstring). Call `close()` when done (or use `with`)."""
 
-    def __init__(self, urls: Sequence[str], *, consistency: Consistency = "strong", index: Any = None,
+    def __init__(self, urls: Sequence[str], *, consistency: Consistency = "strong", index: IndexConfig | None = None,
                  token: str | None = None, ssl_context: ssl.SSLContext | None = None,
                  ttl: TTLConfig | None = None) -> None:
         super().__init__(consistency, index, ttl)
@@ -333,13 +498,18 @@ class RaftmemStore(_Store):
     def close(self) -> None:
         self.client.close()
 
+    def _answer(self, call: Call) -> Any:
+        if call.method in EMBEDDER_CALLS:
+            return getattr(self._core.embeddings, call.method)(*call.args)
+        return getattr(self.client, call.method)(*call.args, **call.kwargs)
+
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         with self._lock:
             steps = self._core.steps(ops)
             try:
                 call = next(steps)
                 while True:
-                    call = steps.send(getattr(self.client, call.method)(call.arg))
+                    call = steps.send(self._answer(call))
             except StopIteration as done:
                 results: list[Result] = done.value
                 return results

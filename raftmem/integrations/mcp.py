@@ -71,6 +71,8 @@ LIST_LIMIT_MAX = 1000  # the server's page limit
 # A lock acquisition or a task claim waits at the server; an MCP call should not
 # hang an agent for long (the server bounds it too: coordination.wait_ms_max).
 WAIT_MS_MAX = 60_000
+SEARCH_LIMIT_MAX = 1000  # the server's
+NAMESPACES_RESOURCE_MAX = 1000  # GET /v1/namespaces' page limit
 NAME_PATTERN = r"^[A-Za-z0-9._:-]+$"
 # For this long after a write to a shard, the server's session reads of that
 # shard go to its leader (see Tools._read_level): ten default heartbeats.
@@ -88,6 +90,20 @@ CONSISTENCY_HELP = (
     "contradict (gates, locks, money). 'causal': like 'session', for a context another agent "
     "handed you (pass it as `context`). 'bounded': at most `max_staleness_ms` old. 'eventual': "
     "whatever the nearest replica holds; may miss recent writes, cheapest."
+)
+SEARCH_CONSISTENCY_HELP = (
+    "'session' (default): finds everything written through this server (and the context you pass), "
+    "and others' writes once indexed (normally within a fraction of a second; `index_lag` says how far "
+    "behind the indexes were). 'linearizable': finds every write acknowledged anywhere before the "
+    "search (waits for the indexes to catch up: slower). 'eventual': the nearest replica's indexes as "
+    "they are; cheapest."
+)
+FILTER_HELP = (
+    "Only memories matching all of these conditions. Keys are fields: agent_id, kind, tags, namespace, "
+    "id, created_at, updated_at, content.<path>, metadata.<path> (dotted). A plain value means equal "
+    "(for tags: has the tag); or an object of operators: $eq $ne $gt $gte $lt $lte $in $nin $contains; "
+    "combine with $and, $or (lists) and $not. Example: {\"tags\": \"deploy\", \"content.severity\": "
+    "{\"$gte\": 2}}."
 )
 LIST_CONSISTENCY_HELP = (
     "'strong' (default) or 'linearizable': every shard's leader answers, so the list includes "
@@ -154,6 +170,33 @@ class ListResult(TypedDict):
     count: int
     cursor: str | None
     consistency: str | None
+
+
+@with_config(ConfigDict(extra="allow"))
+class Hit(TypedDict):
+    """A memory found by a search, with its `score` (null when ordered by time)."""
+
+    namespace: str
+    id: str
+    content: Any
+    version: int
+    score: float | None
+    agent_id: NotRequired[str | None]
+    kind: NotRequired[str | None]
+    tags: NotRequired[list[str]]
+    updated_at: NotRequired[int]
+
+
+class SearchResult(TypedDict):
+    items: list[Hit]
+    more: bool
+    cursor: str | None
+    index_lag: dict[str, Any]
+    context: str | None
+
+
+class NamespacesResult(TypedDict):
+    namespaces: list[str]
 
 
 class DeleteResult(TypedDict):
@@ -449,6 +492,50 @@ class Tools:
         return {"deleted": bool(body.get("deleted", True)), "namespace": ns, "id": id,
                 "version": body.get("version"), "context": self.session.context}
 
+    # -- recall ------------------------------------------------------------------------------
+    async def memory_search(
+        self,
+        query: Annotated[str | None, Field(description="Words to look for (full-text, best match first). "
+                                           "Leave out to list by filter, newest first.", max_length=4096)] = None,
+        namespace: Namespace = None,
+        namespace_prefix: Annotated[str | None, Field(
+            description="Search this namespace and every namespace below it ('team-a' covers 'team-a.notes', "
+            "never 'team-ab'), instead of one namespace.", pattern=NAME_PATTERN, max_length=128)] = None,
+        filter: Annotated[dict[str, Any] | None, Field(description=FILTER_HELP)] = None,
+        limit: Annotated[int, Field(description="At most this many.", ge=1, le=SEARCH_LIMIT_MAX)] = 10,
+        cursor: Annotated[str | None, Field(description="The `cursor` of the previous page, for the next.")]
+        = None,
+        consistency: Annotated[Literal["session", "linearizable", "eventual"],
+                               Field(description=SEARCH_CONSISTENCY_HELP)] = "session",
+        context: ContextIn = None,
+    ) -> SearchResult:
+        """Recall memories by what they say (full-text search, best match first) and/or by their
+        fields (filter), in a namespace or under a namespace prefix. Each hit is the memory with
+        its `score`. When `more` is true, pass `cursor` back for the next page."""
+        # 'session' is the server's default when the request carries a context.
+        response = await self.client.search_raw(
+            None if namespace_prefix else self._ns(namespace), query, namespace_prefix=namespace_prefix or None,
+            filter=filter, limit=limit, cursor=cursor, fresh=consistency == "linearizable",
+            consistency="eventual" if consistency == "eventual" else None, context=self._continue(context))
+        self.session.observe_context(response.headers.get(HEADER_CONTEXT))
+        body = response.body if isinstance(response.body, dict) else {}
+        return {"items": cast(list[Hit], body.get("items") or []), "more": bool(body.get("more")),
+                "cursor": body.get("cursor"), "index_lag": body.get("index_lag") or {},
+                "context": self.session.context}
+
+    async def namespace_list(
+        self,
+        prefix: Annotated[str | None, Field(description="Only namespaces starting with these labels "
+                                            "('team-a' or 'team-a.*': '*' is any one label).",
+                                            max_length=128)] = None,
+        max_depth: Annotated[int | None, Field(description="Cut names to this many labels (deduplicated).",
+                                               ge=1, le=64)] = None,
+        limit: Annotated[int, Field(description="At most this many.", ge=1, le=1000)] = 100,
+    ) -> NamespacesResult:
+        """The namespaces that hold memories (dotted labels), in order. Served by the nearest
+        replicas: one created a moment ago may take a moment to be listed."""
+        return {"namespaces": await self.client.list_namespaces(prefix=prefix, max_depth=max_depth, limit=limit)}
+
     # -- locks ------------------------------------------------------------------------------
     async def lock_acquire(
         self,
@@ -552,6 +639,14 @@ class Tools:
         return cast(Task, body)
 
     # -- resources --------------------------------------------------------------------------
+    async def namespaces_resource(self) -> str:
+        """Every namespace holding memories, as a JSON list."""
+        try:
+            names = await self.client.list_namespaces(limit=NAMESPACES_RESOURCE_MAX)
+        except (ClientError, ValueError) as e:
+            raise ResourceError(str(e)) from e
+        return orjson.dumps(names).decode()
+
     async def memory_resource(self, namespace: str, id: str) -> str:
         """A memory as JSON, read at 'session' consistency (it includes this server's writes)."""
         try:
@@ -578,6 +673,8 @@ TOOLS: dict[str, ToolAnnotations] = {
     "memory_get": READ_ONLY,
     "memory_list": READ_ONLY,
     "memory_delete": DELETE,
+    "memory_search": READ_ONLY,
+    "namespace_list": READ_ONLY,
     "lock_acquire": WRITE,
     "lock_renew": WRITE,
     "lock_release": WRITE,
@@ -617,6 +714,8 @@ def build_server(client: AsyncClient, *, namespace: str | None = None, name: str
     server = RaftmemMCPServer(name, instructions=instructions(namespace), lifespan=lifespan)
     for tool, hints in TOOLS.items():
         server.add_tool(getattr(tools, tool), name=tool, annotations=hints, structured_output=True)
+    server.resource("raftmem://namespaces", name="namespaces", mime_type="application/json",
+                    description="Every namespace that holds memories (a JSON list).")(tools.namespaces_resource)
     server.resource("raftmem://memory/{namespace}/{id}", name="memory", mime_type="application/json",
                     description="A memory as JSON (read-your-writes).",
                     # Names are raftmem's ([A-Za-z0-9._:-]) and never paths: '..' is a fine id.

@@ -15,14 +15,25 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, TypedDict
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from langgraph.graph import END, START, StateGraph
-from langgraph.store.base import BaseStore, GetOp, Item, Op, PutOp, Result
+from langgraph.store.base import (
+    BaseStore,
+    GetOp,
+    IndexConfig,
+    Item,
+    ListNamespacesOp,
+    MatchCondition,
+    Op,
+    PutOp,
+    Result,
+    SearchOp,
+)
 from langgraph.store.memory import InMemoryStore
 
 from raftmem.integrations.langgraph import AsyncRaftmemStore, RaftmemStore
@@ -46,24 +57,49 @@ def store(cluster: Cluster) -> Iterator[RaftmemStore]:
 # Labels and keys with characters raftmem names do not have (escaped by the store).
 LABELS = ["users", "u 1", "bob@example", "é", "a:b", "x-y_z"]
 KEYS = ["k", "k.2", "key with space", "ключ", "a/b", "10"]
-json_scalars = st.none() | st.booleans() | st.integers(-1000, 1000) | st.text(max_size=8)
-values = st.dictionaries(st.sampled_from(["a", "b", "text", "n"]),
-                         json_scalars | st.lists(json_scalars, max_size=3), max_size=4)
+WORDS = ["tea", "cake", "deploy", "rollback", "disk", "full", "cat", "dog"]
+# Typed fields: InMemoryStore compares with float() (a string or an absent field
+# under $gt raises there) and takes True for 1; raftmem does neither.
+values = st.fixed_dictionaries(
+    {"n": st.integers(-5, 5)},
+    optional={"a": st.sampled_from(["x", "y", "z"]), "b": st.booleans(),
+              "text": st.lists(st.sampled_from(WORDS), min_size=1, max_size=4).map(" ".join),
+              "meta": st.fixed_dictionaries({"lang": st.sampled_from(["en", "fr"])})})
+filters = st.one_of(
+    st.none(),
+    st.fixed_dictionaries({"a": st.sampled_from(["x", "y", "z"])}),
+    st.fixed_dictionaries({"b": st.booleans()}),
+    st.fixed_dictionaries({"meta": st.fixed_dictionaries({"lang": st.sampled_from(["en", "fr"])})}),
+    st.fixed_dictionaries({"n": st.dictionaries(st.sampled_from(["$eq", "$ne", "$gt", "$gte", "$lt", "$lte"]),
+                                                st.integers(-5, 5), min_size=1, max_size=2)}),
+    st.fixed_dictionaries({"n": st.integers(-5, 5), "a": st.sampled_from(["x", "y"])}),
+)
 namespaces = st.lists(st.sampled_from(LABELS), min_size=1, max_size=3).map(tuple)
+prefixes = st.lists(st.sampled_from(LABELS), max_size=2).map(tuple)
+patterns = st.lists(st.sampled_from([*LABELS, "*"]), max_size=2).map(tuple)
+keys = st.sampled_from(KEYS)
 ops = st.one_of(
-    st.builds(GetOp, namespaces, st.sampled_from(KEYS)),
-    st.builds(PutOp, namespaces, st.sampled_from(KEYS), values, index=st.none(), ttl=st.none()),
-    st.builds(PutOp, namespaces, st.sampled_from(KEYS), st.none(), index=st.none(), ttl=st.none()),  # a delete
+    st.builds(GetOp, namespaces, keys),
+    st.builds(PutOp, namespaces, keys, values, index=st.none(), ttl=st.none()),
+    st.builds(PutOp, namespaces, keys, st.none(), index=st.none(), ttl=st.none()),  # a delete
+    st.builds(SearchOp, prefixes, filters, st.integers(1, 6), st.integers(0, 3), query=st.none()),
+    st.builds(lambda prefix, suffix, depth, limit, offset: ListNamespacesOp(
+        (MatchCondition("prefix", prefix), *([MatchCondition("suffix", suffix)] if suffix else [])),
+        depth, limit, offset), patterns, patterns, st.none() | st.integers(1, 4), st.integers(1, 20),
+        st.integers(0, 2)),
 )
 batches = st.lists(st.lists(ops, min_size=1, max_size=6), min_size=1, max_size=6)
 
 
 def _rooted(op: Op, root: str) -> Op:
     """The op under this example's own root label (the cluster outlives examples)."""
-    if isinstance(op, GetOp):
+    if isinstance(op, GetOp | PutOp):
         return op._replace(namespace=(root, *op.namespace))
-    if isinstance(op, PutOp):
-        return op._replace(namespace=(root, *op.namespace))
+    if isinstance(op, SearchOp):
+        return op._replace(namespace_prefix=(root, *op.namespace_prefix))
+    if isinstance(op, ListNamespacesOp):
+        prefix, *others = op.match_conditions or ()
+        return op._replace(match_conditions=(MatchCondition("prefix", (root, *prefix.path)), *others))
     return op
 
 
@@ -73,6 +109,59 @@ def _comparable(result: Result) -> Any:
     return result
 
 
+def _check_page(op: SearchOp | ListNamespacesOp, got: list[Any], everything: list[Any]) -> None:
+    """A page of `everything` (which the reference lists in another order than
+    raftmem: insertion against newest first, tuples against dotted names): its
+    size, that each is in `everything`, and all of it when the page holds all."""
+    assert len(got) == max(0, min(op.limit, len(everything) - op.offset)), (op, got, everything)
+    assert len(set(map(repr, got))) == len(got)
+    assert {repr(x) for x in got} <= {repr(x) for x in everything}, (op, got, everything)
+    if op.offset == 0 and op.limit >= len(everything):
+        assert sorted(map(repr, got)) == sorted(map(repr, everything)), (op, got, everything)
+
+
+def _purge_empty(reference: InMemoryStore) -> None:
+    """InMemoryStore lists a namespace it only looked up, or whose items were
+    all deleted (its dict of namespaces is a defaultdict); raftmem lists the
+    namespaces that hold memories."""
+    for ns in [ns for ns, items in reference._data.items() if not items]:
+        del reference._data[ns]
+
+
+def _answers_like(reference: InMemoryStore, store: RaftmemStore, batch: list[Op]) -> None:
+    def everything(op: SearchOp | ListNamespacesOp) -> Any:
+        _purge_empty(reference)
+        return reference.batch([op._replace(limit=10_000, offset=0)])[0]
+
+    before = {i: everything(op) for i, op in enumerate(batch) if isinstance(op, ListNamespacesOp | SearchOp)}
+    expected = reference.batch(batch)
+    got = store.batch(batch)
+    for i, (op, mine, theirs) in enumerate(zip(batch, got, expected, strict=True)):
+        if isinstance(op, SearchOp):
+            assert isinstance(mine, list)
+            _check_page(op, [_comparable(x) for x in mine], [_comparable(x) for x in before[i]])
+            updated = [x.updated_at for x in mine]
+            assert updated == sorted(updated, reverse=True)  # newest first, as LangGraph's Postgres store
+        elif isinstance(op, ListNamespacesOp) and not _page_ok(op, mine, before[i]):
+            # Served by replicas (eventual): a namespace written a moment ago may take a moment to show,
+            # and then the list is what the reference holds now.
+            now = everything(op)
+            wait_for(lambda op=op, now=now: _page_ok(op, store.batch([op])[0], now), 5,
+                     f"list_namespaces to converge: {op}")
+        elif not isinstance(op, ListNamespacesOp):
+            assert _comparable(mine) == _comparable(theirs), (op, mine, theirs)
+            if isinstance(mine, Item):
+                assert mine.created_at <= mine.updated_at
+
+
+def _page_ok(op: ListNamespacesOp, got: Any, everything: Any) -> bool:
+    try:
+        _check_page(op, got, everything)
+    except AssertionError:
+        return False
+    return True
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches)
 def test_the_store_answers_as_langgraphs_in_memory_store_on_generated_batches(
@@ -80,21 +169,104 @@ def test_the_store_answers_as_langgraphs_in_memory_store_on_generated_batches(
     root = f"diff-{time.time_ns()}-{next(_examples)}"
     reference = InMemoryStore()
     for batch in sequence:
-        rooted = [_rooted(op, root) for op in batch]
-        expected = reference.batch(rooted)
-        got = store.batch(rooted)
-        assert [_comparable(r) for r in got] == [_comparable(r) for r in expected], rooted
-        for result in got:
-            if isinstance(result, Item):
-                assert result.created_at <= result.updated_at
+        _answers_like(reference, store, [_rooted(op, root) for op in batch])
     # Everything written is there at the end, read one by one through the public API.
     for (namespace, key), value in _final(reference).items():
         item = store.get(namespace, key)
         assert item is not None and item.value == value
 
 
+def _embed(texts: Sequence[str]) -> list[list[float]]:
+    """A deterministic embedder (word counts, and a constant so no vector is zero)."""
+    return [[1.0, *(float(text.split().count(word)) for word in WORDS)] for text in texts]
+
+
+INDEX: IndexConfig = {"dims": len(WORDS) + 1, "embed": _embed, "fields": ["text"]}
+texts = st.lists(st.sampled_from(WORDS), min_size=1, max_size=4).map(" ".join)
+indexed_ops = st.one_of(
+    st.builds(PutOp, namespaces, keys, st.builds(lambda v, t: {**v, "text": t}, values, texts), index=st.none(),
+              ttl=st.none()),
+    st.builds(PutOp, namespaces, keys, st.none(), index=st.none(), ttl=st.none()),
+    st.builds(SearchOp, prefixes, filters, st.integers(1, 6), st.integers(0, 3), query=texts),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(indexed_ops, min_size=1, max_size=6), min_size=1, max_size=5))
+def test_semantic_search_ranks_as_langgraphs_in_memory_store(cluster: Cluster, sequence: list[list[Op]]) -> None:
+    """With the same `index` config (embedder, fields) on both, a query ranks
+    the same items with the same cosine scores (ties may order differently)."""
+    root = f"sem-{time.time_ns()}-{next(_examples)}"
+    reference = InMemoryStore(index=INDEX)
+    with RaftmemStore(_urls(cluster), index=INDEX) as s:
+        for batch in sequence:
+            rooted = [_rooted(op, root) for op in batch]
+            full = {i: reference.batch([op._replace(limit=10_000, offset=0)])[0]
+                    for i, op in enumerate(rooted) if isinstance(op, SearchOp)}
+            reference.batch(rooted)
+            for i, mine in enumerate(s.batch(rooted)):
+                if i not in full:
+                    continue
+                op = rooted[i]
+                assert isinstance(op, SearchOp) and isinstance(mine, list)
+                theirs = {(x.namespace, x.key): x.score for x in full[i]}
+                assert len(mine) == max(0, min(op.limit, len(theirs) - op.offset)), (op, mine, full[i])
+                scores = [x.score for x in mine]
+                assert all(x is not None for x in scores) and scores == sorted(scores, reverse=True)  # type: ignore
+                for x in mine:
+                    assert x.score == pytest.approx(theirs[(x.namespace, x.key)], abs=1e-4)
+                page = sorted(theirs.values(), reverse=True)[op.offset:op.offset + op.limit]
+                assert scores == pytest.approx(page, abs=1e-4)
+
+
 def _final(reference: InMemoryStore) -> dict[tuple[tuple[str, ...], str], dict[str, Any]]:
     return {(ns, key): item.value for ns, items in reference._data.items() for key, item in items.items()}
+
+
+# -- search beyond the differential test ------------------------------------------------------
+def test_a_query_without_an_index_is_a_full_text_search(store: RaftmemStore) -> None:
+    """A deliberate difference: InMemoryStore (and LangGraph's Postgres store)
+    ignore `query` without an index; raftmem ranks by BM25 over the content."""
+    ns = ("lg-text", str(time.time_ns()))
+    store.put(ns, "a", {"text": "the deploy was rolled back after errors", "kind": "incident"})
+    store.put(ns, "b", {"text": "tea and cake at four", "kind": "social"})
+    store.put(ns, "c", {"text": "rollback of the rollback: deploy again", "kind": "incident"})
+    hits = store.search(ns[:1], query="deploy rollback", filter={"kind": "incident"})
+    assert [h.key for h in hits][:1] == ["c"] and {h.key for h in hits} == {"a", "c"}
+    assert all(h.score is not None and h.score > 0 for h in hits)
+    assert store.search(ns, query="cake")[0].key == "b"
+
+
+def test_a_search_of_the_whole_store_looks_under_every_root(cluster: Cluster) -> None:
+    run = str(time.time_ns())
+    with RaftmemStore(_urls(cluster)) as writer:
+        writer.put(("lg-root-a", run), "x", {"run": run, "n": 1})
+        writer.put(("lg-root-b", run), "y", {"run": run, "n": 2})
+    with RaftmemStore(_urls(cluster)) as reader:  # another store: the roots come from the namespace list
+        # Which is served by replicas: a namespace written a moment ago may take a moment to be listed.
+        hits = wait_for(lambda: len(found := reader.search((), filter={"run": run})) == 2 and found, 5,
+                        "both roots listed")
+        assert [(h.namespace, h.key) for h in hits] == [(("lg-root-b", run), "y"), (("lg-root-a", run), "x")]
+        assert [h.key for h in reader.search((), filter={"run": run}, limit=1, offset=1)] == ["x"]
+        roots = reader.list_namespaces(prefix=("lg-root-a",), max_depth=1)
+        assert roots == [("lg-root-a",)]
+        assert (("lg-root-a", run)) in reader.list_namespaces(suffix=(run,))
+
+
+async def test_the_async_store_embeds_and_searches(cluster: Cluster) -> None:
+    ns = ("lg-async-sem", str(time.time_ns()))
+    async with AsyncRaftmemStore(_urls(cluster), index=INDEX) as s:
+        await s.aput(ns, "t", {"text": "tea cake"})
+        await s.aput(ns, "d", {"text": "disk full disk"})
+        await s.aput(ns, "n", {"text": "cat"}, index=False)  # not embedded: not found by a query
+        hits = await s.asearch(ns, query="disk")
+        assert [h.key for h in hits] == ["d", "t"] and hits[0].score == pytest.approx(_cos("disk", "disk full disk"))
+        assert [h.key for h in await s.asearch(ns)] == ["n", "d", "t"]  # no query: newest first, all
+
+
+def _cos(a: str, b: str) -> float:
+    x, y = _embed([a, b])
+    return sum(p * q for p, q in zip(x, y, strict=True)) / (sum(p * p for p in x) * sum(q * q for q in y)) ** 0.5
 
 
 # -- the public API, consistency and TTL ---------------------------------------------------------

@@ -4,14 +4,16 @@ subprocess, as an agent host runs it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from mcp import Client, StdioServerParameters
@@ -24,6 +26,17 @@ from raftmem.integrations.mcp import TOOLS, build_server
 from .cluster import REPO, Cluster, free_port_block, wait_for
 
 NS = "mcp-it"
+T = TypeVar("T")
+
+
+async def _eventually(call: Callable[[], Awaitable[T]], check: Callable[[T], bool], timeout_s: float = 10) -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await call()
+        if check(result) or time.monotonic() > deadline:
+            assert check(result), result
+            return result
+        await asyncio.sleep(0.05)
 
 
 def _urls(cluster: Cluster, nodes: list[str] | None = None) -> list[str]:
@@ -182,6 +195,42 @@ async def test_a_context_handed_to_another_agent_lets_it_read_what_the_first_wro
         assert any(t.startswith(token_shard + ":") for t in got["context"].split(","))
 
 
+async def test_an_agent_recalls_by_text_and_fields_and_finds_its_own_writes_at_once(cluster: Cluster) -> None:
+    """Searches default to session: what this server just wrote is found at
+    once, from whichever node serves the search."""
+    ns = f"mcp-recall-{time.time_ns()}"
+    async with _connected(cluster, namespace=ns) as client:
+        notes = {"n1": ("the deploy of v42 was rolled back", ["deploy"], 3),
+                 "n2": ("tea and cake at four", ["social"], 1),
+                 "n3": ("rollback again: deploy v43 failed", ["deploy"], 2)}
+        for mid, (text, tags, severity) in notes.items():
+            _ok(await client.call_tool("memory_put", {"id": mid, "content": {"text": text, "severity": severity},
+                                                      "tags": tags}))
+        found = _ok(await client.call_tool("memory_search", {"query": "deploy rollback"}))
+        assert {h["id"] for h in found["items"]} == {"n1", "n3"} and found["context"]
+        assert all(h["score"] > 0 for h in found["items"]) and "index_lag" in found
+        hits = _ok(await client.call_tool("memory_search", {"filter": {"tags": "deploy",
+                                                                       "content.severity": {"$gte": 3}}}))
+        assert [h["id"] for h in hits["items"]] == ["n1"]
+        _ok(await client.call_tool("memory_put", {"namespace": f"{ns}.sub", "id": "n4",
+                                                  "content": {"text": "deploy from below"}}))
+        below = _ok(await client.call_tool("memory_search", {"namespace_prefix": ns, "query": "deploy",
+                                                             "consistency": "linearizable", "limit": 1}))
+        assert len(below["items"]) == 1 and below["more"] and below["cursor"]
+        rest = _ok(await client.call_tool("memory_search", {"namespace_prefix": ns, "query": "deploy",
+                                                            "cursor": below["cursor"], "limit": 10}))
+        assert {h["id"] for h in below["items"] + rest["items"]} == {"n1", "n3", "n4"}
+        bad = _error(await client.call_tool("memory_search", {"filter": {"content.x": {"$near": 1}}}))
+        assert bad["code"] == "invalid_request" and "$near" in bad["message"]
+
+        # Namespaces are listed by the nearest replicas: eventually.
+        await _eventually(lambda: client.call_tool("namespace_list", {"prefix": ns}),
+                          lambda r: _ok(r)["namespaces"] == [ns, f"{ns}.sub"])
+        listed = await client.read_resource("raftmem://namespaces")
+        contents = listed.contents[0]
+        assert isinstance(contents, TextResourceContents) and ns in json.loads(contents.text)
+
+
 async def test_locks_fence_writes_and_tasks_are_claimed_once_through_the_tools(cluster: Cluster) -> None:
     async with _connected(cluster) as agent_a, _connected(cluster) as agent_b:
         lock = _ok(await agent_a.call_tool("lock_acquire", {"name": "deploy", "ttl_ms": 10_000}))
@@ -229,6 +278,7 @@ async def test_a_memory_is_a_resource(cluster: Cluster) -> None:
     async with _connected(cluster) as client:
         templates = (await client.list_resource_templates()).resource_templates
         assert [t.uri_template for t in templates] == ["raftmem://memory/{namespace}/{id}"]
+        assert [str(r.uri) for r in (await client.list_resources()).resources] == ["raftmem://namespaces"]
         _ok(await client.call_tool("memory_put", {"id": "as-resource", "content": {"k": "v"}}))
         read = await client.read_resource(f"raftmem://memory/{NS}/as-resource")
         contents = read.contents[0]

@@ -77,7 +77,7 @@ def test_a_batch_reads_before_it_writes_and_keeps_the_last_write_of_a_key() -> N
     assert [i for i, _ in plan.gets] == [1] and [i for i, _ in plan.searches] == [4]
     assert [i for i, _ in plan.listings] == [5]
     assert [(k, op.value) for k, op in plan.puts.items()] == [((("a",), "j"), {"v": 2}), ((("a",), "k"), None)]
-    writes = _Core("strong").write_ops(plan.puts)
+    writes = _Core("strong", None).write_ops(plan.puts)
     assert writes == [{"op": "put", "namespace": "a", "id": "j", "body": {"content": {"v": 2}}},
                       {"op": "delete", "namespace": "a", "id": "k"}]
 
@@ -89,7 +89,7 @@ def test_ops_with_bad_labels_are_refused_before_anything_is_sent() -> None:
 
 
 def test_ttl_in_minutes_becomes_seconds_and_session_reads_carry_the_stores_tokens() -> None:
-    core = _Core("session")
+    core = _Core("session", None)
     assert core.write_ops({(("a",), "k"): PutOp(("a",), "k", {}, ttl=1.5)})[0]["body"]["ttl_s"] == 90.0
     assert "after" not in core.get_ops([(0, GetOp(("a",), "k"))])[0]
     core.tokens.observe("2:40")
@@ -98,4 +98,4 @@ def test_ttl_in_minutes_becomes_seconds_and_session_reads_carry_the_stores_token
     assert core.get_ops([(0, GetOp(("a",), "k"))])[0] == {"op": "get", "namespace": "a", "id": "k",
                                                           "consistency": "session", "after": "0:7,2:40"}
     with pytest.raises(ValueError, match="consistency"):
-        _Core("causal")
+        _Core("causal", None)
