@@ -12,12 +12,15 @@ Plain Python agents, each with its own client (and its own entry node):
   triage as a memory and complete the task with the claim's fence. A worker
   whose claim ran out (it stalled, or its node died) cannot complete it: the
   store refuses its stale fence, and the task goes back to the queue;
+- a searcher recalls triaged reports by what they say (full-text search) and
+  by their fields (a filter on the triage's category), across the shards;
 - chaos kills the node leading the task queue's shard (kill -9) halfway
   through, then restarts it at the end (`raftmem cluster restart`).
 
 At the end the example checks, through the store, that nothing was lost: every
-task done exactly once, one triage memory per report, and the restarted node's
-own replica holding all of them. It exits 1 otherwise.
+task done exactly once, one triage memory per report, the searcher's recall
+complete, and the restarted node's own replica holding all of them. It exits 1
+otherwise.
 """
 
 from __future__ import annotations
@@ -154,6 +157,28 @@ class Fleet:
         self.killed = victim
         log("chaos", f"kill -9 {victim} (pid {pid}), leader of the queue's shard {shard}; the fleet carries on")
 
+    async def searcher(self) -> list[str]:
+        """Once the work is done: recall by text and by fields (fresh: every
+        write acknowledged before the search is found)."""
+        await self.all_done.wait()
+        problems = []
+        async with self.client(3) as c:
+            hits = (await c.search(self.results, "disk full", fresh=True, limit=3))["items"]
+            log("searcher", "'disk full': " + ", ".join(f"{h['id']} ({h['score']:.2f}) {h['content']['report']!r}"
+                                                        for h in hits))
+            expected = {f"r-{i:02d}" for i, report in enumerate(REPORTS) if "disk full" in report}
+            if {h["id"] for h in hits[:len(expected)]} != expected:
+                problems.append(f"'disk full' found {[h['id'] for h in hits]}, not {sorted(expected)} first")
+            if not self.args.llm:  # a model's categories are its own: check the rule's
+                category = "release"
+                found = [m async for m in c.search_all(self.results, filter={"content.triage.category": category},
+                                                       fresh=True)]
+                want = sorted(f"r-{i:02d}" for i, r in enumerate(REPORTS) if triage_by_rule(r)["category"] == category)
+                log("searcher", f"category {category}: {sorted(m['id'] for m in found)}")
+                if sorted(m["id"] for m in found) != want:
+                    problems.append(f"category {category}: found {sorted(m['id'] for m in found)}, want {want}")
+        return problems
+
     async def watch_progress(self) -> None:
         async with self.client(2) as c:
             while True:
@@ -212,8 +237,9 @@ async def run(args: argparse.Namespace) -> int:
     agents = [fleet.worker(n) for n in range(1, args.workers + 1)] + [fleet.watch_progress()]
     if state is not None and not args.no_kill:
         agents.append(fleet.chaos(state))
+    searching = asyncio.ensure_future(fleet.searcher())
     await asyncio.wait_for(asyncio.gather(*agents), timeout=args.timeout_s)
-    problems = await check(fleet)
+    problems = await check(fleet) + await searching
     if fleet.killed is not None and state is not None:
         node = state["nodes"][fleet.killed]
         subprocess.run([sys.executable, "-m", "cli.main", "cluster", "restart", fleet.killed, "--data-dir",
