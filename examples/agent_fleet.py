@@ -12,14 +12,17 @@ Plain Python agents, each with its own client (and its own entry node):
   triage as a memory and complete the task with the claim's fence. A worker
   whose claim ran out (it stalled, or its node died) cannot complete it: the
   store refuses its stale fence, and the task goes back to the queue;
+- a watcher follows the triage memories as they are committed (a watch that
+  resumes by itself, from where it was, when its node dies);
 - a searcher recalls triaged reports by what they say (full-text search) and
   by their fields (a filter on the triage's category), across the shards;
 - chaos kills the node leading the task queue's shard (kill -9) halfway
   through, then restarts it at the end (`raftmem cluster restart`).
 
 At the end the example checks, through the store, that nothing was lost: every
-task done exactly once, one triage memory per report, the searcher's recall
-complete, and the restarted node's own replica holding all of them. It exits 1
+task done exactly once, one triage memory per report, the watcher told of each
+write once, the searcher's recall complete, and the restarted node's own
+replica holding all of them. It exits 1
 otherwise.
 """
 
@@ -39,7 +42,7 @@ from typing import Any
 
 import aiohttp
 
-from raftmem.client import AsyncClient, ClientError, Fenced, Indeterminate
+from raftmem.client import AsyncClient, ClientError, Fenced, Indeterminate, Progress
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = [
@@ -95,6 +98,7 @@ class Fleet:
         self.halfway = asyncio.Event()
         self.all_done = asyncio.Event()
         self.killed: str | None = None
+        self.watching = asyncio.Event()
 
     def client(self, i: int) -> AsyncClient:
         """Each agent enters the cluster through its own node."""
@@ -156,6 +160,35 @@ class Fleet:
         os.kill(pid, signal.SIGKILL)
         self.killed = victim
         log("chaos", f"kill -9 {victim} (pid {pid}), leader of the queue's shard {shard}; the fleet carries on")
+
+    async def watcher(self) -> list[str]:
+        """Told of every triage as it commits: each write once, in order per
+        shard, across the node's death (the watch resumes from its tokens)."""
+        seen: list[tuple[str, int]] = []
+        async with self.client(4) as c:
+            watch = c.watch(namespace=self.results, progress=True)
+            try:
+                async for change in watch:
+                    if isinstance(change, Progress):
+                        self.watching.set()  # from here on, nothing is missed
+                        if self.all_done.is_set() and len({i for i, _ in seen}) >= len(REPORTS):
+                            break
+                        continue
+                    seen.append((change.id, change.version or 0))
+                    log("watcher", f"{change.type} {change.id} v{change.version} at {change.token}: "
+                        f"{(change.record or {}).get('content', {}).get('triage', {}).get('category')}")
+                    if len({i for i, _ in seen}) == len(REPORTS):
+                        break
+            finally:
+                await watch.close()
+            log("watcher", f"told of {len(seen)} writes of {len({i for i, _ in seen})} triage memories "
+                f"(the stream resumed {watch.reconnects} time(s))")
+        problems = []
+        if len(set(seen)) != len(seen):
+            problems.append(f"the watcher was told of a write twice: {sorted(seen)}")
+        if {i for i, _ in seen} != {f"r-{i:02d}" for i in range(len(REPORTS))}:
+            problems.append(f"the watcher missed writes: it saw {sorted({i for i, _ in seen})}")
+        return problems
 
     async def searcher(self) -> list[str]:
         """Once the work is done: recall by text and by fields (fresh: every
@@ -233,13 +266,15 @@ async def run(args: argparse.Namespace) -> int:
     urls = [u.strip() for u in args.url.split(",")] if args.url else [n["url"] for n in state["nodes"].values()]
     fleet = Fleet(args, urls)
     log("fleet", f"{args.workers} workers, {len(REPORTS)} reports, namespace {fleet.ns}, nodes {', '.join(urls)}")
+    watching = asyncio.ensure_future(fleet.watcher())
+    await asyncio.wait_for(fleet.watching.wait(), timeout=args.timeout_s)
     await fleet.planner()
     agents = [fleet.worker(n) for n in range(1, args.workers + 1)] + [fleet.watch_progress()]
     if state is not None and not args.no_kill:
         agents.append(fleet.chaos(state))
     searching = asyncio.ensure_future(fleet.searcher())
     await asyncio.wait_for(asyncio.gather(*agents), timeout=args.timeout_s)
-    problems = await check(fleet) + await searching
+    problems = await check(fleet) + await searching + await asyncio.wait_for(watching, timeout=args.timeout_s)
     if fleet.killed is not None and state is not None:
         node = state["nodes"][fleet.killed]
         subprocess.run([sys.executable, "-m", "cli.main", "cluster", "restart", fleet.killed, "--data-dir",

@@ -58,7 +58,13 @@ by the replicas of the node asked (eventual: one created a moment ago may take
 a moment to show), ordered by their dotted names.
 
 **TTL** (`supports_ttl = True`): `PutOp.ttl` (minutes) becomes the memory's
-`ttl_s` (at least one second: the store refuses shorter).
+`ttl_s` (at least one second: the store refuses shorter), sliding as
+LangGraph's does (`ttl_refresh_on_read`: reads extend it) unless the store's
+`ttl={"refresh_on_read": False}`. raftmem counts a read by id as an access
+whatever `GetOp.refresh_ttl` says (it has no read that does not count), and a
+search is not one: with `refresh_ttl` (the default) the store reads the hits
+whose TTL slides, which extends them. Refreshes are coalesced: an expiry is
+extended once half its TTL has passed, within about a second of the read.
 
 **Deliberate differences** from LangGraph's `InMemoryStore` (checked by a
 differential test): `created_at` is when the item was first put (InMemoryStore
@@ -223,10 +229,11 @@ class _Core:
     """What both stores share: the calls a batch becomes and what their answers
     mean (sans I/O: `steps` yields calls, the store answers them)."""
 
-    def __init__(self, consistency: str, index: IndexConfig | None) -> None:
+    def __init__(self, consistency: str, index: IndexConfig | None, refresh_on_read: bool = True) -> None:
         if consistency not in CONSISTENCY_LEVELS:
             raise ValueError(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}, not {consistency!r}")
         self.consistency = consistency
+        self.refresh_on_read = refresh_on_read
         self.tokens = _Tokens()
         self.index = index
         self.embeddings: Embeddings | None = None
@@ -286,6 +293,8 @@ class _Core:
             body: dict[str, Any] = {"content": dict(op.value)}
             if op.ttl is not None:
                 body["ttl_s"] = op.ttl * SECONDS_PER_MINUTE
+                # LangGraph's TTL slides: reads extend it (unless the store's ttl config says not).
+                body["ttl_refresh_on_read"] = self.refresh_on_read
             if vectors and key in vectors:
                 body["embedding"] = vectors[key]
             ops.append({"op": "put", **target, "body": body})
@@ -324,6 +333,15 @@ class _Core:
         return {"consistency": "eventual"}
 
     def _search(self, op: SearchOp) -> Generator[Call, Any, list[SearchItem]]:
+        records = yield from self._found(op)
+        sliding = [r for r in records if r.get("ttl_refresh_on_read") and r.get("expires_at") is not None]
+        if op.refresh_ttl and sliding:
+            # A search is not an access; a read by id is: read the hits whose TTL slides.
+            yield Call("batch", ([{"op": "get", "namespace": r["namespace"], "id": r["id"],
+                                   "consistency": "eventual"} for r in sliding],))
+        return [search_item(r) for r in records]
+
+    def _found(self, op: SearchOp) -> Generator[Call, Any, list[dict[str, Any]]]:
         kw: dict[str, Any] = {**self._level(), "filter": translate_filter(op.filter) if op.filter else None}
         if op.query and self.embeddings is not None:
             kw["vector"] = [float(x) for x in (yield Call("embed_query", (op.query,)))]
@@ -332,7 +350,7 @@ class _Core:
         if op.namespace_prefix:
             page = yield Call("search", (), {**kw, "namespace_prefix": namespace_name(op.namespace_prefix),
                                              "limit": op.limit, "offset": op.offset})
-            return [search_item(r) for r in page.get("items") or ()]
+            return list(page.get("items") or ())
         # The whole store: a search under each root namespace, merged (scores are
         # comparable across searches: cosine for vectors; BM25 with each search's statistics).
         listed = yield Call("list_namespaces", (), {"max_depth": 1, "limit": NAMESPACES_PAGE_MAX})
@@ -344,7 +362,7 @@ class _Core:
             found.sort(key=lambda r: -float(r.get("score") or 0.0))
         else:
             found.sort(key=lambda r: (-int(r["updated_at"]), r["namespace"], r["id"]))
-        return [search_item(r) for r in found[op.offset: op.offset + op.limit]]
+        return found[op.offset: op.offset + op.limit]
 
     @staticmethod
     def _list(op: ListNamespacesOp) -> Generator[Call, Any, list[tuple[str, ...]]]:
@@ -420,7 +438,7 @@ class _Store(BaseStore):
     supports_ttl = True
 
     def __init__(self, consistency: Consistency, index: IndexConfig | None, ttl: TTLConfig | None) -> None:
-        self._core = _Core(consistency, index)
+        self._core = _Core(consistency, index, (ttl or {}).get("refresh_on_read", True))
         self.index_config = index
         self.ttl_config = ttl
 

@@ -28,11 +28,16 @@ through `raftmem.client` and imports nothing of the server.
   tool's `context` argument in another agent (another server) to continue it
   (causal consistency across agents).
 - **Resources**: `raftmem://memory/{namespace}/{id}` (the memory as JSON, read
-  as `memory_get` reads it).
+  as `memory_get` reads it) and `raftmem://namespaces` (a JSON list).
+- **Waiting for changes** (`memory_watch`) is a bounded long poll over the
+  watch API: it returns at the first changes (and what follows within 50 ms),
+  whole log entries only, with the tokens to continue from, so successive calls
+  see every change once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
@@ -59,6 +64,7 @@ from raftmem.client import (
     NotFound,
     Response,
     Unavailable,
+    WatchEvent,
     default_holder,
     parse_token,
 )
@@ -73,6 +79,9 @@ LIST_LIMIT_MAX = 1000  # the server's page limit
 WAIT_MS_MAX = 60_000
 SEARCH_LIMIT_MAX = 1000  # the server's
 NAMESPACES_RESOURCE_MAX = 1000  # GET /v1/namespaces' page limit
+WATCH_CHANGES_MAX = 100
+WATCH_GATHER_S = 0.05  # after the first change, what arrives this soon comes in the same answer
+HISTORY_LIMIT_MAX = 100
 NAME_PATTERN = r"^[A-Za-z0-9._:-]+$"
 # For this long after a write to a shard, the server's session reads of that
 # shard go to its leader (see Tools._read_level): ten default heartbeats.
@@ -197,6 +206,45 @@ class SearchResult(TypedDict):
 
 class NamespacesResult(TypedDict):
     namespaces: list[str]
+
+
+class Change(TypedDict):
+    """A committed change: `type` put, delete or expire; `record` the memory as
+    written (put) or as removed; `token` where it sits in its shard's log."""
+
+    type: str
+    namespace: str
+    id: str
+    version: int | None
+    prev_version: int | None
+    token: str
+    time_ms: int
+    record: dict[str, Any] | None
+
+
+class WatchResult(TypedDict):
+    changes: list[Change]
+    tokens: str | None
+    timed_out: bool
+
+
+@with_config(ConfigDict(extra="allow"))
+class Version(TypedDict):
+    """One version of a memory: `event` put, delete or expire, who wrote it
+    (`actor`), when (`time`), and its `value`."""
+
+    event: str
+    version: int | None
+    token: NotRequired[str]
+    time: NotRequired[int]
+    actor: NotRequired[str | None]
+    value: NotRequired[Any]
+
+
+class HistoryResult(TypedDict):
+    namespace: str
+    id: str
+    versions: list[Version]
 
 
 class DeleteResult(TypedDict):
@@ -328,6 +376,16 @@ def _lease_view(lease: Lease) -> LockResult:
             "ttl_ms": lease.ttl_ms, "if_fence": lease.if_fence}
 
 
+def _covered(changes: list[WatchEvent], positions: dict[int, int]) -> bool:
+    return all(positions.get(c.shard, -1) >= c.index for c in changes)
+
+
+def _change(event: WatchEvent) -> Change:
+    return {"type": event.type, "namespace": event.namespace, "id": event.id, "version": event.version,
+            "prev_version": event.prev_version, "token": event.token, "time_ms": event.time_ms,
+            "record": event.record}
+
+
 def _memory(body: Any) -> Memory:
     if not isinstance(body, dict):
         raise TypeError(f"the store answered {body!r} where a memory was expected")
@@ -398,6 +456,8 @@ class Tools:
         metadata: Annotated[dict[str, Any] | None, Field(description="Any JSON object of extra fields.")] = None,
         ttl_s: Annotated[float | None, Field(description="Delete it this many seconds after this write "
                                              "(at least 1).", ge=1)] = None,
+        ttl_sliding: Annotated[bool, Field(description="With ttl_s: every read extends it again (it expires "
+                                           "ttl_s after it was last read or written).")] = False,
         if_match: Annotated[int | None, Field(description="Write only if the memory is still at this "
                                               "version (compare-and-set; else 'precondition_failed').",
                                               ge=1)] = None,
@@ -412,7 +472,8 @@ class Tools:
         safe read-modify-write) and this server's causal `context`."""
         response = await self.client.put_raw(
             self._ns(namespace), id, content, agent_id=agent_id, kind=kind, tags=tags, metadata=metadata,
-            ttl_s=ttl_s, if_match=if_match, if_none_match=create_only, if_fence=if_fence,
+            ttl_s=ttl_s, ttl_refresh_on_read=ttl_sliding and ttl_s is not None, actor=agent_id, if_match=if_match,
+            if_none_match=create_only, if_fence=if_fence,
             context=self._continue(context),
         )
         self._wrote(response)
@@ -535,6 +596,70 @@ class Tools:
         """The namespaces that hold memories (dotted labels), in order. Served by the nearest
         replicas: one created a moment ago may take a moment to be listed."""
         return {"namespaces": await self.client.list_namespaces(prefix=prefix, max_depth=max_depth, limit=limit)}
+
+    # -- changes -----------------------------------------------------------------------------
+    async def memory_watch(
+        self,
+        namespace: Namespace = None,
+        namespace_prefix: Annotated[str | None, Field(
+            description="Watch this namespace and every namespace below it, instead of one namespace.",
+            pattern=NAME_PATTERN, max_length=128)] = None,
+        agent_id: Annotated[str | None, Field(description="Only changes to memories of this agent.")] = None,
+        tag: Annotated[str | None, Field(description="Only changes to memories with this tag.")] = None,
+        after: Annotated[str | None, Field(
+            description="The `tokens` of your previous memory_watch: continue exactly where it left off "
+            "(no change missed or repeated). Leave out to start from now.")] = None,
+        timeout_ms: Annotated[int, Field(description="How long to wait for a change, in ms.", ge=0,
+                                         le=WAIT_MS_MAX)] = 10_000,
+        max_changes: Annotated[int, Field(description="Return at most this many changes.", ge=1,
+                                          le=WATCH_CHANGES_MAX)] = 20,
+    ) -> WatchResult:
+        """Wait for the next changes to memories (puts, deletes, expiries), committed ones only,
+        in log order: returns as soon as some arrive, or with none (timed_out) after timeout_ms.
+        Call again with `after` set to the returned `tokens` to wait for the ones after those."""
+        where = {"namespace_prefix": namespace_prefix} if namespace_prefix else (
+            {"namespace": self._ns(namespace)} if namespace or self.namespace else {})
+        watch = self.client.watch(**where, agent_id=agent_id, tag=tag, after=after or None, progress=True,
+                                  outage_s=timeout_ms / 1000 + 1)
+        changes: list[WatchEvent] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        try:
+            while len(changes) < max_changes:
+                # The first change may take until the deadline; the rest of a burst, a moment.
+                wait_s = deadline - loop.time() if not changes else min(WATCH_GATHER_S, deadline - loop.time())
+                if wait_s <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(watch.__anext__(), wait_s)
+                except (TimeoutError, StopAsyncIteration):
+                    if changes and not _covered(changes, watch.positions):
+                        continue  # finish the log entry under way (its last event), then stop
+                    break
+                if isinstance(item, WatchEvent):
+                    changes.append(item)
+        finally:
+            await watch.close()
+        # Only whole log entries: those the tokens cover (the rest comes with the next call).
+        given = [c for c in changes if watch.positions.get(c.shard, -1) >= c.index]
+        return {"changes": [_change(c) for c in given], "tokens": watch.tokens or after or None,
+                "timed_out": not given}
+
+    async def memory_history(
+        self,
+        id: MemoryId,
+        namespace: Namespace = None,
+        consistency: Annotated[Literal["strong", "linearizable", "eventual"], Field(
+            description="'strong' (default): the shard leader's history, every write included; "
+            "'linearizable': the same, confirmed by a majority; 'eventual': the nearest replica's.")] = "strong",
+        limit: Annotated[int | None, Field(description="At most this many versions, newest first.", ge=1,
+                                           le=HISTORY_LIMIT_MAX)] = None,
+    ) -> HistoryResult:
+        """The last versions of a memory, newest first: each write (put), delete and expiry, with
+        its value, who wrote it and when. Fails with code 'not_found' when it has none."""
+        ns = self._ns(namespace)
+        versions = await self.client.history(ns, id, consistency=consistency, limit=limit)
+        return {"namespace": ns, "id": id, "versions": cast(list[Version], versions)}
 
     # -- locks ------------------------------------------------------------------------------
     async def lock_acquire(
@@ -673,6 +798,8 @@ TOOLS: dict[str, ToolAnnotations] = {
     "memory_get": READ_ONLY,
     "memory_list": READ_ONLY,
     "memory_delete": DELETE,
+    "memory_watch": READ_ONLY,
+    "memory_history": READ_ONLY,
     "memory_search": READ_ONLY,
     "namespace_list": READ_ONLY,
     "lock_acquire": WRITE,

@@ -36,7 +36,7 @@ from langgraph.store.base import (
 )
 from langgraph.store.memory import InMemoryStore
 
-from raftmem.integrations.langgraph import AsyncRaftmemStore, RaftmemStore
+from raftmem.integrations.langgraph import AsyncRaftmemStore, RaftmemStore, namespace_name
 
 from .cluster import Cluster, wait_for
 
@@ -300,6 +300,28 @@ def test_a_ttl_in_minutes_expires_the_item(store: RaftmemStore) -> None:
     assert store.get(("lg-ttl",), "brief") is not None
     wait_for(lambda: store.get(("lg-ttl",), "brief") is None, 20, "the item to expire")
     assert store.get(("lg-ttl",), "kept") is not None
+    # LangGraph's TTL slides with reads: so does the memory's (unless ttl={"refresh_on_read": False}).
+    store.put(("lg-ttl",), "sliding", {"v": 3}, ttl=60)
+    assert store.client.get("lg-ttl", "sliding")["ttl_refresh_on_read"] is True
+    with RaftmemStore(list(store.client.routes.node_urls.values()), ttl={"refresh_on_read": False}) as fixed:
+        fixed.put(("lg-ttl",), "fixed", {"v": 4}, ttl=60)
+    assert store.client.get("lg-ttl", "fixed").get("ttl_refresh_on_read") in (False, None)
+
+
+def test_a_search_with_refresh_ttl_reads_its_sliding_hits(store: RaftmemStore) -> None:
+    """A search is not an access in raftmem; with refresh_ttl the store reads
+    the hits whose TTL slides, which counts (and extends them)."""
+    ns = ("lg-slide", str(time.time_ns()))
+    store.put(ns, "s", {"text": "sliding note"}, ttl=60)
+    store.put(ns, "f", {"text": "fixed note"})
+
+    def accesses() -> dict[str, int]:  # a list is not an access either
+        return {m["id"]: m.get("access_count", 0) for m in store.client.list(namespace_name(ns))}
+
+    assert accesses() == {"s": 0, "f": 0}
+    assert {h.key for h in store.search(ns, query="note")} == {"s", "f"}
+    wait_for(lambda: accesses()["s"] >= 1, 10, "the sliding hit read")
+    assert accesses()["f"] == 0
 
 
 async def test_the_async_store_and_its_blocking_calls_from_another_thread(cluster: Cluster) -> None:

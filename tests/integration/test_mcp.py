@@ -231,6 +231,43 @@ async def test_an_agent_recalls_by_text_and_fields_and_finds_its_own_writes_at_o
         assert isinstance(contents, TextResourceContents) and ns in json.loads(contents.text)
 
 
+async def test_an_agent_waits_for_changes_and_reads_a_memorys_history(cluster: Cluster) -> None:
+    ns = f"mcp-feed-{time.time_ns()}"
+    async with _connected(cluster, namespace=ns) as watcher, _connected(cluster, namespace=ns) as writer:
+        idle = _ok(await watcher.call_tool("memory_watch", {"timeout_ms": 300}))
+        assert idle["timed_out"] and idle["changes"] == [] and idle["tokens"]  # where "now" was
+        _ok(await writer.call_tool("memory_put", {"id": "a", "content": 1, "agent_id": "w"}))
+        _ok(await writer.call_tool("memory_put", {"id": "a", "content": 2, "agent_id": "w"}))
+        _ok(await writer.call_tool("memory_put", {"id": "b", "content": 3, "tags": ["x"]}))
+        _ok(await writer.call_tool("memory_delete", {"id": "b"}))
+        seen: list[dict[str, Any]] = []
+        tokens = idle["tokens"]
+        while len(seen) < 4:
+            got = _ok(await watcher.call_tool("memory_watch", {"after": tokens, "timeout_ms": 5000,
+                                                               "max_changes": 1 if not seen else 20}))
+            assert not got["timed_out"], (seen, got)
+            seen += got["changes"]
+            tokens = got["tokens"]
+        # Each change once, in log order per shard (so per memory).
+        assert [(c["type"], c["version"]) for c in seen if c["id"] == "a"] == [("put", 1), ("put", 2)]
+        assert [(c["type"], c["version"]) for c in seen if c["id"] == "b"] == [("put", 1), ("delete", 1)]
+        assert len(seen) == 4 and [c["record"]["content"] for c in seen if c["id"] == "a"] == [1, 2]
+        quiet = _ok(await watcher.call_tool("memory_watch", {"after": tokens, "timeout_ms": 300}))
+        assert quiet["timed_out"] and quiet["changes"] == []  # nothing again, nothing twice
+
+        history = _ok(await writer.call_tool("memory_history", {"id": "a"}))
+        assert [(v["event"], v["version"], v["value"]) for v in history["versions"]] == [
+            ("put", 2, 2), ("put", 1, 1)]
+        assert history["versions"][0]["actor"] == "w"
+        gone = _ok(await writer.call_tool("memory_history", {"id": "b", "limit": 1}))
+        assert [v["event"] for v in gone["versions"]] == ["delete"]
+        assert _error(await writer.call_tool("memory_history", {"id": "never"}))["code"] == "not_found"
+
+        sliding = _ok(await writer.call_tool("memory_put", {"id": "s", "content": 1, "ttl_s": 60,
+                                                            "ttl_sliding": True}))
+        assert sliding["memory"]["ttl_refresh_on_read"] is True
+
+
 async def test_locks_fence_writes_and_tasks_are_claimed_once_through_the_tools(cluster: Cluster) -> None:
     async with _connected(cluster) as agent_a, _connected(cluster) as agent_b:
         lock = _ok(await agent_a.call_tool("lock_acquire", {"name": "deploy", "ttl_ms": 10_000}))

@@ -90,7 +90,8 @@ def test_ops_with_bad_labels_are_refused_before_anything_is_sent() -> None:
 
 def test_ttl_in_minutes_becomes_seconds_and_session_reads_carry_the_stores_tokens() -> None:
     core = _Core("session", None)
-    assert core.write_ops({(("a",), "k"): PutOp(("a",), "k", {}, ttl=1.5)})[0]["body"]["ttl_s"] == 90.0
+    body = core.write_ops({(("a",), "k"): PutOp(("a",), "k", {}, ttl=1.5)})[0]["body"]
+    assert body["ttl_s"] == 90.0 and body["ttl_refresh_on_read"] is True
     assert "after" not in core.get_ops([(0, GetOp(("a",), "k"))])[0]
     core.tokens.observe("2:40")
     core.tokens.observe("2:30")
