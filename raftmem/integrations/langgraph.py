@@ -18,7 +18,8 @@ outside `[A-Za-z0-9_-]` (and `.` in keys) is written `:XX` per UTF-8 byte
 (`:` is the escape), reversibly, so labels with spaces, `@` or any Unicode work
 and label boundaries stay dots. Encoded, a namespace must fit the cluster's
 `limits.namespace_chars_max` (128) and a key `id_chars_max` (256); an empty key is
-refused.
+refused. A memory whose content is not an object (written by another client)
+reads as the value `{"content": <it>}`.
 
 **Consistency** (constructor argument `consistency`, the level of `get`):
 
