@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, TypedDict
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from langgraph.graph import END, START, StateGraph
 from langgraph.store.base import (
@@ -203,7 +203,14 @@ def test_semantic_search_ranks_as_langgraphs_in_memory_store(cluster: Cluster, s
             rooted = [_rooted(op, root) for op in batch]
             full = {i: reference.batch([op._replace(limit=10_000, offset=0)])[0]
                     for i, op in enumerate(rooted) if isinstance(op, SearchOp)}
-            reference.batch(rooted)
+            try:
+                reference.batch(rooted)
+            except ValueError as e:
+                # InMemoryStore embeds each distinct text once, then counts vectors against items:
+                # two items with the same text in one batch break it. Not a case to compare.
+                if "does not match number of indices" in str(e):
+                    reject()
+                raise
             for i, mine in enumerate(s.batch(rooted)):
                 if i not in full:
                     continue
