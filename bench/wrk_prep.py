@@ -1,7 +1,7 @@
 """Prepare bench/wrk_compare.sh's load: write the keyspace into both clusters and
 the request files that bench/wrk/requests.lua replays.
 
-    python bench/wrk_prep.py --raftmem URL --etcd URL,URL,URL --out DIR [--keys N] [--value-bytes N]
+    python bench/wrk_prep.py --raftmem URL [--etcd URL,URL,URL] --out DIR [--keys N] [--value-bytes N]
 
 The keys and values are `raftmem bench`'s (namespace "bench", ids k00000000...,
 200-byte values), so the two benchmarks measure the same data. For raftmem, each
@@ -116,7 +116,7 @@ def prep_etcd(urls: list[str], keys: int, value: str, out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--raftmem", required=True, help="one raftmem node's API")
-    parser.add_argument("--etcd", required=True, help="the etcd members' client URLs, comma-separated")
+    parser.add_argument("--etcd", help="the etcd members' client URLs, comma-separated (none: raftmem only)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--keys", type=int, default=1000)
     parser.add_argument("--value-bytes", type=int, default=200)
@@ -124,7 +124,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     value = "x" * args.value_bytes
     prep_raftmem(args.raftmem.rstrip("/"), args.keys, value, args.out)
-    prep_etcd([u.rstrip("/") for u in args.etcd.split(",")], args.keys, value, args.out)
+    if args.etcd:
+        prep_etcd([u.rstrip("/") for u in args.etcd.split(",")], args.keys, value, args.out)
     return 0
 
 
