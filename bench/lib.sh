@@ -199,10 +199,13 @@ pids_arg_raftmem() {
     echo "${out%,}"
 }
 
-# start_raftmem: `raftmem cluster up` in $RM_DIR, ready, leaders balanced.
+# start_raftmem: `raftmem cluster up` in $RM_DIR (with RM_SET's settings), ready, leaders balanced.
 start_raftmem() {
-    local up_pid deadline pids i
-    (cd "$REPO" && "$PYTHON" -m cli.main cluster up --data-dir "$RM_DIR" --detach >"$WORK/logs/raftmem-up.log" 2>&1) &
+    local up_pid deadline pids i setting sets=()
+    # RM_SET: settings for the nodes' config, space-separated (limits.relay_in_flight_max=0 ...)
+    for setting in ${RM_SET:-}; do sets+=(--set "$setting"); done
+    (cd "$REPO" && "$PYTHON" -m cli.main cluster up --data-dir "$RM_DIR" --detach "${sets[@]}" \
+        >"$WORK/logs/raftmem-up.log" 2>&1) &
     up_pid=$!
     # Record the node pids as soon as they exist, so the trap can stop them even if
     # `cluster up` fails or is interrupted while waiting for readiness.

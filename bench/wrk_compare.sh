@@ -13,7 +13,8 @@
 # Environment: PYTHON (an interpreter with raftmem installed; default python3),
 # PAIRS (3), CONNS (11 connections per node or member: 33 in all, like 32 clients),
 # KEYS (1000), VALUE_BYTES (200), OUT (default bench/results/wrk-compare-<time>),
-# KEEP_WORK=1 to keep the clusters' data and logs.
+# KEEP_WORK=1 to keep the clusters' data and logs, RM_SET="section.key=value ..." to change
+# raftmem's config (e.g. limits.relay_in_flight_max=0: forwarded writes as HTTP requests).
 #
 # 1. Installs etcd-server and wrk with apt-get when missing.
 # 2. Starts a 3-member etcd and a 3-node raftmem (fsync always, leaders balanced),

@@ -237,6 +237,20 @@ class Supervisor:
         print("stopped every node.", file=self.out, flush=True)
 
 
+def _set(cfg: dict[str, Any], setting: str) -> None:
+    """`section.key=value` into the config (the value read as YAML: 0, false, [a, b])."""
+    path, sep, raw = setting.partition("=")
+    keys = path.split(".")
+    if not sep or not all(keys):
+        raise ValueError("give it as section.key=value, e.g. limits.relay_in_flight_max=0")
+    node = cfg
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"{key} is not a section")
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
 def _up(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -255,6 +269,12 @@ def _up(args: argparse.Namespace) -> int:
                 return 2
     else:
         cfg = local_config(args.nodes or 3, args.shards or 8, str(data_dir), args.http_port_base, args.raft_port_base)
+    for setting in args.set or ():
+        try:
+            _set(cfg, setting)
+        except ValueError as e:
+            print(f"raftmem: --set {setting}: {e}", file=sys.stderr)
+            return 2
     # --data-dir is where the data goes, whatever the config file says.
     cfg.setdefault("storage", {})["data_dir"] = str(data_dir)
     config_path = data_dir / "cluster.yaml"
@@ -413,6 +433,9 @@ def add_parsers(sub: Any) -> None:
     up.add_argument("--auto-restart", action="store_true",
                     help="restart a node that died, after a back-off (1 s, doubling to 30 s)")
     up.add_argument("--detach", action="store_true", help="leave the nodes running, with no supervisor")
+    up.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                    help="change one setting of the config (repeatable; the value is YAML), "
+                         "e.g. --set limits.relay_in_flight_max=0")
     up.set_defaults(func=_up)
     restart = csub.add_parser("restart", help="start a node of a local cluster again (or restart a live one)")
     restart.add_argument("node")

@@ -37,18 +37,21 @@ from .service import (
     FORWARD_HOPS_MAX,
     FORWARDED_HEADER,
     INTERNAL_BATCH_PATH,
+    RELAY_PATH,
     Call,
     FileBody,
     ForwardLost,
     ForwardNotSent,
     MemoryService,
     Reply,
+    error_reply,
     with_context,
 )
 
 log = logging.getLogger(__name__)
 
-PASS_HEADERS = ("ETag", "Retry-After", "Idempotent-Replayed", "Content-Disposition")
+# Passed back from a forward (compared without case: aiohttp's client gives "Etag").
+PASS_HEADERS = frozenset(h.lower() for h in ("ETag", "Retry-After", "Idempotent-Replayed", "Content-Disposition"))
 STREAM_CHUNK_BYTES = 1 << 20
 # A snapshot download between nodes fails when no byte arrives for this long.
 DOWNLOAD_STALL_S = 60.0
@@ -81,14 +84,7 @@ def _json_response(
 
 
 def _error_response(error: RaftmemError, headers: dict[str, str] | None = None) -> web.Response:
-    headers = dict(headers or {})
-    retry_after = getattr(error, "retry_after_s", None)
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
-    challenge = getattr(error, "www_authenticate", None)
-    if challenge is not None:
-        headers["WWW-Authenticate"] = challenge
-    return _json_response(error.status, error.body(), headers)
+    return _reply(error_reply(error, headers))
 
 
 def _error_to_response(request: web.Request, exc: Exception) -> web.Response:
@@ -231,7 +227,8 @@ class HttpForwarder:
                 timeout=timeout,
                 trace_request_ctx=sent,
             ) as resp:
-                out = {k: v for k, v in resp.headers.items() if k.startswith("X-Raftmem-") or k in PASS_HEADERS}
+                out = {k: v for k, v in resp.headers.items()
+                       if k.lower().startswith("x-raftmem-") or k.lower() in PASS_HEADERS}
                 ctype = resp.content_type or "application/json"
                 if call.download is not None and resp.status == 200:
                     with open(call.download, "wb") as f:
@@ -444,6 +441,9 @@ class Api:
     async def batch(self, request: web.Request) -> web.Response:
         return await self._memories(_call(request, await _body(request)), self.service.batches.batch, batch=True)
 
+    async def relayed(self, request: web.Request) -> web.Response:
+        return _reply(await self.service.memories.relayed(_call(request, await _body(request))))
+
     async def internal_batch(self, request: web.Request) -> web.Response:
         return _reply(await self.service.batches.internal(_call(request, await _body(request))))
 
@@ -637,6 +637,7 @@ def build_app(
     r.add_get("/v1/internal/shards/{shard}/list/{namespace}", api.list_shard)
     r.add_post("/v1/batch", api.batch)
     r.add_post(INTERNAL_BATCH_PATH, api.internal_batch)
+    r.add_post(RELAY_PATH, api.relayed)
     r.add_post("/v1/locks/{namespace}/{name}", api.lock_acquire)
     r.add_get("/v1/locks/{namespace}/{name}", api.lock_show)
     r.add_delete("/v1/locks/{namespace}/{name}", api.lock_release)

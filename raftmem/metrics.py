@@ -77,6 +77,10 @@ class _ShardCollector:
             yield GaugeMetricFamily("raftmem_node_block_cache_budget_bytes", "storage.block_cache_bytes", value=self.budget.block_cache_bytes)
         waiters = self.service.waiters
         yield GaugeMetricFamily("raftmem_coordination_waiters", "Lock acquisitions and task claims waiting here (coordination.waiters_max)", value=waiters.waiting())
+        relay = self.service.relay.stats
+        yield CounterMetricFamily("raftmem_relay_requests", "Requests carrying single writes to their leader's "
+                                  "node (limits.relay_in_flight_max)", value=relay.requests)
+        yield CounterMetricFamily("raftmem_relay_writes", "Single writes those requests carried", value=relay.writes)
         yield CounterMetricFamily("raftmem_coordination_waits_served", "Waiting acquisitions and claims that got their lock or task", value=waiters.served)
         yield CounterMetricFamily("raftmem_coordination_given_back", "Locks released and tasks requeued because their waiter disconnected while its proposal was in the log", value=waiters.gave_back)
         for replica in self.service.router.shards.values():

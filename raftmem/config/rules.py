@@ -128,6 +128,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"limits.{name}: must be in [100, 3600000]")
     if not 1 <= lim.list_page_max <= 10000:
         raise ConfigError("limits.list_page_max: must be in [1, 10000]")
+    if not 0 <= lim.relay_in_flight_max <= 64:
+        raise ConfigError("limits.relay_in_flight_max: must be in [0, 64]")
     if lim.entries_in_flight_max < 1:
         raise ConfigError("limits.entries_in_flight_max: must be at least 1")
     if not 0 <= lim.group_commit_linger_ms <= 1000:

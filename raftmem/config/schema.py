@@ -148,6 +148,11 @@ class LimitsConfig:
     # connection idle between requests is closed after idle_timeout_ms.
     # Operations of client batches a node plans and runs at once; past it, 429.
     batch_ops_in_flight_max: int = 8 * BATCH_OPS_MAX
+    # Single writes reaching a node that does not lead their shard go to the
+    # leader's node as commands, several per request, with at most this many
+    # requests under way per node (raftmem/service/relay.py); 0: each is
+    # forwarded as an HTTP request of its own.
+    relay_in_flight_max: int = 2
     connections_max: int = 4096
     header_timeout_ms: int = 10_000
     body_timeout_ms: int = 30_000

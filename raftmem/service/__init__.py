@@ -10,6 +10,7 @@ by the Shard port (raftmem.shard). One module per concern:
     leaders     Router: who leads a shard, run a call there (or forward it)
     outcomes    the one mapping of command outcomes to HTTP
     memories    put, create, delete (typed commands)
+    relay       those writes carried to their leader's node as commands, several per request
     batches     many operations, one log entry per shard, one request per leader node
     queries     get and list (the read protocol itself is raftmem.reads)
     search      POST /v1/search over the shards' derived indexes
@@ -49,6 +50,7 @@ from .calls import (
     ForwardLost,
     ForwardNotSent,
     Reply,
+    error_reply,
     with_context,
 )
 from .history import Histories
@@ -59,6 +61,7 @@ from .membership import Membership
 from .memories import TIME_KEY_RE, Memories
 from .queries import Queries
 from .recall import Recall
+from .relay import RELAY_PATH, Relay
 from .search import Search
 from .status import Status
 from .tasks import Tasks
@@ -67,7 +70,7 @@ from .waiters import Waiters
 from .watch import Watches
 
 __all__ = [
-    "CONTEXT_HEADER", "INTERNAL_BATCH_PATH", "with_context",
+    "CONTEXT_HEADER", "INTERNAL_BATCH_PATH", "RELAY_PATH", "error_reply", "with_context",
     "FORWARDED_HEADER", "FORWARD_HEADERS", "FORWARD_HOPS_MAX", "SCRATCH_DIR", "SNAPSHOT_CONTENT_TYPE",
     "TIME_KEY_RE", "Call", "FileBody", "ForwardLost", "ForwardNotSent", "Forwarder", "MemoryService", "Reply",
 ]
@@ -95,7 +98,9 @@ class MemoryService:
         self.queries = Queries(config, self.router, clock)
         self.search = Search(config, self.router, clock, indexes)
         self.recall = Recall(config, self.router, clock, indexes, self.search.barrier)
-        self.memories = Memories(config, self.router, clock, hooks=self.recall if indexes is not None else None)
+        self.relay = Relay(config.limits, forwarder)
+        self.memories = Memories(config, self.router, clock, hooks=self.recall if indexes is not None else None,
+                                 relay=self.relay)
         self.batches = Batches(config, self.router, self.queries, clock,
                                hooks=self.recall if indexes is not None else None)
         self.transfers = Transfers(config, self.router, clock)

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from ..errors import RaftmemError
 from ..validation import format_tokens
 
 FORWARDED_HEADER = "X-Raftmem-Forwarded"
@@ -63,6 +64,18 @@ class Reply:
 
     def json(self) -> Any:
         return orjson.loads(self.body) if isinstance(self.body, bytes | bytearray) else self.body
+
+
+def error_reply(error: RaftmemError, headers: dict[str, str] | None = None) -> Reply:
+    """An error as its answer: the status, the body and the headers it implies."""
+    headers = dict(headers or {})
+    retry_after = getattr(error, "retry_after_s", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    challenge = getattr(error, "www_authenticate", None)
+    if challenge is not None:
+        headers["WWW-Authenticate"] = challenge
+    return Reply(error.status, error.body(), headers)
 
 
 class ForwardNotSent(Exception):

@@ -66,11 +66,14 @@ class Router:
         local: Callable[[Shard], Awaitable[Reply]],
         is_write: bool,
         timeout_s: float | None = None,
+        relay: Callable[[str, float], Awaitable[Reply]] | None = None,
     ) -> Reply:
         """Run `local` where this node leads `shard`, else forward `call` to the
         leader; wait a little for an election, retry a proposal that a leadership
         change rejected (it certainly did not happen). `timeout_s`: for calls
-        that may wait at the leader (a lock, a task), longer than a write's."""
+        that may wait at the leader (a lock, a task), longer than a write's.
+        `relay(leader, timeout_s)`: how to send it there instead of forwarding
+        `call` (a write's command, relayed)."""
         if timeout_s is None:
             timeout_s = (self.limits.write_timeout_ms if is_write else self.limits.read_timeout_ms) / 1000
         deadline = time.monotonic() + timeout_s
@@ -84,7 +87,10 @@ class Router:
                         raise
             elif leader is not None and call.hops < FORWARD_HOPS_MAX:
                 try:
-                    return await self.forwarder.forward(leader, call, max(0.1, deadline - time.monotonic()) + 1)
+                    remaining = max(0.1, deadline - time.monotonic()) + 1
+                    if relay is not None:
+                        return await relay(leader, remaining)
+                    return await self.forwarder.forward(leader, call, remaining)
                 except ForwardNotSent:
                     if time.monotonic() >= deadline:
                         raise NoLeader(f"shard {shard}: leader {leader} unreachable", shard=shard) from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Awaitable
 from typing import Protocol
 
 from .. import validation as v
@@ -18,6 +19,7 @@ from ..shardhash import colocated_id
 from .calls import FORWARD_HEADERS, Call, Reply
 from .leaders import Router
 from .outcomes import write_reply
+from .relay import RELAY_PATH, RELAYED, Relay
 
 # An idempotency key that starts with a 13-digit millisecond time.
 TIME_KEY_RE = re.compile(r"(\d{13})-")
@@ -75,13 +77,15 @@ class WriteHooks(Protocol):
 
 
 class Memories:
-    def __init__(self, config: Config, router: Router, clock: Clock, hooks: WriteHooks | None = None) -> None:
+    def __init__(self, config: Config, router: Router, clock: Clock, hooks: WriteHooks | None = None,
+                 relay: Relay | None = None) -> None:
         self.config = config
         self.router = router
         self.clock = clock
         self.limits = config.limits
         self.node_id = router.node_id
         self.hooks = hooks
+        self.relay = relay
 
     async def write(self, shard: int, command: Command, call: Call) -> Reply:
         """Propose `command` at `shard`'s leader (here or forwarded)."""
@@ -97,7 +101,22 @@ class Memories:
                 await self.hooks.settle(shard, final, done)
             return write_reply(self.node_id, shard, done)
 
-        return await self.router.on_leader(shard, call, local, is_write=True)
+        relay = self.relay
+        if relay is None or not isinstance(command, RELAYED) or not (relay.enabled or call.path == RELAY_PATH):
+            # Forwarded as the HTTP request it came as (a relayed write has no
+            # request left to forward: it is relayed on whatever the setting).
+            return await self.router.on_leader(shard, call, local, is_write=True)
+
+        def send(leader: str, timeout_s: float) -> Awaitable[Reply]:
+            assert relay is not None
+            return relay.send(leader, shard, command, call.hops, timeout_s)
+
+        return await self.router.on_leader(shard, call, local, is_write=True, relay=send)
+
+    async def relayed(self, call: Call) -> Reply:
+        """Writes relayed here by the node that received them."""
+        assert self.relay is not None
+        return await self.relay.receive(call, self.write)
 
     def _fence(self, ns: str, mid: str, call: Call) -> Fence | None:
         return checked_fence(self.router, self.limits, ns, mid, call.header("If-Fence"))
