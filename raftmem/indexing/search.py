@@ -18,15 +18,19 @@ The graph ranks by cosine; `dot` and `l2` re-rank its candidates exactly.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ..textindex import Hit, Restriction, bm25_idf
 from .filters import TRUE, Node, Pushdown, matches
 from .replica import ReplicaIndex
+
+T = TypeVar("T")
 
 ROUNDS_MAX = 5
 EXACT_CANDIDATES_MAX = 5000
@@ -35,6 +39,25 @@ ORDER_FIELDS = {"updated_at": "updated", "created_at": "created"}
 
 # Fetch live records by (namespace, id) from the replica's state: None where gone.
 Records = Callable[[Sequence[tuple[str, str]]], Awaitable[list[dict[str, Any] | None]]]
+
+
+class Timings:
+    """Where one search's time went, by stage, in ms (a stage that ran in
+    several shards at once is summed over them): sent back as Server-Timing."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - started) * 1000
+
+    def header(self) -> str:
+        return ", ".join(f"{name};dur={ms:.2f}" for name, ms in self.ms.items())
 
 
 @dataclass
@@ -50,6 +73,7 @@ class ShardQuery:
     order_by: str = "score"  # or updated_at / created_at
     descending: bool = True
     need: int = 10
+    timings: Timings = field(default_factory=Timings)
 
     def restriction(self, with_vector: bool = False) -> Restriction:
         return Restriction(
@@ -93,10 +117,17 @@ async def _keep(q: ShardQuery, keys: Sequence[tuple[str, float | None]], records
     seen.update(k for k, _ in fresh)
     pairs = [_split(k) for k, _ in fresh]
     allowed = [(p, s) for p, (_k, s) in zip(pairs, fresh, strict=True) if q.allows_namespace(p[0])]
-    recs = await records([p for p, _ in allowed])
+    with q.timings.stage("records"):
+        recs = await records([p for p, _ in allowed])
     for (_p, score), rec in zip(allowed, recs, strict=True):
         if rec is not None and matches(q.filter, rec):
             out.append(Found(rec, score))
+
+
+async def _engine(q: ShardQuery, stage: str, fn: Callable[..., T], *args: Any) -> T:
+    """An engine call (tantivy, usearch), timed as `stage`."""
+    with q.timings.stage(stage):
+        return await asyncio.to_thread(fn, *args)
 
 
 async def text_search(index: ReplicaIndex, q: ShardQuery, records: Records) -> tuple[list[Found], bool]:
@@ -107,8 +138,8 @@ async def text_search(index: ReplicaIndex, q: ShardQuery, records: Records) -> t
     out: list[Found] = []
     seen: set[str] = set()
     for _round in range(ROUNDS_MAX):
-        hits: list[Hit] = await asyncio.to_thread(
-            text.search, q.restriction(), q.terms, limit, order, q.descending)
+        hits: list[Hit] = await _engine(q, "tantivy", text.search, q.restriction(), q.terms, limit, order,
+                                        q.descending)
         await _keep(q, [(h.key, h.score if order is None and q.terms else None) for h in hits], records, out, seen)
         if len(out) >= q.need or len(hits) < limit:
             return out[: q.need], len(hits) < limit
@@ -124,13 +155,13 @@ async def vector_search(index: ReplicaIndex, q: ShardQuery, records: Records) ->
         return [], True
     query = np.asarray(q.vector, dtype=np.float32)
     restriction = q.restriction(with_vector=True)
-    candidates = await asyncio.to_thread(text.count, restriction)
+    candidates = await _engine(q, "tantivy", text.count, restriction)
     out: list[Found] = []
     seen: set[str] = set()
     if candidates <= EXACT_CANDIDATES_MAX:
-        hits = await asyncio.to_thread(text.search, restriction, [], candidates or 1, "updated", True)
+        hits = await _engine(q, "tantivy", text.search, restriction, [], candidates or 1, "updated", True)
         by_vkey = {h.vkey: h.key for h in hits if h.vkey is not None}
-        ranked = await asyncio.to_thread(vectors.exact, query, list(by_vkey), q.metric)
+        ranked = await _engine(q, "usearch", vectors.exact, query, list(by_vkey), q.metric)
         step = max(CANDIDATES_MIN, q.need * 2)
         for start in range(0, len(ranked), step):
             chunk = [(by_vkey[k], s) for k, s in ranked[start:start + step]]
@@ -141,10 +172,10 @@ async def vector_search(index: ReplicaIndex, q: ShardQuery, records: Records) ->
     count = max(CANDIDATES_MIN, q.need * 4)
     total = len(vectors)
     for _round in range(ROUNDS_MAX):
-        near = await asyncio.to_thread(vectors.search, query, count)
+        near = await _engine(q, "usearch", vectors.search, query, count)
         if q.metric != "cosine":
-            near = await asyncio.to_thread(vectors.exact, query, [k for k, _ in near], q.metric)
-        keys = await asyncio.to_thread(text.resolve, [k for k, _ in near])
+            near = await _engine(q, "usearch", vectors.exact, query, [k for k, _ in near], q.metric)
+        keys = await _engine(q, "tantivy", text.resolve, [k for k, _ in near])
         await _keep(q, [(keys[k], s) for k, s in near if k in keys], records, out, seen)
         out.sort(key=lambda f: -(f.score or 0.0))
         if len(out) >= q.need or count >= total:
