@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..textindex import Hit, Restriction, bm25_idf
+from ..textindex import Hit, Restriction, TextIndex, bm25_idf
+from ..vectorindex import VectorIndex
 from .filters import TRUE, Node, Pushdown, matches
 from .replica import ReplicaIndex
 
@@ -35,6 +36,7 @@ T = TypeVar("T")
 ROUNDS_MAX = 5
 EXACT_CANDIDATES_MAX = 5000
 CANDIDATES_MIN = 20
+HYDRATE_CHUNK_MIN = 10  # candidates read from the store at a time
 ORDER_FIELDS = {"updated_at": "updated", "created_at": "created"}
 
 # Fetch live records by (namespace, id) from the replica's state: None where gone.
@@ -111,21 +113,29 @@ def _split(key: str) -> tuple[str, str]:
 
 
 async def _keep(q: ShardQuery, keys: Sequence[tuple[str, float | None]], records: Records,
-                out: list[Found], seen: set[str]) -> None:
-    """Hydrate candidates, keep those the filter and the namespace scope accept."""
+                out: list[Found], seen: set[str], until: int | None = None) -> None:
+    """Hydrate candidates, keep those the filter and the namespace scope accept;
+    with `until`, in chunks, stopping once `out` holds that many (the
+    candidates come best first: the rest could only rank below them)."""
     fresh = [(k, s) for k, s in keys if k not in seen]
-    seen.update(k for k, _ in fresh)
-    pairs = [_split(k) for k, _ in fresh]
-    allowed = [(p, s) for p, (_k, s) in zip(pairs, fresh, strict=True) if q.allows_namespace(p[0])]
-    with q.timings.stage("records"):
-        recs = await records([p for p, _ in allowed])
-    for (_p, score), rec in zip(allowed, recs, strict=True):
-        if rec is not None and matches(q.filter, rec):
-            out.append(Found(rec, score))
+    step = max(HYDRATE_CHUNK_MIN, q.need) if until is not None else max(1, len(fresh))
+    for start in range(0, len(fresh), step):
+        chunk = fresh[start:start + step]
+        seen.update(k for k, _ in chunk)
+        pairs = [_split(k) for k, _ in chunk]
+        allowed = [(p, s) for p, (_k, s) in zip(pairs, chunk, strict=True) if q.allows_namespace(p[0])]
+        with q.timings.stage("records"):
+            recs = await records([p for p, _ in allowed])
+        for (_p, score), rec in zip(allowed, recs, strict=True):
+            if rec is not None and matches(q.filter, rec):
+                out.append(Found(rec, score))
+        if until is not None and len(out) >= until:
+            return
 
 
 async def _engine(q: ShardQuery, stage: str, fn: Callable[..., T], *args: Any) -> T:
-    """An engine call (tantivy, usearch), timed as `stage`."""
+    """Engine work (tantivy, usearch) on a thread, timed as `stage`: one hop
+    per shard and round, whatever the calls inside."""
     with q.timings.stage(stage):
         return await asyncio.to_thread(fn, *args)
 
@@ -140,7 +150,10 @@ async def text_search(index: ReplicaIndex, q: ShardQuery, records: Records) -> t
     for _round in range(ROUNDS_MAX):
         hits: list[Hit] = await _engine(q, "tantivy", text.search, q.restriction(), q.terms, limit, order,
                                         q.descending)
-        await _keep(q, [(h.key, h.score if order is None and q.terms else None) for h in hits], records, out, seen)
+        # Each round's hits begin with the previous round's (same query, more
+        # of it): stopping at `need` survivors keeps exactly the best.
+        await _keep(q, [(h.key, h.score if order is None and q.terms else None) for h in hits], records, out, seen,
+                    until=q.need)
         if len(out) >= q.need or len(hits) < limit:
             return out[: q.need], len(hits) < limit
         limit *= 4
@@ -155,33 +168,49 @@ async def vector_search(index: ReplicaIndex, q: ShardQuery, records: Records) ->
         return [], True
     query = np.asarray(q.vector, dtype=np.float32)
     restriction = q.restriction(with_vector=True)
-    candidates = await _engine(q, "tantivy", text.count, restriction)
     out: list[Found] = []
     seen: set[str] = set()
-    if candidates <= EXACT_CANDIDATES_MAX:
-        hits = await _engine(q, "tantivy", text.search, restriction, [], candidates or 1, "updated", True)
-        by_vkey = {h.vkey: h.key for h in hits if h.vkey is not None}
-        ranked = await _engine(q, "usearch", vectors.exact, query, list(by_vkey), q.metric)
-        step = max(CANDIDATES_MIN, q.need * 2)
-        for start in range(0, len(ranked), step):
-            chunk = [(by_vkey[k], s) for k, s in ranked[start:start + step]]
-            await _keep(q, chunk, records, out, seen)
-            if len(out) >= q.need:
-                break
-        return out[: q.need], True
     count = max(CANDIDATES_MIN, q.need * 4)
-    total = len(vectors)
     for _round in range(ROUNDS_MAX):
-        near = await _engine(q, "usearch", vectors.search, query, count)
-        if q.metric != "cosine":
-            near = await _engine(q, "usearch", vectors.exact, query, [k for k, _ in near], q.metric)
-        keys = await _engine(q, "tantivy", text.resolve, [k for k, _ in near])
-        await _keep(q, [(keys[k], s) for k, s in near if k in keys], records, out, seen)
+        # Candidates come best first; an exact ranking's rounds extend the
+        # previous one, as does a graph's first round: the first `need`
+        # survivors are the answer, and only the first few candidates are
+        # resolved to documents at once. A later graph round mixes with what
+        # earlier ones kept: all of it is read.
+        chunked = q.need if not out else None
+        first = max(HYDRATE_CHUNK_MIN, q.need) if chunked else count
+        exact, done, ranked, rest = await _engine(q, "vectors", _nearest, text, vectors, query, restriction,
+                                                  q.metric, count, first)
+        if exact:
+            chunked = q.need
+        await _keep(q, ranked, records, out, seen, until=chunked)
+        if rest and (chunked is None or len(out) < chunked):
+            keys = await _engine(q, "vectors", text.resolve, [k for k, _ in rest])
+            await _keep(q, [(keys[k], s) for k, s in rest if k in keys], records, out, seen, until=chunked)
         out.sort(key=lambda f: -(f.score or 0.0))
-        if len(out) >= q.need or count >= total:
-            return out[: q.need], count >= total
-        count = min(total, count * 4)
+        if len(out) >= q.need or done:
+            return out[: q.need], exact or done
+        count *= 4
     return out[: q.need], False
+
+
+def _nearest(text: TextIndex, vectors: VectorIndex, query: np.ndarray, restriction: Restriction, metric: str,
+             count: int, first: int) -> tuple[bool, bool, list[tuple[str, float | None]], list[tuple[int, float]]]:
+    """(exact, no more candidates, the first `first` of the best `count`
+    candidates as document keys and scores, the rest as vector keys): exact
+    over the stored vectors of at most EXACT_CANDIDATES_MAX candidates, else
+    from the graph."""
+    candidates = text.count(restriction)
+    if candidates <= EXACT_CANDIDATES_MAX:
+        near = vectors.exact(query, text.vkeys(restriction, candidates), metric)[:count]
+        exact, done = True, count >= candidates
+    else:
+        near = vectors.search(query, count)
+        if metric != "cosine":
+            near = vectors.exact(query, [k for k, _ in near], metric)
+        exact, done = False, count >= len(vectors)
+    keys = text.resolve([k for k, _ in near[:first]])
+    return exact, done, [(keys[k], s) for k, s in near[:first] if k in keys], near[first:]
 
 
 async def shard_search(index: ReplicaIndex, q: ShardQuery, records: Records) -> ShardResult:

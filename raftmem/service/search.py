@@ -390,7 +390,7 @@ class Search:
             text = index.text
             assert text is not None
             with r.timings.stage("tantivy"):
-                docs, dfs = await asyncio.to_thread(text.term_stats, r.tokens)
+                docs, dfs = text.term_stats(r.tokens)  # a dictionary lookup per term: on the loop
             return {"docs": docs, "dfs": dfs, "reference": reference}
         # With query terms, the stats phase waited already (everything through
         # its reference is visible now).
@@ -403,8 +403,10 @@ class Search:
 
         async def records(keys: Sequence[tuple[str, str]]) -> list[dict[str, Any] | None]:
             recs, _ = await shard.read("eventual", lambda st: [st.get(ns, mid, now) for ns, mid in keys])
-            return [None if rec is None else public(rec, shard_id) | ({"emb": rec["emb"]} if "emb" in rec else {})
-                    for rec in recs]
+            # The packed embedding only when asked for (a quarter of the record's bytes).
+            keep_emb = r.with_embedding
+            return [None if rec is None else public(rec, shard_id) | (
+                {"emb": rec["emb"]} if keep_emb and "emb" in rec else {}) for rec in recs]
 
         result = await shard_search(index, self._shard_query(r, boosts), records)
         lag_entries, lag_ms = index.lag()
