@@ -192,9 +192,13 @@ async def vector_search(index: ReplicaIndex, q: ShardQuery, records: Records) ->
         if exact:
             chunked = q.need
         await _keep(q, ranked, records, out, seen, until=chunked)
-        if rest and (chunked is None or len(out) < chunked):
-            keys = await _engine(q, "vectors", text.resolve, [k for k, _ in rest])
-            await _keep(q, [(keys[k], s) for k, s in rest if k in keys], records, out, seen, until=chunked)
+        step = max(HYDRATE_CHUNK_MIN, q.need) * 4 if chunked is not None else max(1, len(rest))
+        for start in range(0, len(rest), step):
+            if chunked is not None and len(out) >= chunked:
+                break
+            part = rest[start:start + step]
+            keys = await _engine(q, "vectors", text.resolve, [k for k, _ in part])
+            await _keep(q, [(keys[k], s) for k, s in part if k in keys], records, out, seen, until=chunked)
         out.sort(key=lambda f: -(f.score or 0.0))
         if len(out) >= q.need or done:
             return out[: q.need], exact or done
