@@ -33,6 +33,7 @@ TOKEN_CHARS_MAX = 40
 META_KEY = "\x00meta"  # the watermark's document
 WRITER_THREADS = 1
 HITS_MAX = 100_000  # documents one search may return
+COUNTS_CACHED_MAX = 256  # restrictions whose counts are kept between commits
 
 
 @dataclass
@@ -137,6 +138,10 @@ class TextIndex:
         self._scan_files()  # what is there already was not written by us
         self.bytes_written = 0
         self.watermark = self._read_watermark()
+        # Counts of documents per restriction, valid until the next commit: a
+        # vector search asks one per shard to choose exact or graph search.
+        self._generation = 0
+        self._counts: dict[Restriction, tuple[int, int]] = {}
 
     def _open(self, heap_bytes: int) -> tantivy.Index:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -203,6 +208,7 @@ class TextIndex:
         self.writer.add_document(meta)
         self.writer.commit()
         self.index.reload()
+        self._generation += 1  # after the reload: a count cached under it saw the new segments
         self.watermark = watermark
         self._scan_files()
 
@@ -304,11 +310,31 @@ class TextIndex:
             out.append(Hit(str(key), float(score) if terms else 0.0, None if vkey is None else int(vkey)))
         return out
 
+    def vkeys(self, restriction: Restriction, limit: int) -> list[int]:
+        """Vector keys of up to `limit` documents that meet `restriction`, the
+        last updated first (read from the fast field: no stored document is
+        fetched)."""
+        searcher = self.index.searcher()
+        query = self._query(restriction, ())
+        hits = searcher.search(query, max(1, min(limit, HITS_MAX)), count=False, order_by_field="updated",
+                               order=tantivy.Order.Desc).hits
+        values = searcher.fast_field_values("vkey", [address for _score, address in hits])
+        return [int(v) for v in values if v is not None]
+
     def count(self, restriction: Restriction) -> int:
+        """Documents that meet `restriction` (cached until the next commit)."""
+        generation = self._generation
+        cached = self._counts.get(restriction)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
         searcher = self.index.searcher()
         result = searcher.search(self._query(restriction, ()), 1, count=True)
         count = getattr(result, "count", None)
-        return int(count) if count is not None else len(result.hits)
+        value = int(count) if count is not None else len(result.hits)
+        if len(self._counts) >= COUNTS_CACHED_MAX:
+            self._counts.clear()
+        self._counts[restriction] = (generation, value)
+        return value
 
     def resolve(self, vkeys: Sequence[int]) -> dict[int, str]:
         """Document keys of vector keys (those the index holds)."""

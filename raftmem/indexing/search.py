@@ -18,23 +18,52 @@ The graph ranks by cosine; `dot` and `l2` re-rank its candidates exactly.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from ..textindex import Hit, Restriction, bm25_idf
+from ..textindex import Hit, Restriction, TextIndex, bm25_idf
+from ..vectorindex import VectorIndex
 from .filters import TRUE, Node, Pushdown, matches
 from .replica import ReplicaIndex
+
+T = TypeVar("T")
 
 ROUNDS_MAX = 5
 EXACT_CANDIDATES_MAX = 5000
 CANDIDATES_MIN = 20
+HYDRATE_CHUNK_MIN = 10  # candidates read from the store at a time
+# A text search for at most this many hits runs on the event loop: about
+# 0.15 ms on 6k documents, less than a hop to a thread and back
+# (raftmem/indexing/DESIGN.md).
+INLINE_HITS_MAX = 100
 ORDER_FIELDS = {"updated_at": "updated", "created_at": "created"}
 
 # Fetch live records by (namespace, id) from the replica's state: None where gone.
 Records = Callable[[Sequence[tuple[str, str]]], Awaitable[list[dict[str, Any] | None]]]
+
+
+class Timings:
+    """Where one search's time went, by stage, in ms (a stage that ran in
+    several shards at once is summed over them): sent back as Server-Timing."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - started) * 1000
+
+    def header(self) -> str:
+        return ", ".join(f"{name};dur={ms:.2f}" for name, ms in self.ms.items())
 
 
 @dataclass
@@ -50,6 +79,7 @@ class ShardQuery:
     order_by: str = "score"  # or updated_at / created_at
     descending: bool = True
     need: int = 10
+    timings: Timings = field(default_factory=Timings)
 
     def restriction(self, with_vector: bool = False) -> Restriction:
         return Restriction(
@@ -87,16 +117,31 @@ def _split(key: str) -> tuple[str, str]:
 
 
 async def _keep(q: ShardQuery, keys: Sequence[tuple[str, float | None]], records: Records,
-                out: list[Found], seen: set[str]) -> None:
-    """Hydrate candidates, keep those the filter and the namespace scope accept."""
+                out: list[Found], seen: set[str], until: int | None = None) -> None:
+    """Hydrate candidates, keep those the filter and the namespace scope accept;
+    with `until`, in chunks, stopping once `out` holds that many (the
+    candidates come best first: the rest could only rank below them)."""
     fresh = [(k, s) for k, s in keys if k not in seen]
-    seen.update(k for k, _ in fresh)
-    pairs = [_split(k) for k, _ in fresh]
-    allowed = [(p, s) for p, (_k, s) in zip(pairs, fresh, strict=True) if q.allows_namespace(p[0])]
-    recs = await records([p for p, _ in allowed])
-    for (_p, score), rec in zip(allowed, recs, strict=True):
-        if rec is not None and matches(q.filter, rec):
-            out.append(Found(rec, score))
+    step = max(HYDRATE_CHUNK_MIN, q.need) if until is not None else max(1, len(fresh))
+    for start in range(0, len(fresh), step):
+        chunk = fresh[start:start + step]
+        seen.update(k for k, _ in chunk)
+        pairs = [_split(k) for k, _ in chunk]
+        allowed = [(p, s) for p, (_k, s) in zip(pairs, chunk, strict=True) if q.allows_namespace(p[0])]
+        with q.timings.stage("records"):
+            recs = await records([p for p, _ in allowed])
+        for (_p, score), rec in zip(allowed, recs, strict=True):
+            if rec is not None and matches(q.filter, rec):
+                out.append(Found(rec, score))
+        if until is not None and len(out) >= until:
+            return
+
+
+async def _engine(q: ShardQuery, stage: str, fn: Callable[..., T], *args: Any) -> T:
+    """Engine work (tantivy, usearch) on a thread, timed as `stage`: one hop
+    per shard and round, whatever the calls inside."""
+    with q.timings.stage(stage):
+        return await asyncio.to_thread(fn, *args)
 
 
 async def text_search(index: ReplicaIndex, q: ShardQuery, records: Records) -> tuple[list[Found], bool]:
@@ -107,9 +152,16 @@ async def text_search(index: ReplicaIndex, q: ShardQuery, records: Records) -> t
     out: list[Found] = []
     seen: set[str] = set()
     for _round in range(ROUNDS_MAX):
-        hits: list[Hit] = await asyncio.to_thread(
-            text.search, q.restriction(), q.terms, limit, order, q.descending)
-        await _keep(q, [(h.key, h.score if order is None and q.terms else None) for h in hits], records, out, seen)
+        args = (q.restriction(), q.terms, limit, order, q.descending)
+        if limit <= INLINE_HITS_MAX:
+            with q.timings.stage("tantivy"):
+                hits: list[Hit] = text.search(*args)
+        else:
+            hits = await _engine(q, "tantivy", text.search, *args)
+        # Each round's hits begin with the previous round's (same query, more
+        # of it): stopping at `need` survivors keeps exactly the best.
+        await _keep(q, [(h.key, h.score if order is None and q.terms else None) for h in hits], records, out, seen,
+                    until=q.need)
         if len(out) >= q.need or len(hits) < limit:
             return out[: q.need], len(hits) < limit
         limit *= 4
@@ -124,33 +176,53 @@ async def vector_search(index: ReplicaIndex, q: ShardQuery, records: Records) ->
         return [], True
     query = np.asarray(q.vector, dtype=np.float32)
     restriction = q.restriction(with_vector=True)
-    candidates = await asyncio.to_thread(text.count, restriction)
     out: list[Found] = []
     seen: set[str] = set()
-    if candidates <= EXACT_CANDIDATES_MAX:
-        hits = await asyncio.to_thread(text.search, restriction, [], candidates or 1, "updated", True)
-        by_vkey = {h.vkey: h.key for h in hits if h.vkey is not None}
-        ranked = await asyncio.to_thread(vectors.exact, query, list(by_vkey), q.metric)
-        step = max(CANDIDATES_MIN, q.need * 2)
-        for start in range(0, len(ranked), step):
-            chunk = [(by_vkey[k], s) for k, s in ranked[start:start + step]]
-            await _keep(q, chunk, records, out, seen)
-            if len(out) >= q.need:
-                break
-        return out[: q.need], True
     count = max(CANDIDATES_MIN, q.need * 4)
-    total = len(vectors)
     for _round in range(ROUNDS_MAX):
-        near = await asyncio.to_thread(vectors.search, query, count)
-        if q.metric != "cosine":
-            near = await asyncio.to_thread(vectors.exact, query, [k for k, _ in near], q.metric)
-        keys = await asyncio.to_thread(text.resolve, [k for k, _ in near])
-        await _keep(q, [(keys[k], s) for k, s in near if k in keys], records, out, seen)
+        # Candidates come best first; an exact ranking's rounds extend the
+        # previous one, as does a graph's first round: the first `need`
+        # survivors are the answer, and only the first few candidates are
+        # resolved to documents at once. A later graph round mixes with what
+        # earlier ones kept: all of it is read.
+        chunked = q.need if not out else None
+        first = max(HYDRATE_CHUNK_MIN, q.need) if chunked else count
+        exact, done, ranked, rest = await _engine(q, "vectors", _nearest, text, vectors, query, restriction,
+                                                  q.metric, count, first)
+        if exact:
+            chunked = q.need
+        await _keep(q, ranked, records, out, seen, until=chunked)
+        step = max(HYDRATE_CHUNK_MIN, q.need) * 4 if chunked is not None else max(1, len(rest))
+        for start in range(0, len(rest), step):
+            if chunked is not None and len(out) >= chunked:
+                break
+            part = rest[start:start + step]
+            keys = await _engine(q, "vectors", text.resolve, [k for k, _ in part])
+            await _keep(q, [(keys[k], s) for k, s in part if k in keys], records, out, seen, until=chunked)
         out.sort(key=lambda f: -(f.score or 0.0))
-        if len(out) >= q.need or count >= total:
-            return out[: q.need], count >= total
-        count = min(total, count * 4)
+        if len(out) >= q.need or done:
+            return out[: q.need], exact or done
+        count *= 4
     return out[: q.need], False
+
+
+def _nearest(text: TextIndex, vectors: VectorIndex, query: np.ndarray, restriction: Restriction, metric: str,
+             count: int, first: int) -> tuple[bool, bool, list[tuple[str, float | None]], list[tuple[int, float]]]:
+    """(exact, no more candidates, the first `first` of the best `count`
+    candidates as document keys and scores, the rest as vector keys): exact
+    over the stored vectors of at most EXACT_CANDIDATES_MAX candidates, else
+    from the graph."""
+    candidates = text.count(restriction)
+    if candidates <= EXACT_CANDIDATES_MAX:
+        near = vectors.exact(query, text.vkeys(restriction, candidates), metric)[:count]
+        exact, done = True, count >= candidates
+    else:
+        near = vectors.search(query, count)
+        if metric != "cosine":
+            near = vectors.exact(query, [k for k, _ in near], metric)
+        exact, done = False, count >= len(vectors)
+    keys = text.resolve([k for k, _ in near[:first]])
+    return exact, done, [(keys[k], s) for k, s in near[:first] if k in keys], near[first:]
 
 
 async def shard_search(index: ReplicaIndex, q: ShardQuery, records: Records) -> ShardResult:

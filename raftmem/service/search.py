@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -41,7 +42,7 @@ from ..errors import InvalidRequest, RaftmemError, from_result
 from ..indexing import filters
 from ..indexing.manager import Indexes
 from ..indexing.queue import EAGER
-from ..indexing.search import Found, ShardQuery, shard_search, term_boosts
+from ..indexing.search import Found, ShardQuery, Timings, shard_search, term_boosts
 from ..shard import Shard
 from ..textindex import analyzer
 from ..vectorindex import METRICS
@@ -84,6 +85,7 @@ class SearchRequest:
     # shard -> the barrier index its leader gave this search (taken up front,
     # one call per leader node); shards missing here take theirs one by one.
     targets: dict[int, int] = field(default_factory=dict)
+    timings: Timings = field(default_factory=Timings)
 
     @property
     def need(self) -> int:
@@ -216,11 +218,19 @@ class Search:
             terms=boosts if boosts is not None else [(t, 1.0) for t in r.tokens],
             vector=r.vector, metric=r.metric, filter=r.filter, pushdown=filters.pushdown(r.filter),
             order_by=order, descending=r.order_by.startswith("-") or order == "score", need=r.need,
+            timings=r.timings,
         )
 
     # -- the whole search ---------------------------------------------------------------
     async def search(self, call: Call) -> Reply:
+        started = time.perf_counter()
         r = self.parse(call)
+        reply = await self._search(r, call)
+        r.timings.ms["total"] = (time.perf_counter() - started) * 1000
+        reply.headers["Server-Timing"] = r.timings.header()
+        return reply
+
+    async def _search(self, r: SearchRequest, call: Call) -> Reply:
         if r.scope is not None and r.namespace is None:
             assert r.namespace_prefix is not None
             p = r.namespace_prefix
@@ -230,18 +240,22 @@ class Search:
             r.scope = allowed
         shards = range(self.config.shards)
         if r.level in ("strong", "linearizable") and not (r.level == "linearizable" and self.no_barrier):
-            r.targets = await self._barriers(r.level, call.hops)
+            with r.timings.stage("barrier"):
+                r.targets = await self._barriers(r.level, call.hops)
         boosts: dict[int, list[tuple[str, float]]] = {}
         if r.tokens:
-            stats = await asyncio.gather(*(self._run(s, r, call, "stats", None) for s in shards))
+            with r.timings.stage("stats"):
+                stats = await asyncio.gather(*(self._run(s, r, call, "stats", None) for s in shards))
             total_docs = sum(int(st["docs"]) for st in stats)
             total_dfs = [sum(int(st["dfs"][i]) for st in stats) for i in range(len(r.tokens))]
             for s, st in zip(shards, stats, strict=True):
                 boosts[s] = term_boosts((int(st["docs"]), [int(x) for x in st["dfs"]]),
                                         (total_docs, total_dfs), r.tokens)
-        answers = await asyncio.gather(*(self._run(s, r, call, "search", boosts.get(s)) for s in shards))
-        parts = [Part.from_json(a) for a in answers]
-        items, more = self._merge(r, parts)
+        with r.timings.stage("shards"):
+            answers = await asyncio.gather(*(self._run(s, r, call, "search", boosts.get(s)) for s in shards))
+        with r.timings.stage("merge"):
+            parts = [Part.from_json(a) for a in answers]
+            items, more = self._merge(r, parts)
         return self._reply(r, items, more, parts)
 
     async def list_ordered(self, ns: str, call: Call) -> Reply:
@@ -371,14 +385,17 @@ class Search:
         shard = self.router.local(shard_id)
         assert shard is not None
         if phase == "stats":
-            reference = await self._freshen(shard_id, index, r, hops)
+            with r.timings.stage("wait"):
+                reference = await self._freshen(shard_id, index, r, hops)
             text = index.text
             assert text is not None
-            docs, dfs = await asyncio.to_thread(text.term_stats, r.tokens)
+            with r.timings.stage("tantivy"):
+                docs, dfs = text.term_stats(r.tokens)  # a dictionary lookup per term: on the loop
             return {"docs": docs, "dfs": dfs, "reference": reference}
         # With query terms, the stats phase waited already (everything through
         # its reference is visible now).
-        reference = await self._freshen(shard_id, index, r, hops) if not r.tokens else index.visible
+        with r.timings.stage("wait"):
+            reference = await self._freshen(shard_id, index, r, hops) if not r.tokens else index.visible
         if r.level not in ("linearizable", "session", "causal"):
             reference = shard.applied_index
         await self._check_dims(shard, r)
@@ -386,8 +403,10 @@ class Search:
 
         async def records(keys: Sequence[tuple[str, str]]) -> list[dict[str, Any] | None]:
             recs, _ = await shard.read("eventual", lambda st: [st.get(ns, mid, now) for ns, mid in keys])
-            return [None if rec is None else public(rec, shard_id) | ({"emb": rec["emb"]} if "emb" in rec else {})
-                    for rec in recs]
+            # The packed embedding only when asked for (a quarter of the record's bytes).
+            keep_emb = r.with_embedding
+            return [None if rec is None else public(rec, shard_id) | (
+                {"emb": rec["emb"]} if keep_emb and "emb" in rec else {}) for rec in recs]
 
         result = await shard_search(index, self._shard_query(r, boosts), records)
         lag_entries, lag_ms = index.lag()
