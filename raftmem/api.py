@@ -18,8 +18,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from . import openapi
 from . import validation as v
-from .auth import BODY_SCOPED_PATHS, Authenticator, need_for
+from .auth import BODY_SCOPED_PATHS, INTERNAL_PREFIX, Authenticator, need_for
 from .config import Config
 from .errors import (
     InvalidRequest,
@@ -30,7 +31,6 @@ from .errors import (
     RequestTimeout,
 )
 from .metrics import Metrics
-from .openapi import OPENAPI
 from .service import (
     CONTEXT_HEADER,
     FORWARD_HEADERS,
@@ -45,10 +45,12 @@ from .service import (
     Reply,
     with_context,
 )
+from .service.tasks import CLAIM_PATH_ID
 
 log = logging.getLogger(__name__)
 
-PASS_HEADERS = ("ETag", "Retry-After", "Idempotent-Replayed", "Content-Disposition")
+# Passed back from a forward (compared without case: aiohttp's client gives "Etag").
+PASS_HEADERS = frozenset(h.lower() for h in ("ETag", "Retry-After", "Idempotent-Replayed", "Content-Disposition"))
 STREAM_CHUNK_BYTES = 1 << 20
 # A snapshot download between nodes fails when no byte arrives for this long.
 DOWNLOAD_STALL_S = 60.0
@@ -231,7 +233,8 @@ class HttpForwarder:
                 timeout=timeout,
                 trace_request_ctx=sent,
             ) as resp:
-                out = {k: v for k, v in resp.headers.items() if k.startswith("X-Raftmem-") or k in PASS_HEADERS}
+                out = {k: v for k, v in resp.headers.items()
+                       if k.lower().startswith("x-raftmem-") or k.lower() in PASS_HEADERS}
                 ctype = resp.content_type or "application/json"
                 if call.download is not None and resp.status == 200:
                     with open(call.download, "wb") as f:
@@ -271,10 +274,8 @@ def _call(request: web.Request, body: bytes = b"") -> Call:
 
 
 def _shard(request: web.Request) -> int:
-    try:
-        return int(request.match_info["shard"])
-    except ValueError:
-        raise InvalidRequest("shard must be an integer") from None
+    """The path's shard number (its range is the service's to check)."""
+    return v.int_param("shard", request.match_info["shard"], 0, -1, 1 << 16)
 
 
 async def _body(request: web.Request) -> bytes:
@@ -573,7 +574,7 @@ class Api:
         return _json_response(200, {"status": "ok", "node": self.service.node_id})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        sync = request.query.get("sync", "").lower() in ("1", "true", "yes")
+        sync = v.flag("sync", request.query.get("sync"))
         ready, problems = self.service.status.readiness(sync=sync)
         body = {"ready": ready, "node": self.service.node_id, "problems": problems}
         return _json_response(200 if ready else 503, body, None if ready else {"Retry-After": "1"})
@@ -583,7 +584,8 @@ class Api:
         return web.Response(body=data, headers={"Content-Type": content_type})
 
     async def openapi(self, _request: web.Request) -> web.Response:
-        return _json_response(200, OPENAPI)
+        # Built per request (a few ms, rarely asked): a bound depends on the time.
+        return _json_response(200, openapi.build(self.service.config, self.service.clock.wall_ms()))
 
 
 def build_app(
@@ -600,6 +602,8 @@ def build_app(
         if tracker is not None:
             tracker.started(request.protocol)
         try:
+            if request.query_string and not request.path.startswith(INTERNAL_PREFIX):
+                v.query(request.query)  # no empty value, none twice: before anything reads it
             if authenticator.enabled:
                 # Who first: nobody without a valid token gets a body read or parsed.
                 token = authenticator.authenticate(request.headers.get("Authorization"), request.path)
@@ -644,7 +648,7 @@ def build_app(
     r.add_post("/v1/tasks/{namespace}", api.task_add)
     r.add_get("/v1/tasks/{namespace}", api.task_list)
     r.add_post("/v1/tasks/{namespace}/claim", api.task_claim)
-    r.add_get("/v1/tasks/{namespace}/{id}", api.task_get)
+    r.add_get("/v1/tasks/{namespace}/{id:(?!" + CLAIM_PATH_ID + "$)[^{}/]+}", api.task_get)  # not the claim path
     r.add_post("/v1/tasks/{namespace}/{id}/{action}", api.task_settle)
     r.add_get("/v1/cluster", api.cluster)
     r.add_post("/v1/admin/shards/{shard}/transfer-leader", api.transfer_leader)
