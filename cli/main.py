@@ -14,6 +14,7 @@ from . import cluster as cluster_cmd
 from . import coordination as coordination_cmd
 from . import feed as feed_cmd
 from . import logfmt
+from . import mcp as mcp_cmd
 from . import memory as memory_cmd
 from . import search as search_cmd
 from . import status as status_cmd
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     search_cmd.add_parsers(sub)
     feed_cmd.add_parsers(sub)
     bench_cmd.add_parser(sub)
+    mcp_cmd.add_parser(sub)
     return parser
 
 

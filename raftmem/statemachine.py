@@ -13,54 +13,12 @@ Rules (hashicorp/raft's FSM contract, made ours):
 - Applying yields change events (raftmem.events) in log order, built while the
   batch is assembled and handed out only after it is written.
 
-The key layout below belongs to this module alone: expiry scans, restores from a
-backup and lists go through its methods.
-
-Key layout (namespace and id are `[A-Za-z0-9._:-]`, tags and agent ids have no
-NUL, so NUL separates fields; times are 8-byte big-endian milliseconds so byte
-order is time order):
-
-    d NUL ns NUL id                                   -> memory (JSON)
-    c NUL ns NUL created(8) id                        -> ""   (list by time)
-    a NUL ns NUL agent NUL created(8) id              -> ""   (list by agent)
-    t NUL ns NUL tag NUL created(8) id                -> ""   (list by tag)
-    x NUL expires(8) ns NUL id                        -> ""   (expiry)
-    k NUL idempotency-key                             -> first result (JSON)
-    q NUL index(8) seq(4)                             -> idempotency key (eviction order)
-    m NUL applied                                     -> applied index (8)
-    m NUL events_from                                 -> first index the change log holds (8)
-    s NUL members                                     -> membership table (shard 0 only)
-    e NUL index(8) seq(4)                             -> change (JSON, Change.to_log): the change
-                                                         log, the last `events_retention` indexes
-    v NUL dims NUL ns                                 -> the dimension of the namespace's embeddings
-                                                         on this shard (4), set by its first one
-
-Version history and the lifecycle (their keys belong to raftmem.history and
-raftmem.lifecycle, which this module delegates to; their docstrings have the
-details):
-
-    h NUL ns NUL id NUL ~index(8) ~seq(4)             -> one version of a memory, newest first
-    n NUL ns NUL id                                   -> which versions it keeps; removed when
-    r NUL g NUL gone(8) ns NUL id                     -> ""   (removed memories' histories)
-    r NUL a NUL ns NUL minute(8) id                   -> ""   (memories by last access: pruning)
-
-The change log is written by apply in the entry's own batch, so it is exactly
-the committed changes, survives crashes with the data, and travels inside
-snapshots: a watch resumes, and a derived index replays, from any replica.
-
-Locks and task claims (their keys belong to raftmem.coordination, which
-applies their commands for this module; its docstring has the details):
-
-    L NUL ns NUL name                                 -> lock
-    J NUL ns NUL id | J NUL ns NUL 0x01 state ...     -> task, tasks by state, open count
-    W NUL ns NUL rank(4) order(8) id                  -> ""   (ready queue: priority, then enqueue order)
-    Z NUL due(8) kind ns NUL name                     -> ""   (lease, claim, delay, retention deadlines)
-    m NUL coord_clock                                 -> the shard's time (coordination.shard_now)
+The key layout (its constants and helpers) is raftmem.statekeys; the reads over
+it, the read seam every shard read runs on, are raftmem.statereads.
 """
 
 from __future__ import annotations
 
-import builtins
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -94,66 +52,39 @@ from .commands import (
     fingerprint,
     idempotency_key,
 )
-from .config import PolicyConfig
 from .coordination import Coordination, Notice
-from .events import Change, ChangeKind, ChangePage, Compacted
+from .events import Change, ChangeKind
 from .history import History
-from .shard import TIME_MAX, ListQuery, RecordScan
+from .shard import ListQuery, RecordScan
+from .statekeys import (
+    APPLIED_KEY,
+    DIMS_PREFIX,
+    EVENT_END,
+    EVENT_PREFIX,
+    EVENT_TRIM_SLACK_MIN,
+    EVENTS_FROM_KEY,
+    EXPIRY_PREFIX,
+    IDEM_COUNT_KEY,
+    INDEXED_FIELDS,
+    LIFECYCLE_FIELDS,
+    MEMBERS_KEY,
+    MEMORY_END,
+    MEMORY_PREFIX,
+    RECORD_FIELDS,
+    SEP,
+    index_keys,
+    is_live,
+    memory_key,
+)
+from .statereads import StateReads
 from .storage import Batch, Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Applied", "ListQuery", "RecordScan", "StateMachine", "is_live", "memory_key"]
-
-APPLIED_KEY = b"m\x00applied"
-RECORD_FIELDS = (
-    "namespace", "id", "agent_id", "kind", "content", "tags", "metadata",
-    "created_at", "updated_at", "expires_at", "version",
-)
-# Restored as they were when the backup has them (raftmem.lifecycle's fields).
-LIFECYCLE_FIELDS = ("actor", "last_accessed_at", "access_count", "ttl_s", "ttl_refresh_on_read")
-IDEM_COUNT_KEY = b"m\x00idem_count"
-MEMBERS_KEY = b"s\x00members"
-SEP = b"\x00"
-
-
-MEMORY_PREFIX, MEMORY_END = b"d\x00", b"d\x01"
-EXPIRY_PREFIX, EXPIRY_END = b"x\x00", b"x\x01"
-EVENT_PREFIX, EVENT_END = b"e\x00", b"e\x01"
-EVENTS_FROM_KEY = b"m\x00events_from"
-DIMS_PREFIX = b"v\x00dims\x00"
-CREATED_PREFIX = b"c\x00"
-# The change log is trimmed once it holds this many indexes past its retention
-# (a fraction of it, at least this many): one range delete now and then, not one per entry.
-EVENT_TRIM_SLACK_MIN = 256
-
-
-def memory_key(ns: str, mid: str) -> bytes:
-    return MEMORY_PREFIX + ns.encode() + SEP + mid.encode()
-
-
-# What the index entries of a record are made of: an overwrite that keeps them
-# all (the common case) writes no index entry.
-_INDEXED_FIELDS = ("created_at", "agent_id", "tags", "expires_at")
-
-
-def _index_keys(rec: dict[str, Any]) -> list[bytes]:
-    ns = rec["namespace"].encode()
-    mid = rec["id"].encode()
-    ts = codec.u64(rec["created_at"])
-    keys = [b"c\x00" + ns + SEP + ts + mid]
-    if rec.get("agent_id"):
-        keys.append(b"a\x00" + ns + SEP + rec["agent_id"].encode() + SEP + ts + mid)
-    for tag in rec.get("tags") or ():
-        keys.append(b"t\x00" + ns + SEP + tag.encode() + SEP + ts + mid)
-    if rec.get("expires_at") is not None:
-        keys.append(EXPIRY_PREFIX + codec.u64(rec["expires_at"]) + ns + SEP + mid)
-    keys.append(lifecycle.idle_key(rec))
-    return keys
-
-
-def is_live(rec: dict[str, Any] | None, now_ms: int) -> bool:
-    return rec is not None and (rec.get("expires_at") is None or rec["expires_at"] > now_ms)
+__all__ = [
+    "EVENT_TRIM_SLACK_MIN", "Applied", "ListQuery", "RecordScan", "StateMachine", "index_keys", "is_live",
+    "memory_key",
+]
 
 
 @dataclass
@@ -228,7 +159,7 @@ def snapshot_records(path: Path, workdir: Path) -> Iterator[dict[str, Any]]:
         yield codec.loads(raw)
 
 
-class StateMachine:
+class StateMachine(StateReads):
     """One shard replica's state; also the Replica the consensus adapter drives
     (apply, checkpoints, snapshot install)."""
 
@@ -324,20 +255,6 @@ class StateMachine:
             batch.delete_range(EVENT_PREFIX + codec.u64(self.events_from), EVENT_PREFIX + codec.u64(cut))
             self.events_from = cut
             batch.put(EVENTS_FROM_KEY, codec.u64(cut))
-
-    def changes_after(self, after: int, limit: int) -> ChangePage:
-        """The logged changes after index `after`, in log order: at least `limit`
-        when there are that many, and never half an entry's. Raises Compacted
-        when some changes after `after` are no longer kept."""
-        if after + 1 < self.events_from:
-            raise Compacted(self.shard, self.events_from - 1)
-        out: list[Change] = []
-        for key, raw in self.store.scan(EVENT_PREFIX + codec.u64(after + 1), EVENT_END):
-            index = codec.from_u64(key[len(EVENT_PREFIX):len(EVENT_PREFIX) + 8])
-            if len(out) >= limit and index != out[-1].index:
-                return ChangePage(self.shard, out, out[-1].index, complete=False)
-            out.append(Change.from_log(self.shard, index, codec.loads(raw)))
-        return ChangePage(self.shard, out, self.applied_index, complete=True)
 
     def _emit(self, changes: list[Change]) -> None:
         """Hand changes to the feed. Never raises: this runs inside apply, after
@@ -497,10 +414,6 @@ class StateMachine:
         work.overlay[MEMBERS_KEY] = table
         return Result(Outcome.APPLIED, table=table)
 
-    def members_table(self) -> dict[str, Any] | None:
-        raw = self.store.get(MEMBERS_KEY)
-        return codec.loads(raw) if raw is not None else None
-
     def _apply_restore(self, work: _Entry, op: Restore) -> Result:
         """Write a memory from a backup as it was (version, timestamps, tags),
         replacing whatever has its key."""
@@ -540,10 +453,10 @@ class StateMachine:
         agent, tags, creation time, expiry and minute of last access (the
         common case) writes the record alone, rather than a tombstone and a put
         for each entry."""
-        if old is None or any(old.get(f) != rec.get(f) for f in _INDEXED_FIELDS) or lifecycle.idle_moved(old, rec):
-            new_keys = _index_keys(rec)
+        if old is None or any(old.get(f) != rec.get(f) for f in INDEXED_FIELDS) or lifecycle.idle_moved(old, rec):
+            new_keys = index_keys(rec)
             if old is not None:
-                old_keys = _index_keys(old)
+                old_keys = index_keys(old)
                 for k in old_keys:
                     if k not in new_keys:
                         work.batch.delete(k)
@@ -574,7 +487,7 @@ class StateMachine:
     def _delete_record(
         self, work: _Entry, key: bytes, rec: dict[str, Any], kind: ChangeKind, now_ms: int, actor: str | None = None,
     ) -> None:
-        for k in _index_keys(rec):
+        for k in index_keys(rec):
             work.batch.delete(k)
         work.batch.delete(key)
         work.overlay[key] = None
@@ -642,11 +555,6 @@ class StateMachine:
                 removed += 1
         return Result(Outcome.APPLIED, expired=removed)
 
-    def next_expiry_ms(self) -> int | None:
-        """The earliest expiry of any stored memory (None: nothing expires)."""
-        first = next(self.store.scan(EXPIRY_PREFIX, EXPIRY_END), None)
-        return None if first is None else codec.from_u64(first[0][len(EXPIRY_PREFIX):len(EXPIRY_PREFIX) + 8])
-
     def _evict_idempotency_keys(self, batch: Batch, added: int) -> None:
         raw = self.store.get(IDEM_COUNT_KEY)
         count = (codec.from_u64(raw) if raw else 0) + added
@@ -682,92 +590,3 @@ class StateMachine:
         self.store.install_staged(staged)
         self._load_marks()
         self._emit([Change(ChangeKind.RESET, self.shard, self.applied_index)])
-
-    # -- reads -----------------------------------------------------------------
-    def get(self, ns: str, mid: str, now_ms: int) -> dict[str, Any] | None:
-        raw = self.store.get(memory_key(ns, mid))
-        if raw is None:
-            return None
-        rec: dict[str, Any] = codec.loads(raw)
-        return rec if is_live(rec, now_ms) else None
-
-    def history_of(self, ns: str, mid: str, limit: int) -> list[dict[str, Any]]:
-        """The memory's versions, newest first (raftmem.history)."""
-        return self.history.read(self.shard, ns, mid, limit)
-
-    def history_compaction_due(self, cutoff_ms: int) -> bool:
-        """Is a removed memory's history waiting to be compacted (removed at or before the cut-off)?"""
-        return self.history.compaction_due(cutoff_ms)
-
-    def prune_candidates(
-        self, policy: PolicyConfig, cutoff_ms: int, now_ms: int, limit: int, scan_max: int,
-    ) -> list[tuple[str, str, int]]:
-        """What `policy` would remove now (a proposal: apply re-checks)."""
-        def get(ns: str, mid: str) -> dict[str, Any] | None:
-            return self.get(ns, mid, now_ms)
-
-        if policy.rule == "idle":
-            return lifecycle.select_idle(self.store, get, policy, cutoff_ms, limit, scan_max)
-        return lifecycle.select_count(self.store, get, policy, limit, scan_max)
-
-    def list(self, q: ListQuery, now_ms: int) -> list[dict[str, Any]]:
-        ns = q.namespace.encode()
-        if q.tag is not None:
-            prefix = b"t\x00" + ns + SEP + q.tag.encode() + SEP
-        elif q.agent_id is not None:
-            prefix = b"a\x00" + ns + SEP + q.agent_id.encode() + SEP
-        else:
-            prefix = b"c\x00" + ns + SEP
-        start = prefix + codec.u64(q.since_ms)
-        if q.after is not None and q.after[0] >= q.since_ms:
-            # Strictly after (created_at, id): the id byte string sorts after any
-            # shorter prefix of itself, so appending NUL skips exactly that key.
-            start = prefix + codec.u64(q.after[0]) + q.after[1].encode() + b"\x00"
-        end = prefix + codec.u64(min(q.until_ms, TIME_MAX - 1) + 1)
-        out: list[dict[str, Any]] = []
-        for key, _ in self.store.scan(start, end):
-            mid = key[len(prefix) + 8 :].decode()
-            rec = self.get(q.namespace, mid, now_ms)
-            if rec is None:
-                continue
-            if q.agent_id is not None and rec.get("agent_id") != q.agent_id:
-                continue
-            out.append(rec)
-            if len(out) >= q.limit:
-                break
-        return out
-
-    def iter_records(self) -> Iterator[dict[str, Any]]:
-        for _, raw in self.store.scan(MEMORY_PREFIX, MEMORY_END):
-            yield codec.loads(raw)
-
-    def record_scan(self) -> RecordScan:
-        """Every stored memory as of now, with the applied index they are the
-        state of: a RocksDB snapshot, so it may be consumed slowly, on another
-        thread, while apply goes on (derived indexes rebuild from it)."""
-        return RecordScan(self.applied_index, self.store.snapshot_scan(MEMORY_PREFIX, MEMORY_END))
-
-    def namespace_scan(self, ns: str) -> RecordScan:
-        """The memories of one namespace here, as of now (a storage snapshot)."""
-        start = MEMORY_PREFIX + ns.encode() + SEP
-        return RecordScan(self.applied_index, self.store.snapshot_scan(start, MEMORY_PREFIX + ns.encode() + b"\x01"))
-
-    def namespaces(self, prefix: str, after: str | None, limit: int) -> builtins.list[str]:
-        """Namespaces holding memories here, in byte order, starting with
-        `prefix`, strictly after `after`: one seek per namespace (the creation
-        index has one run of keys per namespace)."""
-        out: builtins.list[str] = []
-        start = CREATED_PREFIX + (after.encode() + b"\x01" if after is not None else prefix.encode())
-        end = CREATED_PREFIX + prefix.encode() + b"\xff"
-        while len(out) < limit:
-            first = next(self.store.scan(start, end), None)
-            if first is None:
-                break
-            ns = first[0][len(CREATED_PREFIX):].split(SEP, 1)[0]
-            out.append(ns.decode())
-            start = CREATED_PREFIX + ns + b"\x01"
-        return out
-
-    def dims_of(self, ns: str) -> int | None:
-        raw = self.store.get(DIMS_PREFIX + ns.encode())
-        return None if raw is None else int(codec.loads(raw)["dims"])

@@ -422,7 +422,10 @@ class AsyncClient(AsyncCoordination, SearchMixin):
         max_staleness_ms: int | None = None,
         retry: RetryPolicy | None = None,
         context: str | None = None,
+        leader: bool = False,
     ) -> Response:
+        """`leader`: send a stale-tolerant read to the shard's leader anyway (a
+        session's read right after its write: the leader has it at once)."""
         if consistency is not None and consistency not in CONSISTENCY_LEVELS:
             raise ValueError(f"unknown consistency {consistency!r} (known: {', '.join(CONSISTENCY_LEVELS)})")
         await self._ensure_routes()
@@ -434,7 +437,7 @@ class AsyncClient(AsyncCoordination, SearchMixin):
         if max_staleness_ms is not None:
             params["max_staleness_ms"] = str(max_staleness_ms)
         # Default (None) is the server's policy, usually strong: send it to the leader.
-        leader_bound = consistency is None or consistency in LEADER_LEVELS
+        leader_bound = leader or consistency is None or consistency in LEADER_LEVELS
         request = _Request(
             "GET",
             _memory_path(namespace, memory_id),

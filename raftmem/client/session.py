@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Any
 from .errors import NotFound
 from .types import HEADER_CONTEXT, Response, parse_token
 
+# How long after its write a session reads a shard at its leader (see AsyncSession.get).
+RECENT_WRITE_S = 1.0
+
 if TYPE_CHECKING:
     from .aio import AsyncClient
 
@@ -23,6 +26,8 @@ class AsyncSession:
     def __init__(self, client: AsyncClient) -> None:
         self.client = client
         self.tokens: dict[int, int] = {}
+        # Per shard: when this session last wrote there (the client's clock).
+        self.wrote_at: dict[int, float] = {}
 
     @property
     def context(self) -> str | None:
@@ -41,10 +46,14 @@ class AsyncSession:
             self.observe(token.strip())
 
     def _observe_response(self, response: Response) -> None:
+        """A write's answer: its token, and when it was seen (see `get`)."""
         self.observe(response.token)
         self.observe_context(response.headers.get(HEADER_CONTEXT))
-        if isinstance(response.body, dict):
-            self.observe(response.body.get("token"))
+        written = response.body.get("token") if isinstance(response.body, dict) else None
+        self.observe(written)
+        parsed = parse_token(written) if isinstance(written, str) else None
+        if parsed is not None:
+            self.wrote_at[parsed[0]] = self.client._clock()
 
     def after(self, shard: int | None) -> str | None:
         if shard is None:  # routes unknown: send every token, the server picks its shard's
@@ -80,12 +89,20 @@ class AsyncSession:
     async def get(self, namespace: str, memory_id: str, *, consistency: str | None = None, **kw: Any) -> dict[str, Any]:
         """Session read (or the given level); NotFound also advances the session."""
         await self.client._ensure_routes()
+        shard = self.client.shard_of(namespace, memory_id)
+        leader = False
         if consistency is None:
             consistency = "session"
-            kw.setdefault("after", self.after(self.client.shard_of(namespace, memory_id)))
+            kw.setdefault("after", self.after(shard))
+            # Right after this session wrote to the shard, its followers learn of the
+            # commit only with the leader's next message (tens of ms; measured 50 ms
+            # median through MCP): the leader has it at once, and serves a session
+            # read from its applied state, without a round.
+            wrote = self.wrote_at.get(shard) if shard is not None else None
+            leader = wrote is not None and self.client._clock() - wrote < RECENT_WRITE_S
         try:
             response = await self.client.get_raw(
-                namespace, memory_id, consistency=consistency, context=self.context, **kw
+                namespace, memory_id, consistency=consistency, context=self.context, leader=leader, **kw
             )
         except NotFound as e:
             if isinstance(e.body, dict) and isinstance(e.body.get("error"), dict):

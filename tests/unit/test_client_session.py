@@ -113,3 +113,25 @@ def test_the_blocking_client(fake_in_thread: FakeCluster) -> None:
 def test_the_blocking_client_rejects_bad_arguments_and_cleans_up() -> None:
     with pytest.raises(ValueError):
         Client([])
+
+
+async def test_a_session_read_right_after_its_write_goes_to_the_leader_and_later_to_any_replica(
+    fake: FakeCluster,
+) -> None:
+    now = [100.0]
+    async with AsyncClient(fake.url_list(), clock=lambda: now[0]) as client:
+        session = client.session()
+        for key in [f"k{i}" for i in range(10)] + ["a"]:
+            await session.put("ns", key, 1)
+            leader = fake.leaders[shard_for("ns", key, SHARDS)]
+            fake.seen.clear()
+            await session.get("ns", key)
+            (read,) = fake.data_requests()
+            assert read.node == leader and read.query["consistency"] == "session", key
+        now[0] += 5.0  # long after the write: any replica may serve it (the healthiest)
+        picks = set()
+        for _ in range(20):
+            fake.seen.clear()
+            await session.get("ns", "a")
+            picks.add(fake.data_requests()[0].node)
+        assert picks - {leader}, "a later session read is not pinned to the leader"

@@ -8,7 +8,7 @@ from typing import Any
 
 from raftmem import codec
 from raftmem.commands import Command, Delete, Expire, MemoryFields, Outcome, Put, encode_entry
-from raftmem.statemachine import ListQuery, StateMachine, _index_keys
+from raftmem.statemachine import ListQuery, StateMachine, index_keys
 from raftmem.storage import Store
 
 CREATED, UPDATED, DELETED = Outcome.CREATED, Outcome.UPDATED, Outcome.DELETED
@@ -166,7 +166,7 @@ def _index_invariant(sm: StateMachine) -> None:
     """Every index entry in the store belongs to a stored record, and every
     stored record has all of its index entries."""
     stored = {k for p in (b"c\x00", b"a\x00", b"t\x00", b"x\x00", b"r\x00a\x00") for k, _ in sm.store.scan(p, p[:-1] + b"\x01")}
-    expected = {k for rec in sm.iter_records() for k in _index_keys(rec)}
+    expected = {k for rec in sm.iter_records() for k in index_keys(rec)}
     assert stored == expected
 
 
