@@ -30,22 +30,22 @@ RULES = """Rules every operation follows, stated here once:
 - Bad input is a 400 (413 too large, 408 too slow) with `{"error": {"code", "message", "field"}}`, and changes
   nothing.
 - Relations JSON Schema cannot state are said in the operation's words (If-Fence and the path, an atomic batch's
-  shard, consistency=bounded and max_staleness_ms, a vector's dimension and the namespace's embeddings, cursors
-  this server issued).
+  shard, consistency=bounded and max_staleness_ms, a task's not_before and the clock, a vector's dimension and
+  the namespace's embeddings, cursors this server issued).
 - Clusters with `auth.cluster_token` set ask for `Authorization: Bearer <token>` (401, 403); health, readiness,
   metrics and this document stay open.
 - `/v1/internal/*` is how nodes talk to each other: not public, not described."""
 
 
-def build(config: Config, now_ms: int) -> dict[str, Any]:
-    """The document for this config; `now_ms` bounds what depends on the time
-    (a task's not_before)."""
+def build(config: Config) -> dict[str, Any]:
+    """The document for this config: the same for every node and at any time
+    (a bound relative to the clock, a task's not_before, is said in words)."""
     p = Params(config)
     paths: dict[str, Any] = {
         **memories.paths(config, p),
         **watch.paths(config, p),
         **recall.paths(config, p),
-        **coordination.paths(config, p, now_ms),
+        **coordination.paths(config, p),
         **operations.paths(config, p),
     }
     return {

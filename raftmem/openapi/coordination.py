@@ -59,7 +59,7 @@ def schemas(config: Config) -> dict[str, Schema]:
     }
 
 
-def paths(config: Config, p: Params, now_ms: int) -> dict[str, Schema]:
+def paths(config: Config, p: Params) -> dict[str, Schema]:
     co, limits = config.coordination, config.limits
     ns = p.namespace
     not_claim = {**v.name_schema(limits.id_chars_max), "pattern": f"^(?!{tasks.CLAIM_PATH_ID}$)"
@@ -127,10 +127,10 @@ def paths(config: Config, p: Params, now_ms: int) -> dict[str, Schema]:
                     "id": {**not_claim, "description": "default: time-ordered, from the Idempotency-Key when given"},
                     "payload": {"description": f"any JSON, at most {co.task_payload_bytes_max} bytes (413)"},
                     "priority": {**v.int_schema(-PRIORITY_MAX, PRIORITY_MAX), "default": 0},
-                    "not_before": {**v.int_schema(0, now_ms + co.task_delay_ms_max),
+                    "not_before": {**v.int_schema(0, v.TIME_MS_MAX),
                                    "description": "wall-clock ms before which it is not claimed; at most "
-                                                  f"{co.task_delay_ms_max} ms ahead (the maximum is now's, "
-                                                  "when this document was served)"},
+                                                  f"{co.task_delay_ms_max} ms ahead of the server's clock (else "
+                                                  "400: a relation to the time, which JSON Schema cannot state)"},
                     "delay_ms": v.int_schema(0, co.task_delay_ms_max),
                     "max_attempts": {**v.int_schema(1, co.task_attempts_max), "default": co.task_attempts_default},
                     "backoff_ms": {**v.int_schema(0, BACKOFF_MS_MAX), "default": co.task_backoff_ms_default,

@@ -133,7 +133,9 @@ def paths(config: Config, p: Params) -> dict[str, Schema]:
                          "202": response("asked", obj({"shard": {"type": "integer"}, "from": {"type": "string"},
                                                        "to": {"type": ["string", "null"]},
                                                        "transferred": {"const": True}})),
-                         **errors(*WRITE_ERRORS)}},
+                         **errors(*WRITE_ERRORS, _503="the shard has no leader, or the target is not connected "
+                                                      "or not caught up yet: nothing was done, retry after "
+                                                      "Retry-After (the CLI does)")}},
         },
         "/v1/admin/backup": {
             "get": {"summary": "An online backup of every shard (writes keep flowing)",
@@ -185,10 +187,12 @@ def paths(config: Config, p: Params) -> dict[str, Schema]:
         "/v1/admin/lifecycle/run": {
             "post": {"summary": "Run the pruning policies now on every shard leader (dry_run: only say what they "
                                 "would remove)",
+                     # Without configured policies there is no valid `policy=`: not offered (an empty
+                     # enum is a parameter nothing satisfies, and generators send "" for it).
                      "parameters": [query("dry_run", v.FLAG_SCHEMA),
-                                    query("policy", {"type": "string", "enum": policies} if policies else
-                                          {"type": "string", "maxLength": 0},
-                                          "one of the configured policies (lifecycle.policies)")],
+                                    *([query("policy", {"type": "string", "enum": policies},
+                                             "one of the configured policies (lifecycle.policies)")]
+                                      if policies else [])],
                      "responses": {"200": response("per shard and policy: candidates, removed", obj({
                          "dry_run": {"type": "boolean"},
                          "shards": {"type": "array", "items": obj({

@@ -141,7 +141,7 @@ async def test_a_streams_queue_is_bounded_in_entries_and_bytes() -> None:
 def test_the_openapi_document_describes_watch_history_and_the_lifecycle_run() -> None:
     from raftmem import openapi
 
-    document = openapi.build(_watches().config, 0)
+    document = openapi.build(_watches().config)
     paths = document["paths"]
     watch = paths["/v1/watch"]["get"]
     assert {p["name"] for p in watch["parameters"]} == {
