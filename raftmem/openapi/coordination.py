@@ -59,6 +59,17 @@ def schemas(config: Config) -> dict[str, Schema]:
     }
 
 
+def _settle_links() -> dict[str, Schema]:
+    """What a claim lets the worker do next, with the claim's id and fence (OpenAPI
+    links: clients and schemathesis's stateful phase follow them)."""
+    claim = {"namespace": "$request.path.namespace", "id": "$response.body#/id"}
+    fence = {"fence": "$response.body#/fence"}
+    return {f"{action.capitalize()}Claimed": {
+        "operationRef": f"#/paths/~1v1~1tasks~1{{namespace}}~1{{id}}~1{action}/post",
+        "parameters": claim, "requestBody": {**fence, **extra}}
+        for action, extra in (("complete", {}), ("fail", {}), ("extend", {"lease_ms": 1000}))}
+
+
 def paths(config: Config, p: Params) -> dict[str, Schema]:
     co, limits = config.coordination, config.limits
     ns = p.namespace
@@ -152,8 +163,8 @@ def paths(config: Config, p: Params) -> dict[str, Schema]:
                            "`wait_ms`)",
                 "parameters": [ns, p.idempotency_key],
                 "requestBody": body({"worker": holder, "lease_ms": ttl, "wait_ms": wait}, ("worker", "lease_ms")),
-                "responses": {"200": response("claimed: the task and the claim's fence", ref("Task"),
-                                              headers=WRITTEN),
+                "responses": {"200": {**response("claimed: the task and the claim's fence", ref("Task"),
+                                                 headers=WRITTEN), "links": _settle_links()},
                               "204": response("no task was ready within wait_ms",
                                               headers={"X-Raftmem-Served-By": True}),
                               **errors(*WRITE_ERRORS, 409, _409="fenced (a keyed retry of a claim since given back), "

@@ -160,3 +160,16 @@ _FIELD_VALUES = {
 def test_memory_bodies_agree(body: dict[str, Any]) -> None:
     """A memory as written: the document's MemoryWrite and memory_fields."""
     _agree(v.memory_schema(LIMITS), lambda x: v.memory_fields(x, LIMITS), body)
+
+
+def test_every_link_names_an_operation_of_the_document() -> None:
+    document = openapi.build(embedded_default())
+    links = [(name, link) for item in document["paths"].values() for op in item.values() if isinstance(op, dict)
+             for answer in op.get("responses", {}).values() for name, link in answer.get("links", {}).items()]
+    assert links
+    for name, link in links:
+        _, paths, path, method = link["operationRef"].split("/")
+        assert paths == "paths", name
+        operation = document["paths"][path.replace("~1", "/").replace("~0", "~")][method]
+        declared = {p["name"] for p in operation.get("parameters", [])}
+        assert set(link["parameters"]) <= declared, name
