@@ -49,7 +49,7 @@ lint: $(STAMP)
 # The API contract test (tests/integration/test_contract.py) with the full budget:
 # schemathesis over every operation of /openapi.json against a real 3-node cluster,
 # FUZZ_EXAMPLES per operation, fuzzing and stateful phases repeated for FUZZ_TIME_S.
-# `make test` runs the same test with 8 examples and seed 18 (70-105 s here).
+# `make test` runs the same test with 8 examples and seed 18 (35-105 s here, by load).
 FUZZ_EXAMPLES ?= 200
 FUZZ_TIME_S ?= 1800
 FUZZ_SEED ?= 18
