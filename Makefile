@@ -9,7 +9,7 @@ APT_PACKAGES := nftables iproute2 fuse3 gcc libc6-dev util-linux
 SHARDS ?= 8
 NODES ?= 3
 
-.PHONY: run test unit integration lint jepsen jepsen-quick bench bench-etcd bench-wrk bench-coord bench-watch apt-deps clean
+.PHONY: run test unit integration lint fuzz jepsen jepsen-quick bench bench-etcd bench-wrk bench-coord bench-watch apt-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
@@ -45,6 +45,18 @@ integration: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+
+# The API contract test (tests/integration/test_contract.py) with the full budget:
+# schemathesis over every operation of /openapi.json against a real 3-node cluster,
+# FUZZ_EXAMPLES per operation, fuzzing and stateful phases repeated for FUZZ_TIME_S.
+# `make test` runs the same test with 8 examples and seed 18 (35-105 s here, by load).
+FUZZ_EXAMPLES ?= 200
+FUZZ_TIME_S ?= 1800
+FUZZ_SEED ?= 18
+fuzz: $(STAMP)
+	RAFTMEM_CONTRACT_EXAMPLES=$(FUZZ_EXAMPLES) RAFTMEM_CONTRACT_MAX_TIME_S=$(FUZZ_TIME_S) \
+	RAFTMEM_CONTRACT_SEED=$(FUZZ_SEED) RAFTMEM_CONTRACT_TIMEOUT_S=$$(( $(FUZZ_TIME_S) * 3 + 600 )) \
+	  $(PY) -m pytest -q -s -p no:cacheprovider --timeout=0 tests/integration/test_contract.py
 
 jepsen: $(STAMP) apt-deps
 	$(PY) -m jepsen_like matrix --out runs/jepsen

@@ -18,8 +18,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from . import openapi
 from . import validation as v
-from .auth import BODY_SCOPED_PATHS, Authenticator, need_for
+from .auth import BODY_SCOPED_PATHS, INTERNAL_PREFIX, Authenticator, need_for
 from .config import Config
 from .errors import (
     InvalidRequest,
@@ -30,7 +31,6 @@ from .errors import (
     RequestTimeout,
 )
 from .metrics import Metrics
-from .openapi import OPENAPI
 from .service import (
     CONTEXT_HEADER,
     FORWARD_HEADERS,
@@ -47,6 +47,7 @@ from .service import (
     error_reply,
     with_context,
 )
+from .service.tasks import CLAIM_PATH_ID
 
 log = logging.getLogger(__name__)
 
@@ -268,10 +269,8 @@ def _call(request: web.Request, body: bytes = b"") -> Call:
 
 
 def _shard(request: web.Request) -> int:
-    try:
-        return int(request.match_info["shard"])
-    except ValueError:
-        raise InvalidRequest("shard must be an integer") from None
+    """The path's shard number (its range is the service's to check)."""
+    return v.int_param("shard", request.match_info["shard"], 0, -1, 1 << 16)
 
 
 async def _body(request: web.Request) -> bytes:
@@ -369,6 +368,8 @@ class Api:
     def __init__(self, service: MemoryService, metrics: Metrics) -> None:
         self.service = service
         self.metrics = metrics
+        # The config's document: built once (it depends on nothing else).
+        self._document = openapi.build(service.config)
 
     async def _memories(self, call: Call, run: Callable[[Call], Awaitable[Reply]], batch: bool = False) -> web.Response:
         """A memory request: its causal context checked first (a bad one changes
@@ -573,7 +574,7 @@ class Api:
         return _json_response(200, {"status": "ok", "node": self.service.node_id})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        sync = request.query.get("sync", "").lower() in ("1", "true", "yes")
+        sync = v.flag("sync", request.query.get("sync"))
         ready, problems = self.service.status.readiness(sync=sync)
         body = {"ready": ready, "node": self.service.node_id, "problems": problems}
         return _json_response(200 if ready else 503, body, None if ready else {"Retry-After": "1"})
@@ -583,7 +584,72 @@ class Api:
         return web.Response(body=data, headers={"Content-Type": content_type})
 
     async def openapi(self, _request: web.Request) -> web.Response:
-        return _json_response(200, OPENAPI)
+        return _json_response(200, self._document)
+
+
+# Every route: method, path, the Api method that serves it. The OpenAPI document
+# describes each public one (tests/unit/test_contract_rules.py checks both ways).
+ROUTES: tuple[tuple[str, str, str], ...] = (
+    ("PUT", "/v1/memories/{namespace}/{id}", "put"),
+    ("GET", "/v1/memories/{namespace}/{id}", "get"),
+    ("DELETE", "/v1/memories/{namespace}/{id}", "delete"),
+    ("POST", "/v1/memories/{namespace}", "create"),
+    ("GET", "/v1/memories/{namespace}", "list"),
+    ("GET", "/v1/memories/{namespace}/{id}/history", "history"),
+    ("GET", "/v1/watch", "watch"),
+    ("GET", "/v1/internal/shards/{shard}/changes", "watch_fetch"),
+    ("POST", "/v1/internal/shards/{shard}/touch", "touch"),
+    ("POST", "/v1/internal/shards/{shard}/touches/drain", "touches_drain"),
+    ("POST", "/v1/internal/shards/{shard}/lifecycle", "lifecycle_shard"),
+    ("POST", "/v1/admin/lifecycle/run", "lifecycle_run"),
+    ("GET", "/v1/internal/shards/{shard}/list/{namespace}", "list_shard"),
+    ("POST", "/v1/batch", "batch"),
+    ("POST", INTERNAL_BATCH_PATH, "internal_batch"),
+    ("POST", RELAY_PATH, "relayed"),
+    ("POST", "/v1/locks/{namespace}/{name}", "lock_acquire"),
+    ("GET", "/v1/locks/{namespace}/{name}", "lock_show"),
+    ("DELETE", "/v1/locks/{namespace}/{name}", "lock_release"),
+    ("POST", "/v1/locks/{namespace}/{name}/renew", "lock_renew"),
+    ("POST", "/v1/tasks/{namespace}", "task_add"),
+    ("GET", "/v1/tasks/{namespace}", "task_list"),
+    ("POST", "/v1/tasks/{namespace}/claim", "task_claim"),
+    ("GET", "/v1/tasks/{namespace}/{id:(?!" + CLAIM_PATH_ID + "$)[^{}/]+}", "task_get"),  # not the claim path
+    ("POST", "/v1/tasks/{namespace}/{id}/{action}", "task_settle"),
+    ("GET", "/v1/cluster", "cluster"),
+    ("POST", "/v1/admin/shards/{shard}/transfer-leader", "transfer_leader"),
+    ("GET", "/v1/admin/backup", "backup"),
+    ("GET", "/v1/admin/members", "members"),
+    ("POST", "/v1/admin/members", "member_add"),
+    ("DELETE", "/v1/admin/members/{node}", "member_remove"),
+    ("POST", "/v1/admin/rebalance", "rebalance"),
+    ("POST", "/v1/internal/members", "internal_members"),
+    ("POST", "/v1/admin/restore", "restore"),
+    ("GET", "/v1/internal/shards/{shard}/snapshot", "shard_snapshot"),
+    ("POST", "/v1/internal/shards/{shard}/restore", "apply_restore"),
+    ("POST", "/v1/search", "search"),
+    ("GET", "/v1/namespaces", "namespaces"),
+    ("GET", "/v1/namespaces/{namespace}/summary", "summary"),
+    ("POST", "/v1/admin/reindex", "reindex"),
+    ("GET", "/v1/admin/indexes", "index_status"),
+    ("GET", "/v1/admin/indexes/{shard}/check", "index_check"),
+    ("POST", "/v1/internal/shards/{shard}/search", "search_shard"),
+    ("GET", "/v1/internal/shards/{shard}/barrier", "barrier"),
+    ("GET", "/v1/internal/barriers", "barriers"),
+    ("GET", "/v1/internal/shards/{shard}/namespaces", "namespaces_shard"),
+    ("GET", "/v1/internal/shards/{shard}/summary/{namespace}", "summary_shard"),
+    ("GET", "/healthz", "healthz"),
+    ("GET", "/readyz", "readyz"),
+    ("GET", "/metrics", "metrics_handler"),
+    ("GET", "/openapi.json", "openapi"),
+)
+
+
+def add_routes(router: web.UrlDispatcher, api: Any) -> None:
+    for method, path, name in ROUTES:
+        if method == "GET":
+            router.add_get(path, getattr(api, name))  # and HEAD, as before
+        else:
+            router.add_route(method, path, getattr(api, name))
 
 
 def build_app(
@@ -600,6 +666,8 @@ def build_app(
         if tracker is not None:
             tracker.started(request.protocol)
         try:
+            if request.query_string and not request.path.startswith(INTERNAL_PREFIX):
+                v.query(request.query)  # no empty value, none twice: before anything reads it
             if authenticator.enabled:
                 # Who first: nobody without a valid token gets a body read or parsed.
                 token = authenticator.authenticate(request.headers.get("Authorization"), request.path)
@@ -621,56 +689,5 @@ def build_app(
     # A little over the body limit, so that our own check answers with a clear message.
     app = web.Application(middlewares=[middleware], client_max_size=config.limits.body_bytes_max + 4096)
     app[BODY_TIMEOUT_KEY] = config.limits.body_timeout_ms / 1000
-    r = app.router
-    r.add_put("/v1/memories/{namespace}/{id}", api.put)
-    r.add_get("/v1/memories/{namespace}/{id}", api.get)
-    r.add_delete("/v1/memories/{namespace}/{id}", api.delete)
-    r.add_post("/v1/memories/{namespace}", api.create)
-    r.add_get("/v1/memories/{namespace}", api.list)
-    r.add_get("/v1/memories/{namespace}/{id}/history", api.history)
-    r.add_get("/v1/watch", api.watch)
-    r.add_get("/v1/internal/shards/{shard}/changes", api.watch_fetch)
-    r.add_post("/v1/internal/shards/{shard}/touch", api.touch)
-    r.add_post("/v1/internal/shards/{shard}/touches/drain", api.touches_drain)
-    r.add_post("/v1/internal/shards/{shard}/lifecycle", api.lifecycle_shard)
-    r.add_post("/v1/admin/lifecycle/run", api.lifecycle_run)
-    r.add_get("/v1/internal/shards/{shard}/list/{namespace}", api.list_shard)
-    r.add_post("/v1/batch", api.batch)
-    r.add_post(INTERNAL_BATCH_PATH, api.internal_batch)
-    r.add_post(RELAY_PATH, api.relayed)
-    r.add_post("/v1/locks/{namespace}/{name}", api.lock_acquire)
-    r.add_get("/v1/locks/{namespace}/{name}", api.lock_show)
-    r.add_delete("/v1/locks/{namespace}/{name}", api.lock_release)
-    r.add_post("/v1/locks/{namespace}/{name}/renew", api.lock_renew)
-    r.add_post("/v1/tasks/{namespace}", api.task_add)
-    r.add_get("/v1/tasks/{namespace}", api.task_list)
-    r.add_post("/v1/tasks/{namespace}/claim", api.task_claim)
-    r.add_get("/v1/tasks/{namespace}/{id}", api.task_get)
-    r.add_post("/v1/tasks/{namespace}/{id}/{action}", api.task_settle)
-    r.add_get("/v1/cluster", api.cluster)
-    r.add_post("/v1/admin/shards/{shard}/transfer-leader", api.transfer_leader)
-    r.add_get("/v1/admin/backup", api.backup)
-    r.add_get("/v1/admin/members", api.members)
-    r.add_post("/v1/admin/members", api.member_add)
-    r.add_delete("/v1/admin/members/{node}", api.member_remove)
-    r.add_post("/v1/admin/rebalance", api.rebalance)
-    r.add_post("/v1/internal/members", api.internal_members)
-    r.add_post("/v1/admin/restore", api.restore)
-    r.add_get("/v1/internal/shards/{shard}/snapshot", api.shard_snapshot)
-    r.add_post("/v1/internal/shards/{shard}/restore", api.apply_restore)
-    r.add_post("/v1/search", api.search)
-    r.add_get("/v1/namespaces", api.namespaces)
-    r.add_get("/v1/namespaces/{namespace}/summary", api.summary)
-    r.add_post("/v1/admin/reindex", api.reindex)
-    r.add_get("/v1/admin/indexes", api.index_status)
-    r.add_get("/v1/admin/indexes/{shard}/check", api.index_check)
-    r.add_post("/v1/internal/shards/{shard}/search", api.search_shard)
-    r.add_get("/v1/internal/shards/{shard}/barrier", api.barrier)
-    r.add_get("/v1/internal/barriers", api.barriers)
-    r.add_get("/v1/internal/shards/{shard}/namespaces", api.namespaces_shard)
-    r.add_get("/v1/internal/shards/{shard}/summary/{namespace}", api.summary_shard)
-    r.add_get("/healthz", api.healthz)
-    r.add_get("/readyz", api.readyz)
-    r.add_get("/metrics", api.metrics_handler)
-    r.add_get("/openapi.json", api.openapi)
+    add_routes(app.router, api)
     return app

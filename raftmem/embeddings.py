@@ -16,12 +16,21 @@ from typing import Any
 from .config.schema import EMBEDDING_DIMS_MAX
 from .errors import InvalidRequest
 
+# Vectors are stored as float32: a larger magnitude does not fit (and would fail
+# when packed, after the write was accepted).
+FLOAT32_MAX = 3.4028234663852886e38
 TEXT_CHARS_MAX = 100_000  # of a memory's text handed to an index or an embedder
 _TEXT_DEPTH_MAX = 32
 
 
+def vector_schema(dims_max: int = EMBEDDING_DIMS_MAX) -> dict[str, Any]:
+    """What `check_vector` accepts, as JSON Schema."""
+    return {"type": "array", "minItems": 1, "maxItems": dims_max,
+            "items": {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}}
+
+
 def check_vector(what: str, value: Any, dims_max: int = EMBEDDING_DIMS_MAX) -> list[float]:
-    """A list of finite numbers, 1 to `dims_max` long, or InvalidRequest."""
+    """A list of numbers a float32 holds, 1 to `dims_max` long, or InvalidRequest."""
     if not isinstance(value, list) or not value:
         raise InvalidRequest(f"{what} must be a non-empty list of numbers", field=what)
     if len(value) > dims_max:
@@ -30,6 +39,8 @@ def check_vector(what: str, value: Any, dims_max: int = EMBEDDING_DIMS_MAX) -> l
     for x in value:
         if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
             raise InvalidRequest(f"{what} must hold finite numbers only", field=what)
+        if not -FLOAT32_MAX <= x <= FLOAT32_MAX:
+            raise InvalidRequest(f"{what} holds {x:g}, beyond what a float32 holds ({FLOAT32_MAX:g})", field=what)
         out.append(float(x))
     return out
 

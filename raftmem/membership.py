@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config, NodeConfig
+from .errors import Conflict, NotFound
 from .routing import placement
 
 TABLE_SHARD = 0
@@ -61,12 +62,12 @@ class Table:
 
     def with_node(self, node: NodeConfig) -> Table:
         if node.id in self.nodes:
-            raise ValueError(f"node {node.id} is already a member")
+            raise Conflict(f"node {node.id} is already a member")
         for other in self.nodes.values():
             if other.host == node.host and (
                 other.http_port == node.http_port or abs(other.raft_port_base - node.raft_port_base) < len(self.assignment)
             ):
-                raise ValueError(f"node {node.id}: ports overlap those of {other.id} on {node.host}")
+                raise Conflict(f"node {node.id}: ports overlap those of {other.id} on {node.host}")
         nodes = dict(self.nodes)
         nodes[node.id] = node
         return Table(self.version + 1, nodes, dict(self.assignment), self.factor)
@@ -74,9 +75,9 @@ class Table:
     def without_node(self, node_id: str) -> Table:
         """Drop a node and re-place only the shards it held."""
         if node_id not in self.nodes:
-            raise ValueError(f"node {node_id} is not a member")
+            raise NotFound(f"node {node_id} is not a member")
         if len(self.nodes) - 1 < self.factor:
-            raise ValueError(f"removing {node_id} would leave fewer nodes than the replication factor {self.factor}")
+            raise Conflict(f"removing {node_id} would leave fewer nodes than the replication factor {self.factor}")
         nodes = {k: n for k, n in self.nodes.items() if k != node_id}
         ring = placement(list(nodes), len(self.assignment), self.factor)
         assignment = {

@@ -157,6 +157,45 @@ def _value(value: Any, where: str) -> Any:
     return value
 
 
+# -- the language as JSON Schema (raftmem.openapi publishes it) --------------------
+def schema_ref(name: str = "Filter") -> dict[str, Any]:
+    """A whole filter, as a reference to the document's definitions (`schema_levels`)."""
+    return {"$ref": f"#/components/schemas/{name}1"}
+
+
+def schema_levels(name: str = "Filter") -> dict[str, Any]:
+    """What `parse` accepts, as JSON Schema: one definition per nesting level
+    (`{name}1` is a whole filter), so the depth bound is stated, not described.
+    Not stated: at most NODES_MAX conditions in all."""
+    text = {"type": "string", "maxLength": VALUE_BYTES_MAX}
+    operand = {"anyOf": [{"not": {"type": "string"}}, text]}
+    listed = {"type": "array", "maxItems": LIST_ITEMS_MAX, "items": operand}
+    value = {"anyOf": [
+        {"type": ["null", "boolean", "number", "array"]},
+        text,
+        {"type": "object", "propertyNames": {"not": {"pattern": "^[$]"}}, "description": "equality with it"},
+        {"type": "object", "minProperties": 1, "propertyNames": {"enum": list(OPERATORS)},
+         "properties": {op: listed if op in ("$in", "$nin") else operand for op in OPERATORS},
+         "description": "operators, all of which must hold"},
+    ]}
+    plain = "|".join(r for r in ROOTS if r not in ROOTS_WITH_PATHS)
+    nested = "|".join(ROOTS_WITH_PATHS)
+    path = f"^(?:{plain}|(?:{nested})(?:[.][^.]+){{0,{PATH_SEGMENTS_MAX - 1}}})$"
+    out: dict[str, Any] = {f"{name}Value": value}
+    for depth in range(DEPTH_MAX, 0, -1):
+        level: dict[str, Any] = {"type": "object", "additionalProperties": False,
+                                 "propertyNames": {"maxLength": PATH_CHARS_MAX}}
+        if depth < DEPTH_MAX:  # its parts are a level deeper
+            deeper = {"$ref": f"#/components/schemas/{name}{depth + 1}"}
+            level["properties"] = {"$and": {"type": "array", "minItems": 1, "items": deeper},
+                                   "$or": {"type": "array", "minItems": 1, "items": deeper}, "$not": deeper}
+            level["patternProperties"] = {path: {"$ref": f"#/components/schemas/{name}Value"}}
+        else:
+            level["maxProperties"] = 0
+        out[f"{name}{depth}"] = level
+    return out
+
+
 # -- evaluation --------------------------------------------------------------------
 def resolve(record: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     value: Any = record.get(path[0], MISSING)

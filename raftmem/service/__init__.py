@@ -94,6 +94,7 @@ class MemoryService:
         `feed`: the node's change events (watches follow it)."""
         self.config = config
         self.node_id = node_id
+        self.clock = clock
         self.router = Router(config, node_id, shards, table, forwarder)
         self.queries = Queries(config, self.router, clock)
         self.search = Search(config, self.router, clock, indexes)

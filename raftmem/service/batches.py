@@ -7,6 +7,10 @@ take effect in order and a `get` sees the batch's earlier writes of its key.
 The receiving node sends each leader node one request carrying every group it
 leads (`POST /v1/internal/batch`), not one per operation.
 
+- A malformed operation (a bad name, an unknown field, a value of the wrong
+  type) refuses the whole batch with a 400, atomic or not: nothing applies, as
+  for a malformed request (DynamoDB's BatchWriteItem does the same; what can
+  only be known when applied, a precondition, is per operation).
 - Not atomic (the default): each operation has its own result; a failed
   precondition fails that operation only. A group's operations share one
   entry's fate: applied together, or (leader lost, timeout) all failed (503)
@@ -31,7 +35,7 @@ import orjson
 from .. import validation as v
 from ..clock import Clock
 from ..commands import Committed, Delete, Get, MemoryFields, Outcome, Put, Txn, TxnOp
-from ..config import Config
+from ..config import STALENESS_MS_MAX, Config
 from ..errors import Indeterminate, InvalidRequest, NotFound, Overloaded, RaftmemError, Unavailable
 from ..shard import Shard
 from .calls import Call, ForwardLost, ForwardNotSent, Reply, public
@@ -41,11 +45,25 @@ from .outcomes import error_for, write_reply
 from .queries import Queries, not_fenced
 
 BATCH_KINDS = ("put", "get", "delete", "create")
+BATCH_FIELDS = frozenset({"ops", "atomic"})
 INTERNAL_BATCH_PATH = "/v1/internal/batch"
 PLAN_YIELD_EVERY = 64
 _OP_HEADERS = (("if_match", "If-Match"), ("if_none_match", "If-None-Match"), ("idempotency_key", "Idempotency-Key"),
                ("if_fence", "If-Fence"))
 _OP_QUERY = ("consistency", "after", "max_staleness_ms", "actor")
+# What each kind of operation takes (the request it stands for: a put's body
+# and headers, a get's query...); anything else refuses the batch.
+OP_FIELDS = {
+    "put": frozenset({"op", "namespace", "id", "body", "if_match", "if_none_match", "idempotency_key", "if_fence"}),
+    "create": frozenset({"op", "namespace", "body", "idempotency_key", "if_fence"}),
+    "get": frozenset({"op", "namespace", "id", "consistency", "after", "max_staleness_ms"}),
+    "delete": frozenset({"op", "namespace", "id", "if_match", "idempotency_key", "if_fence", "actor"}),
+}
+# The JSON types of the values an operation carries as a header or a parameter.
+_OP_VALUE_TYPES: dict[str, tuple[type, ...]] = {
+    "if_match": (int, str), "if_none_match": (str,), "idempotency_key": (str,), "if_fence": (str,),
+    "consistency": (str,), "after": (str,), "max_staleness_ms": (int,), "actor": (str,),
+}
 
 
 @dataclass
@@ -84,8 +102,8 @@ class Batches:
 
     # -- the client's batch ------------------------------------------------------------
     async def batch(self, call: Call) -> Reply:
-        body = v.parse_json(call.body, self.limits)
-        ops = body.get("ops") if isinstance(body, dict) else None
+        body = v.known_fields(v.parse_json(call.body, self.limits), BATCH_FIELDS)
+        ops = body.get("ops")
         if not isinstance(ops, list) or not ops:
             raise InvalidRequest('body must be {"ops": [...]} with at least one operation')
         if len(ops) > self.limits.batch_ops_max:
@@ -107,13 +125,14 @@ class Batches:
         for i, raw in enumerate(ops):
             if i and i % PLAN_YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a large batch does not hold the loop: others are answered between
-            _check_shape(i, raw)  # a malformed operation refuses the whole batch
             try:
                 planned.append(self._plan(i, raw, call))
-            except RaftmemError as e:
-                if atomic:
-                    raise InvalidRequest(f"ops[{i}]: {e.message}; an atomic batch applies nothing") from None
-                results[i] = _error(e)
+            except InvalidRequest as e:
+                # A malformed operation refuses the whole batch: nothing applies (as a
+                # malformed request would), atomic or not.
+                raise InvalidRequest(f"ops[{i}]: {e.message}; the batch applies nothing",
+                                     **({"field": f"ops[{i}].{e.details['field']}"} if "field" in e.details
+                                        else {})) from None
         if atomic and len({op.shard for op in planned}) > 1:
             raise InvalidRequest(
                 "an atomic batch must stay on one shard (its memories' namespace and id hash to several); "
@@ -149,19 +168,24 @@ class Batches:
             wire["if_none_match"] = headers["If-None-Match"]
         command: Put | Delete | None = None
         if kind == "put":
-            fields = v.memory_fields(raw.get("body", {}), self.limits)
-            wire["body"] = raw.get("body", {})
+            body = raw.get("body")
+            fields = v.memory_fields({} if body is None else body, self.limits)
+            wire["body"] = {} if body is None else body
             command = Put(ns, mid, MemoryFields.from_wire(fields),
                           if_match=v.version_header("If-Match", headers.get("If-Match")),
                           if_none_match=v.if_none_match(headers.get("If-None-Match")), idempotency_key=idem,
                           if_fence=checked_fence(self.router, self.limits, ns, mid, headers.get("If-Fence")))
         elif kind == "delete":
+            actor = query.get("actor")
             command = Delete(ns, mid, if_match=v.version_header("If-Match", headers.get("If-Match")),
                              idempotency_key=idem,
-                             if_fence=checked_fence(self.router, self.limits, ns, mid, headers.get("If-Fence")))
+                             if_fence=checked_fence(self.router, self.limits, ns, mid, headers.get("If-Fence")),
+                             actor=v.actor(actor) if actor is not None else None)
         else:
             not_fenced(headers.get("If-Fence"))
             v.consistency(query.get("consistency"))
+            v.tokens(query.get("after"), self.config.shards)
+            v.int_param("max_staleness_ms", query.get("max_staleness_ms"), -1, 0, STALENESS_MS_MAX)
         op_call = Call("GET", f"/v1/memories/{ns}/{mid}", query, headers, b"", call.hops)
         return _Op(i, kind, ns, mid, self.router.shard_of(ns, mid), command, op_call, wire)
 
@@ -300,8 +324,17 @@ def _check_shape(i: int, raw: Any) -> None:
     kind = raw.get("op")
     if kind not in BATCH_KINDS:
         raise InvalidRequest(f"ops[{i}].op must be put, create, get or delete")
+    v.known_fields(raw, OP_FIELDS[kind], f"ops[{i}] ({kind})")
     if not isinstance(raw.get("namespace"), str) or (kind != "create" and not isinstance(raw.get("id"), str)):
         raise InvalidRequest(f"ops[{i}] needs a namespace and an id")
+    for key, types in _OP_VALUE_TYPES.items():
+        value = raw.get(key)
+        if value is None:
+            continue
+        if int in types and v.integral(value) is not None:
+            raw[key] = v.integral(value)  # 3.0 is the JSON integer 3
+        elif isinstance(value, bool) or not isinstance(value, types):
+            raise InvalidRequest(f"ops[{i}].{key} must be a {' or '.join(t.__name__ for t in types)}", field=key)
 
 
 def _failed(op: _Op, error: RaftmemError) -> Result:

@@ -63,7 +63,7 @@ class Coordinating:
 
     def _level(self, call: Call) -> str:
         """Locks and tasks are read at `linearizable` unless asked otherwise."""
-        level = v.consistency(call.query.get("consistency") or call.header("X-Raftmem-Consistency")) or "linearizable"
+        level = v.requested_level(call.query, call.headers) or "linearizable"
         if level not in READ_LEVELS:
             raise InvalidRequest(f"locks and tasks are read at {', '.join(READ_LEVELS)}", field="consistency")
         return level

@@ -30,7 +30,7 @@ class Histories:
         if unknown:
             raise InvalidRequest(f"unknown parameter(s): {', '.join(unknown)}", fields=unknown)
         shard = self.queries.router.shard_of(ns, mid)
-        level = v.consistency(q.get("consistency") or call.header("X-Raftmem-Consistency"))
+        level = v.requested_level(q, call.headers)
         level = level or self.config.consistency.default
         limit = v.int_param("limit", q.get("limit"), max(1, self.config.history.versions_max), 1, READ_LIMIT_MAX)
         after = v.merge_tokens(

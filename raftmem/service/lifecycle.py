@@ -294,14 +294,12 @@ class Lifecycle:
         return Reply(200, {"dry_run": dry_run, "shards": list(shards)})
 
     def _run_params(self, call: Call) -> tuple[bool, str | None]:
-        dry = (call.query.get("dry_run") or "false").lower()
-        if dry not in ("true", "false", "1", "0"):
-            raise InvalidRequest("dry_run must be true or false", field="dry_run")
-        only = call.query.get("policy") or None
+        dry = v.flag("dry_run", call.query.get("dry_run"))
+        only = call.query.get("policy")
         if only is not None and only not in self.stats.policies:
             raise InvalidRequest(f"no policy {only!r} (known: {', '.join(self.stats.policies) or 'none'})",
                                  field="policy")
-        return dry in ("true", "1"), only
+        return dry, only
 
     def status(self) -> dict[str, Any]:
         """This node's share (as the leader of some shards), for GET /v1/cluster."""

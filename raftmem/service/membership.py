@@ -20,6 +20,7 @@ from .memories import Memories
 
 TABLE_CAS_ATTEMPTS = 5
 MEMBER_FIELDS = frozenset({"id", "host", "http_port", "raft_port_base", "zone"})
+PORT_MAX = 65535
 
 
 class Membership:
@@ -87,34 +88,31 @@ class Membership:
         raise Conflict("the membership table kept changing; retry")
 
     async def member_add(self, call: Call) -> Reply:
-        body = v.parse_json(call.body, self.limits)
-        if not isinstance(body, dict):
-            raise InvalidRequest("body must be a JSON object")
-        unknown = sorted(set(body) - MEMBER_FIELDS)
-        if unknown:
-            raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}")
-        try:
-            node = NodeConfig(
-                id=v.name("id", str(body["id"]), 64),
-                host=str(body["host"]),
-                http_port=int(body["http_port"]),
-                raft_port_base=int(body["raft_port_base"]),
-                zone=str(body.get("zone", "")),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise InvalidRequest(f"member add needs id, host, http_port, raft_port_base: {e}") from None
-        if not (0 < node.http_port < 65536 and 0 < node.raft_port_base and node.raft_port(self.config.shards - 1) < 65536):
-            raise InvalidRequest("ports out of range")
+        body = v.json_object(call.body, self.limits, MEMBER_FIELDS)
+        node_id = body.get("id")
+        if not isinstance(node_id, str):
+            raise InvalidRequest("id must be a node id (a string)", field="id")
+        zone = body.get("zone")
+        node = NodeConfig(
+            id=v.name("id", node_id, v.NODE_ID_CHARS_MAX),
+            host=v.label("host", body.get("host"), v.HOST_CHARS_MAX),
+            http_port=v.json_int("http_port", body.get("http_port"), None, 1, PORT_MAX),
+            # Its shards' Raft ports follow it: the last must be a port too.
+            raft_port_base=v.json_int("raft_port_base", body.get("raft_port_base"), None, 1,
+                                      PORT_MAX - (self.config.shards - 1)),
+            zone=v.label("zone", zone, v.NODE_ID_CHARS_MAX) if zone is not None else "",
+        )
         _, new = await self._change_table(call, lambda t: t.with_node(node))
         return Reply(200, {"table": new.to_json()})
 
     async def member_remove(self, node_id: str, call: Call) -> Reply:
+        v.name("node", node_id, v.NODE_ID_CHARS_MAX)
         old, new = await self._change_table(call, lambda t: t.without_node(node_id))
         return Reply(200, {"table": new.to_json(), "moves": moves(old, new),
                            "moved_fraction": moved_fraction(old, new)})
 
     async def rebalance(self, call: Call) -> Reply:
-        dry_run = call.query.get("dry_run", "").lower() in ("1", "true", "yes")
+        dry_run = v.flag("dry_run", call.query.get("dry_run"))
         current = await self.current_table(call)
         planned = current.rebalanced()
         if dry_run or not moves(current, planned):

@@ -60,7 +60,7 @@ class Queries:
         not_fenced(call.header("If-Fence"))
         shard_id = self.router.shard_of(ns, mid)
         q = call.query
-        level = v.consistency(q.get("consistency") or call.header("X-Raftmem-Consistency"))
+        level = v.requested_level(q, call.headers)
         shard = self.router.local(shard_id)
 
         def read(state: MemoryReader) -> dict[str, Any] | None:
@@ -128,18 +128,21 @@ class Queries:
     # -- lists ---------------------------------------------------------------------
     def _list_query(self, ns: str, call: Call) -> ListQuery:
         q = call.query
+        agent, tag = q.get("agent_id"), q.get("tag")
+        # Not read by a list (it is served fresh, or eventual), but checked as everywhere.
+        v.tokens(q.get("after"), self.config.shards)
         return ListQuery(
             namespace=ns,
-            agent_id=q.get("agent_id") or None,
-            tag=q.get("tag") or None,
-            since_ms=v.int_param("since", q.get("since"), 0, 0, (1 << 63) - 1),
-            until_ms=v.int_param("until", q.get("until"), (1 << 63) - 1, 0, (1 << 63) - 1),
+            agent_id=v.label("agent_id", agent, v.AGENT_CHARS_MAX) if agent is not None else None,
+            tag=v.label("tag", tag, self.limits.tag_chars_max) if tag is not None else None,
+            since_ms=v.int_param("since", q.get("since"), 0, 0, v.TIME_MS_MAX),
+            until_ms=v.int_param("until", q.get("until"), v.TIME_MS_MAX, 0, v.TIME_MS_MAX),
             after=v.decode_cursor(q.get("cursor")),
-            limit=v.int_param("limit", q.get("limit"), 100, 1, self.limits.list_page_max),
+            limit=v.int_param("limit", q.get("limit"), v.LIST_PAGE_DEFAULT, 1, self.limits.list_page_max),
         )
 
     def _list_level(self, call: Call, tag: str | None) -> str:
-        level = v.consistency(call.query.get("consistency") or call.header("X-Raftmem-Consistency"))
+        level = v.requested_level(call.query, call.headers)
         if level is None and tag is not None:
             level = self.config.consistency.level_for_tags([tag])
         return level or self.config.consistency.default

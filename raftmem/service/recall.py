@@ -28,6 +28,8 @@ from .calls import Call, Reply
 from .leaders import Router
 
 NAMESPACES_PAGE_MAX = 1000
+NAMESPACES_OFFSET_MAX = 1_000_000
+NAMESPACE_DEPTH_MAX = 64
 NAMESPACES_SCAN_PAGE = 1000
 NAMESPACES_SCAN_MAX = 50_000  # per shard, per request
 WILDCARD = "*"
@@ -92,15 +94,15 @@ class Recall:
     # -- namespaces ----------------------------------------------------------------------
     async def namespaces(self, call: Call) -> Reply:
         q = call.query
-        prefix, suffix = q.get("prefix") or None, q.get("suffix") or None
+        prefix, suffix = q.get("prefix"), q.get("suffix")
         for what, value in (("prefix", prefix), ("suffix", suffix)):
             if value is not None:
                 for label in value.split("."):
                     if label != WILDCARD:
-                        v.name(what, label, self.limits.namespace_chars_max)
-        max_depth = v.int_param("max_depth", q.get("max_depth"), 0, 1, 64) or None
+                        v.name(f"{what} label", label, self.limits.namespace_chars_max)
+        max_depth = v.int_param("max_depth", q.get("max_depth"), 0, 1, NAMESPACE_DEPTH_MAX) or None
         limit = v.int_param("limit", q.get("limit"), 100, 1, NAMESPACES_PAGE_MAX)
-        offset = v.int_param("offset", q.get("offset"), 0, 0, 1_000_000)
+        offset = v.int_param("offset", q.get("offset"), 0, 0, NAMESPACES_OFFSET_MAX)
         literal = []
         for label in (prefix or "").split(".") if prefix else []:
             if label == WILDCARD:
@@ -143,8 +145,10 @@ class Recall:
     # -- summaries ---------------------------------------------------------------------------
     async def summary(self, ns: str, call: Call) -> Reply:
         v.name("namespace", ns, self.limits.namespace_chars_max)
-        agent = call.query.get("agent_id") or None
-        refresh = call.query.get("refresh", "").lower() in ("1", "true", "yes")
+        agent = call.query.get("agent_id")
+        if agent is not None:
+            v.label("agent_id", agent, v.AGENT_CHARS_MAX)
+        refresh = v.flag("refresh", call.query.get("refresh"))
         params = {"refresh": "true" if refresh else "false", **({"agent_id": agent} if agent else {})}
         path = "/v1/internal/shards/{s}/summary/" + quote(ns)
         parts = await asyncio.gather(*(
@@ -185,11 +189,12 @@ class Recall:
         of a shard (or of all) from its RocksDB state."""
         indexes = self._indexes()
         raw = call.query.get("shard")
-        shards = sorted(indexes.replicas) if raw in (None, "") else [
+        wait = v.flag("wait", call.query.get("wait"))  # checked before anything starts
+        shards = sorted(indexes.replicas) if raw is None else [
             v.int_param("shard", raw, 0, 0, self.config.shards - 1)]
         before = {s: indexes.replicas[s].stats.rebuilds for s in shards if s in indexes.replicas}
         started = indexes.reindex(shards)
-        if call.query.get("wait", "").lower() in ("1", "true", "yes"):
+        if wait:
             deadline = asyncio.get_running_loop().time() + self.limits.read_timeout_ms / 1000 * 12
             while any(indexes.replicas[s].stats.rebuilds <= before[s] for s in started if s in indexes.replicas):
                 if asyncio.get_running_loop().time() > deadline:

@@ -52,8 +52,10 @@ from .leaders import Router
 QUERY_CHARS_MAX = 4096
 QUERY_TOKENS_MAX = 64
 SEARCH_LIMIT_MAX = 1000
+LIMIT_DEFAULT = 10
 OFFSET_MAX = 10_000
 RRF_K_DEFAULT = 60
+RRF_K_MAX = 10_000
 ALL_TIERS = ("eager", "batched", "lazy")
 ORDERS = ("score", "updated_at", "-updated_at", "created_at", "-created_at")
 REQUEST_KEYS = frozenset({
@@ -148,14 +150,18 @@ class Search:
         unknown = sorted(set(body) - REQUEST_KEYS)
         if unknown:
             raise InvalidRequest(f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(sorted(REQUEST_KEYS))})")
+        body = {key: value for key, value in body.items() if value is not None}  # null: left out
+        for key in ("namespace", "namespace_prefix", "consistency", "after", "order_by"):
+            if key in body and not isinstance(body[key], str):
+                raise InvalidRequest(f"{key} must be a string", field=key)
         ns, prefix = body.get("namespace"), body.get("namespace_prefix")
         if (ns is None) == (prefix is None):
             raise InvalidRequest("give one of namespace and namespace_prefix", field="namespace")
         chars = self.limits.namespace_chars_max
         if ns is not None:
-            ns = v.name("namespace", ns if isinstance(ns, str) else "", chars)
+            ns = v.name("namespace", ns, chars)
         if prefix is not None:
-            prefix = v.name("namespace_prefix", prefix if isinstance(prefix, str) else "", chars)
+            prefix = v.name("namespace_prefix", prefix, chars)
         query = body.get("query")
         tokens: list[str] = []
         if query is not None:
@@ -171,7 +177,7 @@ class Search:
         if metric not in METRICS:
             raise InvalidRequest(f"metric must be one of {', '.join(METRICS)}", field="metric")
         node = filters.parse(body.get("filter"))
-        limit = _int(body, "limit", 10, 1, SEARCH_LIMIT_MAX)
+        limit = _int(body, "limit", LIMIT_DEFAULT, 1, SEARCH_LIMIT_MAX)
         offset = _int(body, "offset", 0, 0, OFFSET_MAX)
         scored = query is not None or vector is not None
         order_by = body.get("order_by", "score" if scored else "-updated_at")
@@ -183,11 +189,12 @@ class Search:
         fresh = body.get("fresh", False)
         if not isinstance(fresh, bool):
             raise InvalidRequest("fresh must be true or false", field="fresh")
-        level = v.consistency(body.get("consistency") if isinstance(body.get("consistency"), str) else None)
+        level = v.consistency(body.get("consistency"))
         if level is not None and level not in SEARCH_LEVELS:
-            raise InvalidRequest(f"a search's consistency is one of {', '.join(SEARCH_LEVELS)}", field="consistency")
+            raise InvalidRequest(f"a search's consistency is one of {', '.join(v.levels_accepted(SEARCH_LEVELS))}",
+                                 field="consistency")
         after = v.merge_tokens(
-            v.tokens(body.get("after") if isinstance(body.get("after"), str) else None, self.config.shards),
+            v.tokens(body.get("after"), self.config.shards),
             v.context(call.header(CONTEXT_HEADER), self.config.shards),
         )
         if fresh:
@@ -201,7 +208,7 @@ class Search:
             namespace=ns, namespace_prefix=prefix, query=query, tokens=tokens, vector=vector, metric=metric,
             filter=node, raw_filter=body.get("filter"), limit=limit, offset=offset, level=level, after=after,
             order_by=order_by, with_embedding=with_embedding,
-            rrf_k=_int(body, "rrf_k", RRF_K_DEFAULT, 1, 10_000), scope=call.scope,
+            rrf_k=_int(body, "rrf_k", RRF_K_DEFAULT, 1, RRF_K_MAX), scope=call.scope,
         )
         request.digest = hashlib.blake2b(orjson.dumps(
             [ns, prefix, query, vector, metric, body.get("filter"), order_by]), digest_size=8).hexdigest()
@@ -268,21 +275,24 @@ class Search:
         if order not in ORDERS or order == "score":
             raise InvalidRequest("order must be updated_at, -updated_at, created_at or -created_at", field="order")
         conditions: list[dict[str, Any]] = []
-        if q.get("agent_id"):
-            conditions.append({"agent_id": q["agent_id"]})
-        if q.get("tag"):
-            conditions.append({"tags": q["tag"]})
+        if q.get("agent_id") is not None:
+            conditions.append({"agent_id": v.label("agent_id", q["agent_id"], v.AGENT_CHARS_MAX)})
+        if q.get("tag") is not None:
+            conditions.append({"tags": v.label("tag", q["tag"], self.limits.tag_chars_max)})
         for param, op in (("since", "$gte"), ("until", "$lte")):
-            if q.get(param):
-                conditions.append({"created_at": {op: v.int_param(param, q[param], 0, 0, (1 << 63) - 1)}})
+            if q.get(param) is not None:
+                conditions.append({"created_at": {op: v.int_param(param, q[param], 0, 0, v.TIME_MS_MAX)}})
         body: dict[str, Any] = {"namespace": ns, "order_by": order,
-                                "limit": v.int_param("limit", q.get("limit"), 100, 1, self.limits.list_page_max)}
+                                "limit": v.int_param("limit", q.get("limit"), v.LIST_PAGE_DEFAULT, 1,
+                                                     self.limits.list_page_max)}
         if conditions:
             body["filter"] = {"$and": conditions}
         # A list keeps its levels' promises: strong and linearizable see every
-        # acknowledged write (fresh), the others what their level allows.
-        level = v.consistency(q.get("consistency") or call.header("X-Raftmem-Consistency"))
-        if level in (None, "strong", "linearizable"):
+        # acknowledged write (fresh), session and causal their tokens, eventual
+        # what the replica has; bounded is served fresh (stronger than asked, as
+        # the unordered list does: the indexes keep no staleness bound).
+        level = v.requested_level(q, call.headers)
+        if level in (None, "strong", "linearizable", "bounded"):
             body["fresh"] = True
         else:
             body["consistency"] = level
@@ -435,6 +445,13 @@ class Search:
             return int(index.visible)
         if level in ("session", "causal"):
             target = r.after.get(shard_id, 0)
+            if not index.covered(target, ALL_TIERS):
+                # As a session read does (raftmem.reads): a token past what the
+                # leader committed names no acknowledged write of this cluster (a
+                # made-up one, or from before a restore): the leader's
+                # linearizable barrier covers everything the caller can have
+                # seen, and waiting for the token would only time out.
+                target = min(target, await self.barrier(shard_id, "linearizable", hops))
             await index.wait_absorbed(target, ALL_TIERS, timeout_s)
             return target
         found = r.targets.get(shard_id)
@@ -533,8 +550,8 @@ def _context(call: Call) -> dict[str, str]:
 
 
 def _int(body: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
-    value = body.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+    value = v.integral(body.get(key, default))
+    if value is None or not lo <= value <= hi:
         raise InvalidRequest(f"{key} must be an integer in [{lo}, {hi}]", field=key)
     return value
 

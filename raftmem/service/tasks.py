@@ -32,6 +32,9 @@ SETTLE_FIELDS = {
     "extend": frozenset({"fence", "lease_ms"}),
 }
 ERROR_CHARS_MAX = 4096
+# `GET /v1/tasks/{ns}/claim` would read a task named so, where POST claims one:
+# the name is the endpoint's.
+CLAIM_PATH_ID = "claim"
 TIME_MS_MAX = (1 << 63) - 1
 
 
@@ -53,6 +56,9 @@ class Tasks(Coordinating):
         if given is not None:
             if not isinstance(given, str):
                 raise InvalidRequest("id must be a string", field="id")
+            if given == CLAIM_PATH_ID:
+                raise InvalidRequest(f"a task may not be named {CLAIM_PATH_ID!r} (the claim endpoint's name)",
+                                     field="id")
             return v.name("id", given, self.limits.id_chars_max)
         if key is not None:
             # A retry lands on the same id; time-ordered when the key starts with its time.
@@ -147,7 +153,9 @@ class Tasks(Coordinating):
             error = body.get("error")
             if error is not None:
                 error = v.label("error", error, ERROR_CHARS_MAX)
-            retry = body.get("retry", True)
+            retry = body.get("retry")
+            if retry is None:  # null: left out, as for every optional field
+                retry = True
             if not isinstance(retry, bool):
                 raise InvalidRequest("retry must be true or false", field="retry")
             command = SettleTask(ns, tid, fence, action, error, retry=retry, idempotency_key=key)
@@ -171,11 +179,11 @@ class Tasks(Coordinating):
         """`?state=ready|claimed|done|dead` (default: all), by id, `limit`, `cursor`."""
         shard = self._queue(ns)
         q = call.query
-        state = q.get("state") or None
+        state = q.get("state")
         if state is not None and state not in STATES:
             raise InvalidRequest(f"state must be one of {', '.join(STATES)}", field="state")
         limit = v.int_param("limit", q.get("limit"), 100, 1, self.co.task_list_page_max)
-        after = q.get("cursor") or None
+        after = q.get("cursor")
         if after is not None:
             v.name("cursor", after, self.limits.id_chars_max)
 

@@ -40,7 +40,7 @@ class Transfers:
         """Hand a shard's leadership to `to` (a node id) or to the most caught-up
         follower. Answers once the request is sent; poll /v1/cluster to see it land."""
         self._check_shard(shard)
-        target = call.query.get("to") or None
+        target = call.query.get("to")
         if target is not None and target not in self.router.placement[shard]:
             raise InvalidRequest(f"node {target!r} holds no replica of shard {shard}", field="to")
 

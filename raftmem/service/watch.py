@@ -101,15 +101,12 @@ class Watches:
         if unknown:
             raise InvalidRequest(f"unknown watch parameter(s): {', '.join(unknown)} (allowed: "
                                  f"{', '.join(sorted(WATCH_PARAMS))})", fields=unknown)
-        require = (q.get("require_leader") or "false").lower()
-        if require not in ("true", "false", "1", "0"):
-            raise InvalidRequest("require_leader must be true or false", field="require_leader")
         return WatchRequest(
-            filter=parse_filter(q, self.config.limits.namespace_chars_max),
+            filter=parse_filter(q, self.config.limits),
             after=v.tokens(q.get("after"), self.config.shards),
             progress_ms=v.int_param("progress_ms", q.get("progress_ms"), self.limits.progress_ms,
                                     WATCH_PROGRESS_MS_MIN, WATCH_PROGRESS_MS_MAX),
-            require_leader=require in ("true", "1"),
+            require_leader=v.flag("require_leader", q.get("require_leader")),
             ndjson=NDJSON in (call.header("Accept") or ""),
         )
 
@@ -174,7 +171,7 @@ class Watches:
             if require:
                 raise NoLeader(f"node {self.router.node_id} does not lead shard {shard}", shard=shard)
             raise Unavailable(f"node {self.router.node_id} holds no replica of shard {shard}", shard=shard)
-        flt = parse_filter(q, self.config.limits.namespace_chars_max)
+        flt = parse_filter(q, self.config.limits)
         after = v.int_param("after", q.get("after"), -1, -1, (1 << 63) - 1)
         limit = v.int_param("limit", q.get("limit"), self.limits.page_events_max, 1, self.limits.page_events_max)
         wait_s = v.int_param("wait_ms", q.get("wait_ms"), 0, 0, REMOTE_WAIT_MS_MAX) / 1000

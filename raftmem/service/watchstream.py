@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .. import validation as v
-from ..errors import InvalidRequest, NoLeader, RaftmemError, Unavailable
+from ..config import LimitsConfig
+from ..errors import NoLeader, RaftmemError, Unavailable
 from ..events import Change, ChangeKind, ChangePage, Compacted, Overflowed
 from ..shard import Shard
 from .calls import Call, ForwardLost, ForwardNotSent, public
@@ -69,18 +70,19 @@ class WatchFilter:
         return {name: value for name in FILTER_PARAMS if (value := getattr(self, name)) is not None}
 
 
-def parse_filter(query: Mapping[str, str], limits_ns_chars: int) -> WatchFilter:
-    ns, prefix = query.get("namespace") or None, query.get("namespace_prefix") or None
-    if ns is not None and prefix is not None:
-        raise InvalidRequest("give namespace or namespace_prefix, not both", field="namespace_prefix")
+def parse_filter(query: Mapping[str, str], limits: LimitsConfig) -> WatchFilter:
+    """The filters of a watch; given together, they must all hold (a namespace
+    and a prefix too: a change of that namespace, if it has the prefix)."""
+    ns, prefix = query.get("namespace"), query.get("namespace_prefix")
     if ns is not None:
-        v.name("namespace", ns, limits_ns_chars)
+        v.name("namespace", ns, limits.namespace_chars_max)
     if prefix is not None:
-        v.name("namespace_prefix", prefix, limits_ns_chars)
-    agent, tag = query.get("agent_id") or None, query.get("tag") or None
-    for what, value in (("agent_id", agent), ("tag", tag)):
-        if value is not None and any(ord(c) < 32 for c in value):
-            raise InvalidRequest(f"{what} must not contain control characters", field=what)
+        v.name("namespace_prefix", prefix, limits.namespace_chars_max)
+    agent, tag = query.get("agent_id"), query.get("tag")
+    if agent is not None:
+        v.label("agent_id", agent, v.AGENT_CHARS_MAX)
+    if tag is not None:
+        v.label("tag", tag, limits.tag_chars_max)
     return WatchFilter(ns, prefix, agent, tag)
 
 

@@ -159,14 +159,25 @@ def test_batch_per_operation_results(cluster: Cluster) -> None:
         {"op": "put", "namespace": ns, "id": "b", "body": {"content": 2}},
         {"op": "create", "namespace": ns, "body": {"content": 3}},
         {"op": "get", "namespace": ns, "id": "missing"},
-        {"op": "put", "namespace": ns, "id": "c", "body": {"bogus": 1}},
+        {"op": "put", "namespace": ns, "id": "c", "body": {"content": 4}, "if_match": 7},
     ]
     status, _, body = cluster.request("n2", "POST", "/v1/batch", {"ops": ops})
     assert status == 200, body
     statuses = [r["status"] for r in body["results"]]
-    assert statuses == [201, 201, 201, 404, 400]
+    assert statuses == [201, 201, 201, 404, 412]
     status, _, got = cluster.request("n1", "GET", f"/v1/memories/{ns}/b")
     assert got["content"] == 2
+
+
+def test_a_malformed_operation_refuses_the_whole_batch(cluster: Cluster) -> None:
+    """Malformed (what the document's schema refuses) is the request's fault: a
+    400 naming the operation, and nothing applies, atomic or not."""
+    ns = _ns()
+    ops = [{"op": "put", "namespace": ns, "id": "a", "body": {"content": 1}},
+           {"op": "put", "namespace": ns, "id": "c", "body": {"bogus": 1}}]
+    status, _, body = cluster.request("n2", "POST", "/v1/batch", {"ops": ops})
+    assert status == 400 and body["error"]["message"].startswith("ops[1]"), body
+    assert cluster.request("n1", "GET", f"/v1/memories/{ns}/a")[0] == 404
 
 
 def test_ttl_expires(cluster: Cluster) -> None:

@@ -83,7 +83,9 @@ def _metric(c: Cluster, node: str, series: str) -> float:
 
 
 def _get(c: Cluster, node: str, ns: str, mid: str, level: str = "eventual", after: str = "") -> tuple[int, Any]:
-    status, _, body = c.request(node, "GET", f"/v1/memories/{ns}/{mid}?consistency={level}&after={after}")
+    # A parameter is left out rather than sent empty (an empty one is a 400).
+    status, _, body = c.request(node, "GET", f"/v1/memories/{ns}/{mid}?consistency={level}"
+                                + (f"&after={after}" if after else ""))
     return status, body
 
 

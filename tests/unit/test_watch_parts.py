@@ -44,13 +44,22 @@ def test_filters_judge_the_changes_record() -> None:
 
 @pytest.mark.parametrize("query", [
     {"colour": "red"}, {"after": "nope"}, {"after": "8:1"}, {"after": "0:-1"}, {"after": "0:1:2"},
-    {"namespace": "a", "namespace_prefix": "a"}, {"namespace": "a b"}, {"namespace_prefix": ".."},
+    {"namespace": "a b"}, {"namespace_prefix": ".."},
     {"progress_ms": "x"}, {"progress_ms": "1"}, {"progress_ms": "999999999"}, {"require_leader": "yes"},
-    {"tag": "a\nb"}, {"agent_id": "\x00"},
+    {"tag": "a\nb"}, {"agent_id": "\x00"}, {"agent_id": "a" * 257},
 ])
 def test_bad_watch_requests_are_invalid(query: dict[str, str]) -> None:
     with pytest.raises(InvalidRequest):
         _watches().parse(Call("GET", "/v1/watch", query))
+
+
+def test_filters_given_together_must_all_hold() -> None:
+    """A namespace and a prefix together (refused before) are a conjunction, like
+    any other two filters: the namespace's changes, if it has the prefix."""
+    both = _watches().parse(Call("GET", "/v1/watch", {"namespace": "team-a", "namespace_prefix": "team"})).filter
+    assert both.matches({"namespace": "team-a"}) and not both.matches({"namespace": "team-b"})
+    never = _watches().parse(Call("GET", "/v1/watch", {"namespace": "team-a", "namespace_prefix": "x"})).filter
+    assert not never.matches({"namespace": "team-a"})
 
 
 def test_a_good_request() -> None:
@@ -130,16 +139,17 @@ async def test_a_streams_queue_is_bounded_in_entries_and_bytes() -> None:
 
 
 def test_the_openapi_document_describes_watch_history_and_the_lifecycle_run() -> None:
-    from raftmem.openapi import OPENAPI
+    from raftmem import openapi
 
-    paths = OPENAPI["paths"]
+    document = openapi.build(_watches().config)
+    paths = document["paths"]
     watch = paths["/v1/watch"]["get"]
     assert {p["name"] for p in watch["parameters"]} == {
         "namespace", "namespace_prefix", "agent_id", "tag", "after", "progress_ms", "require_leader"}
     assert {"200", "400", "410", "429", "503"} <= set(watch["responses"])
     assert "get" in paths["/v1/memories/{namespace}/{id}/history"]
     assert "post" in paths["/v1/admin/lifecycle/run"]
-    write = OPENAPI["components"]["schemas"]["MemoryWrite"]["properties"]
+    write = document["components"]["schemas"]["MemoryWrite"]["properties"]
     assert {"actor", "ttl_refresh_on_read"} <= set(write)
 
 
