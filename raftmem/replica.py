@@ -29,7 +29,7 @@ from .commands import Command, Committed, Expire, ExpireLeases, Noop, Outcome, P
 from .config import Config, NodeConfig
 from .consensus import OK, REJECTED, GroupSpec, RaftGroup, Ticker
 from .coordination import Notice
-from .errors import Indeterminate, NoLeader, Overloaded, Unavailable
+from .errors import Indeterminate, InvalidRequest, NoLeader, Overloaded, Unavailable
 from .events import ChangeFeed
 from .reads import Reads
 from .shard import MemoryReader, Served, ShardRole, ShardStats, ShardStatus
@@ -133,7 +133,7 @@ class ShardReplica:
         applied here. Raises NoLeader/Overloaded (nothing was done) or
         Indeterminate (it may or may not happen)."""
         wire = command.to_wire()
-        done: Committed = await self._enqueue([command], [wire], len(codec.dumps(wire)))
+        done: Committed = await self._enqueue([command], [wire], _entry_size([wire]))
         return done
 
     async def submit_many(self, commands: Sequence[Command]) -> list[Committed]:
@@ -141,7 +141,7 @@ class ShardReplica:
         in the order given, so each sees the ones before it. All commit or
         none; raises as `submit` does."""
         wires = [c.to_wire() for c in commands]
-        done: list[Committed] = await self._enqueue(commands, wires, sum(len(codec.dumps(w)) for w in wires), True)
+        done: list[Committed] = await self._enqueue(commands, wires, _entry_size(wires), True)
         return done
 
     async def barrier(self) -> int:
@@ -493,3 +493,12 @@ def _fake_result(command: Command) -> Result:
         rec = {"namespace": command.namespace, "id": command.id, "version": 0, "rev": 0, **command.fields.to_wire()}
         return Result(Outcome.UPDATED, memory=rec)
     return Result(Outcome.APPLIED)
+
+
+def _entry_size(wires: list[dict[str, Any]]) -> int:
+    """The bytes `wires` take in a log entry, refused (400) if they cannot be
+    encoded there: found in the flush, they would fail every write queued with them."""
+    try:
+        return len(codec.encode_entry(wires))
+    except (TypeError, ValueError) as e:  # orjson: nested too deep, not JSON
+        raise InvalidRequest(f"the write cannot be stored: {e}") from None

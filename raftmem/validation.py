@@ -36,6 +36,10 @@ TTL_S_MAX = 10 * 365 * 24 * 3600
 TTL_S_MIN = 1.0
 AGENT_CHARS_MAX = 256
 KIND_CHARS_MAX = 64
+# A request body nests at most this deep: a memory is stored, searched and sent
+# inside several more levels (log entries, relay requests, search answers), and
+# orjson encodes at most 254.
+JSON_DEPTH_MAX = 64
 IDEMPOTENCY_KEY_CHARS_MAX = 256
 NODE_ID_CHARS_MAX = 64
 HOST_CHARS_MAX = 253  # a DNS name's longest
@@ -356,9 +360,26 @@ def parse_json(raw: bytes, limits: LimitsConfig) -> Any:
     if not raw.strip():
         raise InvalidRequest("body must be a JSON object")
     try:
-        return orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise InvalidRequest(f"body is not valid JSON: {e}") from e
+    # Counted in C first: a body with fewer brackets cannot nest deeper.
+    if raw.count(b"[") + raw.count(b"{") > JSON_DEPTH_MAX and _deeper_than(value, JSON_DEPTH_MAX):
+        raise InvalidRequest(f"body nests deeper than {JSON_DEPTH_MAX} levels")
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def json_object(raw: bytes, limits: LimitsConfig, allowed: frozenset[str], empty_ok: bool = False) -> dict[str, Any]:

@@ -99,7 +99,7 @@ class MemoryService:
         self.queries = Queries(config, self.router, clock)
         self.search = Search(config, self.router, clock, indexes)
         self.recall = Recall(config, self.router, clock, indexes, self.search.barrier)
-        self.relay = Relay(config.limits, forwarder)
+        self.relay = Relay(config.limits, forwarder, config.shards)
         self.memories = Memories(config, self.router, clock, hooks=self.recall if indexes is not None else None,
                                  relay=self.relay)
         self.batches = Batches(config, self.router, self.queries, clock,

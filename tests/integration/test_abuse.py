@@ -152,8 +152,15 @@ def test_deeply_nested_json_is_a_clear_400(guarded: Cluster) -> None:
     status, _, answer = guarded.request("n1", "PUT", "/v1/memories/abuse/deep", raw=body,
                                         headers={"Content-Type": "application/json"})
     assert status == 400 and answer["error"]["code"] == "invalid_request"
-    # Control: a nesting well within the parser's limit is stored.
-    ok = b'{"content": ' + b"[" * 100 + b"]" * 100 + b"}"
+    # Within the parser's limit (254) but too deep to store in a log entry: it once
+    # failed the leader's flush, and every write queued behind it, for good.
+    for depth in (251, 100):
+        body = b'{"content": ' + b"[" * depth + b"]" * depth + b"}"
+        status, _, answer = guarded.request("n1", "PUT", "/v1/memories/abuse/deep", raw=body,
+                                            headers={"Content-Type": "application/json"})
+        assert status == 400 and "deeper than 64" in answer["error"]["message"], (depth, answer)
+    # Control: a nesting within the limit (64 levels, the body's object included) is stored.
+    ok = b'{"content": ' + b"[" * 63 + b"]" * 63 + b"}"
     assert guarded.request("n1", "PUT", "/v1/memories/abuse/deep", raw=ok,
                            headers={"Content-Type": "application/json"})[0] == 201
 

@@ -66,7 +66,7 @@ async def test_writes_arriving_while_requests_are_under_way_leave_together() -> 
     fwd.answer(0)
     await _until(lambda: len(fwd.calls) == 3)
     assert len(orjson.loads(fwd.calls[2][1].body)) == 8
-    assert fwd.calls[2][1].hops == 1
+    assert fwd.calls[2][1].hops == 0  # the forwarder counts the hop it makes
     fwd.answer(1)
     fwd.answer(2)
     replies = await asyncio.gather(*sends)
@@ -136,3 +136,75 @@ async def test_the_receiving_node_runs_puts_and_deletes_and_refuses_the_rest() -
     assert [(s, c.id, h) for s, c, h in ran] == [(3, "a", 1), (1, "b", 1), (2, "busy", 1)]
     with pytest.raises(InvalidRequest):
         await relay.receive(Call("POST", "/v1/internal/proposals", body=b"{not json", hops=1), run)
+
+
+async def test_a_batch_stays_under_the_body_limit() -> None:
+    fwd = HeldForwarder()
+    relay = Relay(LimitsConfig(relay_in_flight_max=1, body_bytes_max=4096), fwd)
+    first = asyncio.ensure_future(relay.send("n2", 0, _put("a"), 0, 5))
+    await _until(lambda: len(fwd.calls) == 1)
+    big = [asyncio.ensure_future(relay.send("n2", 0, Put("ns", f"b{i}", MemoryFields(content="x" * 1500)), 0, 5))
+           for i in range(4)]
+    await asyncio.sleep(0)
+    fwd.answer(0)
+    await first
+    for i in range(1, 3):  # two of 1.5 kB per request of at most 4 kB
+        await _until(lambda i=i: len(fwd.calls) == i + 1)
+        assert len(fwd.calls[i][1].body) <= 4096 and len(orjson.loads(fwd.calls[i][1].body)) == 2
+        fwd.answer(i)
+    assert [r.status for r in await asyncio.gather(*big)] == [201] * 4
+
+
+async def test_a_batch_that_cannot_be_encoded_was_not_sent_and_the_relay_goes_on() -> None:
+    fwd = HeldForwarder()
+    relay = Relay(LimitsConfig(relay_in_flight_max=1), fwd)
+    deep: Any = "leaf"
+    while True:  # as deep as orjson encodes alone, too deep once in a relay request
+        deeper = [deep]
+        try:
+            orjson.dumps(Put("ns", "d", MemoryFields(content=deeper)).to_wire())
+        except TypeError:
+            break
+        deep = deeper
+    with pytest.raises(ForwardNotSent):
+        await relay.send("n2", 0, Put("ns", "deep", MemoryFields(content=deep)), 0, 5)
+    with pytest.raises(InvalidRequest):  # too deep to encode at all
+        await relay.send("n2", 0, Put("ns", "deeper", MemoryFields(content=[deep])), 0, 5)
+    assert relay.in_flight["n2"] == 0 and fwd.calls == []
+    send = asyncio.ensure_future(relay.send("n2", 0, _put("fine"), 0, 5))
+    await _until(lambda: len(fwd.calls) == 1)
+    fwd.answer(0)
+    assert (await send).status == 201
+
+
+async def test_a_node_without_the_relay_is_not_sent_to() -> None:
+    fwd = HeldForwarder()
+    relay = Relay(LimitsConfig(relay_in_flight_max=1), fwd)
+    send = asyncio.ensure_future(relay.send("n2", 0, Delete("ns", "a"), 0, 5))
+    await _until(lambda: len(fwd.calls) == 1)
+    fwd.calls[0][2].set_result(Reply(404, {"error": {"code": "not_found", "message": "no route"}}))
+    with pytest.raises(ForwardNotSent):  # a 404 here is not the memory's: nothing ran
+        await send
+
+
+async def test_each_relayed_write_is_answered_alone_at_the_receiving_node() -> None:
+    relay = Relay(LimitsConfig(write_timeout_ms=200), HeldForwarder(), shards=8)
+
+    async def run(shard: int, command: Any, call: Call) -> Reply:
+        if command.id == "bug":
+            raise KeyError("a bug")
+        if command.id == "slow":
+            await asyncio.sleep(5)
+        return Reply(201, {"id": command.id})
+
+    from raftmem.shardhash import shard_for
+
+    def item(mid: str, shard: int | None = None) -> dict[str, Any]:
+        return {"shard": shard_for("ns", mid, 8) if shard is None else shard, "command": _put(mid).to_wire()}
+
+    wrong = (shard_for("ns", "x", 8) + 1) % 8
+    items = [item("a"), item("bug"), item("slow"), item("x", wrong), {"shard": True, "command": _put("t").to_wire()}]
+    reply = await relay.receive(Call("POST", "/v1/internal/proposals", body=orjson.dumps(items), hops=1), run)
+    answers = [(r["status"], r["body"].get("error", {}).get("code")) for r in reply.body]
+    assert answers == [(201, None), (500, "internal"), (504, "indeterminate"), (400, "invalid_request"),
+                       (400, "invalid_request")], answers
