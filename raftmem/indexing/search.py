@@ -212,10 +212,14 @@ def _nearest(text: TextIndex, vectors: VectorIndex, query: np.ndarray, restricti
     candidates as document keys and scores, the rest as vector keys): exact
     over the stored vectors of at most EXACT_CANDIDATES_MAX candidates, else
     from the graph."""
-    candidates = text.count(restriction)
-    if candidates <= EXACT_CANDIDATES_MAX:
-        near = vectors.exact(query, text.vkeys(restriction, candidates), metric)[:count]
-        exact, done = True, count >= candidates
+    # The count (cached per commit) chooses; the candidates themselves come from
+    # one searcher, asked for one more than the exact path takes: a commit between
+    # the two calls must not leave the oldest candidates out of an answer that
+    # says it saw them all.
+    vkeys = text.vkeys(restriction, EXACT_CANDIDATES_MAX + 1) if text.count(restriction) <= EXACT_CANDIDATES_MAX else None
+    if vkeys is not None and len(vkeys) <= EXACT_CANDIDATES_MAX:
+        near = vectors.exact(query, vkeys, metric)[:count]
+        exact, done = True, count >= len(vkeys)
     else:
         near = vectors.search(query, count)
         if metric != "cosine":
