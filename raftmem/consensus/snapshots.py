@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from pysyncobj.config import SERIALIZER_STATE
+from pysyncobj.node import TCPNode
 
 from ..storage import fsync_dir, fsync_file, remove_in_background
 from .journal import DurableJournal
@@ -172,7 +173,13 @@ class Snapshots:
                 self.installs["inline"] += 1
         if ready is not None:
             _discard(ready.staged)
-        return entry_from_json(meta["last"]), entry_from_json(meta["prev"]), meta["cluster"]
+        # As nodes, not address strings: pysyncobj leaves itself out of the loaded
+        # cluster with `node != selfNode`, which holds for every string, so a
+        # replica that loaded a dump (at start, or installing a snapshot) counted
+        # itself among its peers: a fourth voter in a group of three that never
+        # answers, so every quorum needed all three real replicas (DESIGN.md).
+        cluster = [TCPNode(address) for address in meta["cluster"]]
+        return entry_from_json(meta["last"]), entry_from_json(meta["prev"]), cluster
 
     # -- receiving a snapshot: stage off the loop, install in one short step --------
     # pysyncobj writes the chunks of a snapshot into `raft.dump.1.tmp` as they
