@@ -9,11 +9,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
+import pytest
 from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.node import TCPNode
 
 from raftmem.consensus.journal import DurableJournal
-from raftmem.consensus.snapshots import Snapshots
+from raftmem.consensus.snapshots import Snapshots, entry_to_json
 
 REGULAR, NO_OP = b"\x00", b"\x01"  # pysyncobj's command type bytes
 SELF, PEERS = "127.0.0.1:7001", ["127.0.0.1:7002", "127.0.0.1:7003"]
@@ -52,6 +54,23 @@ def _compact(snapshots: Snapshots, journal: DurableJournal) -> int:
     while (state := snapshots.check()) == SERIALIZER_STATE.SERIALIZING and time.monotonic() < deadline:
         time.sleep(0.01)
     return state
+
+
+def test_compaction_over_trailing_noops_labels_the_state_machines_index(tmp_path: Path) -> None:
+    """Elections append no-ops the state machine never sees; a compaction at
+    pysyncobj's applied index behind them is the same state (2026-12-06: refused
+    with an ERROR on every tick while the log held nothing newer)."""
+    snapshots, journal = _snapshots(tmp_path, applied=3, kinds=[REGULAR, REGULAR, REGULAR, NO_OP, NO_OP])
+    assert _compact(snapshots, journal) == SERIALIZER_STATE.SUCCESS
+    meta = orjson.loads(snapshots.dump_path.read_bytes())
+    assert meta["last"] == entry_to_json(journal[-1]) and meta["applied"] == 3
+
+
+@pytest.mark.parametrize("applied", [2, 6], ids=["behind-a-regular-entry", "ahead"])
+def test_compaction_refused_when_the_state_machine_is_not_at_that_state(tmp_path: Path, applied: int) -> None:
+    snapshots, journal = _snapshots(tmp_path, applied=applied, kinds=[REGULAR, REGULAR, REGULAR, NO_OP, NO_OP])
+    assert _compact(snapshots, journal) == SERIALIZER_STATE.FAILED
+    assert not snapshots.dump_path.exists()
 
 
 def test_a_loaded_dump_leaves_this_replica_out_of_its_peers(tmp_path: Path) -> None:
