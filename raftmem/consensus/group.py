@@ -160,7 +160,7 @@ class RaftGroup:
             commandsWaitLeader=False,
             dynamicMembershipChange=True,
         )
-        self.hooks = Hooks(raft, cluster_size=len(spec.peer_addresses) + 1, journal=self.journal)
+        self.hooks = Hooks(raft, cluster_size=len(spec.peer_addresses) + 1, journal=self.journal, shard=spec.shard)
         self.hooks.prevote_enabled = not spec.disable_prevote
         self.hooks.on_quorum_ack = self.waits.quorum_acked
         self.hooks.snapshots = self.snapshots
@@ -443,6 +443,14 @@ class RaftGroup:
         """Lease and pre-vote quorums follow the voters pysyncobj has now."""
         followers = frozenset(n.address for n in self._obj.otherNodes)
         if followers != self._followers:
+            if self.spec.self_address in followers:
+                # A peer that is this replica never answers, yet counts in every
+                # quorum: with three replicas, all three must then answer.
+                log.error(
+                    "shard %d: this replica (%s) is among its own peers; voters: %s",
+                    self.shard, self.spec.self_address, sorted(followers | {self.spec.self_address}),
+                    extra={"shard": self.shard},
+                )
             self._followers = followers
             self.hooks.lease.set_members(followers)
             self.hooks.prevote.cluster_size = len(followers) + 1

@@ -27,8 +27,9 @@ class Hooks:
     pysyncobj at its message boundary (see leases.py for the logic). Runs in tick
     passes only (the event loop thread)."""
 
-    def __init__(self, raft: RaftConfig, cluster_size: int, journal: DurableJournal) -> None:
+    def __init__(self, raft: RaftConfig, cluster_size: int, journal: DurableJournal, shard: int = -1) -> None:
         self.journal = journal
+        self.shard = shard  # for log lines
         self.min_timeout_s = raft.election_timeout_ms_min / 1000.0
         self.max_timeout_s = raft.election_timeout_ms_max / 1000.0
         self.lease = LeaderLease(self.min_timeout_s, raft.clock_drift_bound, cluster_size)
@@ -183,7 +184,8 @@ class Hooks:
         obj = self.obj
         if peer_term <= obj.raftCurrentTerm or obj._isLeader():
             return
-        log.info("raft: pre-vote refused at term %d; adopting the peer's term", peer_term)
+        log.info("shard %d: pre-vote refused at term %d; adopting the peer's term", self.shard, peer_term,
+                 extra={"shard": self.shard})
         obj._SyncObj__setCurrentTerm(peer_term, None)
         obj._SyncObj__setState(FOLLOWER_STATE)
         obj._SyncObj__raftLeader = None
@@ -197,7 +199,8 @@ class Hooks:
         if now - self._last_bump < self.max_timeout_s:
             return
         self._last_bump = now
-        log.info("raft: stuck at term %d behind a live leader; announcing the term", self.obj.raftCurrentTerm)
+        log.info("shard %d: stuck at term %d behind a live leader; announcing the term",
+                 self.shard, self.obj.raftCurrentTerm, extra={"shard": self.shard})
         self.transport.send(node, {
             "type": "request_vote", "term": self.obj.raftCurrentTerm,
             "last_log_index": -1, "last_log_term": -1, "rm_transfer": True,

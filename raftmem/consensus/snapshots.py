@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from pysyncobj.config import SERIALIZER_STATE
+from pysyncobj.node import TCPNode
 
 from ..storage import fsync_dir, fsync_file, remove_in_background
 from .journal import DurableJournal
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 SLOW_DISK_STAGE_S = 5.0
 # A staged snapshot waits this long between checks for a compaction to finish.
 STAGED_RETRY_S = 0.05
+# The first byte of a log entry the state machine applies (pysyncobj's
+# _COMMAND_TYPE.REGULAR); its no-ops and membership changes have others.
+REGULAR_COMMAND = b"\x00"
 
 # -- the state machine as the adapter sees it ----------------------------------
 class Replica(Protocol):
@@ -103,12 +107,15 @@ class Snapshots:
             # old state must not rename its older dump over it afterwards.
             self._state = SERIALIZER_STATE.FAILED
             return
-        if self.replica.applied_index != last[1]:
-            # Cannot happen while apply and compaction share the loop thread; if it
-            # ever does, refuse rather than label a checkpoint with the wrong index.
+        applied = self.replica.applied_index
+        if applied != last[1] and not self._only_raft_entries(applied, last[1]):
+            # pysyncobj compacts at its applied index, which counts its own entries
+            # (a leader's no-op, membership changes) that the state machine never
+            # sees: a state machine behind by those alone holds that same state.
+            # Anything else would label a checkpoint with the wrong index: refuse.
             log.error(
                 "shard %d: compaction at %d but applied index is %d; skipped",
-                self.shard, last[1], self.replica.applied_index,
+                self.shard, last[1], applied,
             )
             self._state = SERIALIZER_STATE.FAILED
             return
@@ -117,7 +124,7 @@ class Snapshots:
                 "last": entry_to_json(last),
                 "prev": entry_to_json(prev),
                 "cluster": sorted(getattr(n, "address", str(n)) for n in cluster),
-                "applied": last[1],
+                "applied": applied,  # the state machine's: what an install compares with
                 "shard": self.shard,
             }
         )
@@ -131,6 +138,16 @@ class Snapshots:
             target=self._pack, args=(checkpoint, meta), name=f"snapshot-{self.shard}", daemon=True
         )
         self._thread.start()
+
+    def _only_raft_entries(self, applied: int, last: int) -> bool:
+        """Are the entries after `applied` up to `last` all pysyncobj's own (its
+        command type byte is not REGULAR), so the state machine never saw them?"""
+        assert self.hooks is not None, "wired at construction"
+        journal = self.hooks.journal
+        if applied > last or not len(journal) or applied + 1 < journal[0][1]:
+            return False
+        first = journal[0][1]
+        return all(journal[i - first][0][:1] != REGULAR_COMMAND for i in range(applied + 1, last + 1))
 
     def _pack(self, checkpoint: Path, meta: bytes) -> None:
         packing = self.directory / "raft.dump.packing"
@@ -172,7 +189,13 @@ class Snapshots:
                 self.installs["inline"] += 1
         if ready is not None:
             _discard(ready.staged)
-        return entry_from_json(meta["last"]), entry_from_json(meta["prev"]), meta["cluster"]
+        # As nodes, not address strings: pysyncobj leaves itself out of the loaded
+        # cluster with `node != selfNode`, which holds for every string, so a
+        # replica that loaded a dump (at start, or installing a snapshot) counted
+        # itself among its peers: a fourth voter in a group of three that never
+        # answers, so every quorum needed all three real replicas (DESIGN.md).
+        cluster = [TCPNode(address) for address in meta["cluster"]]
+        return entry_from_json(meta["last"]), entry_from_json(meta["prev"]), cluster
 
     # -- receiving a snapshot: stage off the loop, install in one short step --------
     # pysyncobj writes the chunks of a snapshot into `raft.dump.1.tmp` as they

@@ -174,6 +174,45 @@ def test_compaction_bounds_the_log_and_a_wiped_node_catches_up_by_snapshot(tmp_p
         c.stop_all()
 
 
+def test_replicas_restarted_from_their_snapshots_keep_a_two_of_three_quorum(tmp_path: Any) -> None:
+    """The 2026-12-06 incident: after a restart, a replica that loaded its snapshot
+    counted itself among its peers (pysyncobj's `node != selfNode` against the
+    address strings the dump holds), so each group had four voters of which one
+    never answers, and a leader needed both other replicas. One replica behind (or
+    down) then left the two healthy ones electing leaders that stepped down 0.3 s
+    later, for ever. Here: every replica compacts, the cluster restarts, one node
+    goes down, and the two left must still elect leaders and commit writes."""
+    c = Cluster(tmp_path, shards=2, raft={"log_compaction_entries": 100, "log_compaction_min_s": 3600})
+    try:
+        c.start_all()
+        load = WriteLoad(c, writers=8)
+        load.start()
+        wait_for(lambda: _compacted_everywhere(c, c.node_ids), 120, "every shard compacted on every node")
+        load.stop()
+        c.stop_all()
+        c.start_all()  # every replica loads its dump
+        wait_for(lambda: all(c.leader_of(s) for s in range(c.shards)), 30, "a leader for every shard")
+        down = "n2"
+        c.kill(down)
+        for shard in range(c.shards):
+            mids = (f"after-{shard}-{i}" for i in range(10**6))
+            mid = next(m for m in mids if c.shard_of(NS, m) == shard)
+
+            def written(mid: str = mid) -> bool:
+                try:
+                    status, _, _ = c.request("n1", "PUT", f"/v1/memories/{NS}/{mid}", {"content": 1}, timeout_s=5)
+                except (OSError, http.client.HTTPException):
+                    return False
+                return status in (200, 201)
+
+            wait_for(written, 30, f"a write to shard {shard} with {down} down")
+        for node in ("n1", "n3"):
+            voters = {s["shard"]: s["members"] for s in c.cluster_view(node)["shards"]}
+            assert all(m == ["n1", "n2", "n3"] for m in voters.values()), f"{node}'s voters: {voters}"
+    finally:
+        c.stop_all()
+
+
 def _compacted_everywhere(c: Cluster, nodes: list[str]) -> bool:
     """Every shard's log compacted on each of `nodes`: whichever of them leads a
     shard when a wiped node comes back must send it a snapshot."""
