@@ -52,6 +52,19 @@ log "wrk $LOAD for ${RUN_S}s, py-spy on ${RM_PID[*]}"
 cpu_start "${RM_PID[@]}"
 declare -A TICKS0=()
 for node in "${RM_NODES[@]}"; do TICKS0[$node]=$(pids_ticks "${RM_PID[$node]}"); done
+# Every thread's CPU ticks by name (py-spy sees Python threads only: RocksDB's and
+# tantivy's own threads show here).
+thread_ticks() { # SUFFIX
+    local node
+    for node in "${RM_NODES[@]}"; do
+        for stat in /proc/"${RM_PID[$node]}"/task/*/stat; do
+            # comm may hold spaces: it is between the first "(" and the last ")".
+            { sed -E 's/^[0-9]+ \((.*)\) [A-Za-z] (([^ ]+ ){10})([0-9]+) ([0-9]+).*/\1\t\4\t\5/' "$stat" 2>/dev/null \
+                | awk -v node="$node" -F'\t' '{print node "\t" $1 "\t" $2 + $3}'; } || true  # a thread may end meanwhile
+        done
+    done >"$OUT/threads-$1.tsv"
+}
+thread_ticks before
 for i in 0 1 2; do
     node=${RM_NODES[$i]}
     "$PYSPY" record --pid "${RM_PID[$node]}" --duration "$RUN_S" --rate "$RATE" --nonblocking --threads \
@@ -63,6 +76,7 @@ for i in 0 1 2; do
 done
 for pid in "${wrk_pids[@]}"; do wait "$pid" || log "a wrk failed (exit $?)"; done
 cpu_stop "$OUT/cpu.json"
+thread_ticks after
 for node in "${RM_NODES[@]}"; do
     echo "$node $(echo "scale=2; ($(pids_ticks "${RM_PID[$node]}") - ${TICKS0[$node]}) / $CLK_TCK" | bc)"
 done >"$OUT/node-cpu.txt"

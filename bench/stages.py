@@ -86,7 +86,7 @@ def main() -> int:
         samples: Counter[str] = Counter()
         for line in (args.dir / f"{node}.collapsed").read_text().splitlines():
             stack, _, count = line.rpartition(" ")
-            if stack:
+            if stack and count.isdigit():  # --nonblocking may tear a line
                 samples[stack] += int(count)
         n = sum(samples.values()) or 1
         node_cpu = float(cpu[node])
@@ -109,7 +109,41 @@ def main() -> int:
     for stage, seconds in sorted(weighted.items(), key=lambda kv: -kv[1]):
         hot = ", ".join(f"`{name}`" for name, _ in leaves[stage].most_common(2))
         print(f"| {stage} | {seconds / total_cpu:.1%} | {seconds * 1e6 / max(1, ops):.0f} | {hot} |")
+    threads_table(args.dir, ops)
     return 0
+
+
+def _thread_group(name: str) -> str:
+    """Threads by kind: numbered siblings (absorb_0, rocksdb:low3) counted together."""
+    return re.sub(r"[-_:]?\d+$", "", name.strip()) or name
+
+
+def threads_table(directory: Path, ops: int) -> None:
+    """CPU by thread kind over the run, from /proc (natives included)."""
+    before, after = directory / "threads-before.tsv", directory / "threads-after.tsv"
+    if not (before.exists() and after.exists()):
+        return
+    clk = 100  # USER_HZ
+
+    def load(path: Path) -> Counter[tuple[str, str]]:
+        out: Counter[tuple[str, str]] = Counter()
+        for line in path.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) == 3:
+                out[(parts[0], _thread_group(parts[1]))] += int(parts[2])
+        return out
+
+    b, a = load(before), load(after)
+    by_kind: Counter[str] = Counter()
+    for key, ticks in a.items():
+        by_kind[key[1]] += ticks - b.get(key, 0)
+    total = sum(by_kind.values()) or 1
+    print(f"\nCPU by thread (all nodes, from /proc; threads born during the run counted whole): {total / clk:.2f} s\n")
+    print("| thread | CPU s | share | µs per memory op |")
+    print("|---|--:|--:|--:|")
+    for kind, ticks in by_kind.most_common():
+        if ticks > 0:
+            print(f"| {kind} | {ticks / clk:.2f} | {ticks / total:.1%} | {ticks / clk * 1e6 / max(1, ops):.0f} |")
 
 
 if __name__ == "__main__":
