@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -55,7 +55,6 @@ class _Pending:
 class RelayStats:
     requests: int = 0  # relay requests sent
     writes: int = 0  # writes they carried
-    by_node: dict[str, int] = field(default_factory=dict)
 
 
 class Relay:
@@ -125,7 +124,6 @@ class Relay:
     async def _send(self, node: str, batch: list[_Pending]) -> None:
         self.stats.requests += 1
         self.stats.writes += len(batch)
-        self.stats.by_node[node] = self.stats.by_node.get(node, 0) + 1
         sent = False
         try:
             # The hops the writes made so far (the forwarder counts this one).
