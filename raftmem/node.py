@@ -5,10 +5,8 @@ the aiohttp API on one event loop (plus an fsync thread). `raftmem serve` calls
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import logging
-import os
 import shutil
 import signal
 import time
@@ -17,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from . import eventloop
+from . import allocator, eventloop
 from .api import HttpForwarder, build_app
 from .clock import Clock, SystemClock
 from .config import Config, NodeConfig, check_ports_free, check_tls_files, is_loopback
@@ -344,26 +342,6 @@ async def _serve(config: Config, node_id: str, me: NodeConfig | None = None) -> 
     await node.stop()
 
 
-# glibc gives each thread that allocates its own malloc arena (up to 8 per
-# core), and memory freed in one is rarely returned: the derived indexes'
-# threads (tantivy's and usearch's native ones included) grew a node's RSS by
-# ~280 MiB under tests/integration/test_memory_bound.py's load, ~110 MiB with
-# two arenas. Set before any thread starts; MALLOC_ARENA_MAX in the
-# environment still wins.
-MALLOC_ARENAS_MAX = 2
-_M_ARENA_MAX = -8  # glibc's mallopt parameter number
-
-
-def _tune_malloc() -> None:
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return  # not glibc: nothing to tune
-    libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS_MAX)
-
-
 def serve(config: Config, node_id: str, me: NodeConfig | None = None) -> None:
-    _tune_malloc()
+    allocator.tune()
     eventloop.run(_serve(config, node_id, me))
