@@ -50,8 +50,12 @@ start_raftmem
 spy_pids=() wrk_pids=()
 log "wrk $LOAD for ${RUN_S}s, py-spy on ${RM_PID[*]}"
 cpu_start "${RM_PID[@]}"
-declare -A TICKS0=()
-for node in "${RM_NODES[@]}"; do TICKS0[$node]=$(pids_ticks "${RM_PID[$node]}"); done
+declare -A TICKS0=() FAULTS0=()
+minor_faults() { awk '{print $10}' "/proc/$1/stat" 2>/dev/null || echo 0; }  # every thread's, dead ones too
+for node in "${RM_NODES[@]}"; do
+    TICKS0[$node]=$(pids_ticks "${RM_PID[$node]}")
+    FAULTS0[$node]=$(minor_faults "${RM_PID[$node]}")
+done
 # Every thread's CPU ticks by name (py-spy sees Python threads only: RocksDB's and
 # tantivy's own threads show here).
 thread_ticks() { # SUFFIX
@@ -64,6 +68,23 @@ thread_ticks() { # SUFFIX
         done
     done >"$OUT/threads-$1.tsv"
 }
+# Every node's /metrics before and after (index commits, budget slots, relay...).
+metrics_dump() { # SUFFIX
+    local i=0 url urls
+    IFS=, read -ra urls <<<"$RM_URLS"
+    for url in "${urls[@]}"; do
+        curl -s --max-time 5 "$url/metrics" >"$OUT/${RM_NODES[$i]}.metrics-$1" || true
+        i=$((i + 1))
+    done
+}
+# A counter summed over every node and label: after minus before.
+metric_delta() { # NAME
+    local b a
+    b=$(cat "$OUT"/*.metrics-before | awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $2} END {print s + 0}')
+    a=$(cat "$OUT"/*.metrics-after | awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $2} END {print s + 0}')
+    echo "$a - $b" | bc
+}
+metrics_dump before
 thread_ticks before
 for i in 0 1 2; do
     node=${RM_NODES[$i]}
@@ -77,9 +98,16 @@ done
 for pid in "${wrk_pids[@]}"; do wait "$pid" || log "a wrk failed (exit $?)"; done
 cpu_stop "$OUT/cpu.json"
 thread_ticks after
+metrics_dump after
 for node in "${RM_NODES[@]}"; do
     echo "$node $(echo "scale=2; ($(pids_ticks "${RM_PID[$node]}") - ${TICKS0[$node]}) / $CLK_TCK" | bc)"
 done >"$OUT/node-cpu.txt"
+faults=0
+for node in "${RM_NODES[@]}"; do faults=$((faults + $(minor_faults "${RM_PID[$node]}") - ${FAULTS0[$node]})); done
 for pid in "${spy_pids[@]}"; do wait "$pid" || log "a py-spy failed (exit $?)"; done
 
 (cd "$REPO" && "$PYTHON" bench/stages.py --dir "$OUT" --load "$LOAD" --nodes "${RM_NODES[*]}") | tee "$OUT/stages.md"
+echo "text index commits (all replicas): $(metric_delta raftmem_index_absorb_seconds_count)," \
+    "budget slots $(metric_delta raftmem_index_commit_slots_total)," \
+    "delayed $(metric_delta raftmem_index_commit_slots_delayed_total); minor page faults (all nodes): $faults" \
+    | tee -a "$OUT/stages.md"

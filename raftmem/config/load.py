@@ -372,6 +372,10 @@ def _parse_indexing(raw: Mapping[str, Any]) -> IndexingConfig:
         raise ConfigError(f"{section}.text_heap_bytes: tantivy needs at least 15000000")
     if config.checkpoint_s < 1:
         raise ConfigError(f"{section}.checkpoint_s: at least 1")
+    if not 0 <= config.commits_per_s <= 10_000:
+        raise ConfigError(f"{section}.commits_per_s: in [0, 10000] (0: no budget)")
+    if not 1 <= config.commits_burst <= 10_000:
+        raise ConfigError(f"{section}.commits_burst: in [1, 10000]")
     return config
 
 

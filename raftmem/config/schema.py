@@ -364,8 +364,14 @@ class IndexingConfig:
     enabled: bool = True
     default_tier: str = "batched"
     tiers: tuple[TierRule, ...] = (TierRule(("critical", "lock"), "eager"),)
-    # A batched change is absorbed within batch_ms, or sooner once batch_docs wait.
+    # A batched change is due within batch_ms, or sooner once batch_docs wait.
     batch_ms: int = 200
+    # The node's text index commits a second (after a burst of commits_burst),
+    # shared by its replicas in turn; batched and lazy absorption only (eager
+    # changes and waiting readers never wait for it). 0: no budget.
+    # raftmem/indexing/budget.py.
+    commits_per_s: float = 10.0
+    commits_burst: int = 10
     batch_docs: int = 512
     # Changes waiting per replica index, and the bytes of their records (an
     # embedding of 384 dimensions is 2 KB); past either, writes to the shard answer 429.

@@ -18,6 +18,7 @@ from ..config import Config
 from ..errors import Unavailable
 from ..events import ChangeFeed
 from ..shard import Shard
+from .budget import CommitBudget
 from .queue import EAGER
 from .replica import ReplicaIndex
 from .summaries import Key, Summaries, Summary, compute
@@ -46,6 +47,7 @@ class Indexes:
         self.clock = clock
         self.executor = ThreadPoolExecutor(ABSORB_THREADS, thread_name_prefix="absorb")
         self.replicas: dict[int, ReplicaIndex] = {}
+        self.budget = CommitBudget(config.indexing.commits_per_s, config.indexing.commits_burst)
         self.summaries = Summaries(config.indexing.summary_refresh_ms)
         self.eager_waits = 0
         self.eager_wait_failures = 0
@@ -61,6 +63,7 @@ class Indexes:
         if not self.enabled or shard.shard in self.replicas:
             return
         index = ReplicaIndex(shard, self.indexing, self.feed, self.executor, on_change=self.summaries.mark,
+                             budget=self.budget,
                              retention_entries=self.config.watch.retention_entries)
         self.replicas[shard.shard] = index
         index.start()

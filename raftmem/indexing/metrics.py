@@ -56,4 +56,8 @@ class IndexCollector:
         yield from (logical, physical, factor, depth, age, lag, batch, docs, coalesced, absorb, events)
         yield CounterMetricFamily("raftmem_index_eager_waits", "Eager-tier writes whose answer waited for absorption", value=ix.eager_waits)
         yield CounterMetricFamily("raftmem_index_eager_wait_failures", "Eager-tier writes answered before absorption (timeout)", value=ix.eager_wait_failures)
+        budget = ix.budget
+        yield CounterMetricFamily("raftmem_index_commit_slots", "Commits the node's commit budget granted to batched or lazy absorption", value=budget.granted)
+        yield CounterMetricFamily("raftmem_index_commit_slots_delayed", "Of those, slots later than asked (the budget held the batch back)", value=budget.delayed)
+        yield CounterMetricFamily("raftmem_index_commit_slot_delay_seconds", "Total of those delays", value=budget.delay_s)
         yield CounterMetricFamily("raftmem_summary_refreshes", "Stale summaries recomputed in the background", value=ix.summaries.refreshes)

@@ -142,6 +142,13 @@ class IndexQueue:
                     break
         return chosen
 
+    def urgent(self, demand: int) -> bool:
+        """Whether what waits may not wait for the node's commit budget
+        (indexing/budget.py): an eager item, one a reader waits for (at or
+        below `demand`), or no room left."""
+        first = self._first()
+        return first is not None and (self.tier_counts[EAGER] > 0 or first.first_index <= demand or self.full())
+
     def next_due_s(self, now_s: float) -> float | None:
         """Seconds until a batch falls due by age (None: nothing batched waits)."""
         oldest = self.oldest_s(BATCHED)

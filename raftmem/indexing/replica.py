@@ -49,6 +49,7 @@ from ..events import (
 from ..shard import MemoryReader, RecordScan, Shard
 from ..textindex import TextDoc, TextIndex, doc_key
 from ..vectorindex import VectorIndex
+from .budget import CommitBudget
 from .queue import EAGER, IndexQueue, Pending
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,8 @@ class _Waiter:
 
 class ReplicaIndex:
     def __init__(self, shard: Shard, config: IndexingConfig, feed: ChangeFeed, executor: ThreadPoolExecutor,
-                 on_change: Callable[[Change], None] | None = None, retention_entries: int = 0) -> None:
+                 on_change: Callable[[Change], None] | None = None, retention_entries: int = 0,
+                 budget: CommitBudget | None = None) -> None:
         self.shard = shard
         self.shard_id = shard.shard
         self.config = config
@@ -124,6 +126,9 @@ class ReplicaIndex:
         self.executor = executor
         self.on_change = on_change  # summaries: mark stale
         self.retention_entries = retention_entries
+        # The node's commit budget (none of its own by default: unit tests)
+        self.budget = budget if budget is not None else CommitBudget(0, 1)
+        self._slot: float | None = None  # the budget's slot this replica holds for its next batch
         self.directory: Path = shard.directory / INDEX_DIR
         self.queue = IndexQueue(config)
         self.text: TextIndex | None = None
@@ -293,12 +298,23 @@ class ReplicaIndex:
             now = time.monotonic()
             idle = now - self.last_change_s >= self.config.lazy_idle_ms / 1000
             batch = self.queue.due(now, idle, self._demand)
-            if batch:
+            if batch and self._may_absorb(now):
+                self._slot = None
                 await self._absorb(batch)
                 continue
             self._advance_visible()
             await self._checkpoint_if_due()
             await self._sleep(now)
+
+    def _may_absorb(self, now: float) -> bool:
+        """Whether a due batch goes now: at once when it is urgent (eager
+        changes, a reader waiting, a full queue), else at the slot the node's
+        commit budget grants (reserved on the first ask, kept until used)."""
+        if self.queue.urgent(self._demand):
+            return True
+        if self._slot is None:
+            self._slot = self.budget.reserve(now)
+        return self._slot <= now
 
     def _drain(self) -> int | None:
         """Move what the feed has into the queue; an index to resync from when
@@ -346,11 +362,14 @@ class ReplicaIndex:
     async def _sleep(self, now: float) -> None:
         assert self._sub is not None
         timeouts = [1.0]
-        due = self.queue.next_due_s(now)
-        if due is not None:
-            timeouts.append(due)
-        if self.queue.tier_counts["lazy"]:
-            timeouts.append(max(0.0, self.last_change_s + self.config.lazy_idle_ms / 1000 - now))
+        if self._slot is not None:
+            timeouts.append(max(0.0, self._slot - now))  # a batch is due and waits for its slot
+        else:
+            due = self.queue.next_due_s(now)
+            if due is not None:
+                timeouts.append(due)
+            if self.queue.tier_counts["lazy"]:
+                timeouts.append(max(0.0, self.last_change_s + self.config.lazy_idle_ms / 1000 - now))
         if self._waiters:
             timeouts.append(POLL_WAITING_S)
         if self._vectors_dirty:

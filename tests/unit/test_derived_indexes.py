@@ -20,6 +20,7 @@ from raftmem import embeddings
 from raftmem.commands import Delete, MemoryFields, Put, encode_entry
 from raftmem.config import IndexingConfig
 from raftmem.events import Change, ChangeFeed, ChangeKind
+from raftmem.indexing.budget import CommitBudget
 from raftmem.indexing.queue import IndexQueue
 from raftmem.indexing.replica import ReplicaIndex
 from raftmem.indexing.search import ShardQuery, shard_search
@@ -163,12 +164,76 @@ def test_vector_index_saves_atomically_with_its_watermark(tmp_path: Path) -> Non
     assert len(VectorIndex(tmp_path / "v.usearch", 3)) == 0  # damaged: starts empty (rebuilt from the store)
 
 
+# -- the node's commit budget ---------------------------------------------------------------
+def test_commit_budget_grants_a_burst_then_slots_at_its_rate_in_the_order_asked() -> None:
+    b = CommitBudget(per_s=10, burst=3)
+    assert [b.reserve(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]  # the burst
+    slots = [b.reserve(0.0) for _ in range(4)]
+    assert slots == pytest.approx([0.1, 0.2, 0.3, 0.4])  # then one per 1/rate, first asked first served
+    assert b.delayed == 4 and b.delay_s == pytest.approx(1.0)
+    assert b.reserve(5.0) == 5.0  # idle long enough: at once again
+    assert CommitBudget(per_s=0, burst=1).reserve(1.0) == 1.0  # 0: no budget
+
+
+def test_queue_urgent_is_eager_demanded_or_full() -> None:
+    q = IndexQueue(config(queue_docs_max=3, batch_docs=1))
+    assert not q.urgent(demand=0)
+    q.add(change(1, "a"), "batched", 0.0)
+    assert not q.urgent(demand=0) and q.urgent(demand=1)  # a reader waits for index 1
+    q.add(change(2, "b"), "eager", 0.0)
+    assert q.urgent(demand=0)
+    q.absorbed([q.items[("ns", "b")]])
+    q.add(change(3, "c"), "lazy", 0.0)
+    q.add(change(4, "d"), "lazy", 0.0)
+    assert q.full() and q.urgent(demand=0)
+
+
+@pytest.mark.parametrize("control", [False, True])
+async def test_replicas_sharing_a_budget_commit_at_its_rate_and_eager_changes_never_wait(
+    tmp_path: Path, control: bool,
+) -> None:
+    """Two replicas, batched writes to both for 2 s: with a budget of 2 commits a
+    second their commits stay within it, while an eager write is absorbed at
+    once. Control: without a budget they commit far more often (so the count
+    can tell)."""
+    budget = CommitBudget(per_s=0 if control else 2, burst=1)
+    cfg = config(batch_ms=20)
+    replicas = [await started(tmp_path / f"r{i}", cfg, budget=budget) for i in range(2)]
+    started_s = time.monotonic()
+    n = 0
+    while time.monotonic() - started_s < 2.0:
+        for shard, *_ in replicas:
+            shard.apply(put(f"m{n}", f"note {n}"))
+        n += 1
+        await asyncio.sleep(0.01)
+    shard, index, _feed, _ex = replicas[0]
+    eager_at = shard.apply(put("urgent", "eager note", tags=("critical",)))
+    waited = time.monotonic()
+    await index.wait_absorbed(eager_at, ("eager",), 10)
+    eager_wait_s = time.monotonic() - waited
+    elapsed = time.monotonic() - started_s
+    commits = sum(r[1].stats.absorbs for r in replicas)
+    for shard, index, _feed, executor in replicas:
+        await index.wait_absorbed(shard.applied_index, ("eager", "batched", "lazy"), 10)
+        assert index.text is not None and index.text.all_keys() == store_ids(shard)
+        await index.stop()
+        executor.shutdown()
+    if control:
+        assert commits > 12, commits
+    else:
+        # the burst, then 2 a second; the eager one on top of that
+        assert commits <= 1 + 2 * elapsed + 1, (commits, elapsed)
+        assert eager_wait_s < 0.45, eager_wait_s  # never waited for a slot (they are 0.5 s apart)
+
+
 # -- one replica's indexes -----------------------------------------------------------------
-async def started(tmp_path: Path, cfg: IndexingConfig, retention: int = 100_000) -> tuple[LocalShard, ReplicaIndex, ChangeFeed, ThreadPoolExecutor]:
+async def started(tmp_path: Path, cfg: IndexingConfig, retention: int = 100_000,
+                  budget: CommitBudget | None = None) -> tuple[LocalShard, ReplicaIndex, ChangeFeed, ThreadPoolExecutor]:
     feed = ChangeFeed()
     shard = LocalShard(tmp_path, feed, retention)
     executor = ThreadPoolExecutor(1)
-    index = ReplicaIndex(shard, cfg, feed, executor, retention_entries=retention)  # type: ignore[arg-type]
+    index = ReplicaIndex(shard, cfg, feed, executor, retention_entries=retention,  # type: ignore[arg-type]
+                         budget=budget)
     index.start()
     await asyncio.wait_for(index.ready.wait(), 10)
     return shard, index, feed, executor
