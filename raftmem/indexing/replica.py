@@ -344,7 +344,10 @@ class ReplicaIndex:
         tier = "batched" if replay else self.config.tier_for_tags(rec.get("tags"))
         if change.before is not None and change.kind is ChangeKind.PUT:
             tier = min(tier, self.config.tier_for_tags(change.before.get("tags")), key=INDEX_TIERS.index)
-        size = len(codec.dumps(change.after)) if change.kind is ChangeKind.PUT and change.after is not None else 0
+        size = 0
+        if change.kind is ChangeKind.PUT and change.after is not None:
+            # the stored JSON when the feed has it (not encoded again per replica)
+            size = len(change.encoded) if change.encoded is not None else len(codec.dumps(change.after))
         self.queue.add(change, tier, time.monotonic(), size)
         self.stats.tiers[tier] += 1
         self.stats.logical_bytes += size
