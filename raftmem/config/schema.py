@@ -370,7 +370,7 @@ class IndexingConfig:
     # shared by its replicas in turn; batched and lazy absorption only (eager
     # changes and waiting readers never wait for it). 0: no budget.
     # raftmem/indexing/budget.py.
-    commits_per_s: float = 10.0
+    commits_per_s: float = 5.0
     commits_burst: int = 10
     batch_docs: int = 512
     # Changes waiting per replica index, and the bytes of their records (an

@@ -118,21 +118,29 @@ class IndexQueue:
     def counts(self) -> dict[str, int]:
         return dict(self.tier_counts)
 
+    def _batch_due(self, now_s: float) -> bool:
+        oldest_batched = self.oldest_s(BATCHED)
+        return oldest_batched is not None and (
+            self.tier_counts[BATCHED] >= self.batch_docs or now_s - oldest_batched >= self.config.batch_ms / 1000
+        )
+
+    def is_due(self, now_s: float, idle: bool, demand: int) -> bool:
+        """Whether `due` would give anything (without building the batch)."""
+        first = self._first()
+        if first is None:
+            return False
+        counts = self.tier_counts
+        return bool(counts[EAGER] or first.first_index <= demand or self._batch_due(now_s)
+                    or (idle and counts[LAZY]) or self.full())
+
     def due(self, now_s: float, idle: bool, demand: int) -> list[Pending]:
         """What to absorb now (at most the batch size, oldest first): eager
         items, batched ones when their batch is due, lazy ones when idle, and
         anything at or below `demand` (a reader waiting for it)."""
-        first = self._first()
-        if first is None:
+        if not self.is_due(now_s, idle, demand):
             return []
-        counts = self.tier_counts
-        oldest_batched = self.oldest_s(BATCHED)
-        batch_due = oldest_batched is not None and (
-            counts[BATCHED] >= self.batch_docs or now_s - oldest_batched >= self.config.batch_ms / 1000
-        )
+        batch_due = self._batch_due(now_s)
         everything = self.full()  # no room left: absorb, whatever the tier
-        if not (counts[EAGER] or first.first_index <= demand or batch_due or (idle and counts[LAZY]) or everything):
-            return []
         chosen: list[Pending] = []
         for p in self.items.values():  # log order
             if (everything or p.tier == EAGER or p.first_index <= demand
