@@ -157,8 +157,8 @@ class Subscription:
         self._wake()
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        if self._waiter is not None:
+            _settle(self._waiter)
 
     def pending(self) -> int:
         return len(self._queue)
@@ -183,19 +183,27 @@ class Subscription:
         change = self.get_nowait()
         if change is not None:
             return change
+        # A bare future and a timer: wait_for and shield cost a task and two
+        # more futures per wait, once per change for every watcher and index.
         loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
+        waiter = self._waiter = loop.create_future()
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _settle, waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(self._waiter), timeout_s)
-        except TimeoutError:
-            pass
+            await waiter
         finally:
             self._waiter = None
+            if timer is not None:
+                timer.cancel()
         return self.get_nowait()
 
     def close(self) -> None:
         self.feed.unsubscribe(self)
         self._fail(Closed("subscription closed"))
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class ChangeFeed:

@@ -60,7 +60,7 @@ VECTOR_FILE_RE = re.compile(r"vectors-(\d+)\.usearch$")
 REPLAY_PAGE = 2048
 REBUILD_CHUNK = 2000
 POLL_WAITING_S = 0.01  # while a reader waits, how often the applied index is looked at
-SLOT_POLL_S = 0.05  # while a batch waits for the commit budget, how often the feed is looked at
+SLOT_POLL_S = 0.05  # while a batch waits (its time or the commit budget), how often the feed is looked at
 GC_EVERY_COMMITS = 64
 CHECK_ATTEMPTS = 10
 SUBSCRIPTION_BATCHES = 4
@@ -388,11 +388,13 @@ class ReplicaIndex:
         if timeout <= 0:
             return
         self._poke.clear()
-        if self._slot is not None and not self._waiters:
-            # A batch waits for its slot: what arrives meanwhile joins it then,
-            # without a wake-up per change (each cost the loop two futures and
-            # a look at the queue). Readers poke; an eager change on a replica
-            # nobody waits on is looked at within SLOT_POLL_S.
+        if len(self.queue) and not self._waiters:
+            # A batch is waiting (for its time or its slot): what arrives
+            # meanwhile joins it then, without a wake-up per change (each cost
+            # the loop two futures and a look at the queue). Readers poke; an
+            # eager change on a replica nobody waits on is looked at within
+            # SLOT_POLL_S. An empty queue waits on the feed: a change after a
+            # quiet spell is taken at once.
             try:
                 await asyncio.wait_for(self._poke.wait(), min(timeout, SLOT_POLL_S))
             except TimeoutError:
