@@ -172,6 +172,15 @@ def json_int(what: str, value: Any, default: int | None, lo: int, hi: int) -> in
     return number
 
 
+def json_int_field(body: Mapping[str, Any], key: str, default: int | None, lo: int, hi: int) -> int:
+    """`json_int` of `body[key]`: absent means `default`, but an explicit null is
+    refused (the field's schema is an integer; schemathesis sent `null` and a
+    task was created with the default)."""
+    if key in body and body[key] is None:
+        raise InvalidRequest(f"{key} must be an integer, got null", field=key)
+    return json_int(key, body.get(key), default, lo, hi)
+
+
 _INT_RE = re.compile(r"-?[0-9]+", re.ASCII)
 
 

@@ -31,7 +31,7 @@ class Locks(Coordinating):
         return self.router.shard_of(ns, name)
 
     def _ttl(self, body: dict[str, Any]) -> int:
-        return v.json_int("ttl_ms", body.get("ttl_ms"), None, self.co.ttl_ms_min, self.co.ttl_ms_max)
+        return v.json_int_field(body, "ttl_ms", None, self.co.ttl_ms_min, self.co.ttl_ms_max)
 
     def _fence(self, value: Any) -> int:
         return v.json_int("fence", value, None, 0, v.FENCE_MAX)
@@ -41,7 +41,7 @@ class Locks(Coordinating):
         body = v.json_object(call.body, self.limits, ACQUIRE_FIELDS)
         holder = v.label("holder", body.get("holder"), self.co.holder_chars_max)
         ttl_ms = self._ttl(body)
-        wait_ms = v.json_int("wait_ms", body.get("wait_ms"), 0, 0, self.co.wait_ms_max)
+        wait_ms = v.json_int_field(body, "wait_ms", 0, 0, self.co.wait_ms_max)
         command = AcquireLock(ns, name, holder, ttl_ms, v.idempotency_key(call.header("Idempotency-Key")))
         forwarded = waiting_call(call, body, wait_ms)
         started = time.monotonic()  # the router may run `local` twice (a leadership change that comes back)

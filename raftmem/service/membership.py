@@ -96,9 +96,9 @@ class Membership:
         node = NodeConfig(
             id=v.name("id", node_id, v.NODE_ID_CHARS_MAX),
             host=v.label("host", body.get("host"), v.HOST_CHARS_MAX),
-            http_port=v.json_int("http_port", body.get("http_port"), None, 1, PORT_MAX),
+            http_port=v.json_int_field(body, "http_port", None, 1, PORT_MAX),
             # Its shards' Raft ports follow it: the last must be a port too.
-            raft_port_base=v.json_int("raft_port_base", body.get("raft_port_base"), None, 1,
+            raft_port_base=v.json_int_field(body, "raft_port_base", None, 1,
                                       PORT_MAX - (self.config.shards - 1)),
             zone=v.label("zone", zone, v.NODE_ID_CHARS_MAX) if zone is not None else "",
         )

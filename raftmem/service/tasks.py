@@ -50,7 +50,7 @@ class Tasks(Coordinating):
         return value
 
     def _lease(self, body: dict[str, Any]) -> int:
-        return v.json_int("lease_ms", body.get("lease_ms"), None, self.co.ttl_ms_min, self.co.ttl_ms_max)
+        return v.json_int_field(body, "lease_ms", None, self.co.ttl_ms_min, self.co.ttl_ms_max)
 
     def _task_id(self, ns: str, given: Any, key: str | None) -> str:
         if given is not None:
@@ -74,12 +74,12 @@ class Tasks(Coordinating):
         co = self.co
         spec = TaskSpec(
             payload=self._json_value("payload", body.get("payload")),
-            priority=v.json_int("priority", body.get("priority"), 0, -PRIORITY_MAX, PRIORITY_MAX),
-            not_before_ms=v.json_int("not_before", body.get("not_before"), 0, 0, TIME_MS_MAX),
-            delay_ms=v.json_int("delay_ms", body.get("delay_ms"), 0, 0, co.task_delay_ms_max),
-            max_attempts=v.json_int("max_attempts", body.get("max_attempts"), co.task_attempts_default, 1,
+            priority=v.json_int_field(body, "priority", 0, -PRIORITY_MAX, PRIORITY_MAX),
+            not_before_ms=v.json_int_field(body, "not_before", 0, 0, TIME_MS_MAX),
+            delay_ms=v.json_int_field(body, "delay_ms", 0, 0, co.task_delay_ms_max),
+            max_attempts=v.json_int_field(body, "max_attempts", co.task_attempts_default, 1,
                                     co.task_attempts_max),
-            backoff_ms=v.json_int("backoff_ms", body.get("backoff_ms"), co.task_backoff_ms_default, 0, BACKOFF_MS_MAX),
+            backoff_ms=v.json_int_field(body, "backoff_ms", co.task_backoff_ms_default, 0, BACKOFF_MS_MAX),
             retain_ms=co.task_retention_ms,
             open_max=co.tasks_open_max,
         )
@@ -94,7 +94,7 @@ class Tasks(Coordinating):
         shard = self._queue(ns)
         body = v.json_object(call.body, self.limits, CLAIM_FIELDS)
         worker = v.label("worker", body.get("worker"), self.co.holder_chars_max)
-        wait_ms = v.json_int("wait_ms", body.get("wait_ms"), 0, 0, self.co.wait_ms_max)
+        wait_ms = v.json_int_field(body, "wait_ms", 0, 0, self.co.wait_ms_max)
         command = ClaimTask(ns, worker, self._lease(body), v.idempotency_key(call.header("Idempotency-Key")))
         forwarded = waiting_call(call, body, wait_ms)
         started = time.monotonic()  # the router may run `local` twice (a leadership change that comes back)
@@ -144,7 +144,7 @@ class Tasks(Coordinating):
         if action not in SETTLE_FIELDS:
             raise NotFound(f"no task action {action[:32]!r} (complete, fail, extend)")
         body = v.json_object(call.body, self.limits, SETTLE_FIELDS[action])
-        fence = v.json_int("fence", body.get("fence"), None, 0, v.FENCE_MAX)
+        fence = v.json_int_field(body, "fence", None, 0, v.FENCE_MAX)
         key = v.idempotency_key(call.header("Idempotency-Key"))
         if action == "complete":
             command = SettleTask(ns, tid, fence, action, self._json_value("result", body.get("result")),

@@ -213,11 +213,11 @@ def test_bad_input_is_a_clear_400_and_changes_nothing(cluster: Cluster) -> None:
     for body in ({"payload": 1, "priority": 10**9}, {"payload": 1, "max_attempts": 0},
                  {"payload": 1, "backoff_ms": -1}, {"payload": 1, "id": "bad id"}, {"payload": 1, "delay_ms": -5},
                  {"payload": 1, "colour": 1}, {"payload": 1, "not_before": 10**18},
-                 {"payload": "x" * 70_000}):
+                 {"payload": "x" * 70_000}, {"payload": 1, "max_attempts": None}, {"payload": 1, "priority": None}):
         status, _, answer = cluster.request("n1", "POST", f"/v1/tasks/{ns}", body)
         assert status in (400, 413) and answer["error"]["code"] in ("invalid_request", "payload_too_large"), body
     for body in ({"lease_ms": 1000}, {"worker": "w"}, {"worker": "w", "lease_ms": -1},
-                 {"worker": "w", "lease_ms": 1000, "wait_ms": 10**7}):
+                 {"worker": "w", "lease_ms": 1000, "wait_ms": 10**7}, {"worker": "w", "lease_ms": None}):
         assert cluster.request("n1", "POST", f"/v1/tasks/{ns}/claim", body)[0] == 400, body
     assert cluster.request("n1", "POST", f"/v1/tasks/{ns}/t1/complete", {"result": 1})[0] == 400  # no fence
     assert cluster.request("n1", "POST", f"/v1/tasks/{ns}/t1/fail", {"fence": 1, "retry": "yes"})[0] == 400
