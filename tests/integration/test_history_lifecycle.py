@@ -134,28 +134,36 @@ def test_reads_are_counted_without_a_log_entry_each(tmp_path: Path) -> None:
         c.stop_all()
 
 
+RUN_EVERY_MS = 500
+
+
 def _pruning_cluster(tmp_path: Path, track_access: bool) -> Cluster:
     return Cluster(tmp_path, shards=2, sections={"lifecycle": {
         "track_access": track_access, "touch_flush_ms": 5000,  # reads wait for the run to collect them
-        "run_every_ms": 500,
+        "run_every_ms": RUN_EVERY_MS,
         "policies": [{"name": "idle-3s", "namespace": "prune", "not_accessed_for": "3s"}],
     }})
 
 
 def _read_one_keep_the_other_idle(c: Cluster, w: Writer) -> tuple[bool, bool]:
     """`read` is read on followers every 0.5 s; `idle` never. Returns (read kept, idle kept) once
-    `idle` is gone (or after 12 s)."""
+    `idle` is gone and every shard's leader has run its policies since (two runs of
+    `run_every_ms`: the two memories may be on different shards, whose runs do not
+    line up), or after 12 s."""
     for mid in ("read", "idle"):
         w.put(mid, {"content": mid})
     watch = Stream(c, "n1", {"namespace": "prune", "progress_ms": 200})
     try:
         deadline = time.monotonic() + 12
+        settled_at = None
         while time.monotonic() < deadline:
             for node in ("n2", "n3"):
                 _get(c, node, "prune", "read")
-            if not _exists(c, "prune", "idle"):
+            if settled_at is None and not _exists(c, "prune", "idle"):
+                settled_at = time.monotonic() + 2 * RUN_EVERY_MS / 1000
+            if settled_at is not None and time.monotonic() >= settled_at:
                 break
-            time.sleep(0.5)
+            time.sleep(0.25)
         kept = (_exists(c, "prune", "read"), _exists(c, "prune", "idle"))
         if not kept[1]:
             expired = watch.wait("the expire event", lambda items: any(i["type"] == "expire" for i in items))
