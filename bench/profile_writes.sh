@@ -77,12 +77,12 @@ metrics_dump() { # SUFFIX
         i=$((i + 1))
     done
 }
-# A counter summed over every node and label: after minus before.
-metric_delta() { # NAME
-    local b a
-    b=$(cat "$OUT"/*.metrics-before | awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $2} END {print s + 0}')
-    a=$(cat "$OUT"/*.metrics-after | awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $2} END {print s + 0}')
-    echo "$a - $b" | bc
+# A counter summed over every node and label, in one dump (before | after).
+metric_sum() { # SUFFIX NAME
+    cat "$OUT"/*.metrics-"$1" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 {s += $2} END {print s + 0}'
+}
+metric_delta() { # NAME: after minus before
+    echo "$(metric_sum after "$1") - $(metric_sum before "$1")" | bc
 }
 metrics_dump before
 thread_ticks before

@@ -125,13 +125,9 @@ class IndexQueue:
         )
 
     def is_due(self, now_s: float, idle: bool, demand: int) -> bool:
-        """Whether `due` would give anything (without building the batch)."""
-        first = self._first()
-        if first is None:
-            return False
-        counts = self.tier_counts
-        return bool(counts[EAGER] or first.first_index <= demand or self._batch_due(now_s)
-                    or (idle and counts[LAZY]) or self.full())
+        """Whether `due` would give anything (without building the batch): what
+        is urgent, a batch due by age or size, lazy items once idle."""
+        return self.urgent(demand) or self._batch_due(now_s) or (idle and self.tier_counts[LAZY] > 0)
 
     def due(self, now_s: float, idle: bool, demand: int) -> list[Pending]:
         """What to absorb now (at most the batch size, oldest first): eager
