@@ -9,7 +9,7 @@ APT_PACKAGES := nftables iproute2 fuse3 gcc libc6-dev util-linux
 SHARDS ?= 8
 NODES ?= 3
 
-.PHONY: run test unit integration lint fuzz jepsen jepsen-quick bench bench-etcd bench-wrk bench-coord bench-watch apt-deps clean
+.PHONY: run test unit integration lint fuzz jepsen jepsen-quick bench bench-etcd bench-wrk bench-million bench-coord bench-watch apt-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
@@ -72,6 +72,9 @@ bench-etcd: $(STAMP)
 
 bench-wrk: $(STAMP)
 	PYTHON=$(PY) bash bench/wrk_compare.sh
+
+bench-million: $(STAMP)
+	PYTHON=$(PY) PRELOAD=$${PRELOAD:-1000000} bash bench/wrk_compare.sh
 
 bench-watch: $(STAMP)
 	PYTHON=$(PY) bash bench/watch_compare.sh

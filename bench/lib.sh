@@ -145,7 +145,7 @@ start_etcd_member() { # INDEX
         --listen-peer-urls "http://127.0.0.1:${ETCD_PEER_PORTS[$i]}" \
         --initial-advertise-peer-urls "http://127.0.0.1:${ETCD_PEER_PORTS[$i]}" \
         --initial-cluster "$ETCD_INITIAL" --initial-cluster-token raftmem-bench \
-        --initial-cluster-state new --logger zap --log-outputs stderr --log-level warn)
+        --initial-cluster-state "${ETCD_STATE:-new}" --logger zap --log-outputs stderr --log-level warn)
 }
 
 ready_etcd() {

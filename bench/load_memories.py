@@ -5,7 +5,10 @@
 
 Writes `count` memories (ids m-0 ... in namespace `load`; with --corpus the
 texts, agents, tags and --dims vectors of cli/corpus.py), `batch` puts per
-request, `concurrency` requests in flight, spread over the nodes. Every second
+request, `concurrency` requests in flight, spread over the nodes. Operations refused for
+back-pressure (429), no leader (503) or of unknown outcome (504), and requests
+that failed whole, are sent again (to the next node, after a pause that
+doubles, at most 8 times): the same put twice is harmless. Every second
 it samples each node's resident memory (VmRSS in /proc/<pid>/status, pids from
 `raftmem cluster up`'s cluster.json) and prints, at the end, the load rate, the
 peak and final RSS per node, and what each node's /metrics says holds memory
@@ -30,6 +33,9 @@ import orjson
 from cli import corpus
 
 SAMPLE_S = 1.0
+RETRY_STATUSES = (429, 503, 504)  # back-pressure, no leader, outcome unknown: sent again
+ATTEMPTS_MAX = 8
+RETRY_PAUSE_S, RETRY_PAUSE_S_MAX = 0.05, 2.0
 PIECES = (
     "raftmem_node_memtable_bytes",
     "raftmem_node_block_cache_bytes",
@@ -70,27 +76,49 @@ async def load(args: argparse.Namespace) -> dict[str, Any]:
     next_batch = itertools.count()
     errors = 0
     written = 0
+    retried = 0
+
+    async def send(session: aiohttp.ClientSession, url: str, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One POST /v1/batch; the operations worth sending again (refused for
+        back-pressure or no leader, or of unknown outcome: a put of the same body
+        twice is harmless). Counts what was written and what failed for good."""
+        nonlocal errors, written
+        try:
+            async with session.post(url + "/v1/batch", data=orjson.dumps({"ops": ops}),
+                                    timeout=aiohttp.ClientTimeout(total=60)) as resp:
+                body = orjson.loads(await resp.read())
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return ops
+        if resp.status != 200:
+            if resp.status in RETRY_STATUSES:
+                return ops
+            errors += len(ops)
+            return []
+        again = []
+        for op, result in zip(ops, body["results"], strict=True):
+            if result["status"] in (200, 201):
+                written += 1
+            elif result["status"] in RETRY_STATUSES:
+                again.append(op)
+            else:
+                errors += 1
+        return again
 
     async def worker(session: aiohttp.ClientSession, wid: int) -> None:
-        nonlocal errors, written
+        nonlocal errors, retried
         while (b := next(next_batch)) < batches:
             first = b * args.batch
             ops = [{"op": "put", "namespace": args.namespace, "id": f"m-{i}",
                     "body": corpus.memory(i, args.dims) if args.corpus else {"content": value}}
                    for i in range(first, min(first + args.batch, args.count))]
-            url = urls[(b + wid) % len(urls)]
-            try:
-                async with session.post(url + "/v1/batch", data=orjson.dumps({"ops": ops}),
-                                        timeout=aiohttp.ClientTimeout(total=60)) as resp:
-                    body = orjson.loads(await resp.read())
-                if resp.status != 200:
-                    errors += len(ops)
-                    continue
-                ok = sum(1 for r in body["results"] if r["status"] in (200, 201))
-                written += ok
-                errors += len(ops) - ok
-            except (aiohttp.ClientError, TimeoutError):
-                errors += len(ops)
+            for attempt in range(ATTEMPTS_MAX):
+                if attempt:
+                    retried += len(ops)
+                    await asyncio.sleep(min(RETRY_PAUSE_S_MAX, RETRY_PAUSE_S * 2**attempt))
+                ops = await send(session, urls[(b + wid + attempt) % len(urls)], ops)
+                if not ops:
+                    break
+            errors += len(ops)
 
     async def sampler() -> None:
         while True:
@@ -108,7 +136,7 @@ async def load(args: argparse.Namespace) -> dict[str, Any]:
         sampling.cancel()
         pieces = {u: await metrics(session, u) for u in urls}
     return {
-        "count": args.count, "written": written, "errors": errors, "seconds": round(took, 1),
+        "count": args.count, "written": written, "errors": errors, "sent_again": retried, "seconds": round(took, 1),
         "ops_per_s": round(written / took) if took else 0,
         "peak_rss_mb": {n: round(v / 2**20, 1) for n, v in peaks.items()},
         "final_rss_mb": {n: round((rss_bytes(p) or 0) / 2**20, 1) for n, p in pids.items()},
@@ -135,7 +163,7 @@ def main() -> int:
         print(json.dumps(result))
     else:
         print(f"{result['written']:,} memories in {result['seconds']} s ({result['ops_per_s']:,}/s), "
-              f"{result['errors']} errors")
+              f"{result['errors']} errors, {result['sent_again']} operations sent again")
         for node in result["peak_rss_mb"]:
             print(f"  {node}: RSS peak {result['peak_rss_mb'][node]} MB, now {result['final_rss_mb'][node]} MB")
         for url, m in result["metrics_mb"].items():

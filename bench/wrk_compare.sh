@@ -35,6 +35,10 @@
 #      batch              POST /v1/batch of 16 puts the node leads | txn of 16 puts
 #      batch-sprayed      POST /v1/batch of 16 random puts, any node | txn of 16 puts
 #    (WORKLOADS="write batch" runs a subset.)
+#    With PRELOAD=N (`make bench-million`: N = 1,000,000), bench/million.sh first loads
+#    N memories into each (load rate, RSS, disk, get and list latency), the workloads
+#    then run on that much data (over random keys of the first KEYS, default 100,000), and after them every node is killed and restarted
+#    and one node is wiped and catches up (timed); its table is $OUT/million.md.
 # 4. Prints a Markdown table (also $OUT/table.md): medians over the pairs, the
 #    range, server CPU per request, and raftmem's lease / ReadIndex ratio.
 set -euo pipefail
@@ -42,7 +46,8 @@ set -euo pipefail
 RUN_S=${1:-${RUN_S:-10}}
 PAIRS=${PAIRS:-3}
 CONNS=${CONNS:-11}
-KEYS=${KEYS:-1000}
+PRELOAD=${PRELOAD:-0}
+KEYS=${KEYS:-$((PRELOAD ? 100000 : 1000))}  # the workloads' random keys (of PRELOAD's, when set)
 VALUE_BYTES=${VALUE_BYTES:-200}
 PYTHON=${PYTHON:-python3}
 WRK_TIMEOUT_S=5
@@ -64,8 +69,18 @@ check_ports_free
 log "starting etcd ($ETCD_VERSION) and raftmem"
 start_etcd
 start_raftmem
+PREP_ARGS=()
+if ((PRELOAD)); then
+    # shellcheck source=bench/million.sh
+    source "$REPO/bench/million.sh"
+    million_load
+    million_latency
+    if ((PRELOAD >= KEYS)); then PREP_ARGS+=(--written); fi  # the preload wrote the workloads' keys
+fi
 (cd "$REPO" && "$PYTHON" bench/wrk_prep.py --raftmem "${RM_URLS%%,*}" --etcd "$ETCD_URLS" --out "$REQ" \
-    --keys "$KEYS" --value-bytes "$VALUE_BYTES") >"$OUT/prep.log" || die "preparing the keyspace failed: $(cat "$OUT/prep.log")"
+    --keys "$KEYS" --value-bytes "$VALUE_BYTES" "${PREP_ARGS[@]}") >"$OUT/prep.log" \
+    || die "preparing the keyspace failed: $(cat "$OUT/prep.log")"
+if ((PRELOAD)); then wait_balanced; fi
 
 # request file per workload and target (etcd has no lease read: its linearizable read stands in)
 declare -A FILE=(
@@ -198,3 +213,9 @@ for load in ("batch", "batch-sprayed"):
     if got.get(load):
         print(f"{load}: {16 * got[load]['rate']:,.0f} memory ops/s (median).")
 PY
+
+if ((PRELOAD)); then
+    million_restart
+    million_wipe
+    million_report
+fi

@@ -59,7 +59,7 @@ def write_lines(path: Path, lines: list[str]) -> None:
     print(f"{path.name}: {len(lines)} requests")
 
 
-def prep_raftmem(url: str, keys: int, value: str, out: Path) -> None:
+def prep_raftmem(url: str, keys: int, value: str, out: Path, write: bool = True) -> None:
     view = cluster_view(url)
     shards = len(view["shards"])
     leaders = {s["shard"]: s["leader"] for s in view["shards"]}
@@ -71,7 +71,8 @@ def prep_raftmem(url: str, keys: int, value: str, out: Path) -> None:
     with Client([url]) as client:
         for key in range(keys):
             mid = key_id(key)
-            client.put(NAMESPACE, mid, value, agent_id="bench")
+            if write:
+                client.put(NAMESPACE, mid, value, agent_id="bench")
             by_node[leaders[shard_for(NAMESPACE, mid, shards)]].append(f"/v1/memories/{NAMESPACE}/{mid}")
     every = [f"/v1/memories/{NAMESPACE}/{key_id(key)}" for key in range(keys)]
     rng = random.Random(7)
@@ -93,9 +94,9 @@ def prep_raftmem(url: str, keys: int, value: str, out: Path) -> None:
         write_lines(out / f"raftmem-{index}-health.req", ["GET\t/healthz\t"])
 
 
-def prep_etcd(urls: list[str], keys: int, value: str, out: Path) -> None:
+def prep_etcd(urls: list[str], keys: int, value: str, out: Path, write: bool = True) -> None:
     names = [f"{NAMESPACE}/{key_id(key)}" for key in range(keys)]
-    for name in names:
+    for name in names if write else ():
         etcd_put(urls[0], name, value)
     for index, url in enumerate(urls):
         (out / f"etcd-{index}.url").write_text(url + "\n")
@@ -120,12 +121,14 @@ def main() -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--keys", type=int, default=1000)
     parser.add_argument("--value-bytes", type=int, default=200)
+    parser.add_argument("--written", action="store_true",
+                        help="the keys are already written (raftmem bench --preload): only make the files")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     value = "x" * args.value_bytes
-    prep_raftmem(args.raftmem.rstrip("/"), args.keys, value, args.out)
+    prep_raftmem(args.raftmem.rstrip("/"), args.keys, value, args.out, write=not args.written)
     if args.etcd:
-        prep_etcd([u.rstrip("/") for u in args.etcd.split(",")], args.keys, value, args.out)
+        prep_etcd([u.rstrip("/") for u in args.etcd.split(",")], args.keys, value, args.out, write=not args.written)
     return 0
 
 

@@ -63,6 +63,7 @@ OPS_MAX_DEFAULT = 10_000_000  # per client, on top of the time bound
 REQUEST_TIMEOUT_S_DEFAULT = 5.0
 ERROR_PAUSE_S = 0.01  # after a failed request, so a dead endpoint is not hammered
 PRELOAD_ATTEMPTS = 5
+PASSING = (Overloaded, Unavailable, Indeterminate)  # a preload's failures worth sending again
 BATCH_MAX = 128  # etcd's default --max-txn-ops
 NAMESPACE = "bench"
 SEARCH_KINDS = ("text", "vector", "hybrid", "filtered")
@@ -191,7 +192,16 @@ class RaftmemTarget:
         await self.preload_client.put_raw(NAMESPACE, key_id(key), self.value, agent_id="bench")
 
     async def preload_batch(self, keys: list[int]) -> None:
-        await _batch_ok(self.preload_client, keys, self.value)
+        """Operations that failed for a passing reason (overload, no leader, an
+        outcome unknown) are sent again: a put of the same value is harmless twice."""
+        for attempt in range(PRELOAD_ATTEMPTS):
+            failures = await _batch_put(self.preload_client, keys, self.value)
+            if not failures:
+                return
+            if attempt + 1 == PRELOAD_ATTEMPTS or not all(isinstance(e, PASSING) for _, e in failures):
+                raise failures[0][1]
+            keys = [k for k, _ in failures]
+            await asyncio.sleep(ERROR_PAUSE_S * 2**attempt)
 
     async def write(self, worker: int, key: int) -> None:
         if self.corpus:
@@ -215,15 +225,20 @@ class RaftmemTarget:
         await self._client(worker).search_raw(namespace, query, **body)
 
 
-async def _batch_ok(client: AsyncClient, keys: list[int], value: str) -> None:
-    """One POST /v1/batch of puts; raises the first operation's error, if any."""
+async def _batch_put(client: AsyncClient, keys: list[int], value: str) -> list[tuple[int, ClientError]]:
+    """One POST /v1/batch of puts; the keys whose put failed, with the error."""
     results = await client.batch([
         {"op": "put", "namespace": NAMESPACE, "id": key_id(k), "body": {"content": value, "agent_id": "bench"}}
         for k in keys
     ])
-    for result in results:
-        if result.error is not None:
-            raise result.error
+    return [(k, r.error) for k, r in zip(keys, results, strict=True) if r.error is not None]
+
+
+async def _batch_ok(client: AsyncClient, keys: list[int], value: str) -> None:
+    """One POST /v1/batch of puts; raises the first operation's error, if any."""
+    failures = await _batch_put(client, keys, value)
+    if failures:
+        raise failures[0][1]
 
 
 class EtcdError(Exception):

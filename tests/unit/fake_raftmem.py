@@ -63,6 +63,7 @@ class FakeCluster:
         self.terms: dict[int, int] = {s: 1 for s in range(SHARDS)}
         self.faults: deque[Fault] = deque()
         self.always: Fault | None = None  # answer every data request like this
+        self.batch_refusals = 0  # this many of the next batch operations are answered 429 (back-pressure)
         self.seen: list[Seen] = []
         self.cluster_calls = 0
         self.data: dict[tuple[str, str], dict[str, Any]] = {}
@@ -224,8 +225,14 @@ class FakeCluster:
         faulted = await self._fault(node, request.path)
         if faulted is not None:
             return faulted
-        ops = orjson.loads(seen.body)["ops"]
-        return _json(200, {"results": [{"status": 200, "body": {"op": op["op"]}} for op in ops]})
+        results = []
+        for op in orjson.loads(seen.body)["ops"]:
+            if self.batch_refusals:
+                self.batch_refusals -= 1
+                results.append({"status": 429, "body": {"error": {"code": "overloaded", "message": "scripted"}}})
+            else:
+                results.append({"status": 200, "body": {"op": op["op"]}})
+        return _json(200, {"results": results})
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:

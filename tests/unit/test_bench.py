@@ -8,13 +8,21 @@ import base64
 import json
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from cli import bench
 from cli.main import build_parser
-from raftmem.client import ConnectionFailed, Indeterminate, NotFound, Overloaded, Unavailable
+from raftmem.client import (
+    ClientError,
+    ConnectionFailed,
+    Indeterminate,
+    NotFound,
+    Overloaded,
+    Unavailable,
+)
 from tests.unit.fake_raftmem import FakeCluster, Fault
 
 
@@ -99,6 +107,22 @@ async def test_searches_join_the_mix(fake: FakeCluster) -> None:
     assert kinds == {(True, False, False), (False, True, False), (True, False, True)}
     assert all(b["fresh"] is True and b["namespace"] == "load" for b in fake.searches)
     assert all(len(b["vector"]) == 8 for b in fake.searches if "vector" in b)
+
+
+async def test_a_preload_sends_again_what_back_pressure_refused(fake: FakeCluster) -> None:
+    fake.batch_refusals = 5
+    report = await bench.bench(_args(",".join(fake.url_list()), mix="0:100", preload=40, preload_batch=8))
+    assert report["preload_memories_per_s"] and fake.batch_refusals == 0
+    sent = [op["id"] for s in fake.data_requests() if s.path == "/v1/batch"
+            for op in orjson.loads(s.body)["ops"]]
+    assert set(sent) >= {bench.key_id(k) for k in range(40)}
+    assert len(sent) >= 45  # the five refused operations went twice
+
+
+async def test_a_preload_fails_on_a_refusal_that_does_not_pass(fake: FakeCluster) -> None:
+    fake.always = Fault(400, path_prefix="/v1/batch")
+    with pytest.raises(ClientError):
+        await bench.bench(_args(",".join(fake.url_list()), mix="0:100", preload=8, preload_batch=8))
 
 
 async def test_errors_are_counted_by_kind(fake: FakeCluster) -> None:
