@@ -325,8 +325,12 @@ class ReplicaIndex:
             try:
                 change = self._sub.get_nowait()
             except Overflowed:
+                # Resume after what the queue received, less its last entry:
+                # an entry's changes share its index and come one by one, so
+                # the cut may have fallen inside it (taking one again is harmless:
+                # it coalesces, or is absorbed again as it was).
                 self.stats.overflows += 1
-                return self.queue.received
+                return max(0, self.queue.received - 1)
             except Closed:
                 return None
             if change is None:
@@ -363,10 +367,14 @@ class ReplicaIndex:
         self.last_change_s = time.monotonic()
 
     async def _resync(self, after: int) -> None:
+        """Resume from the change log after `after` (what the queue had received
+        before the cut: not the queue's watermark, from which the log would hand
+        over again changes of keys still waiting, older than their queued ones),
+        or rebuild (-1: the store was replaced)."""
         assert self._sub is not None
         self._sub.close()
         self._sub = self._subscribe()
-        if after < 0 or not await self._replay(self.queue.watermark()):
+        if after < 0 or not await self._replay(after):
             await self._rebuild()
 
     async def _sleep(self, now: float) -> None:

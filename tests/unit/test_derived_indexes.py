@@ -360,3 +360,25 @@ async def test_a_subscription_cut_off_resumes_from_the_change_log(tmp_path: Path
     assert index.text is not None and index.text.all_keys() == store_ids(shard)
     await index.stop()
     executor.shutdown()
+
+
+async def test_a_cut_off_with_changes_waiting_resumes_after_what_the_queue_received(tmp_path: Path) -> None:
+    """A key rewritten twice waits in the queue (one item, its first change's
+    index) when a burst cuts the subscription off. The replay must start after
+    what the queue already received, not at the queue's watermark: from there
+    the change log hands over the key's first change again, older than the one
+    waiting (seen on a wiped node rebuilding 1M memories under a write load:
+    its indexes stopped with "changes arrive in log order")."""
+    shard, index, _feed, executor = await started(tmp_path, config(batch_ms=60_000, batch_docs=2,
+                                                                   queue_docs_max=1000))
+    shard.apply(put("k", "first"))
+    last = shard.apply(put("k", "second"))
+    await until(lambda: index.queue.received >= last and len(index.queue) == 1)
+    assert index.queue.watermark() < last  # the key waits, held at its first change
+    for i in range(100):  # no await in between: the subscription (8 changes) is cut off
+        shard.apply(put(f"m{i}", f"burst {i}"))
+    await index.wait_absorbed(shard.applied_index, ("eager", "batched", "lazy"), 10)
+    assert index.error is None and index.stats.overflows >= 1
+    assert index.text is not None and index.text.all_keys() == store_ids(shard)
+    await index.stop()
+    executor.shutdown()
