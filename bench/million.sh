@@ -16,8 +16,8 @@
 #                    seconds until it has applied every shard's commit index
 #                    (raftmem: a snapshot; etcd: the member removed and added back,
 #                    as etcd requires), and the MB/s its disk filled at; raftmem:
-#                    then until that node's derived indexes are rebuilt, and its
-#                    peak RSS meanwhile
+#                    then until that node's derived indexes are rebuilt, its
+#                    peak RSS meanwhile, and whether they then equal its store
 #   million_report   the Markdown table ($OUT/million.md)
 # Every phase appends one JSON line per target to $OUT/million.jsonl.
 
@@ -208,8 +208,12 @@ million_wipe() {
             local indexed=null
             if MILLION_INDEX_WAIT_S=900 wait_indexes "$url"; then indexed=$(calc "$(date +%s.%N) - $t1"); fi
             kill "$sampler"; wait "$sampler" 2>/dev/null || true
-            million_record "$(printf '{"phase": "wipe-indexes", "target": "raftmem", "after_s": %s, "peak_rss_mb": %s}' \
-                "$indexed" "$(awk '$2 > m {m = $2} END{print int(m / 1024)}' "$OUT/million-rss-wiped.txt")")"
+            # ...and are they right: every shard's index against the node's store
+            (cd "$REPO" && "$PYTHON" bench/million_probe.py index-check --node "$url" --timeout 600) \
+                >"$OUT/million-index-check.json" || echo '{"consistent": null}' >"$OUT/million-index-check.json"
+            million_record "$(printf '{"phase": "wipe-indexes", "target": "raftmem", "after_s": %s, "peak_rss_mb": %s, "check": %s}' \
+                "$indexed" "$(awk '$2 > m {m = $2} END{print int(m / 1024)}' "$OUT/million-rss-wiped.txt")" \
+                "$(cat "$OUT/million-index-check.json")")"
         fi
     done
 }
@@ -258,6 +262,9 @@ lines = [
     ("then its derived indexes rebuilt, s", "wipe-indexes", lambda r: f"{r['after_s']:.1f}"
      if r["after_s"] is not None else "not in 900 s"),
     ("its peak RSS until then, MB", "wipe-indexes", lambda r: str(r["peak_rss_mb"])),
+    ("its indexes against its store (documents / records)", "wipe-indexes",
+     lambda r: f"{'equal' if r['check']['consistent'] else 'DIFFER'} ({r['check']['documents']:,} / "
+               f"{r['check']['store']:,})"),
 ]
 for label, phase, fn in lines:
     print(f"| {label} | {cell('raftmem', phase, fn)} | {cell('etcd', phase, fn)} |")

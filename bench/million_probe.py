@@ -5,6 +5,7 @@ waits that time a restart and a wiped node's catch-up.
     python bench/million_probe.py ready --raftmem URLS --keys N [--samples 200] [--timeout 600]
     python bench/million_probe.py ready --etcd URLS --keys N ...
     python bench/million_probe.py caught-up --raftmem URLS --node URL [--timeout 1200]
+    python bench/million_probe.py index-check --node URL
 
 `latency`: one client, sequential (latency, not throughput): `--gets` gets of
 random keys of `raftmem bench --preload N`'s keyspace (raftmem `strong`, the
@@ -15,6 +16,11 @@ from after the last key). Prints JSON: p50/p99/max ms per target and kind.
 
 `ready`: polls until every node answers and `--samples` random keys all read
 back (any missing key is an error, not a wait: exit 1); prints the seconds.
+
+`index-check`: `--node`'s derived indexes against its store, every shard
+(`GET /v1/admin/indexes/{shard}/check`, no writes running): prints JSON with
+the documents indexed, the records stored, and whether every shard matches
+(nothing missing, extra, stale or duplicated; watermark at the applied index).
 
 `caught-up`: with no writes running, reads every shard leader's commit index
 (from the other nodes' /v1/cluster), then polls `--node`'s /v1/cluster until
@@ -190,10 +196,35 @@ async def caught_up(args: argparse.Namespace) -> float:
             await asyncio.sleep(POLL_S)
 
 
+async def index_check(args: argparse.Namespace) -> dict[str, Any]:
+    node = args.node.rstrip("/")
+    timeout = aiohttp.ClientTimeout(total=args.timeout)
+    out: dict[str, Any] = {"documents": 0, "store": 0, "consistent": True, "problems": []}
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        view = await _view(session, node)
+        for shard in range(int((view or {}).get("shard_count") or 0)):
+            async with session.get(f"{node}/v1/admin/indexes/{shard}/check") as resp:
+                body = await resp.json(content_type=None)
+            if resp.status != 200:
+                out["consistent"] = False
+                out["problems"].append({"shard": shard, "status": resp.status, "body": body})
+                continue
+            out["documents"] += body["documents"]
+            out["store"] += body["store"]
+            vectors_ok = all(v["held"] == v["store"] == v["index"] for v in body["vectors"].values())
+            if (body["missing"] or body["extra"] or body["stale"] or body["duplicates"] or not vectors_ok
+                    or body["watermark"] < body["applied"]):
+                out["consistent"] = False
+                out["problems"].append({"shard": shard, "missing": len(body["missing"]), "extra": len(body["extra"]),
+                                        "stale": len(body["stale"]), "duplicates": body["duplicates"],
+                                        "watermark": body["watermark"], "applied": body["applied"]})
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("latency", "ready", "caught-up"):
+    for name in ("latency", "ready", "caught-up", "index-check"):
         p = sub.add_parser(name)
         p.add_argument("--raftmem", type=lambda s: s.split(","), default=[])
         p.add_argument("--etcd", type=lambda s: s.split(","), default=[])
@@ -203,9 +234,12 @@ def main() -> int:
     sub.choices["latency"].add_argument("--pages", type=int, default=300)
     sub.choices["ready"].add_argument("--samples", type=int, default=200)
     sub.choices["caught-up"].add_argument("--node", required=True)
+    sub.choices["index-check"].add_argument("--node", required=True)
     args = parser.parse_args()
     if args.cmd == "latency":
         print(json.dumps(asyncio.run(latency(args))))
+    elif args.cmd == "index-check":
+        print(json.dumps(asyncio.run(index_check(args))))
     elif args.cmd == "ready":
         print(f"{asyncio.run(ready(args)):.2f}")
     else:
