@@ -46,6 +46,13 @@ target_dirs() {
     if [[ $1 == etcd ]]; then printf "$WORK/etcd/%s " "${ETCD_NAMES[@]}"; else printf "$RM_DIR/%s " "${RM_NODES[@]}"; fi
 }
 
+# peak_mb_list FILE PIDS...: JSON list of each pid's peak RSS in MB in FILE (rss_sampler's), in PIDS' order.
+peak_mb_list() {
+    local file=$1 pid out=""; shift
+    for pid in "$@"; do out+="$(awk -v p="$pid" '$1 == p && $2 > m {m = $2} END{print int(m / 1024)}' "$file"),"; done
+    echo "[${out%,}]"
+}
+
 # JSON list of a number per node: RSS MB now, disk MB of each data directory.
 rss_mb_list() { local pid out=""; for pid in $(target_pids "$1"); do out+="$(($(rss_kb "$pid") / 1024)),"; done; echo "[${out%,}]"; }
 disk_mb_list() {
@@ -95,8 +102,8 @@ million_load() {
             indexed_s=$(calc "$(date +%s.%N) - $t1")
         fi
         kill "$sampler"; wait "$sampler" 2>/dev/null || true
-        peak=$(awk '{if ($2 > m[$1]) m[$1] = $2} END{s=""; for (p in m) s = s (s ? "," : "") int(m[p] / 1024); print "[" s "]"}' \
-            "$OUT/million-rss-$target.txt")
+        # shellcheck disable=SC2046
+        peak=$(peak_mb_list "$OUT/million-rss-$target.txt" $(target_pids "$target"))  # in the nodes' order
         million_record "$(printf '{"phase": "load", "target": "%s", "memories": %s, "load_s": %s, "indexes_absorbed_after_s": %s, "peak_rss_mb": %s, "rss_mb": %s, "disk_mb": %s}' \
             "$target" "$PRELOAD" "$(calc "$t1 - $t0")" "$indexed_s" "$peak" "$(rss_mb_list "$target")" \
             "$(disk_mb_list "$target")")"
@@ -212,7 +219,7 @@ million_wipe() {
             (cd "$REPO" && "$PYTHON" bench/million_probe.py index-check --node "$url" --timeout 600) \
                 >"$OUT/million-index-check.json" || echo '{"consistent": null}' >"$OUT/million-index-check.json"
             million_record "$(printf '{"phase": "wipe-indexes", "target": "raftmem", "after_s": %s, "peak_rss_mb": %s, "check": %s}' \
-                "$indexed" "$(awk '$2 > m {m = $2} END{print int(m / 1024)}' "$OUT/million-rss-wiped.txt")" \
+                "$indexed" "$(peak_mb_list "$OUT/million-rss-wiped.txt" "${RM_PID[$node]}")" \
                 "$(cat "$OUT/million-index-check.json")")"
         fi
     done
@@ -261,7 +268,7 @@ lines = [
     ("its disk then, MB (MB/s)", "wipe", lambda r: f"{r['disk_mb']} ({r['mb_per_s']:.0f})"),
     ("then its derived indexes rebuilt, s", "wipe-indexes", lambda r: f"{r['after_s']:.1f}"
      if r["after_s"] is not None else "not in 900 s"),
-    ("its peak RSS until then, MB", "wipe-indexes", lambda r: str(r["peak_rss_mb"])),
+    ("its peak RSS until then, MB", "wipe-indexes", lambda r: nodes(r["peak_rss_mb"])),
     ("its indexes against its store (documents / records)", "wipe-indexes",
      lambda r: f"{'equal' if r['check']['consistent'] else 'DIFFER'} ({r['check']['documents']:,} / "
                f"{r['check']['store']:,})"),
