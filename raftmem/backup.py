@@ -9,21 +9,20 @@ The manifest records, per shard, the applied index, the size and a SHA-256;
 
 from __future__ import annotations
 
-import hashlib
 import io
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
 from .errors import InvalidRequest
 from .statemachine import snapshot_records
+from .storage import read_hashing
 
 FORMAT = "raftmem-backup-v1"
 MANIFEST = "manifest.json"
-CHUNK_BYTES = 1 << 20
 
 
 def shard_member(shard: int) -> str:
@@ -39,7 +38,7 @@ def build_file(
     entries = []
     for shard, (applied, path) in sorted(snapshots.items()):
         with open(path, "rb") as f:
-            size, digest = _read_hashing(f)
+            size, digest = read_hashing(f)
         entries.append(
             {"shard": shard, "applied_index": applied, "bytes": size, "sha256": digest, "file": shard_member(shard)}
         )
@@ -58,19 +57,6 @@ def build_file(
             with open(path, "rb") as src:
                 tar.addfile(info, src)
             path.unlink()
-
-
-def _read_hashing(src: IO[bytes], copy_to: IO[bytes] | None = None) -> tuple[int, str]:
-    """Read `src` to the end in chunks (copying them to `copy_to`, if given):
-    its size and SHA-256."""
-    digest = hashlib.sha256()
-    size = 0
-    while chunk := src.read(CHUNK_BYTES):
-        digest.update(chunk)
-        size += len(chunk)
-        if copy_to is not None:
-            copy_to.write(chunk)
-    return size, digest.hexdigest()
 
 
 def verify(path: Path, shard_count: int, directory: Path) -> dict[str, Any]:
@@ -93,7 +79,7 @@ def verify(path: Path, shard_count: int, directory: Path) -> dict[str, Any]:
                 if data_member is None:
                     raise InvalidRequest(f"backup is missing {entry['file']}")
                 with open(directory / entry["file"], "wb") as out:
-                    size, digest = _read_hashing(data_member, out)
+                    size, digest = read_hashing(data_member, out)
                 if size != entry["bytes"] or digest != entry["sha256"]:
                     raise InvalidRequest(f"corrupt backup: checksum mismatch for shard {entry['shard']}")
     except (tarfile.TarError, orjson.JSONDecodeError, KeyError, EOFError) as e:

@@ -57,7 +57,7 @@ class _ShardCollector:
             "outcomes": CounterMetricFamily("raftmem_shard_log_entries_settled", "Proposed log entries by outcome (rejected/unknown: quorum or leadership lost)", labels=["shard", "outcome"]),
             "votes_ignored": CounterMetricFamily("raftmem_shard_votes_ignored", "Vote requests ignored while a leader was live", labels=["shard"]),
             "stale_acks": CounterMetricFamily("raftmem_shard_stale_acks_dropped", "Follower acknowledgements answering another term's entries, dropped by the leader", labels=["shard"]),
-            "snapshot_installs": CounterMetricFamily("raftmem_shard_snapshot_installs", "Snapshots received and installed, staged off the event loop or inline (at start-up, or when staging failed)", labels=["shard", "how"]),
+            "snapshot_installs": CounterMetricFamily("raftmem_shard_snapshot_installs", "Snapshots received: installed staged off the event loop or inline (at start-up), or rejected (torn in transit: not matching their manifest; sent again)", labels=["shard", "how"]),
         }
         lag = GaugeMetricFamily("raftmem_shard_replication_lag_entries", "Leader's last index minus a follower's match index", labels=["shard", "follower"])
         commit = SummaryMetricFamily("raftmem_shard_commit_seconds", "Time from proposal to commit and apply on the leader", labels=["shard"])

@@ -276,6 +276,9 @@ DEBUG_EFFECTS = {
                                "settles a task",
     "slow_snapshot_disk": "a fault: each snapshot install takes 3 s longer",
     "inline_snapshot_install": "snapshots are installed on the event loop, which stalls the node",
+    "torn_snapshot_transfer": "a fault: the first snapshot each shard sends a follower loses a chunk in transit",
+    "unsafe_unchecked_snapshots": "UNSAFE: received snapshots are installed unchecked (a torn one becomes an "
+                                  "empty or partial database)",
     "unsafe_search_no_barrier": "UNSAFE: fresh searches answer without their barrier (they may miss "
                                 "acknowledged writes)",
     "unsafe_watch_drop": "UNSAFE: watch streams leave out one event in a hundred",

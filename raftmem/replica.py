@@ -103,6 +103,8 @@ class ShardReplica:
             disable_prevote=bool(config.debug.get("disable_prevote")),
             slow_snapshot_disk=bool(config.debug.get("slow_snapshot_disk")),
             inline_snapshot_install=bool(config.debug.get("inline_snapshot_install")),
+            torn_snapshot_transfer=bool(config.debug.get("torn_snapshot_transfer")),
+            unsafe_unchecked_snapshots=bool(config.debug.get("unsafe_unchecked_snapshots")),
             read_timeout_s=config.limits.read_timeout_ms / 1000,
         )
         self._queue: list[_Pending] = []

@@ -583,10 +583,13 @@ class StateMachine(StateReads):
         """Replace the state with the snapshot's, crash-safely, in one go (both halves)."""
         self.install_staged(self.store.stage_snapshot(path))
 
-    def stage_snapshot(self, path: Path) -> Path:
-        return self.store.stage_snapshot(path)
+    def verify_snapshot(self, path: Path) -> None:
+        Store.verify_snapshot(path)
 
-    def install_staged(self, staged: Path) -> None:
-        self.store.install_staged(staged)
+    def stage_snapshot(self, path: Path, verify: bool = True) -> Path:
+        return self.store.stage_snapshot(path, verify)
+
+    def install_staged(self, staged: Path, must_exist: bool = True) -> None:
+        self.store.install_staged(staged, must_exist)
         self._load_marks()
         self._emit([Change(ChangeKind.RESET, self.shard, self.applied_index)])

@@ -8,12 +8,18 @@ renames it into a new generation and only then atomically repoints
 the new database, never a mix.
 
 Snapshots are RocksDB checkpoints (hard links of immutable SST files, taken
-after a memtable flush) packed with a small metadata blob into one tar file.
+after a memtable flush) packed with a small metadata blob into one tar file,
+closed by a manifest of every member's size and SHA-256. Staging checks the
+archive against it before unpacking: a snapshot that arrived torn (a chunk lost between
+leader and follower) stops a tar reader silently at the first bad header, and
+RocksDB would then have opened the few files before it as an empty database.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -21,7 +27,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from rocksdict import (
     AccessType,
@@ -38,6 +44,9 @@ from rocksdict import (
 CURRENT_FILE = "DB_CURRENT"
 SNAPSHOT_META_NAME = "raftmem-snapshot-meta"
 SNAPSHOT_DB_DIR = "db"
+# The packed snapshot's last member: {"meta": [bytes, sha256], "files": {name: [bytes, sha256]}}.
+SNAPSHOT_MANIFEST_NAME = "raftmem-snapshot-manifest"
+HASH_CHUNK_BYTES = 1 << 20
 # Snapshots unpacked ahead of their install; a name no live generation can have.
 STAGED_PREFIX = "staged-"
 # Checkpoints taken for a backup, removed once packed (or at the next open).
@@ -66,6 +75,93 @@ def remove_in_background(path: Path) -> None:
     threading.Thread(
         target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True}, name="remove", daemon=True
     ).start()
+
+
+class SnapshotCorrupt(ValueError):
+    """A packed snapshot that is not what its sender packed: torn, truncated, or
+    stitched together from two transfers."""
+
+
+def read_hashing(src: IO[bytes], copy_to: IO[bytes] | None = None) -> tuple[int, str]:
+    """Read `src` to the end in chunks (copying them to `copy_to`, if given):
+    its size and SHA-256."""
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := src.read(HASH_CHUNK_BYTES):
+        digest.update(chunk)
+        size += len(chunk)
+        if copy_to is not None:
+            copy_to.write(chunk)
+    return size, digest.hexdigest()
+
+
+class _HashingReader:
+    """A file as tarfile reads it into an archive, hashed on the way."""
+
+    def __init__(self, src: IO[bytes]) -> None:
+        self._src = src
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._src.read(n)
+        self._digest.update(data)
+        self.size += len(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+def _files_under(root: Path) -> Iterator[tuple[str, Path]]:
+    """(archive name, path) of every file under `root`, sorted."""
+    for directory, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(directory) / name
+            yield f"{SNAPSHOT_DB_DIR}/{path.relative_to(root).as_posix()}", path
+
+
+def _check_archive(tar: tarfile.TarFile, name: str, required: bool) -> None:
+    """Hash every member of a packed snapshot as it stands in the archive and
+    compare them with the manifest packed at its end (`required`: refuse a
+    snapshot without one, as a torn transfer is). Extracts nothing."""
+    members = tar.getmembers()  # a torn archive ends early here, silently
+    try:
+        listed = tar.extractfile(SNAPSHOT_MANIFEST_NAME)
+    except KeyError:
+        listed = None
+    if listed is None:
+        if required:
+            raise SnapshotCorrupt(f"{name}: no manifest at its end (torn or truncated); {len(members)} members read")
+        return
+    manifest = json.loads(listed.read())
+    expected = {k: tuple(v) for k, v in manifest["files"].items()}
+    expected[SNAPSHOT_META_NAME] = tuple(manifest["meta"])
+    found = {}
+    for member in members:
+        if member.isfile() and member.name != SNAPSHOT_MANIFEST_NAME:
+            data = tar.extractfile(member)
+            assert data is not None, "a regular file"
+            found[member.name] = read_hashing(data)
+    if found != expected:
+        missing = sorted(set(expected) - set(found))
+        differ = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+        raise SnapshotCorrupt(
+            f"{name}: does not match its manifest (missing {missing[:5]}, differing {differ[:5]}, "
+            f"unexpected {sorted(set(found) - set(expected))[:5]})"
+        )
+
+
+def _unpack(tar: tarfile.TarFile, unpack: Path, name: str, required: bool, check: bool = True) -> Path:
+    """Check a packed snapshot against its manifest (`check=False` only for a
+    negative control), then extract its database under `unpack`; returns the
+    unpacked database directory."""
+    if check:
+        _check_archive(tar, name, required)
+    members = [m for m in tar.getmembers() if m.name == SNAPSHOT_DB_DIR or m.name.startswith(SNAPSHOT_DB_DIR + "/")]
+    tar.extractall(str(unpack), members=members, filter="data")
+    return unpack / SNAPSHOT_DB_DIR
 
 
 def write_file_atomically(path: Path, data: bytes, durable: bool = True) -> None:
@@ -165,6 +261,12 @@ class Batch:
         self.count += 1
 
 
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
 class Store:
     """A shard replica's key-value store (bytes to bytes)."""
 
@@ -252,14 +354,24 @@ class Store:
 
     @staticmethod
     def pack_checkpoint(directory: str | Path, path: str | Path, meta: bytes) -> None:
-        """Pack a checkpoint and `meta` into one fsynced file, then drop the checkpoint."""
+        """Pack a checkpoint and `meta` into one fsynced file, then drop the
+        checkpoint. The manifest of every file's size and SHA-256 goes last: a
+        reader that finds it has read the whole archive."""
         try:
             with open(path, "wb") as f:
                 with tarfile.open(fileobj=f, mode="w") as tar:
-                    info = tarfile.TarInfo(SNAPSHOT_META_NAME)
-                    info.size = len(meta)
-                    tar.addfile(info, io.BytesIO(meta))
-                    tar.add(str(directory), arcname=SNAPSHOT_DB_DIR)
+                    _add_bytes(tar, SNAPSHOT_META_NAME, meta)
+                    meta_hash = read_hashing(io.BytesIO(meta))
+                    tar.add(str(directory), arcname=SNAPSHOT_DB_DIR, recursive=False)
+                    files: dict[str, list[Any]] = {}
+                    for arcname, file in _files_under(Path(directory)):
+                        info = tar.gettarinfo(str(file), arcname=arcname)
+                        with open(file, "rb") as src:
+                            reader = _HashingReader(src)
+                            tar.addfile(info, reader)
+                        files[arcname] = [reader.size, reader.hexdigest()]
+                    manifest = {"meta": list(meta_hash), "files": files}
+                    _add_bytes(tar, SNAPSHOT_MANIFEST_NAME, json.dumps(manifest).encode())
                 f.flush()
                 os.fsync(f.fileno())
         finally:
@@ -273,20 +385,34 @@ class Store:
                 raise ValueError(f"{path}: snapshot has no metadata")
             return member.read()
 
-    def stage_snapshot(self, path: str | Path) -> Path:
-        """Unpack a packed snapshot next to the live database and fsync it: the slow
-        half of an install. Touches no open database, so it may run on any thread
-        while the replica goes on serving; `install_staged` finishes the job."""
+    @staticmethod
+    def verify_snapshot(path: str | Path) -> None:
+        """SnapshotCorrupt unless the packed snapshot matches the manifest at its
+        end (a received one is checked before anything uses or keeps it)."""
+        try:
+            with tarfile.open(str(path), mode="r") as tar:
+                _check_archive(tar, str(path), required=True)
+        except (tarfile.TarError, EOFError) as e:
+            raise SnapshotCorrupt(f"{path}: unreadable archive: {e}") from None
+
+    def stage_snapshot(self, path: str | Path, verify: bool = True) -> Path:
+        """Unpack a packed snapshot next to the live database, check it against its
+        manifest (SnapshotCorrupt if it does not match, or has none) and fsync it:
+        the slow half of an install. Touches no open database, so it may run on
+        any thread while the replica goes on serving; `install_staged` finishes
+        the job. `verify=False` only for the negative control of the check."""
         # Unique, so a late thread of a dropped replica never touches a newer one's.
         staged = self.directory / f"{STAGED_PREFIX}{uuid.uuid4().hex}"
         unpack = staged.with_name(staged.name + ".unpack")
         for leftover in (staged, unpack):
             shutil.rmtree(leftover, ignore_errors=True)
         try:
-            with tarfile.open(str(path), mode="r") as tar:
-                members = [m for m in tar.getmembers() if m.name.startswith(SNAPSHOT_DB_DIR)]
-                tar.extractall(str(unpack), members=members, filter="data")
-            os.replace(unpack / SNAPSHOT_DB_DIR, staged)
+            try:
+                with tarfile.open(str(path), mode="r") as tar:
+                    unpacked = _unpack(tar, unpack, str(path), required=True, check=verify)
+            except (tarfile.TarError, EOFError) as e:
+                raise SnapshotCorrupt(f"{path}: unreadable archive: {e}") from None
+            os.replace(unpacked, staged)
             for root, _dirs, files in os.walk(staged):
                 for name in files:
                     fsync_file(Path(root) / name)
@@ -298,16 +424,19 @@ class Store:
             shutil.rmtree(unpack, ignore_errors=True)
         return staged
 
-    def install_staged(self, staged: Path) -> None:
+    def install_staged(self, staged: Path, must_exist: bool = True) -> None:
         """Make a staged snapshot the live database: a rename, a RocksDB open and
         one small atomic file write. The old generation is removed in the
-        background (a crash before that is cleaned up at the next open)."""
+        background (a crash before that is cleaned up at the next open). The
+        open refuses a directory that holds no database (`must_exist=False`
+        only for the negative control: RocksDB then creates an empty one)."""
         generation = self._generation + 1
         target = self._db_path(generation)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staged, target)
         fsync_dir(self.directory)
         new_opts = self._options()
+        new_opts.create_if_missing(not must_exist)
         new_db = Rdict(str(target), new_opts)
         write_file_atomically(self.directory / CURRENT_FILE, f"{generation}\n".encode())
         old_db, old_path = self._db, self._db_path(self._generation)
@@ -322,9 +451,10 @@ class Store:
         unpack = Path(workdir)
         shutil.rmtree(unpack, ignore_errors=True)
         with tarfile.open(str(path), mode="r") as tar:
-            members = [m for m in tar.getmembers() if m.name.startswith(SNAPSHOT_DB_DIR)]
-            tar.extractall(str(unpack), members=members, filter="data")
-        db = Rdict(str(unpack / SNAPSHOT_DB_DIR), _options(), access_type=AccessType.read_only(False))
+            # Backups made before snapshots carried a manifest have none (a
+            # backup's own manifest holds each snapshot's SHA-256).
+            root = _unpack(tar, unpack, str(path), required=False)
+        db = Rdict(str(root), _options(), access_type=AccessType.read_only(False))
         try:
             yield from _range(db.iter(), start, end)
         finally:

@@ -60,6 +60,7 @@ NODE_ROLES = ("primary", "replica", "secondary", "voter")
 _DEBUG_KEYS = {
     "unsafe_local_reads", "unsafe_early_ack", "disable_prevote",
     "slow_snapshot_disk", "inline_snapshot_install", "unsafe_skip_fence_check", "unsafe_watch_drop",
+    "torn_snapshot_transfer", "unsafe_unchecked_snapshots",
     # Negative control of search freshness: fresh=true answers without its barrier.
     "unsafe_search_no_barrier",
 }

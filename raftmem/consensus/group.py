@@ -99,6 +99,11 @@ class GroupSpec:
     slow_snapshot_disk: bool = False
     # Negative control only: install received snapshots wholly on the loop thread.
     inline_snapshot_install: bool = False
+    # Fault injection: the first snapshot sent to a follower loses a chunk.
+    torn_snapshot_transfer: bool = False
+    # Negative control only: install received snapshots unchecked (no manifest
+    # check; RocksDB creates an empty database where the files hold none).
+    unsafe_unchecked_snapshots: bool = False
     # How long a ReadIndex waits for a quorum to confirm leadership.
     read_timeout_s: float = 5.0
 
@@ -191,6 +196,9 @@ class RaftGroup:
         self._followers: frozenset[str] = frozenset()
         self.sync_members()
         self.snapshots.obj = self._obj
+        self.snapshots.verify = not spec.unsafe_unchecked_snapshots
+        if spec.torn_snapshot_transfer:
+            self.snapshots.arm_torn_transfer()
         ticker.add(self)
 
     def _on_state_changed(self, old: int, new: int) -> None:
@@ -198,6 +206,7 @@ class RaftGroup:
         self.role_since = time.monotonic()
         if old == LEADER_STATE:
             self.led_until = self.role_since
+            self.snapshots.cancel_transfers()
         term = self._obj.raftCurrentTerm
         log.info(
             "shard %d: %s -> %s at term %d", self.shard, ROLE_NAMES.get(old, old), ROLE_NAMES.get(new, new), term,

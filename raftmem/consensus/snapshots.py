@@ -17,7 +17,7 @@ import orjson
 from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.node import TCPNode
 
-from ..storage import fsync_dir, fsync_file, remove_in_background
+from ..storage import SnapshotCorrupt, fsync_dir, fsync_file, remove_in_background
 from .journal import DurableJournal
 
 if TYPE_CHECKING:
@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 
 # The `slow_snapshot_disk` fault: extra seconds to stage each received snapshot.
 SLOW_DISK_STAGE_S = 5.0
+# The `torn_snapshot_transfer` fault: snapshots go out in chunks this small, and
+# chunk number TORN_CHUNK of each group's first transfer is dropped: past the
+# tar headers of the first file, in its data, so a tar reader misreads the next
+# header and stops there silently, as a chunk lost at a million memories did.
+TORN_TRANSFER_CHUNK_BYTES = 4096
+TORN_CHUNK = 3
 # A staged snapshot waits this long between checks for a compaction to finish.
 STAGED_RETRY_S = 0.05
 # The first byte of a log entry the state machine applies (pysyncobj's
@@ -46,9 +52,11 @@ class Replica(Protocol):
 
     def pack_checkpoint(self, directory: Path, path: Path, meta: bytes) -> None: ...
 
-    def stage_snapshot(self, path: Path) -> Path: ...
+    def verify_snapshot(self, path: Path) -> None: ...
 
-    def install_staged(self, staged: Path) -> None: ...
+    def stage_snapshot(self, path: Path, verify: bool = True) -> Path: ...
+
+    def install_staged(self, staged: Path, must_exist: bool = True) -> None: ...
 
     def read_snapshot_meta(self, path: Path) -> bytes: ...
 
@@ -96,9 +104,16 @@ class Snapshots:
         self.receipt: _Receipt | None = None
         self._ready: _Receipt | None = None  # staged, handed to pysyncobj, not yet installed
         self.closed = False
-        self.installs = {"staged": 0, "inline": 0}
+        # Received snapshots installed (staged off the loop, or inline), and those
+        # refused because they did not match their manifest (sent again).
+        self.installs = {"staged": 0, "inline": 0, "rejected": 0}
         self.stage_delay_s = 0.0  # fault injection: a slow disk under every install
         self.stage_inline = False  # negative control: the whole install on the loop
+        self.tear_next_transfer = False  # fault injection: drop a chunk of the next transfer
+        self._chunks_sent: dict[Any, int] = {}
+        # Negative control only: install what arrived without checking it against
+        # its manifest, and let RocksDB create an empty database where none is.
+        self.verify = True
 
     def serialize(self, tmp_file: str, data: Any) -> None:
         last, prev, cluster = data
@@ -180,13 +195,20 @@ class Snapshots:
                 extra={"shard": self.shard, "index": meta["applied"]},
             )
             if ready is not None and ready.staged is not None and ready.meta == meta:
-                self.replica.install_staged(ready.staged)
+                self.replica.install_staged(ready.staged, must_exist=self.verify)
                 ready.staged = None
                 self.installs["staged"] += 1
             else:
-                # At start-up, or when staging failed: the whole install here.
-                self.replica.install_staged(self._stage_files(Path(file_name)))
+                # At start-up (our own dump), or for the negative control of
+                # staging: the whole install here.
+                self.replica.install_staged(self._stage_files(Path(file_name)), must_exist=self.verify)
                 self.installs["inline"] += 1
+            if self.verify and self.replica.applied_index != meta["applied"]:
+                # Invariant: a snapshot labelled at an index installs the state at it.
+                raise SnapshotCorrupt(
+                    f"shard {self.shard}: the snapshot labelled {meta['applied']} installed the state at "
+                    f"{self.replica.applied_index}"
+                )
         if ready is not None:
             _discard(ready.staged)
         # As nodes, not address strings: pysyncobj leaves itself out of the loaded
@@ -219,7 +241,12 @@ class Snapshots:
             return False
         obj = self.obj
         incoming = obj._SyncObj__serializer._Serializer__incomingTransmissionFile
-        if incoming is None or message.get("term") != obj.raftCurrentTerm or obj._isLeader():
+        if incoming is None:
+            return False  # nothing received: pysyncobj ignores the chunk
+        if message.get("term") != obj.raftCurrentTerm or obj._isLeader():
+            # Not ours to stage: never let pysyncobj rename what arrived over the
+            # dump unchecked. The leader sends again.
+            self._drop_incoming()
             return False
         incoming.flush()
         self.receipt = receipt = _Receipt(node, message, deliver)
@@ -254,6 +281,7 @@ class Snapshots:
         log.info("shard %d: snapshot staging abandoned (%s from %s)", self.shard, kind, node)
         receipt.aborted = True
         self.receipt = None
+        self._drop_incoming()  # a later last chunk must not install this file unstaged
         return False
 
     def _stage(self, receipt: _Receipt, received: Path) -> None:
@@ -262,12 +290,19 @@ class Snapshots:
             if self.closed:
                 raise RuntimeError("replica closed")
             fsync_file(received)
+            if self.verify:
+                # Even when it will not be installed: pysyncobj keeps it as our dump.
+                self.replica.verify_snapshot(received)
             meta = orjson.loads(self.replica.read_snapshot_meta(received))
             receipt.meta = meta
             if self.replica.applied_index < meta["applied"]:
-                receipt.staged = self._stage_files(received)
-        except Exception:
+                receipt.staged = self._stage_files(received, verified=True)
+        except SnapshotCorrupt as e:
             if not receipt.aborted:  # an abandoned receipt's file may be rewritten under us
+                log.warning("shard %d: a received snapshot is refused: %s", self.shard, e)
+            receipt.failed = True
+        except Exception:
+            if not receipt.aborted:
                 log.exception("shard %d: staging a received snapshot failed", self.shard)
             receipt.failed = True
         self.ticker.call_soon(lambda: self._staged(receipt))
@@ -277,10 +312,10 @@ class Snapshots:
         assert loop is not None
         loop.call_later(STAGED_RETRY_S, self.ticker.call_soon, lambda: self._staged(receipt))
 
-    def _stage_files(self, path: Path) -> Path:
+    def _stage_files(self, path: Path, verified: bool = False) -> Path:
         if self.stage_delay_s:
             time.sleep(self.stage_delay_s)
-        return self.replica.stage_snapshot(path)
+        return self.replica.stage_snapshot(path, verify=self.verify and not verified)
 
     def _staged(self, receipt: _Receipt) -> None:
         """Back on the loop thread, in a tick pass."""
@@ -299,13 +334,81 @@ class Snapshots:
         ):
             _discard(receipt.staged)
             return
-        self._ready = None if receipt.failed else receipt
+        if receipt.failed:
+            self._transfer_again(receipt)
+            return
+        self._ready = receipt
         try:
             receipt.deliver(receipt.node, receipt.message)
         finally:
             if self._ready is receipt:  # pysyncobj did not load it after all
                 self._ready = None
                 _discard(receipt.staged)
+
+    def _transfer_again(self, receipt: _Receipt) -> None:
+        """A received snapshot that could not be staged (torn in transit: chunks
+        lost when the connection dropped or the leader changed mid-transfer, or
+        stitched from two transfers) is never handed to pysyncobj, which would
+        rename it over our dump and install it. Drop what arrived and ask the
+        leader to send a snapshot again from its first chunk."""
+        self.installs["rejected"] += 1
+        obj, hooks = self.obj, self.hooks
+        assert hooks is not None, "wired at construction"
+        self._drop_incoming()
+        hooks.transport.send(receipt.node, {
+            "type": "next_node_idx", "next_node_idx": obj._SyncObj__getCurrentLogIndex() + 1,
+            "reset": True, "success": False,
+        })
+
+    def _drop_incoming(self) -> None:
+        """Forget the snapshot being received: pysyncobj then ignores chunks until
+        the first of a new transfer, which it writes to a new file (the staging
+        thread may still be reading the old one)."""
+        serializer = self.obj._SyncObj__serializer
+        incoming = serializer._Serializer__incomingTransmissionFile
+        if incoming is not None:
+            incoming.close()
+            serializer._Serializer__incomingTransmissionFile = None
+        Path(f"{self.dump_path}.1.tmp").unlink(missing_ok=True)
+
+    # -- sending a snapshot -----------------------------------------------------
+    def cancel_transfers(self) -> None:
+        """On losing leadership: pysyncobj keeps a transfer's read position per
+        follower across terms, so a leader elected again would go on from the
+        middle of a snapshot the follower has long dropped."""
+        self.obj._SyncObj__serializer._Serializer__transmissions.clear()
+        self._chunks_sent.clear()
+
+    def disconnected(self, node: Any) -> None:
+        """The connection with `node` dropped, and with it whatever it still
+        buffered: a transfer to it starts again from the first chunk, and one
+        from it (our leader) that is not complete yet is forgotten."""
+        obj = self.obj
+        if obj is None:
+            return  # still being built
+        obj._SyncObj__serializer.cancelTransmisstion(node)
+        self._chunks_sent.pop(node, None)
+        if self.receipt is None and obj._SyncObj__raftLeader == node:
+            self._drop_incoming()
+
+    def arm_torn_transfer(self) -> None:
+        self.tear_next_transfer = True
+        self.obj._SyncObj__serializer._Serializer__transmissionBatchSize = TORN_TRANSFER_CHUNK_BYTES
+
+    def drop_outgoing(self, node: Any, message: dict[str, Any]) -> bool:
+        """The `torn_snapshot_transfer` fault: True for the message to drop (chunk
+        TORN_CHUNK of the next transfer to `node`), as a connection that fails
+        and comes back between two sends would lose it."""
+        serialized = message.get("serialized")
+        if not self.tear_next_transfer or not serialized:
+            return False
+        sent = 1 if serialized[1] else self._chunks_sent.get(node, 0) + 1
+        self._chunks_sent[node] = sent
+        if sent == TORN_CHUNK and not serialized[2]:
+            self.tear_next_transfer = False
+            log.warning("shard %d: fault: dropped chunk %d of a snapshot to %s", self.shard, sent, node)
+            return True
+        return False
 
     def recover_interrupted_compaction(self, journal: DurableJournal) -> None:
         """A crash after the dump was renamed into place but before the journal was

@@ -60,6 +60,9 @@ class Transport(TCPTransport):  # type: ignore[misc]
     def send(self, node: Any, message: Any) -> bool:
         if isinstance(message, dict):
             self.hooks.on_send(node, message)
+            snapshots = self.hooks.snapshots
+            if snapshots is not None and snapshots.tear_next_transfer and snapshots.drop_outgoing(node, message):
+                return True
         if self.defer:
             # A leader's append-entries need not wait for its own fsync (Raft
             # thesis 10.2.1): the leader counts itself towards a commit only up to
@@ -69,6 +72,14 @@ class Transport(TCPTransport):  # type: ignore[misc]
             self.outbox.append((node, message, durable_needed))
             return True
         return bool(super().send(node, message))
+
+    def _onNodeDisconnected(self, node: Any) -> None:  # noqa: N802
+        # Messages still in the connection's buffer are gone with it: a snapshot
+        # transfer through it must start over, on both ends.
+        snapshots = self.hooks.snapshots
+        if snapshots is not None:
+            snapshots.disconnected(node)
+        super()._onNodeDisconnected(node)
 
     def flush_outbox(self) -> None:
         outbox = self.outbox
