@@ -3,7 +3,8 @@ a cluster of its own (started and stopped here, by pid):
 
   search   preload COUNT corpus memories (cli/corpus.py, DIMS-dimensional
            vectors) through bench/load_memories.py, wait until every replica's
-           indexes caught up, then `raftmem bench --mix 0:0:100` cycling text,
+           indexes caught up, measure vector searches' recall@10 against exact
+           cosine (--recall-queries), then `raftmem bench --mix 0:0:100` cycling text,
            vector, hybrid and filtered searches (CLIENTS clients); then the
            32-client write load of corpus memories with vectors, reporting the
            indexes' lag under it
@@ -144,6 +145,34 @@ def bench(cluster: Cluster, out: Path, name: str, *args: str) -> dict[str, Any]:
                out, name)
 
 
+def measure_recall(cluster: Cluster, count: int, dims: int, queries: int) -> dict[str, Any]:
+    """recall@10 of vector searches: the ids a search returns against the exact
+    10 nearest by cosine over every preloaded memory's vector (regenerated from
+    cli/corpus.py, as bench/load_memories.py wrote them)."""
+    import random
+
+    import numpy as np
+
+    sys.path.insert(0, str(REPO))
+    from cli import corpus
+
+    vectors = np.asarray([corpus.memory(i, dims)["embedding"] for i in range(count)], dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rng = random.Random(11)
+    found = []
+    for n in range(queries):
+        body = corpus.search_body("vector", rng, "load", dims)
+        request = urllib.request.Request(cluster.urls[n % len(cluster.urls)] + "/v1/search",
+                                         data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 (127.0.0.1 only)
+            items = json.loads(resp.read())["items"]
+        query = np.asarray(body["vector"], dtype=np.float32)
+        truth = set(np.argpartition(-(vectors @ query), 10)[:10].tolist())
+        ids = {int(item["id"].removeprefix("m-")) for item in items[:10]}
+        found.append(len(truth & ids) / 10)
+    return {"queries": queries, "recall_at_10": round(sum(found) / len(found), 3)}
+
+
 def phase_search(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     reuse = args.reuse and (out / "search" / "data").exists()
     cluster = Cluster(out / "search", {}, reuse=reuse)
@@ -164,6 +193,8 @@ def phase_search(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             writes = bench(cluster, out, "writes_with_vectors", "--mix", "0:100", "--clients", "32", "--duration",
                            str(args.duration), "--corpus", "--dims", str(args.dims), "--keys", "100000")
             return {"writes_with_vectors": writes}
+        recall = measure_recall(cluster, args.count, args.dims, args.recall_queries) if args.recall_queries else None
+        print(json.dumps({"recall": recall}), flush=True)
         searches = bench(cluster, out, "searches", "--mix", "0:0:100", "--search", "text,vector,hybrid,filtered",
                          "--clients", str(args.search_clients), "--duration", str(args.duration), "--dims",
                          str(args.dims), "--search-namespace", "load")
@@ -172,7 +203,7 @@ def phase_search(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                       str(args.dims))
         writes = bench(cluster, out, "writes_with_vectors", "--mix", "0:100", "--clients", "32", "--duration",
                        str(args.duration), "--corpus", "--dims", str(args.dims), "--keys", "100000")
-        return {"preload": load, "preload_and_index_s": caught_up_s, "searches": searches, "fresh": fresh,
+        return {"preload": load, "preload_and_index_s": caught_up_s, "recall": recall, "searches": searches, "fresh": fresh,
                 "writes_with_vectors": writes}
     finally:
         cluster.stop()
@@ -201,6 +232,8 @@ def main() -> int:
     p.add_argument("--phases", default="search,writes")
     p.add_argument("--skip-searches", action="store_true", help="search phase: only the write load with vectors")
     p.add_argument("--reuse", action="store_true", help="search: restart on OUT's preloaded data, no preload")
+    p.add_argument("--recall-queries", type=int, default=200,
+                   help="search: vector searches whose recall@10 is measured against exact cosine (0: none)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "count": args.count, "dims": args.dims,

@@ -23,6 +23,7 @@ import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import tantivy
 
@@ -34,6 +35,7 @@ META_KEY = "\x00meta"  # the watermark's document
 WRITER_THREADS = 1
 HITS_MAX = 100_000  # documents one search may return
 COUNTS_CACHED_MAX = 256  # restrictions whose counts are kept between commits
+ANY_TERMS_DISJUNCTION_MAX = 256  # "any of these terms" as a disjunction up to this many (`_any_term`)
 
 
 @dataclass
@@ -253,6 +255,18 @@ class TextIndex:
         searcher = self.index.searcher()
         return searcher.num_docs, [searcher.doc_freq("text", t) for t in terms]
 
+    def _any_term(self, field: str, values: Sequence[Any]) -> tantivy.Query:
+        """Documents with any of `values` in `field`. tantivy's term-set query
+        costs about 0.3 ms however few the terms (0.29 ms for 10); a disjunction
+        of term queries 0.04 ms for 10, 0.42 for 160, and loses past a few
+        hundred (2.8 ms against 1.6 for 640; measured on a shard of 12,900)."""
+        q = tantivy.Query
+        if len(values) == 1:
+            return q.term_query(self.schema, field, values[0])
+        if len(values) <= ANY_TERMS_DISJUNCTION_MAX:
+            return q.boolean_query([(tantivy.Occur.Should, q.term_query(self.schema, field, v)) for v in values])
+        return q.term_set_query(self.schema, field, list(values))
+
     def _restricted(self, restriction: Restriction) -> list[tantivy.Query]:
         q = tantivy.Query
         out: list[tantivy.Query] = []
@@ -261,13 +275,13 @@ class TextIndex:
         if restriction.namespace_prefix is not None:
             out.append(q.term_query(self.schema, "nsp", restriction.namespace_prefix))
         if restriction.agent_ids:
-            out.append(q.term_set_query(self.schema, "agent", list(restriction.agent_ids)))
+            out.append(self._any_term("agent", list(restriction.agent_ids)))
         if restriction.kinds:
-            out.append(q.term_set_query(self.schema, "kind", list(restriction.kinds)))
+            out.append(self._any_term("kind", list(restriction.kinds)))
         for tag in restriction.tags_all:
             out.append(q.term_query(self.schema, "tag", tag))
         if restriction.tags_any:
-            out.append(q.term_set_query(self.schema, "tag", list(restriction.tags_any)))
+            out.append(self._any_term("tag", list(restriction.tags_any)))
         if restriction.with_vector:
             out.append(q.exists_query("vkey"))
         # Conditions select; they do not score.
@@ -341,7 +355,7 @@ class TextIndex:
         if not vkeys:
             return {}
         searcher = self.index.searcher()
-        query = tantivy.Query.term_set_query(self.schema, "vkey", list(vkeys))
+        query = self._any_term("vkey", list(vkeys))
         out: dict[int, str] = {}
         for _score, address in searcher.search(query, len(vkeys), count=False).hits:
             doc = searcher.doc(address)
