@@ -152,6 +152,27 @@ def test_text_index_commits_its_watermark_with_its_documents(tmp_path: Path) -> 
     assert [h.key for h in hits] == ["ns\x002"]
 
 
+@pytest.mark.parametrize("how_many", [1, 3, 300], ids=["one", "disjunction", "term-set"])
+def test_any_of_several_terms_matches_exactly_those_documents(tmp_path: Path, how_many: int) -> None:
+    """Restrictions to any of several agents (and vector keys resolved to
+    documents) as a disjunction of term queries, or past
+    ANY_TERMS_DISJUNCTION_MAX as tantivy's term set: the same documents either
+    way, and a restriction adds nothing to a BM25 score."""
+    t = TextIndex(tmp_path / "t", 16_000_000)
+    docs = [TextDoc("ns", str(i), f"alpha {'beta ' * (i % 3)}", agent_id=f"a{i % 400}", vkey=1000 + i)
+            for i in range(800)]
+    t.upsert(docs)
+    t.commit(1)
+    agents = tuple(f"a{i}" for i in range(0, 2 * how_many, 2))
+    want = sorted(d.key for d in docs if d.agent_id in agents)
+    hits = t.search(Restriction(namespace="ns", agent_ids=agents), [("beta", 1.0)], 1000)
+    assert sorted(h.key for h in hits) == sorted(k for k in want if int(k.split("\x00")[1]) % 3)
+    unrestricted = {h.key: h.score for h in t.search(Restriction(namespace="ns"), [("beta", 1.0)], 1000)}
+    assert all(h.score == unrestricted[h.key] for h in hits)
+    vkeys = [1000 + i for i in range(0, 2 * how_many, 2)] + [999_999]  # the last one held by no document
+    assert t.resolve(vkeys) == {1000 + i: f"ns\x00{i}" for i in range(0, 2 * how_many, 2)}
+
+
 def test_vector_index_saves_atomically_with_its_watermark(tmp_path: Path) -> None:
     v = VectorIndex(tmp_path / "v.usearch", 3)
     v.upsert([1, 2], np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float32))
