@@ -162,7 +162,8 @@ def _torn_copies(packed: Path, out: Path) -> dict[str, Path]:
 
 
 def test_a_torn_snapshot_is_refused_and_the_live_state_kept(tmp_path: Path) -> None:
-    """Staging checks every unpacked file against the manifest packed last.
+    """Checking (and staging, which checks first) compares every member of the
+    archive with the manifest packed last, before anything is unpacked.
     Negative control: unchecked (and with RocksDB allowed to create a database),
     the snapshot that lost a chunk installs as an empty database at index 0,
     without an error: what a wiped node did with the million memories."""
