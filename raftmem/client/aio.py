@@ -437,12 +437,15 @@ class AsyncClient(AsyncCoordination, SearchMixin):
         if max_staleness_ms is not None:
             params["max_staleness_ms"] = str(max_staleness_ms)
         # Default (None) is the server's policy, usually strong: send it to the leader.
-        leader_bound = leader or consistency is None or consistency in LEADER_LEVELS
+        leader_bound = consistency is None or consistency in LEADER_LEVELS
+        # A stale-tolerant read sent to the leader by preference stays stale-tolerant:
+        # a short attempt, then any healthy replica (a hung leader must not take the
+        # whole deadline of a read every replica can serve).
         request = _Request(
             "GET",
             _memory_path(namespace, memory_id),
             is_write=False,
-            shard=self.shard_of(namespace, memory_id) if leader_bound else None,
+            shard=self.shard_of(namespace, memory_id) if leader_bound or leader else None,
             params=params,
             headers=_with_context({}, context),
             stale_tolerant=not leader_bound,

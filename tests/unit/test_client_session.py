@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from raftmem.client import AsyncClient, Client, NotFound, shard_for
-from tests.unit.fake_raftmem import SHARDS, FakeCluster
+from raftmem.client import AsyncClient, Client, NotFound, RetryPolicy, shard_for
+from tests.unit.fake_raftmem import SHARDS, Fault, FakeCluster
 
 
 @pytest.fixture
@@ -135,3 +135,17 @@ async def test_a_session_read_right_after_its_write_goes_to_the_leader_and_later
             await session.get("ns", "a")
             picks.add(fake.data_requests()[0].node)
         assert picks - {leader}, "a later session read is not pinned to the leader"
+
+
+async def test_a_session_read_sent_to_a_hung_leader_moves_on_to_a_replica_in_time(fake: FakeCluster) -> None:
+    """Right after a write the session prefers the leader, but the read stays
+    stale-tolerant: a hung leader costs one short attempt, not the deadline."""
+    async with AsyncClient(fake.url_list(), retry=RetryPolicy(attempts_max=5, deadline_s=6.0)) as client:
+        session = client.session()
+        await session.put("ns", "a", 1)
+        leader = fake.leaders[shard_for("ns", "a", SHARDS)]
+        fake.always = Fault(delay_s=60.0, node=leader)  # accepts, never answers in time
+        fake.seen.clear()
+        assert (await session.get("ns", "a"))["content"] == 1
+        nodes = [seen.node for seen in fake.data_requests()]
+        assert nodes[0] == leader and nodes[-1] != leader, nodes
