@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .cluster import Cluster, wait_for
+from .cluster import Cluster
 
 SHARDS = 4
 MIB = 1 << 20

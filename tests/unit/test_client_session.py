@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from raftmem.client import AsyncClient, Client, NotFound, RetryPolicy, shard_for
-from tests.unit.fake_raftmem import SHARDS, Fault, FakeCluster
+from tests.unit.fake_raftmem import SHARDS, FakeCluster, Fault
 
 
 @pytest.fixture
