@@ -190,6 +190,7 @@ IO_STATS = {
 # replicas could hold 1 GiB before any flush).
 WRITE_BUFFER_SHARE = 4
 WRITE_BUFFERS_MAX = 2
+BLOOM_BITS_PER_KEY = 10
 
 
 class MemoryBudget:
@@ -212,6 +213,12 @@ class MemoryBudget:
         opts.set_max_write_buffer_number(WRITE_BUFFERS_MAX)
         table = BlockBasedOptions()
         table.set_block_cache(self._cache)
+        # A full bloom filter per table (10 bits a key, ~1 % false positives):
+        # apply's gets of keys that are not there (a new memory's record and
+        # history, a new idempotency key) skip the tables' index and data
+        # blocks. raftmem/DESIGN.md, "A batched memory's CPU".
+        if BLOOM_BITS_PER_KEY:
+            table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)
         opts.set_block_based_table_factory(table)
         return opts
 
@@ -270,9 +277,13 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 class Store:
     """A shard replica's key-value store (bytes to bytes)."""
 
-    def __init__(self, directory: str | Path, budget: MemoryBudget | None = None) -> None:
+    def __init__(self, directory: str | Path, budget: MemoryBudget | None = None, wal: bool = True) -> None:
         """`budget`: the node's shared RocksDB memory (None: RocksDB's defaults,
-        for tools and tests that open one store)."""
+        for tools and tests that open one store). `wal`: RocksDB's own
+        write-ahead log; without it, a write is durable once its memtable is
+        flushed (a checkpoint, a clean close, or RocksDB's own flush), and a
+        crash loses the writes since: only a store whose writes can be
+        replayed from another log (the Raft journal) may turn it off."""
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._budget = budget
@@ -283,9 +294,11 @@ class Store:
         self._opts = self._options()
         self._db = Rdict(str(self._db_path(self._generation)), self._opts)
         # The journal is the source of truth and is fsynced per raft.fsync; the
-        # RocksDB WAL need not be synced: whatever it loses is re-applied from
-        # the log at restart (apply is idempotent by index).
+        # RocksDB WAL, when kept, need not be synced: whatever it loses is
+        # re-applied from the log at restart (apply is idempotent by index).
         self._write_opts = WriteOptions()
+        # A property in rocksdict (its stub says a method).
+        self._write_opts.disable_wal = not wal  # type: ignore[method-assign,assignment]
 
     def _options(self) -> Options:
         opts = self._budget.options() if self._budget is not None else _options()
@@ -344,6 +357,10 @@ class Store:
     # -- writes ----------------------------------------------------------------
     def commit(self, batch: Batch) -> None:
         self._db.write(batch._wb, self._write_opts)
+
+    def flush(self) -> None:
+        """Write the memtables out (durable without the WAL)."""
+        self._db.flush()
 
     # -- snapshots -------------------------------------------------------------
     def create_checkpoint(self, directory: str | Path) -> None:

@@ -219,6 +219,11 @@ class StorageConfig:
     memtable_bytes_max: int = 32 << 20
     # One LRU block cache for all the node's replicas (index, filter and data blocks).
     block_cache_bytes: int = 16 << 20
+    # RocksDB's own write-ahead log. Off: the Raft journal is the durable log,
+    # and after a crash apply replays it from the last memtable flush (every
+    # snapshot flushes, so the journal always reaches back that far).
+    # raftmem/DESIGN.md, "RocksDB without its WAL".
+    rocksdb_wal: bool = False
 
 
 TLS_CLIENT_AUTH = ("none", "request", "require")
