@@ -531,8 +531,12 @@ class ReplicaIndex:
 
     # -- readers -----------------------------------------------------------------------
     def covered(self, target: int, tiers: Sequence[str]) -> bool:
-        """Every change at or below `target` of these tiers is searchable."""
-        if self.queue.received < target or not self.ready.is_set():
+        """Every change at or below `target` of these tiers is searchable, and
+        the store the hits are read from holds them. After a crash the indexes
+        may be ahead of the store (committed past its last flush; RocksDB has no
+        WAL): until the journal's entries are applied again, an index watermark
+        alone would answer for records that are not there yet."""
+        if self.queue.received < target or not self.ready.is_set() or self.shard.applied_index < target:
             return False
         if set(tiers) >= set(INDEX_TIERS):
             return self.visible >= target

@@ -7,6 +7,7 @@ the engines' persistence."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,7 @@ from raftmem.vectorindex import VectorIndex
 
 T = TypeVar("T")
 NOW = 1_763_700_000_000
+ALL_TIERS = ("eager", "batched", "lazy")
 
 
 class LocalShard:
@@ -313,6 +315,63 @@ async def test_a_crash_resumes_from_the_durable_watermark_without_gaps_or_duplic
     keys = again.text.all_keys() if again.text is not None else []
     assert keys == store_ids(shard) and len(keys) == len(set(keys)) == 39
     assert (len(again.vectors[2]) == 39) != control
+    await again.stop()
+    executor.shutdown()
+
+
+@pytest.mark.parametrize("control", [False, True], ids=["checked", "watermark-alone-negative-control"])
+async def test_an_index_ahead_of_its_store_after_a_crash_covers_only_what_the_store_holds(
+    tmp_path: Path, control: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without RocksDB's WAL a crash leaves the store at its last flush while
+    the text index kept its later commit: a search waiting for a token must
+    wait for the store to apply it again, not take the index's watermark for
+    it. Control: coverage judged by the index alone answers at once, and the
+    search misses the acknowledged write."""
+    if control:
+        def by_the_index_alone(self: ReplicaIndex, target: int, tiers: Any) -> bool:
+            return self.ready.is_set() and self.queue.received >= target and self.visible >= target
+
+        monkeypatch.setattr(ReplicaIndex, "covered", by_the_index_alone)
+    shard, index, _feed, executor = await started(tmp_path, config())
+    shard.apply(put("m1", "old note"))
+    shard.store.create_checkpoint(tmp_path / "flushed")  # the last flush, at index 1
+    acked = shard.apply(put("m2", "acknowledged deploy"))
+    await index.wait_absorbed(acked, ALL_TIERS, 10)
+    assert index._task is not None and index._sub is not None
+    index._task.cancel()  # kill -9: the index's commit at 2 survives, the store's memtable does not
+    index._sub.close()
+    index.text = None
+    shard.store.close()
+    generation = next((tmp_path / "db").glob("db-*"))
+    shutil.rmtree(generation)
+    shutil.copytree(tmp_path / "flushed", generation)
+    feed = ChangeFeed()
+    restarted = LocalShard(tmp_path, feed)
+    assert restarted.sm.applied_index == 1
+    again = ReplicaIndex(restarted, config(), feed, executor, retention_entries=100_000)  # type: ignore[arg-type]
+    again.start()
+    await asyncio.wait_for(again.ready.wait(), 10)
+    assert again.text is not None and again.text.watermark == acked  # ahead of the store
+
+    async def search() -> set[str]:
+        async def records(keys: Any) -> list[Any]:
+            return [restarted.sm.get(ns, mid, NOW) for ns, mid in keys]
+
+        result = await shard_search(again, ShardQuery(namespace="ns", terms=[("deploy", 1.0)], need=10), records)
+        return {f.record["id"] for f in result.text}
+
+    assert again.covered(acked, ALL_TIERS) == control
+    if control:
+        assert await search() == set()  # what a read after its own write would have got
+    else:
+        waiting = asyncio.ensure_future(again.wait_applied(acked, 10))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        restarted.index = 1
+        restarted.apply(put("m2", "acknowledged deploy"))  # the journal's entry applied again
+        await waiting
+        assert await search() == {"m2"}
     await again.stop()
     executor.shutdown()
 
