@@ -382,7 +382,10 @@ def test_the_python_client_searches_and_its_session_reads_its_writes(rc: Cluster
     with Client(urls) as client:
         session = client.session()
         for i in range(5):
-            session.put("cli-ns", f"c{i}", f"client note {i} lazyword", tags=["slow"])  # lazy tier
+            # Lengths apart: each hit's score stands clear of the others' (a cursor
+            # is an offset into a ranking made again for each page; near-ties of
+            # shards' BM25 swap when an index absorbs anything between two pages).
+            session.put("cli-ns", f"c{i}", f"client note {i} lazyword" + " pad" * (3 * i), tags=["slow"])
             # read-your-writes: the session's context makes the search wait for its own writes
             found = session.search("cli-ns", "lazyword", limit=10)
             assert f"c{i}" in [it["id"] for it in found["items"]]
