@@ -158,7 +158,7 @@ class Subscription:
 
     def _wake(self) -> None:
         if self._waiter is not None:
-            _settle(self._waiter)
+            settle_waiter(self._waiter)
 
     def pending(self) -> int:
         return len(self._queue)
@@ -187,7 +187,7 @@ class Subscription:
         # more futures per wait, once per change for every watcher and index.
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = None if timeout_s is None else loop.call_later(timeout_s, _settle, waiter)
+        timer = None if timeout_s is None else loop.call_later(timeout_s, settle_waiter, waiter)
         try:
             await waiter
         finally:
@@ -201,9 +201,11 @@ class Subscription:
         self._fail(Closed("subscription closed"))
 
 
-def _settle(waiter: asyncio.Future[None]) -> None:
+def settle_waiter(waiter: asyncio.Future[None]) -> None:
+    """Wake a bare future a waiter awaits (once; a timer may race the wake-up)."""
     if not waiter.done():
         waiter.set_result(None)
+
 
 
 class ChangeFeed:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -19,7 +18,7 @@ import orjson
 from .. import validation as v
 from ..config import LimitsConfig
 from ..errors import NoLeader, RaftmemError, Unavailable
-from ..events import Change, ChangeKind, ChangePage, Compacted, Overflowed
+from ..events import Change, ChangeKind, ChangePage, Compacted, Overflowed, settle_waiter
 from ..shard import Shard
 from .calls import Call, ForwardLost, ForwardNotSent, public
 
@@ -153,7 +152,7 @@ class Outbox:
         self.bytes_max = bytes_max
         self.items: collections.deque[_Item] = collections.deque()
         self.bytes = 0
-        self._changed = asyncio.Event()  # an item came in, or went out
+        self._waiters: list[asyncio.Future[None]] = []  # told when an item comes in or goes out
 
     def empty(self) -> bool:
         return not self.items
@@ -164,19 +163,34 @@ class Outbox:
     def put_nowait(self, item: _Item) -> None:
         self.items.append(item)
         self.bytes += len(item.data)
-        self._changed.set()
+        self._wake()
 
     def get_nowait(self) -> _Item:
         item = self.items.popleft()
         self.bytes -= len(item.data)
-        self._changed.set()
+        self._wake()
         return item
 
+    def _wake(self) -> None:
+        if self._waiters:
+            for waiter in self._waiters:
+                settle_waiter(waiter)
+            self._waiters.clear()
+
     async def changed(self, timeout_s: float) -> None:
-        """Until an item comes in or goes out, or `timeout_s` passes."""
-        self._changed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout_s)
+        """Until an item comes in or goes out, or `timeout_s` passes. A bare
+        future and a timer (as the feed's subscriptions wait): `wait_for` made
+        a task per wait, and the writer of every stream waits once per entry."""
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(timeout_s, settle_waiter, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
 
     async def put(self, item: _Item) -> None:
         """Wait for room, then queue."""
@@ -339,7 +353,8 @@ class WatchStream:
                     chunks.append(more.data)
                     size += len(more.data)
                     self.written[more.shard] = max(self.written.get(more.shard, 0), more.index)
-                await asyncio.wait_for(send(b"".join(chunks)), WRITE_STALL_S)
+                async with asyncio.timeout(WRITE_STALL_S):  # no task per write, as wait_for made
+                    await send(b"".join(chunks))
             if self.queue.empty():
                 for shard, index in self.pos.items():
                     self.written[shard] = max(self.written.get(shard, 0), index)

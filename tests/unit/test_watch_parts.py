@@ -164,7 +164,7 @@ async def test_a_change_published_as_a_subscription_wait_times_out_is_returned(m
     feed = ChangeFeed()
     sub = feed.subscribe()
     change = Change(ChangeKind.PUT, 0, 7, "ns", "a", after={"version": 1})
-    real_settle = events._settle
+    real_settle = events.settle_waiter
     published = []
 
     def published_as_it_times_out(waiter: asyncio.Future[None]) -> None:
@@ -173,7 +173,7 @@ async def test_a_change_published_as_a_subscription_wait_times_out_is_returned(m
             feed.publish([change])
         real_settle(waiter)
 
-    monkeypatch.setattr(events, "_settle", published_as_it_times_out)
+    monkeypatch.setattr(events, "settle_waiter", published_as_it_times_out)
     assert await sub.get(0.01) is change
 
 
