@@ -222,7 +222,8 @@ class StorageConfig:
     # RocksDB's own write-ahead log. Off: the Raft journal is the durable log,
     # and after a crash apply replays it from the last memtable flush (every
     # snapshot flushes, so the journal always reaches back that far).
-    # raftmem/DESIGN.md, "RocksDB without its WAL".
+    # The argument: raftmem/consensus/DESIGN.md ("RocksDB runs without its own
+    # WAL"); the measurement: raftmem/DESIGN.md ("A batched memory's CPU").
     rocksdb_wal: bool = False
 
 
