@@ -28,7 +28,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from raftmem import storage  # noqa: E402
 from raftmem.commands import MemoryFields, Put, encode_entry  # noqa: E402
 from raftmem.config import StorageConfig  # noqa: E402
 from raftmem.statemachine import StateMachine  # noqa: E402
@@ -55,11 +54,11 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="cProfile the run (its times are inflated)")
     args = p.parse_args()
 
-    if args.no_bloom:
-        storage.BLOOM_BITS_PER_KEY = 0
     directory = tempfile.mkdtemp(prefix="apply-bench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None)
     defaults = StorageConfig()
-    store = Store(directory, MemoryBudget(defaults.memtable_bytes_max, defaults.block_cache_bytes), wal=args.wal)
+    budget = MemoryBudget(defaults.memtable_bytes_max, defaults.block_cache_bytes,
+                          **({"bloom_bits_per_key": 0} if args.no_bloom else {}))
+    store = Store(directory, budget, wal=args.wal)
     sm = StateMachine(store, 0, publish=lambda changes: None, events_retention=args.events_retention,
                       history_versions_max=args.history_versions)
     rng = random.Random(1)

@@ -183,17 +183,11 @@ class Subscription:
         change = self.get_nowait()
         if change is not None:
             return change
-        # A bare future and a timer: wait_for and shield cost a task and two
-        # more futures per wait, once per change for every watcher and index.
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        timer = None if timeout_s is None else loop.call_later(timeout_s, settle_waiter, waiter)
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
         try:
-            await waiter
+            await until_settled(waiter, timeout_s)
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
         return self.get_nowait()
 
     def close(self) -> None:
@@ -206,6 +200,18 @@ def settle_waiter(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
 
+
+async def until_settled(waiter: asyncio.Future[None], timeout_s: float | None) -> None:
+    """Until `waiter` is settled, or `timeout_s` passes. A bare future and a
+    timer: wait_for and shield cost a task and two more futures per wait, and
+    every watcher and index waits once per change."""
+    loop = asyncio.get_running_loop()
+    timer = None if timeout_s is None else loop.call_later(timeout_s, settle_waiter, waiter)
+    try:
+        await waiter
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 class ChangeFeed:

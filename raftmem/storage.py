@@ -198,9 +198,13 @@ class MemoryBudget:
     buffer manager bounds their memtables together, one LRU cache holds their
     blocks. Its usage is read at scrape time (metrics)."""
 
-    def __init__(self, memtable_bytes_max: int, block_cache_bytes: int) -> None:
+    def __init__(self, memtable_bytes_max: int, block_cache_bytes: int,
+                 bloom_bits_per_key: int = BLOOM_BITS_PER_KEY) -> None:
+        """`bloom_bits_per_key`: 0 for tables without bloom filters (as before
+        2026-12-07; bench/apply_bench.py --no-bloom)."""
         self.memtable_bytes_max = memtable_bytes_max
         self.block_cache_bytes = block_cache_bytes
+        self.bloom_bits_per_key = bloom_bits_per_key
         # allow_stall=False: past the budget, RocksDB flushes; it does not stall
         # writers (which would stall the event loop that applies).
         self._write_buffers = WriteBufferManager(memtable_bytes_max, False)
@@ -217,8 +221,8 @@ class MemoryBudget:
         # apply's gets of keys that are not there (a new memory's record and
         # history, a new idempotency key) skip the tables' index and data
         # blocks. raftmem/DESIGN.md, "A batched memory's CPU".
-        if BLOOM_BITS_PER_KEY:
-            table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)
+        if self.bloom_bits_per_key:
+            table.set_bloom_filter(self.bloom_bits_per_key, False)
         opts.set_block_based_table_factory(table)
         return opts
 

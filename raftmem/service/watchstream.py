@@ -18,7 +18,15 @@ import orjson
 from .. import validation as v
 from ..config import LimitsConfig
 from ..errors import NoLeader, RaftmemError, Unavailable
-from ..events import Change, ChangeKind, ChangePage, Compacted, Overflowed, settle_waiter
+from ..events import (
+    Change,
+    ChangeKind,
+    ChangePage,
+    Compacted,
+    Overflowed,
+    settle_waiter,
+    until_settled,
+)
 from ..shard import Shard
 from .calls import Call, ForwardLost, ForwardNotSent, public
 
@@ -178,17 +186,13 @@ class Outbox:
             self._waiters.clear()
 
     async def changed(self, timeout_s: float) -> None:
-        """Until an item comes in or goes out, or `timeout_s` passes. A bare
-        future and a timer (as the feed's subscriptions wait): `wait_for` made
-        a task per wait, and the writer of every stream waits once per entry."""
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
+        """Until an item comes in or goes out, or `timeout_s` passes (no task
+        per wait: the writer of every stream waits once per entry)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        timer = loop.call_later(timeout_s, settle_waiter, waiter)
         try:
-            await waiter
+            await until_settled(waiter, timeout_s)
         finally:
-            timer.cancel()
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 

@@ -168,13 +168,11 @@ def test_control_a_watermark_claimed_beyond_what_was_absorbed_loses_documents(cr
     writer.start()
     try:
         wait_for(lambda: counter[0] > 10, 30, "load under way")
-        stop.set()
-        writer.join()
-        applied_before = {s["shard"]: s["sm_applied_index"] for s in c.cluster_view("n1")["shards"]}
-        c.kill("n1")
     finally:
         stop.set()
         writer.join()
+    applied_before = {s["shard"]: s["sm_applied_index"] for s in c.cluster_view("n1")["shards"]}
+    c.kill("n1")
     planted = 0
     for shard in range(c.shards):
         directory = c.data_dir("n1") / f"shard-{shard:03d}"
