@@ -209,17 +209,47 @@ def phase_search(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         cluster.stop()
 
 
+WRITE_MODES: dict[str, dict[str, Any]] = {"off": {"enabled": False}, "batched": {}, "eager": {"default_tier": "eager"}}
+
+
+def write_modes(spec: str, variants: list[str]) -> dict[str, dict[str, Any]]:
+    """--write-modes off,batched and --variant NAME:key=value,...: indexing
+    settings by mode name (a variant's values are YAML scalars)."""
+    modes = dict(WRITE_MODES)
+    for variant in variants:
+        name, _, settings = variant.partition(":")
+        modes[name] = {k: yaml.safe_load(v) for k, _, v in (kv.partition("=") for kv in settings.split(",") if kv)}
+    unknown = [m for m in spec.split(",") if m not in modes]
+    if unknown:
+        raise SystemExit(f"unknown write modes {unknown} (known: {sorted(modes)})")
+    return {m: modes[m] for m in spec.split(",")}
+
+
+def writes_per_s(result: dict[str, Any]) -> float | None:
+    return next((r["ops_per_s"] for r in result.get("results", []) if r["op"] == "write"), None)
+
+
 def phase_writes(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    results = {}
-    for mode, indexing in (("off", {"enabled": False}), ("batched", {}), ("eager", {"default_tier": "eager"})):
-        cluster = Cluster(out / f"writes-{mode}", indexing)
-        cluster.start()
-        try:
-            results[mode] = bench(cluster, out, f"writes_{mode}", "--mix", "0:100", "--clients", "32",
-                                  "--duration", str(args.duration), "--corpus", "--keys", "100000")
-        finally:
-            cluster.stop()
-    return results
+    """Each mode on a fresh cluster, `--rounds` times, the modes alternated
+    (this machine drifts by up to 2x within minutes: compare within a round)."""
+    modes = write_modes(args.write_modes, args.variant)
+    rounds: list[dict[str, Any]] = []
+    for r in range(args.rounds):
+        results = {}
+        order = list(modes) if r % 2 == 0 else list(reversed(modes))
+        for mode in order:
+            name = f"{mode}-{r}" if args.rounds > 1 else mode
+            cluster = Cluster(out / f"writes-{name}", modes[mode])
+            cluster.start()
+            try:
+                results[mode] = bench(cluster, out, f"writes_{name}", "--mix", "0:100", "--clients", "32",
+                                      "--duration", str(args.duration), "--corpus", "--keys", "100000")
+            finally:
+                cluster.stop()
+        print(json.dumps({"round": r, "writes_per_s": {m: writes_per_s(v) for m, v in results.items()}}),
+              flush=True)
+        rounds.append(results)
+    return rounds[0] if args.rounds == 1 else {"rounds": rounds}
 
 
 def main() -> int:
@@ -234,6 +264,10 @@ def main() -> int:
     p.add_argument("--reuse", action="store_true", help="search: restart on OUT's preloaded data, no preload")
     p.add_argument("--recall-queries", type=int, default=200,
                    help="search: vector searches whose recall@10 is measured against exact cosine (0: none)")
+    p.add_argument("--write-modes", default="off,batched,eager", help="writes: the modes, in order")
+    p.add_argument("--variant", action="append", default=[],
+                   help="writes: NAME:key=value,... an extra mode with these indexing settings")
+    p.add_argument("--rounds", type=int, default=1, help="writes: the modes this many times, alternated")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "count": args.count, "dims": args.dims,

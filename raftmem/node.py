@@ -282,6 +282,8 @@ DEBUG_EFFECTS = {
     "unsafe_search_no_barrier": "UNSAFE: fresh searches answer without their barrier (they may miss "
                                 "acknowledged writes)",
     "unsafe_watch_drop": "UNSAFE: watch streams leave out one event in a hundred",
+    "unsafe_search_no_wake": "UNSAFE: searches do not wake search-idle indexes (they may miss batched writes "
+                             "for up to indexing.idle_batch_ms)",
 }
 
 

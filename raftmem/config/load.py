@@ -63,6 +63,9 @@ _DEBUG_KEYS = {
     "torn_snapshot_transfer", "unsafe_unchecked_snapshots",
     # Negative control of search freshness: fresh=true answers without its barrier.
     "unsafe_search_no_barrier",
+    # Negative control of search-idle replicas: a search does not wake one (its
+    # batched changes keep waiting up to indexing.idle_batch_ms).
+    "unsafe_search_no_wake",
 }
 _POLICY_KEYS = {"name", "namespace", "tag", "not_accessed_for", "max_per_agent", "order"}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
@@ -377,6 +380,10 @@ def _parse_indexing(raw: Mapping[str, Any]) -> IndexingConfig:
         raise ConfigError(f"{section}.commits_per_s: in [0, 10000] (0: no budget)")
     if not 1 <= config.commits_burst <= 10_000:
         raise ConfigError(f"{section}.commits_burst: in [1, 10000]")
+    if not 0 <= config.search_idle_s <= 86_400:
+        raise ConfigError(f"{section}.search_idle_s: in [0, 86400] (0: never idle)")
+    if not 0 <= config.idle_batch_ms <= 600_000:
+        raise ConfigError(f"{section}.idle_batch_ms: in [0, 600000] (below batch_ms: batch_ms)")
     return config
 
 

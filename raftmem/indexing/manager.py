@@ -164,6 +164,7 @@ class Indexes:
             out[shard] = {
                 "ready": index.ready.is_set(), "watermark": index.visible, "lag_entries": entries, "lag_ms": ms,
                 "waiting": len(index.queue), "error": index.error,
+                "search_idle": index.search_idle(time.monotonic()),
                 "documents": index.text.documents() if index.text is not None and index.ready.is_set() else None,
             }
         return out

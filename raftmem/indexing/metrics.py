@@ -6,6 +6,7 @@ documents, seconds) and recovery (replays, rebuilds, cut subscriptions)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,8 @@ class IndexCollector:
         docs = CounterMetricFamily("raftmem_index_docs_absorbed", "Changes absorbed (after coalescing)", labels=["shard"])
         coalesced = CounterMetricFamily("raftmem_index_changes_coalesced", "Changes replaced by a newer one of the same memory before absorption", labels=["shard"])
         absorb = SummaryMetricFamily("raftmem_index_absorb_seconds", "Absorbing one batch (engines written and committed)", labels=["shard"])
+        idle = GaugeMetricFamily("raftmem_index_search_idle", "1 while no search has used the replica's indexes for indexing.search_idle_s (its batches wait longer)", labels=["shard"])
+        wakes = CounterMetricFamily("raftmem_index_search_wakes", "Searches that found the replica search-idle with batched changes waiting, and waited for them", labels=["shard"])
         events = CounterMetricFamily("raftmem_index_recoveries", "Replays of the change log, rebuilds from the store, subscriptions cut off, vector saves", labels=["shard", "kind"])
         for shard, index in sorted(ix.replicas.items()):
             label = [str(shard)]
@@ -50,10 +53,12 @@ class IndexCollector:
             docs.add_metric(label, st.docs_absorbed)
             coalesced.add_metric(label, index.queue.coalesced)
             absorb.add_metric(label, count_value=st.absorbs, sum_value=st.absorb_seconds)
+            idle.add_metric(label, 1 if index.search_idle(time.monotonic()) else 0)
+            wakes.add_metric(label, st.wakes)
             for kind, n in (("replay", st.replays), ("rebuild", st.rebuilds), ("overflow", st.overflows),
                             ("vector_save", st.vector_saves)):
                 events.add_metric([str(shard), kind], n)
-        yield from (logical, physical, factor, depth, age, lag, batch, docs, coalesced, absorb, events)
+        yield from (logical, physical, factor, depth, age, lag, batch, docs, coalesced, absorb, idle, wakes, events)
         yield CounterMetricFamily("raftmem_index_eager_waits", "Eager-tier writes whose answer waited for absorption", value=ix.eager_waits)
         yield CounterMetricFamily("raftmem_index_eager_wait_failures", "Eager-tier writes answered before absorption (timeout)", value=ix.eager_wait_failures)
         budget = ix.budget

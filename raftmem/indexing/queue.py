@@ -19,6 +19,11 @@ given), tested alone.
 - Adaptive batches: the batch size doubles (to `batch_docs_max`) while the
   oldest batched change is older than the queue-age target, and falls back to
   `batch_docs` once the queue keeps up.
+- Patience (a search-idle replica, set by its owner): a batch is due once its
+  oldest change has waited `idle_batch_ms`, or `batch_docs_max` wait, or half
+  the queue's bytes; and then it goes whole (up to `batch_docs_max`).
+  `flush_through`: batched items at or below it are due at once and urgent (a
+  search woke the replica and waits for them; lazy ones keep waiting).
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class IndexQueue:
     coalesced: int = 0
     tier_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(INDEX_TIERS, 0))
     bytes: int = 0  # of the records waiting
+    patient: bool = False  # search-idle: batches wait longer and go bigger
+    flush_through: int = 0  # batched items at or below it are due now (a woken replica's)
 
     def __post_init__(self) -> None:
         self.batch_docs = self.batch_docs or self.config.batch_docs
@@ -118,11 +125,23 @@ class IndexQueue:
     def counts(self) -> dict[str, int]:
         return dict(self.tier_counts)
 
+    def _batch_ms(self) -> int:
+        return max(self.config.batch_ms, self.config.idle_batch_ms) if self.patient else self.config.batch_ms
+
+    def _flushing(self) -> bool:
+        oldest = self._first((BATCHED,)) if self.flush_through else None
+        return oldest is not None and oldest.first_index <= self.flush_through
+
     def _batch_due(self, now_s: float) -> bool:
         oldest_batched = self.oldest_s(BATCHED)
-        return oldest_batched is not None and (
-            self.tier_counts[BATCHED] >= self.batch_docs or now_s - oldest_batched >= self.config.batch_ms / 1000
-        )
+        if oldest_batched is None:
+            return False
+        if self.patient:
+            return (self._flushing() or self.tier_counts[BATCHED] >= self.config.batch_docs_max
+                    or self.bytes >= self.config.queue_bytes_max // 2
+                    or now_s - oldest_batched >= self._batch_ms() / 1000)
+        return (self._flushing() or self.tier_counts[BATCHED] >= self.batch_docs
+                or now_s - oldest_batched >= self.config.batch_ms / 1000)
 
     def is_due(self, now_s: float, idle: bool, demand: int) -> bool:
         """Whether `due` would give anything (without building the batch): what
@@ -137,12 +156,13 @@ class IndexQueue:
             return []
         batch_due = self._batch_due(now_s)
         everything = self.full()  # no room left: absorb, whatever the tier
+        most = self.config.batch_docs_max if self.patient or self._flushing() else self.batch_docs
         chosen: list[Pending] = []
         for p in self.items.values():  # log order
             if (everything or p.tier == EAGER or p.first_index <= demand
                     or (p.tier == BATCHED and batch_due) or (p.tier == LAZY and idle)):
                 chosen.append(p)
-                if len(chosen) >= self.batch_docs:
+                if len(chosen) >= most:
                     break
         return chosen
 
@@ -151,14 +171,15 @@ class IndexQueue:
         (indexing/budget.py): an eager item, one a reader waits for (at or
         below `demand`), or no room left."""
         first = self._first()
-        return first is not None and (self.tier_counts[EAGER] > 0 or first.first_index <= demand or self.full())
+        return first is not None and (self.tier_counts[EAGER] > 0 or first.first_index <= demand or self.full()
+                                      or self._flushing())
 
     def next_due_s(self, now_s: float) -> float | None:
         """Seconds until a batch falls due by age (None: nothing batched waits)."""
         oldest = self.oldest_s(BATCHED)
         if oldest is None:
             return None
-        return max(0.0, oldest + self.config.batch_ms / 1000 - now_s)
+        return max(0.0, oldest + self._batch_ms() / 1000 - now_s)
 
     def absorbed(self, items: Iterable[Pending]) -> None:
         """`items` are in the indexes now (unless a newer change replaced one meanwhile)."""

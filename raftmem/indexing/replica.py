@@ -51,7 +51,7 @@ from ..shard import MemoryReader, RecordScan, Shard
 from ..textindex import TextDoc, TextIndex, doc_key
 from ..vectorindex import VectorIndex
 from .budget import CommitBudget
-from .queue import EAGER, IndexQueue, Pending
+from .queue import BATCHED, EAGER, IndexQueue, Pending
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ GC_EVERY_COMMITS = 64
 CHECK_ATTEMPTS = 10
 SUBSCRIPTION_BATCHES = 4
 QUIET_COMMIT_MIN = 1000  # entries without changes before the watermark alone is committed
+WOKEN_TIERS = (EAGER, BATCHED)  # what a search waking a search-idle replica waits for
 VKEY_MASK = (1 << 63) - 1
 
 
@@ -106,6 +107,7 @@ class IndexStats:
     replays: int = 0
     overflows: int = 0
     vector_saves: int = 0
+    wakes: int = 0  # searches that found the replica search-idle with batched changes waiting
     logical_bytes: int = 0  # of the records absorbed (what clients wrote)
     tiers: dict[str, int] = field(default_factory=lambda: dict.fromkeys(INDEX_TIERS, 0))
 
@@ -138,6 +140,8 @@ class ReplicaIndex:
         self.visible = 0  # every change at or below it is searchable
         self.stats = IndexStats()
         self.last_change_s = time.monotonic()
+        # No search has used it yet: search-idle from the start (config.search_idle_s).
+        self._searched_s = float("-inf")
         self._vectors_dirty = False
         self._saved_at = time.monotonic()
         self._commits = 0
@@ -299,6 +303,7 @@ class ReplicaIndex:
                 continue
             now = time.monotonic()
             idle = now - self.last_change_s >= self.config.lazy_idle_ms / 1000
+            self.queue.patient = self._patient(now)
             if self.queue.is_due(now, idle, self._demand) and self._may_absorb(now):
                 self._slot = None
                 await self._absorb(self.queue.due(now, idle, self._demand))
@@ -306,6 +311,19 @@ class ReplicaIndex:
             self._advance_visible()
             await self._checkpoint_if_due()
             await self._sleep(now)
+
+    def search_idle(self, now: float) -> bool:
+        idle_s = self.config.search_idle_s
+        return idle_s > 0 and now - self._searched_s >= idle_s
+
+    def _patient(self, now: float) -> bool:
+        """Whether batches may wait as long as a search-idle replica's do: not
+        when the change log would no longer reach back to the oldest waiting
+        change by the time it is absorbed (a restart would then rebuild)."""
+        if not self.search_idle(now):
+            return False
+        behind = self.queue.received - self.queue.watermark()
+        return not (self.retention_entries and behind > self.retention_entries // 4)
 
     def _may_absorb(self, now: float) -> bool:
         """Whether a due batch goes now: at once when it is urgent (eager
@@ -555,16 +573,46 @@ class ReplicaIndex:
         if not still:
             self._demand = 0
 
-    async def wait_absorbed(self, target: int, tiers: Sequence[str], timeout_s: float) -> None:
+    async def awaken(self, timeout_s: float) -> None:
+        """A search is about to use this replica. If it was search-idle, wait
+        while it absorbs the batched changes it holds (eager ones never wait;
+        lazy ones go on waiting), as the first search on a search-idle
+        Elasticsearch shard waits for its refresh; then it stays active for
+        `search_idle_s`. Never fails the search: past the timeout, or while the
+        index is not ready, it answers as it is (its lag says how far behind)."""
+        now = time.monotonic()
+        if not self.ready.is_set():
+            self._searched_s = now
+            return
+        if self.search_idle(now):
+            self.queue.patient = False
+            target = self.queue.received
+            if not self.covered(target, WOKEN_TIERS):
+                self.stats.wakes += 1
+                self.queue.flush_through = max(self.queue.flush_through, target)
+        self._searched_s = now
+        # A search that comes while another's wake is absorbing waits for it too
+        # (the replica is no longer idle, but what it held is not searchable yet).
+        flush = self.queue.flush_through
+        if not flush or self.covered(flush, WOKEN_TIERS):
+            return
+        try:
+            await self.wait_absorbed(flush, WOKEN_TIERS, timeout_s, demand=False)
+        except Unavailable as e:
+            log.warning("shard %d: a search woke the index and did not wait for it: %s", self.shard_id, e)
+
+    async def wait_absorbed(self, target: int, tiers: Sequence[str], timeout_s: float, demand: bool = True) -> None:
         """Until every change at or below `target` of `tiers` is searchable here
-        (lazy ones are absorbed on this demand). Raises Unavailable past the timeout."""
+        (lazy ones are absorbed on this demand, unless `demand` is false: then
+        the queue's own rules, or `flush_through`, bring them). Raises
+        Unavailable past the timeout."""
         if self.covered(target, tiers):
             return
         if self.error is not None:
             raise Unavailable(f"shard {self.shard_id}: index failed: {self.error}", shard=self.shard_id)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(_Waiter(target, tuple(tiers), future))
-        if set(tiers) - {EAGER}:
+        if demand and set(tiers) - {EAGER}:
             self._demand = max(self._demand, target)
         self._poke.set()
         try:

@@ -37,7 +37,9 @@ def schemas(config: Config) -> dict[str, Schema]:
     moves = {"type": "array", "items": {"type": "object"}, "description": "replicas that move"}
     index = obj({"ready": {"type": "boolean"}, "watermark": {"type": "integer"},
                  "lag_entries": {"type": "integer"}, "lag_ms": {"type": "integer"}, "waiting": {"type": "integer"},
-                 "error": {"type": ["string", "null"]}, "documents": {"type": "integer"}})
+                 "error": {"type": ["string", "null"]}, "documents": {"type": "integer"},
+                 "search_idle": {"type": "boolean", "description": "no search used it for indexing.search_idle_s: "
+                                 "its batches wait longer, and the next search waits for them"}})
     return {
         "Readiness": obj({"ready": {"type": "boolean"}, "node": {"type": "string"},
                           "problems": {"type": "array", "items": {"type": "string"}}}, ("ready", "node", "problems")),

@@ -141,6 +141,7 @@ class Search:
         self.limits = config.limits
         self.analyzer = analyzer()
         self.no_barrier = bool(config.debug.get("unsafe_search_no_barrier"))
+        self.no_wake = bool(config.debug.get("unsafe_search_no_wake"))
 
     # -- the request ------------------------------------------------------------------
     def parse(self, call: Call) -> SearchRequest:
@@ -440,6 +441,8 @@ class Search:
         """Wait, per the request's level, until this replica's indexes may answer;
         the index the answer is at least as fresh as."""
         timeout_s = self.limits.read_timeout_ms / 1000
+        if not self.no_wake:
+            await index.awaken(timeout_s)  # a search-idle replica absorbs its batched changes first
         level = r.level
         if level == "eventual" or (level == "linearizable" and self.no_barrier):
             return int(index.visible)

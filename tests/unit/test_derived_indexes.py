@@ -69,7 +69,8 @@ def put(mid: str, text: str, tags: tuple[str, ...] = (), vector: list[float] | N
 
 
 def config(**kw: Any) -> IndexingConfig:
-    return IndexingConfig(**{"batch_ms": 20, "lazy_idle_ms": 200, "checkpoint_s": 3600, **kw})
+    # Never search-idle unless a test says so (its own tests below).
+    return IndexingConfig(**{"batch_ms": 20, "lazy_idle_ms": 200, "checkpoint_s": 3600, "search_idle_s": 0, **kw})
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -121,6 +122,42 @@ def test_queue_bytes_are_bounded_and_counted_through_coalescing() -> None:
     assert q.full() and len(q.due(0.0, idle=False, demand=0)) == 2  # full: due whatever the tier
     q.absorbed(list(q.items.values()))
     assert q.bytes == 0
+
+
+def test_a_patient_queue_holds_batches_until_their_idle_age_size_or_bytes() -> None:
+    cfg = config(batch_ms=20, idle_batch_ms=5000, batch_docs=2, batch_docs_max=4, queue_bytes_max=1 << 20)
+    q = IndexQueue(cfg)
+    q.patient = True
+    q.add(change(1, "a"), "batched", 0.0)
+    q.add(change(2, "b"), "batched", 0.0)
+    assert q.due(1.0, idle=False, demand=0) == []  # batch_ms and batch_docs passed: not for a patient one
+    assert q.next_due_s(1.0) == pytest.approx(4.0)
+    assert len(q.due(5.0, idle=False, demand=0)) == 2  # idle_batch_ms passed
+    q.add(change(3, "c"), "batched", 5.0)
+    q.add(change(4, "d"), "batched", 5.0)
+    assert len(q.due(5.0, idle=False, demand=0)) == 4  # batch_docs_max wait: all of them, not batch_docs
+    q.absorbed(list(q.items.values()))
+    q.add(change(5, "e"), "batched", 6.0, size=600_000)  # past half the queue's bytes
+    assert [p.key[1] for p in q.due(6.0, idle=False, demand=0)] == ["e"]
+    q.patient = False
+    assert [p.key[1] for p in q.due(6.0, idle=False, demand=0)] == []  # active: batch_ms from 6.0
+    assert [p.key[1] for p in q.due(6.03, idle=False, demand=0)] == ["e"]
+
+
+def test_a_flush_takes_the_batched_changes_through_it_at_once_but_not_lazy_ones() -> None:
+    q = IndexQueue(config(idle_batch_ms=60_000, batch_docs=1, batch_docs_max=8))
+    q.patient = True
+    q.add(change(1, "l"), "lazy", 0.0)
+    q.add(change(2, "a"), "batched", 0.0)
+    q.add(change(3, "b"), "batched", 0.0)
+    assert not q.urgent(0) and q.due(0.0, idle=False, demand=0) == []
+    q.flush_through = 3
+    assert q.urgent(0)  # a reader waits: the commit budget does not hold it back
+    assert [p.key[1] for p in q.due(0.0, idle=False, demand=0)] == ["a", "b"]  # whole, lazy left
+    q.absorbed(q.due(0.0, idle=False, demand=0))
+    q.add(change(4, "c"), "batched", 0.0)  # after the flush's point: patient again
+    assert not q.urgent(0) and q.due(0.0, idle=False, demand=0) == []
+    assert q.tier_watermark(["eager", "batched"]) == 3
 
 
 def test_queue_lazy_waits_for_idle_or_demand_and_batches_adapt() -> None:
@@ -411,6 +448,44 @@ async def test_tiers_eager_at_once_lazy_only_when_idle_or_asked(tmp_path: Path) 
     await index.wait_absorbed(batched, ("eager", "batched", "lazy"), 5)
     assert index.text.all_keys() == ["ns\x00b", "ns\x00e", "ns\x00l"]
     assert lazy < batched
+    await index.stop()
+    executor.shutdown()
+
+
+async def test_a_search_wakes_a_search_idle_replica_and_waits_for_its_batched_changes(tmp_path: Path) -> None:
+    """Negative control first: idle, a batched change waits past batch_ms (the
+    search would miss it without the wake)."""
+    tiers = IndexingConfig().tiers + (__import__("raftmem.config", fromlist=["TierRule"]).TierRule(("slow",), "lazy"),)
+    cfg = config(batch_ms=20, idle_batch_ms=60_000, search_idle_s=0.5, lazy_idle_ms=60_000, tiers=tiers)
+    shard, index, _feed, executor = await started(tmp_path, cfg)
+    assert index.search_idle(time.monotonic())  # no search yet
+    lazy = shard.apply(put("l", "lazy words", tags=("slow",)))
+    batched = shard.apply(put("b", "batched words"))
+    await until(lambda: index.queue.received >= batched)
+    await asyncio.sleep(0.3)  # 15 x batch_ms: an active replica would have absorbed it
+    assert not index.covered(batched, ("eager", "batched")) and index.stats.absorbs == 0
+    # Two searches at once: the second finds the replica awake already, and
+    # still waits for what the first one's wake absorbs.
+    first = asyncio.ensure_future(index.awaken(5))
+    await asyncio.sleep(0)
+    assert not index.search_idle(time.monotonic()) and not index.covered(batched, ("eager", "batched"))
+    await index.awaken(5)
+    assert index.covered(batched, ("eager", "batched")) and index.stats.wakes == 1
+    await first
+    assert index.text is not None and index.text.all_keys() == ["ns\x00b"]  # the lazy one still waits
+    assert not index.covered(lazy, ("lazy",))
+    # Active now: the next batched change goes within batch_ms, without a wake.
+    assert not index.search_idle(time.monotonic())
+    again = shard.apply(put("c", "more words"))
+    await until(lambda: index.covered(again, ("eager", "batched")), 2.0)
+    await index.awaken(5)
+    assert index.stats.wakes == 1
+    # Idle again after search_idle_s: a batched change waits again.
+    await until(lambda: index.search_idle(time.monotonic()), 5.0)
+    late = shard.apply(put("d", "late words"))
+    await until(lambda: index.queue.received >= late)
+    await asyncio.sleep(0.3)
+    assert not index.covered(late, ("eager", "batched"))
     await index.stop()
     executor.shutdown()
 
