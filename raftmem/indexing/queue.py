@@ -20,8 +20,9 @@ given), tested alone.
   oldest batched change is older than the queue-age target, and falls back to
   `batch_docs` once the queue keeps up.
 - Patience (a search-idle replica, set by its owner): a batch is due once its
-  oldest change has waited `idle_batch_ms`, or `batch_docs_max` wait, or half
-  the queue's bytes; and then it goes whole (up to `batch_docs_max`).
+  oldest change has waited `idle_batch_ms`, or `batch_docs_max` wait, or the
+  queue is half full (items or bytes); and then it goes whole (up to
+  `batch_docs_max`, unless an eager change waits).
   `flush_through`: batched items at or below it are due at once and urgent (a
   search woke the replica and waits for them; lazy ones keep waiting).
 """
@@ -138,6 +139,7 @@ class IndexQueue:
             return False
         if self.patient:
             return (self._flushing() or self.tier_counts[BATCHED] >= self.config.batch_docs_max
+                    or len(self.items) >= self.config.queue_docs_max // 2
                     or self.bytes >= self.config.queue_bytes_max // 2
                     or now_s - oldest_batched >= self._batch_ms() / 1000)
         return (self._flushing() or self.tier_counts[BATCHED] >= self.batch_docs
@@ -156,7 +158,10 @@ class IndexQueue:
             return []
         batch_due = self._batch_due(now_s)
         everything = self.full()  # no room left: absorb, whatever the tier
-        most = self.config.batch_docs_max if self.patient or self._flushing() else self.batch_docs
+        # Whole when patient or flushed, unless an eager change waits (its writer
+        # waits for this commit: no bigger than an active replica's batch).
+        whole = (self.patient or self._flushing()) and not self.tier_counts[EAGER]
+        most = self.config.batch_docs_max if whole else self.batch_docs
         chosen: list[Pending] = []
         for p in self.items.values():  # log order
             if (everything or p.tier == EAGER or p.first_index <= demand
@@ -189,6 +194,8 @@ class IndexQueue:
                 del self.items[p.key]
                 self.tier_counts[p.tier] -= 1
                 self.bytes -= p.size
+        if self.flush_through and not self._flushing():
+            self.flush_through = 0  # done: nothing batched at or below it waits
 
     def adapt(self, now_s: float) -> None:
         """Grow batches while the queue lags its age target; shrink once it keeps up."""
@@ -205,3 +212,4 @@ class IndexQueue:
         self.tier_counts = dict.fromkeys(INDEX_TIERS, 0)
         self.bytes = 0
         self.received = received
+        self.flush_through = 0

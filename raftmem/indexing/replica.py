@@ -304,7 +304,11 @@ class ReplicaIndex:
             now = time.monotonic()
             idle = now - self.last_change_s >= self.config.lazy_idle_ms / 1000
             self.queue.patient = self._patient(now)
-            if self.queue.is_due(now, idle, self._demand) and self._may_absorb(now):
+            if not self.queue.is_due(now, idle, self._demand):
+                # Nothing due (it may have been: the replica went search-idle since
+                # its slot was reserved): a slot kept now would make _sleep spin.
+                self._slot = None
+            elif self._may_absorb(now):
                 self._slot = None
                 await self._absorb(self.queue.due(now, idle, self._demand))
                 continue
@@ -412,6 +416,7 @@ class ReplicaIndex:
             timeouts.append(max(0.0, self._saved_at + self.config.checkpoint_s - now))
         timeout = min(timeouts)
         if timeout <= 0:
+            await asyncio.sleep(0)  # never a loop that does not yield
             return
         self._poke.clear()
         if len(self.queue) and not self._waiters:
@@ -586,15 +591,17 @@ class ReplicaIndex:
             return
         if self.search_idle(now):
             self.queue.patient = False
-            target = self.queue.received
-            if not self.covered(target, WOKEN_TIERS):
+            # What the queue holds, and no further than the store has applied
+            # (after a crash the indexes may be ahead of it: nothing to absorb there).
+            target = min(self.queue.received, self.shard.applied_index)
+            if self.queue.tier_watermark(WOKEN_TIERS) < target:
                 self.stats.wakes += 1
                 self.queue.flush_through = max(self.queue.flush_through, target)
         self._searched_s = now
         # A search that comes while another's wake is absorbing waits for it too
         # (the replica is no longer idle, but what it held is not searchable yet).
         flush = self.queue.flush_through
-        if not flush or self.covered(flush, WOKEN_TIERS):
+        if not flush or self.queue.tier_watermark(WOKEN_TIERS) >= flush:
             return
         try:
             await self.wait_absorbed(flush, WOKEN_TIERS, timeout_s, demand=False)

@@ -406,7 +406,12 @@ class Search:
         # With query terms, the stats phase waited already (everything through
         # its reference is visible now).
         with r.timings.stage("wait"):
-            reference = await self._freshen(shard_id, index, r, hops) if not r.tokens else index.visible
+            if r.tokens:  # woken already, unless this part runs elsewhere than the statistics' did
+                if not self.no_wake:
+                    await index.awaken(self.limits.read_timeout_ms / 2000)
+                reference = index.visible
+            else:
+                reference = await self._freshen(shard_id, index, r, hops)
         if r.level not in ("linearizable", "session", "causal"):
             reference = shard.applied_index
         await self._check_dims(shard, r)
@@ -442,7 +447,11 @@ class Search:
         the index the answer is at least as fresh as."""
         timeout_s = self.limits.read_timeout_ms / 1000
         if not self.no_wake:
-            await index.awaken(timeout_s)  # a search-idle replica absorbs its batched changes first
+            # A search-idle replica absorbs its batched changes first, within
+            # half the read's time (the level's wait below has the rest).
+            started = time.monotonic()
+            await index.awaken(timeout_s / 2)
+            timeout_s = max(timeout_s / 2, timeout_s - (time.monotonic() - started))
         level = r.level
         if level == "eventual" or (level == "linearizable" and self.no_barrier):
             return int(index.visible)
