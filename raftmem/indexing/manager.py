@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +31,11 @@ log = logging.getLogger(__name__)
 # replicas commit at once (with one, fresh searches of a 4-shard node under the
 # harness's load waited behind the others' commits: p50 0.9 s).
 ABSORB_THREADS = 2
+# Engine work of searches (usearch's graph, tantivy's larger searches) runs on a
+# pool of one thread per core: a search's 8 shard parts on asyncio's default
+# pool (6 threads on 2 cores) queued for the cores and the GIL; on two threads
+# they took 6.95 ms against 9.60 (raftmem/indexing/DESIGN.md, "A search's cost").
+SEARCH_THREADS = max(2, os.cpu_count() or 2)
 
 
 @dataclass
@@ -46,6 +52,7 @@ class Indexes:
         self.feed = feed
         self.clock = clock
         self.executor = ThreadPoolExecutor(ABSORB_THREADS, thread_name_prefix="absorb")
+        self.search_executor = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="search")
         self.replicas: dict[int, ReplicaIndex] = {}
         self.budget = CommitBudget(config.indexing.commits_per_s, config.indexing.commits_burst)
         self.summaries = Summaries(config.indexing.summary_refresh_ms)
@@ -65,6 +72,7 @@ class Indexes:
         index = ReplicaIndex(shard, self.indexing, self.feed, self.executor, on_change=self.summaries.mark,
                              budget=self.budget,
                              retention_entries=self.config.watch.retention_entries)
+        index.search_executor = self.search_executor
         self.replicas[shard.shard] = index
         index.start()
 
@@ -81,6 +89,7 @@ class Indexes:
         for shard in list(self.replicas):
             await self.detach(shard, delete=False)
         self.executor.shutdown(wait=True)
+        self.search_executor.shutdown(wait=True)
 
     def get(self, shard: int) -> ReplicaIndex | None:
         return self.replicas.get(shard)

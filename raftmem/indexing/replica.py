@@ -27,7 +27,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,7 @@ class ReplicaIndex:
         self.config = config
         self.feed = feed
         self.executor = executor
+        self.search_executor: Executor | None = None  # searches' engine work (None: asyncio's default pool)
         self.on_change = on_change  # summaries: mark stale
         self.retention_entries = retention_entries
         # The node's commit budget (none of its own by default: unit tests)

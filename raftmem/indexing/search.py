@@ -137,11 +137,13 @@ async def _keep(q: ShardQuery, keys: Sequence[tuple[str, float | None]], records
             return
 
 
-async def _engine(q: ShardQuery, stage: str, fn: Callable[..., T], *args: Any) -> T:
-    """Engine work (tantivy, usearch) on a thread, timed as `stage`: one hop
-    per shard and round, whatever the calls inside."""
+async def _engine(index: ReplicaIndex, q: ShardQuery, stage: str, fn: Callable[..., T], *args: Any) -> T:
+    """Engine work (tantivy, usearch) on a thread of the node's search pool,
+    timed as `stage`: one hop per shard and round, whatever the calls inside."""
     with q.timings.stage(stage):
-        return await asyncio.to_thread(fn, *args)
+        if index.search_executor is None:
+            return await asyncio.to_thread(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(index.search_executor, fn, *args)
 
 
 async def text_search(index: ReplicaIndex, q: ShardQuery, records: Records) -> tuple[list[Found], bool]:
@@ -157,7 +159,7 @@ async def text_search(index: ReplicaIndex, q: ShardQuery, records: Records) -> t
             with q.timings.stage("tantivy"):
                 hits: list[Hit] = text.search(*args)
         else:
-            hits = await _engine(q, "tantivy", text.search, *args)
+            hits = await _engine(index, q, "tantivy", text.search, *args)
         # Each round's hits begin with the previous round's (same query, more
         # of it): stopping at `need` survivors keeps exactly the best.
         await _keep(q, [(h.key, h.score if order is None and q.terms else None) for h in hits], records, out, seen,
@@ -187,7 +189,7 @@ async def vector_search(index: ReplicaIndex, q: ShardQuery, records: Records) ->
         # earlier ones kept: all of it is read.
         chunked = q.need if not out else None
         first = max(HYDRATE_CHUNK_MIN, q.need) if chunked else count
-        exact, done, ranked, rest = await _engine(q, "vectors", _nearest, text, vectors, query, restriction,
+        exact, done, ranked, rest = await _engine(index, q, "vectors", _nearest, text, vectors, query, restriction,
                                                   q.metric, count, first)
         if exact:
             chunked = q.need
@@ -197,7 +199,7 @@ async def vector_search(index: ReplicaIndex, q: ShardQuery, records: Records) ->
             if chunked is not None and len(out) >= chunked:
                 break
             part = rest[start:start + step]
-            keys = await _engine(q, "vectors", text.resolve, [k for k, _ in part])
+            keys = await _engine(index, q, "vectors", text.resolve, [k for k, _ in part])
             await _keep(q, [(keys[k], s) for k, s in part if k in keys], records, out, seen, until=chunked)
         out.sort(key=lambda f: -(f.score or 0.0))
         if len(out) >= q.need or done:
