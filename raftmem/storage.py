@@ -21,9 +21,11 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,6 +186,12 @@ IO_STATS = {
     "rocksdb.flush.write.bytes": "flush_bytes",
     "rocksdb.compact.write.bytes": "compaction_bytes",
 }
+_IO_STATS_RE = re.compile(r"^(" + "|".join(re.escape(n) for n in IO_STATS) + r") COUNT : (\d+)", re.M)
+# How long the I/O counters and the size on disk are reused (both are read for
+# /metrics, twice per replica per scrape; RocksDB's statistics dump is 16 KB of
+# text and the size a walk of the directory: /metrics on a node of 8 shards took
+# 16 ms of the event loop, more than half of it here).
+STATS_REUSE_S = 2.0
 
 # One memtable of a replica flushes at this share of the node's memtable budget
 # (RocksDB's default, 64 MiB a memtable and 2 of them, is per database: 8
@@ -295,6 +303,7 @@ class Store:
         # Bytes RocksDB wrote (WAL, flushes, compactions), from its statistics,
         # for the write-amplification metrics; counts of replaced generations kept.
         self._io_before: dict[str, int] = {}
+        self._reused: dict[str, tuple[float, Any]] = {}  # name -> (when, value): see STATS_REUSE_S
         self._opts = self._options()
         self._db = Rdict(str(self._db_path(self._generation)), self._opts)
         # The journal is the source of truth and is fsynced per raft.fsync; the
@@ -309,14 +318,25 @@ class Store:
         opts.enable_statistics()
         return opts
 
+    def _reuse(self, name: str, make: Any) -> Any:
+        now = time.monotonic()
+        kept = self._reused.get(name)
+        if kept is not None and now - kept[0] < STATS_REUSE_S:
+            return kept[1]
+        value = make()
+        self._reused[name] = (now, value)
+        return value
+
     def io_stats(self) -> dict[str, int]:
         """Bytes RocksDB has written for this replica since it opened: its WAL,
-        memtable flushes and compactions (RocksDB's own statistics)."""
-        out = dict.fromkeys(IO_STATS, 0)
-        for line in (self._opts.get_statistics() or "").splitlines():
-            name, _, rest = line.partition(" COUNT : ")
-            if name in IO_STATS:
-                out[IO_STATS[name]] = int(rest.split()[0])
+        memtable flushes and compactions (RocksDB's own statistics; up to
+        STATS_REUSE_S old)."""
+        return dict(self._reuse("io", self._io_stats_now))
+
+    def _io_stats_now(self) -> dict[str, int]:
+        out = dict.fromkeys(IO_STATS.values(), 0)
+        for name, count in _IO_STATS_RE.findall(self._opts.get_statistics() or ""):
+            out[IO_STATS[name]] = int(count)
         return {k: v + self._io_before.get(k, 0) for k, v in out.items()}
 
     def snapshot_scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -461,8 +481,9 @@ class Store:
         new_db = Rdict(str(target), new_opts)
         write_file_atomically(self.directory / CURRENT_FILE, f"{generation}\n".encode())
         old_db, old_path = self._db, self._db_path(self._generation)
-        self._io_before = self.io_stats()
+        self._io_before = self._io_stats_now()
         self._db, self._generation, self._opts = new_db, generation, new_opts
+        self._reused.clear()
         old_db.close()
         remove_in_background(old_path)
 
@@ -483,6 +504,10 @@ class Store:
             shutil.rmtree(unpack, ignore_errors=True)
 
     def size_bytes(self) -> int:
+        """The database's files on disk (up to STATS_REUSE_S old)."""
+        return int(self._reuse("size", self._size_bytes_now))
+
+    def _size_bytes_now(self) -> int:
         total = 0
         for root, _dirs, files in os.walk(self._db_path(self._generation)):
             for name in files:
