@@ -32,10 +32,11 @@ log = logging.getLogger(__name__)
 # harness's load waited behind the others' commits: p50 0.9 s).
 ABSORB_THREADS = 2
 # Engine work of searches (usearch's graph, tantivy's larger searches) runs on a
-# pool of one thread per core: a search's 8 shard parts on asyncio's default
-# pool (6 threads on 2 cores) queued for the cores and the GIL; on two threads
-# they took 6.95 ms against 9.60 (raftmem/indexing/DESIGN.md, "A search's cost").
-SEARCH_THREADS = max(2, os.cpu_count() or 2)
+# pool of its own, two threads per core (not asyncio's default pool, which other
+# work shares: summaries). Measured at 100k memories (raftmem/indexing/DESIGN.md,
+# "A search's cost"): 8 clients did 76-81 searches/s on 2 threads, 89-96 on 4,
+# 86-92 on 6; one client's latency was the same within the noise.
+SEARCH_THREADS = 2 * max(1, os.cpu_count() or 1)
 
 
 @dataclass
