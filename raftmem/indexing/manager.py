@@ -71,9 +71,8 @@ class Indexes:
         if not self.enabled or shard.shard in self.replicas:
             return
         index = ReplicaIndex(shard, self.indexing, self.feed, self.executor, on_change=self.summaries.mark,
-                             budget=self.budget,
+                             budget=self.budget, search_executor=self.search_executor,
                              retention_entries=self.config.watch.retention_entries)
-        index.search_executor = self.search_executor
         self.replicas[shard.shard] = index
         index.start()
 

@@ -122,13 +122,13 @@ class _Waiter:
 class ReplicaIndex:
     def __init__(self, shard: Shard, config: IndexingConfig, feed: ChangeFeed, executor: ThreadPoolExecutor,
                  on_change: Callable[[Change], None] | None = None, retention_entries: int = 0,
-                 budget: CommitBudget | None = None) -> None:
+                 budget: CommitBudget | None = None, search_executor: Executor | None = None) -> None:
         self.shard = shard
         self.shard_id = shard.shard
         self.config = config
         self.feed = feed
         self.executor = executor
-        self.search_executor: Executor | None = None  # searches' engine work (None: asyncio's default pool)
+        self.search_executor = search_executor  # searches' engine work (None: asyncio's default pool)
         self.on_change = on_change  # summaries: mark stale
         self.retention_entries = retention_entries
         # The node's commit budget (none of its own by default: unit tests)

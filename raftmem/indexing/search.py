@@ -141,8 +141,6 @@ async def _engine(index: ReplicaIndex, q: ShardQuery, stage: str, fn: Callable[.
     """Engine work (tantivy, usearch) on a thread of the node's search pool,
     timed as `stage`: one hop per shard and round, whatever the calls inside."""
     with q.timings.stage(stage):
-        if index.search_executor is None:
-            return await asyncio.to_thread(fn, *args)
         return await asyncio.get_running_loop().run_in_executor(index.search_executor, fn, *args)
 
 

@@ -395,9 +395,12 @@ class Search:
         index = self.indexes.require(shard_id)
         shard = self.router.local(shard_id)
         assert shard is not None
+        with r.timings.stage("wait"):
+            # Both phases: the search phase may run elsewhere than the statistics' did.
+            timeout_s = await self._awaken(index)
         if phase == "stats":
             with r.timings.stage("wait"):
-                reference = await self._freshen(shard_id, index, r, hops)
+                reference = await self._freshen(shard_id, index, r, hops, timeout_s)
             text = index.text
             assert text is not None
             with r.timings.stage("tantivy"):
@@ -406,12 +409,7 @@ class Search:
         # With query terms, the stats phase waited already (everything through
         # its reference is visible now).
         with r.timings.stage("wait"):
-            if r.tokens:  # woken already, unless this part runs elsewhere than the statistics' did
-                if not self.no_wake:
-                    await index.awaken(self.limits.read_timeout_ms / 2000)
-                reference = index.visible
-            else:
-                reference = await self._freshen(shard_id, index, r, hops)
+            reference = await self._freshen(shard_id, index, r, hops, timeout_s) if not r.tokens else index.visible
         if r.level not in ("linearizable", "session", "causal"):
             reference = shard.applied_index
         await self._check_dims(shard, r)
@@ -442,16 +440,19 @@ class Search:
             raise InvalidRequest(f"vector has {len(r.vector)} dimensions; namespace {r.namespace} holds "
                                  f"embeddings of {dims}", field="vector")
 
-    async def _freshen(self, shard_id: int, index: Any, r: SearchRequest, hops: int) -> int:
-        """Wait, per the request's level, until this replica's indexes may answer;
-        the index the answer is at least as fresh as."""
+    async def _awaken(self, index: Any) -> float:
+        """A search-idle replica absorbs its batched changes first, within half
+        the read's time; the time left for the level's wait (`_freshen`)."""
         timeout_s = self.limits.read_timeout_ms / 1000
-        if not self.no_wake:
-            # A search-idle replica absorbs its batched changes first, within
-            # half the read's time (the level's wait below has the rest).
-            started = time.monotonic()
-            await index.awaken(timeout_s / 2)
-            timeout_s = max(timeout_s / 2, timeout_s - (time.monotonic() - started))
+        if self.no_wake:
+            return timeout_s
+        started = time.monotonic()
+        await index.awaken(timeout_s / 2)
+        return max(timeout_s / 2, timeout_s - (time.monotonic() - started))
+
+    async def _freshen(self, shard_id: int, index: Any, r: SearchRequest, hops: int, timeout_s: float) -> int:
+        """Wait, per the request's level and within `timeout_s`, until this
+        replica's indexes may answer; the index the answer is at least as fresh as."""
         level = r.level
         if level == "eventual" or (level == "linearizable" and self.no_barrier):
             return int(index.visible)
