@@ -84,8 +84,12 @@ class Cluster:
             "raft": {"election_timeout_ms_min": 400, "election_timeout_ms_max": 1000, "heartbeat_ms": 100,
                      "fsync": "always"},
             "storage": {"data_dir": str(root / "data")},
-            "indexing": indexing,
+            "indexing": {k: v for k, v in indexing.items() if "." not in k},
         }
+        for dotted, value in indexing.items():  # another section's setting: "limits.entries_in_flight_max"
+            if "." in dotted:
+                section, _, key = dotted.partition(".")
+                config.setdefault(section, {})[key] = value
         self.config.write_text(yaml.safe_dump(config))
         self.urls = [f"http://127.0.0.1:{p}" for p in self.http]
 
@@ -214,7 +218,8 @@ WRITE_MODES: dict[str, dict[str, Any]] = {"off": {"enabled": False}, "batched": 
 
 def write_modes(spec: str, variants: list[str]) -> dict[str, dict[str, Any]]:
     """--write-modes off,batched and --variant NAME:key=value,...: indexing
-    settings by mode name (a variant's values are YAML scalars)."""
+    settings by mode name (a variant's values are YAML scalars; a dotted key,
+    `limits.entries_in_flight_max`, is another section's)."""
     modes = dict(WRITE_MODES)
     for variant in variants:
         name, _, settings = variant.partition(":")

@@ -6,6 +6,7 @@ write path pays for them."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -24,6 +25,38 @@ if TYPE_CHECKING:
     from .storage import MemoryBudget
 
 LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+LOOP_LAG_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+class LoopLag:
+    """How late the event loop runs a timer: every `period_s` a callback is due,
+    and the time past its due time it ran is observed. Everything on the node's
+    loop (HTTP, Raft ticks, the change feed) waits that long too: a handler that
+    blocks, a scrape, the GIL held by another thread (an index absorbing a batch)."""
+
+    def __init__(self, observe: Any, period_s: float = 0.1) -> None:
+        self._observe = observe
+        self.period_s = period_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due = loop.time() + self.period_s
+        self._handle = loop.call_at(self._due, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        self._observe(max(0.0, now - self._due))
+        self._due = now + self.period_s
+        self._handle = self._loop.call_at(self._due, self._tick)
 
 
 class _ShardCollector:
@@ -173,6 +206,10 @@ class Metrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, int], Any] = {}
+        lag = Histogram("raftmem_event_loop_lag_seconds", "How late the node's event loop ran a timer due "
+                        "every 100 ms (what every request and Raft tick waited besides)",
+                        buckets=LOOP_LAG_BUCKETS_S, registry=self.registry)
+        self.loop_lag = LoopLag(lag.observe)
         self._shards = _ShardCollector(ticker, budget)
         self.registry.register(self._shards)
         if indexes is not None:

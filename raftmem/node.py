@@ -64,6 +64,7 @@ class Node:
         self.tls = NodeTls(config.tls.for_node(node_id)) if config.tls.enabled else None
         self.forwarder = HttpForwarder(config, self.tls.client if self.tls is not None else None)
         self.listener: Listener | None = None
+        self.metrics: Metrics | None = None
         # Derived indexes of every replica here, fed from the feed (raftmem/indexing).
         self.indexes = Indexes(config, self.feed, self.clock)
         self.service: MemoryService | None = None
@@ -116,7 +117,9 @@ class Node:
                                      indexes=self.indexes, feed=self.feed)
         await self.indexes.start()
         guard = ConnectionGuard(self.config.limits)
-        app = build_app(self.service, self.config, Metrics(self.ticker, self.budget, self.indexes), guard)
+        self.metrics = Metrics(self.ticker, self.budget, self.indexes)
+        self.metrics.loop_lag.start(self._loop)
+        app = build_app(self.service, self.config, self.metrics, guard)
         self.listener = Listener(app, guard)
         await self.listener.start(self.me.host, self.me.http_port, self.tls.server if self.tls is not None else None)
         self._tasks.append(asyncio.create_task(self._reaper()))
@@ -254,6 +257,8 @@ class Node:
             task.cancel()
             with suppress(asyncio.CancelledError):
                 await task
+        if self.metrics is not None:
+            self.metrics.loop_lag.stop()
         if self.listener is not None:
             await self.listener.stop()
         await self.forwarder.close()
