@@ -7,6 +7,7 @@ write path pays for them."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -34,7 +35,7 @@ class LoopLag:
     loop (HTTP, Raft ticks, the change feed) waits that long too: a handler that
     blocks, a scrape, the GIL held by another thread (an index absorbing a batch)."""
 
-    def __init__(self, observe: Any, period_s: float = 0.1) -> None:
+    def __init__(self, observe: Callable[[float], None], period_s: float = 0.1) -> None:
         self._observe = observe
         self.period_s = period_s
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -27,9 +27,9 @@ import tarfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from rocksdict import (
     AccessType,
@@ -192,6 +192,7 @@ _IO_STATS_RE = re.compile(r"^(" + "|".join(re.escape(n) for n in IO_STATS) + r")
 # text and the size a walk of the directory: /metrics on a node of 8 shards took
 # 16 ms of the event loop, more than half of it here).
 STATS_REUSE_S = 2.0
+_T = TypeVar("_T")
 
 # One memtable of a replica flushes at this share of the node's memtable budget
 # (RocksDB's default, 64 MiB a memtable and 2 of them, is per database: 8
@@ -318,11 +319,11 @@ class Store:
         opts.enable_statistics()
         return opts
 
-    def _reuse(self, name: str, make: Any) -> Any:
+    def _reuse(self, name: str, make: Callable[[], _T]) -> _T:
         now = time.monotonic()
         kept = self._reused.get(name)
         if kept is not None and now - kept[0] < STATS_REUSE_S:
-            return kept[1]
+            return kept[1]  # type: ignore[no-any-return]
         value = make()
         self._reused[name] = (now, value)
         return value
@@ -505,7 +506,7 @@ class Store:
 
     def size_bytes(self) -> int:
         """The database's files on disk (up to STATS_REUSE_S old)."""
-        return int(self._reuse("size", self._size_bytes_now))
+        return self._reuse("size", self._size_bytes_now)
 
     def _size_bytes_now(self) -> int:
         total = 0
