@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cli import corpus  # noqa: E402
-from raftmem.indexing.replica import text_doc  # noqa: E402
+from raftmem.indexing.engines import text_doc  # noqa: E402
 from raftmem.metrics import LoopLag  # noqa: E402
 from raftmem.textindex import TextIndex  # noqa: E402
 

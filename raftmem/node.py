@@ -289,6 +289,8 @@ DEBUG_EFFECTS = {
     "unsafe_watch_drop": "UNSAFE: watch streams leave out one event in a hundred",
     "unsafe_search_no_wake": "UNSAFE: searches do not wake search-idle indexes (they may miss batched writes "
                              "for up to indexing.idle_batch_ms)",
+    "unsafe_engines_resume_claimed": "UNSAFE: after the engine host dies, indexes resume from what they had "
+                                     "claimed (they may lose what was not saved)",
 }
 
 

@@ -17,6 +17,7 @@ from .schema import (
     AUTH_ROLES,
     AUTH_SECRET_CHARS_MIN,
     EMBEDDING_DIMS_MAX,
+    INDEX_ENGINES,
     INDEX_TIERS,
     LIFECYCLE_ORDERS,
     RAFT_PORT_OFFSET,
@@ -66,6 +67,10 @@ _DEBUG_KEYS = {
     # Negative control of search-idle replicas: a search does not wake one (its
     # batched changes keep waiting up to indexing.idle_batch_ms).
     "unsafe_search_no_wake",
+    # Negative control of the engine host's death: the replicas' indexes resume
+    # from what they had claimed, not from the engines' durable watermark (the
+    # vectors absorbed since the last save are lost).
+    "unsafe_engines_resume_claimed",
 }
 _POLICY_KEYS = {"name", "namespace", "tag", "not_accessed_for", "max_per_agent", "order"}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
@@ -382,6 +387,8 @@ def _parse_indexing(raw: Mapping[str, Any]) -> IndexingConfig:
         raise ConfigError(f"{section}.commits_burst: in [1, 10000]")
     if not 0 <= config.search_idle_s <= 86_400:
         raise ConfigError(f"{section}.search_idle_s: in [0, 86400] (0: never idle)")
+    if config.engines not in INDEX_ENGINES:
+        raise ConfigError(f"{section}.engines: one of {', '.join(INDEX_ENGINES)}")
     if not 0 <= config.idle_batch_ms <= 600_000:
         raise ConfigError(f"{section}.idle_batch_ms: in [0, 600000] (below batch_ms: batch_ms)")
     return config

@@ -341,6 +341,7 @@ class LifecycleConfig:
 
 
 INDEX_TIERS = ("eager", "batched", "lazy")  # strictest first
+INDEX_ENGINES = ("process", "thread")  # where the derived indexes' engines run
 EMBEDDING_DIMS_MAX = 4096
 
 
@@ -399,6 +400,10 @@ class IndexingConfig:
     checkpoint_s: int = 30
     # tantivy's indexing memory per replica (its minimum is 15 MB).
     text_heap_bytes: int = 16_000_000
+    # Where the replicas' engines (tantivy, usearch) run: "process", the node's
+    # engine host (their work never holds the node's GIL), or "thread", in the
+    # node. raftmem/indexing/DESIGN.md, "The engines in a process of their own".
+    engines: str = "process"
     # Summaries marked stale by writes are recomputed this often.
     summary_refresh_ms: int = 1000
     embedder: EmbedderConfig | None = None

@@ -1,5 +1,6 @@
 """The node's derived indexes: one `ReplicaIndex` per shard replica the node
-holds (started and stopped with the replica), the summaries, a worker pool
+holds (started and stopped with the replica), the engine host process their
+engines run in (`indexing.engines: process`), the summaries, a worker pool
 for absorbing, and what the service asks of them (admission of writes, waits
 for absorption, a replica's index for a search, reindex, statistics)."""
 
@@ -9,8 +10,10 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..clock import Clock
@@ -20,6 +23,8 @@ from ..errors import Unavailable
 from ..events import ChangeFeed
 from ..shard import Shard
 from .budget import CommitBudget
+from .engines import Engines, ReplicaEngines
+from .host import EngineHost, RemoteEngines
 from .queue import EAGER
 from .replica import ReplicaIndex
 from .summaries import Key, Summaries, Summary, compute
@@ -37,6 +42,9 @@ ABSORB_THREADS = 2
 # "A search's cost"): 8 clients did 76-81 searches/s on 2 threads, 89-96 on 4,
 # 86-92 on 6; one client's latency was the same within the noise.
 SEARCH_THREADS = 2 * max(1, os.cpu_count() or 1)
+# A dead engine host is replaced at most this often (one that dies as it
+# starts does not make the node spin).
+REVIVE_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -60,6 +68,10 @@ class Indexes:
         self.eager_waits = 0
         self.eager_wait_failures = 0
         self._shards: dict[int, Shard] = {}
+        # The replicas' engines run in a process of their own (raftmem/indexing/host.py)
+        # unless indexing.engines is "thread".
+        self.host = EngineHost() if self.enabled and config.indexing.engines == "process" else None
+        self._revived_s = float("-inf")
 
     async def start(self) -> None:
         if self.enabled:
@@ -70,11 +82,33 @@ class Indexes:
         self._shards[shard.shard] = shard
         if not self.enabled or shard.shard in self.replicas:
             return
+        if self.host is not None and self.host.proc is None:
+            self.host.start()  # here, on the event loop's thread: the host dies with it
         index = ReplicaIndex(shard, self.indexing, self.feed, self.executor, on_change=self.summaries.mark,
                              budget=self.budget, search_executor=self.search_executor,
-                             retention_entries=self.config.watch.retention_entries)
+                             retention_entries=self.config.watch.retention_entries,
+                             engines=self._engines_factory(), revive=self.revive,
+                             resume_claimed=bool(self.config.debug.get("unsafe_engines_resume_claimed")))
         self.replicas[shard.shard] = index
         index.start()
+
+    def _engines_factory(self) -> Callable[[Path, int], Engines]:
+        host = self.host
+        if host is None:
+            return ReplicaEngines
+        return lambda directory, heap_bytes: RemoteEngines(host, directory, heap_bytes)
+
+    async def revive(self) -> None:
+        """A replica lost its engine host: start another if it is dead (once
+        for all the replicas that noticed)."""
+        assert self.host is not None
+        if self.host.alive():
+            return
+        wait = self._revived_s + REVIVE_INTERVAL_S - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if self.host.revive():
+            self._revived_s = time.monotonic()
 
     async def detach(self, shard: int, delete: bool) -> None:
         """The replica stops (`delete`: it is dropped with its data)."""
@@ -90,6 +124,8 @@ class Indexes:
             await self.detach(shard, delete=False)
         self.executor.shutdown(wait=True)
         self.search_executor.shutdown(wait=True)
+        if self.host is not None:
+            await asyncio.to_thread(self.host.stop)
 
     def get(self, shard: int) -> ReplicaIndex | None:
         return self.replicas.get(shard)
@@ -174,9 +210,14 @@ class Indexes:
                 "ready": index.ready.is_set(), "watermark": index.visible, "lag_entries": entries, "lag_ms": ms,
                 "waiting": len(index.queue), "error": index.error,
                 "search_idle": index.search_idle(time.monotonic()),
-                "documents": index.text.documents() if index.text is not None and index.ready.is_set() else None,
+                "documents": index.state.documents if index.ready.is_set() else None,
+                "engine_restarts": index.stats.engine_restarts,
             }
         return out
+
+    def host_status(self) -> dict[str, Any] | None:
+        host = self.host
+        return None if host is None else {"pid": host.pid, "alive": host.alive(), "restarts": host.restarts}
 
     def shard_io(self, shard: int) -> dict[str, int]:
         """RocksDB's bytes written for the replica (its statistics)."""

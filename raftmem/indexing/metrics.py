@@ -2,7 +2,7 @@
 amplification per shard replica (logical bytes clients wrote, physical bytes
 RocksDB and each derived index wrote, their ratio), the queues (depth by tier,
 age of the oldest change, the adaptive batch size), absorption (batches,
-documents, seconds) and recovery (replays, rebuilds, cut subscriptions)."""
+documents, seconds) and recovery (replays, rebuilds, cut subscriptions, the engine host's restarts)."""
 
 from __future__ import annotations
 
@@ -56,11 +56,14 @@ class IndexCollector:
             idle.add_metric(label, 1 if index.search_idle(time.monotonic()) else 0)
             wakes.add_metric(label, st.wakes)
             for kind, n in (("replay", st.replays), ("rebuild", st.rebuilds), ("overflow", st.overflows),
-                            ("vector_save", st.vector_saves)):
+                            ("vector_save", st.vector_saves), ("engine_restart", st.engine_restarts)):
                 events.add_metric([str(shard), kind], n)
         yield from (logical, physical, factor, depth, age, lag, batch, docs, coalesced, absorb, idle, wakes, events)
         yield CounterMetricFamily("raftmem_index_eager_waits", "Eager-tier writes whose answer waited for absorption", value=ix.eager_waits)
         yield CounterMetricFamily("raftmem_index_eager_wait_failures", "Eager-tier writes answered before absorption (timeout)", value=ix.eager_wait_failures)
+        if ix.host is not None:
+            yield CounterMetricFamily("raftmem_index_engine_host_restarts", "Engine host processes started after one died", value=ix.host.restarts)
+            yield CounterMetricFamily("raftmem_index_engine_calls", "Calls from this node to its engine host", value=ix.host.calls)
         budget = ix.budget
         yield CounterMetricFamily("raftmem_index_commit_slots", "Commits the node's commit budget granted to batched or lazy absorption", value=budget.granted)
         yield CounterMetricFamily("raftmem_index_commit_slots_delayed", "Of those, slots later than asked (the budget held the batch back)", value=budget.delayed)

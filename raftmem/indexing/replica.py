@@ -4,7 +4,8 @@ feed, recovered from the change log, rebuilt from the store.
 
 The absorber task (on the event loop) moves changes from the replica's feed
 subscription into the queue (raftmem.indexing.queue), and hands due batches to
-a worker thread, which writes them to the engines and commits the text index
+a worker thread, which writes them to the engines (raftmem.indexing.engines:
+in the node's engine host process, or in this one) and commits the text index
 with the watermark the batch reaches. One batch at a time, so commits are in
 order. Invariant, asserted before every commit: the watermark claimed is one
 the queue allows (every change at or below it was received and none waits),
@@ -21,18 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
-import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from .. import codec, embeddings
 from ..config import INDEX_TIERS, IndexingConfig
@@ -48,32 +45,26 @@ from ..events import (
     Subscription,
 )
 from ..shard import MemoryReader, RecordScan, Shard
-from ..textindex import TextDoc, TextIndex, doc_key
-from ..vectorindex import VectorIndex
+from ..textindex import doc_key
 from .budget import CommitBudget
+from .engines import EngineLost, Engines, EngineState, ReplicaEngines, text_doc, vkey_of
 from .queue import BATCHED, EAGER, IndexQueue, Pending
 
 log = logging.getLogger(__name__)
 
 INDEX_DIR = "index"
-VECTOR_FILE_RE = re.compile(r"vectors-(\d+)\.usearch$")
 REPLAY_PAGE = 2048
 REBUILD_CHUNK = 2000
+# Records handed to the engines at a time: pickling a chunk for the engine host
+# holds the node's GIL (~1 us per record), a few hundred keep that short.
+WRITE_CHUNK = 256
 POLL_WAITING_S = 0.01  # while a reader waits, how often the applied index is looked at
 SLOT_POLL_S = 0.05  # while a batch waits (its time or the commit budget), how often the feed is looked at
-GC_EVERY_COMMITS = 64
 CHECK_ATTEMPTS = 10
 SUBSCRIPTION_BATCHES = 4
 QUIET_COMMIT_MIN = 1000  # entries without changes before the watermark alone is committed
 WOKEN_TIERS = (EAGER, BATCHED)  # what a search waking a search-idle replica waits for
-VKEY_MASK = (1 << 63) - 1
-
-
-def vkey_of(namespace: str, mid: str) -> int:
-    """A memory's key in the vector indexes (64-bit hash; a collision at 100k
-    memories per replica has odds of about 1 in 10^9)."""
-    digest = hashlib.blake2b(doc_key(namespace, mid).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & VKEY_MASK
+__all__ = ["ReplicaIndex", "text_doc", "vkey_of"]  # text_doc, vkey_of: the benches' and tests' imports
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -84,16 +75,6 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 def _changes_after(after: int) -> Callable[[MemoryReader], ChangePage]:
     return lambda s: s.changes_after(after, REPLAY_PAGE)
-
-
-def text_doc(rec: dict[str, Any]) -> TextDoc:
-    emb = rec.get("emb")
-    return TextDoc(
-        namespace=rec["namespace"], id=rec["id"], text=embeddings.text_of(rec.get("content")),
-        agent_id=rec.get("agent_id"), kind=rec.get("kind"), tags=tuple(rec.get("tags") or ()),
-        created_at=int(rec.get("created_at") or 0), updated_at=int(rec.get("updated_at") or 0),
-        vkey=vkey_of(rec["namespace"], rec["id"]) if emb else None, rev=int(rec.get("rev") or 0),
-    )
 
 
 @dataclass
@@ -108,6 +89,7 @@ class IndexStats:
     overflows: int = 0
     vector_saves: int = 0
     wakes: int = 0  # searches that found the replica search-idle with batched changes waiting
+    engine_restarts: int = 0  # the engines opened again after their host died
     logical_bytes: int = 0  # of the records absorbed (what clients wrote)
     tiers: dict[str, int] = field(default_factory=lambda: dict.fromkeys(INDEX_TIERS, 0))
 
@@ -122,7 +104,9 @@ class _Waiter:
 class ReplicaIndex:
     def __init__(self, shard: Shard, config: IndexingConfig, feed: ChangeFeed, executor: ThreadPoolExecutor,
                  on_change: Callable[[Change], None] | None = None, retention_entries: int = 0,
-                 budget: CommitBudget | None = None, search_executor: Executor | None = None) -> None:
+                 budget: CommitBudget | None = None, search_executor: Executor | None = None,
+                 engines: Callable[[Path, int], Engines] = ReplicaEngines,
+                 revive: Callable[[], Awaitable[None]] | None = None, resume_claimed: bool = False) -> None:
         self.shard = shard
         self.shard_id = shard.shard
         self.config = config
@@ -130,22 +114,23 @@ class ReplicaIndex:
         self.executor = executor
         self.search_executor = search_executor  # searches' engine work (None: asyncio's default pool)
         self.on_change = on_change  # summaries: mark stale
+        self.open_engines = engines  # in this process (ReplicaEngines) or the engine host (host.RemoteEngines)
+        self.revive = revive  # after EngineLost: a new engine host
+        self.resume_claimed = resume_claimed  # negative control (debug.unsafe_engines_resume_claimed)
         self.retention_entries = retention_entries
         # The node's commit budget (none of its own by default: unit tests)
         self.budget = budget if budget is not None else CommitBudget(0, 1)
         self._slot: float | None = None  # the budget's slot this replica holds for its next batch
         self.directory: Path = shard.directory / INDEX_DIR
         self.queue = IndexQueue(config)
-        self.text: TextIndex | None = None
-        self.vectors: dict[int, VectorIndex] = {}
+        self.engines: Engines | None = None
+        self.state = EngineState()  # the engines' watermarks and counters after their last write
         self.visible = 0  # every change at or below it is searchable
         self.stats = IndexStats()
         self.last_change_s = time.monotonic()
         # No search has used it yet: search-idle from the start (config.search_idle_s).
         self._searched_s = float("-inf")
-        self._vectors_dirty = False
         self._saved_at = time.monotonic()
-        self._commits = 0
         self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._poke = asyncio.Event()
@@ -180,7 +165,7 @@ class ReplicaIndex:
         for w in self._waiters:
             if not w.future.done():
                 w.future.set_exception(Unavailable(f"shard {self.shard_id}: index stopped", shard=self.shard_id))
-        if self.text is not None:
+        if self.engines is not None:
             await self._in_thread(self._close_engines, not delete)
         if delete:
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -193,34 +178,62 @@ class ReplicaIndex:
         return self.feed.subscribe([self.shard_id], queue_max=SUBSCRIPTION_BATCHES * self.config.batch_docs)
 
     def _close_engines(self, save: bool) -> None:
-        if save and self._vectors_dirty and self.text is not None:
-            for v in self.vectors.values():
-                v.save(self.text.watermark)
-        if self.text is not None:
-            self.text.close()
-        self.text = None
+        engines, self.engines = self.engines, None
+        if engines is not None:
+            try:
+                engines.close(save)
+            except EngineLost:
+                pass  # the host is gone, and its engines with it
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def _open_engines(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.text = TextIndex(self.directory / "text", self.config.text_heap_bytes)
-        for path in self.directory.iterdir():
-            m = VECTOR_FILE_RE.match(path.name)
-            if m:
-                self.vectors[int(m.group(1))] = VectorIndex(path, int(m.group(1)))
+        engines = self.open_engines(self.directory, self.config.text_heap_bytes)
+        self.state = engines.state()
+        self.engines = engines
+
+    def _engines(self) -> Engines:
+        engines = self.engines
+        if engines is None:
+            raise Unavailable(f"shard {self.shard_id}: the derived indexes are not open", shard=self.shard_id)
+        return engines
+
+    def require_engines(self) -> Engines:
+        """The engines, for a search (Unavailable while they are not ready: starting, or opening again)."""
+        if not self.ready.is_set():
+            raise Unavailable(f"shard {self.shard_id}: the derived indexes are not ready", shard=self.shard_id)
+        return self._engines()
 
     def durable_watermark(self) -> int:
-        assert self.text is not None
-        marks = [self.text.watermark] + [v.watermark for v in self.vectors.values()]
-        return min(marks)
+        return self.state.durable()
 
     # -- the absorber ------------------------------------------------------------------
     async def _run(self) -> None:
+        while True:
+            try:
+                await self._open_and_follow()
+                return
+            except asyncio.CancelledError:
+                raise
+            except EngineLost as e:
+                if self._stopped or self.revive is None:
+                    raise
+                # The engine host died: what it had not made durable is in the
+                # change log (the engines' write-ahead log, as after a crash).
+                self.ready.clear()
+                self.engines = None
+                self.stats.engine_restarts += 1
+                log.warning("shard %d: %s; opening the derived indexes again", self.shard_id, e)
+                await self.revive()
+
+    async def _open_and_follow(self) -> None:
         try:
+            claimed = self.visible
             await self._in_thread(self._open_engines)
             start = self.durable_watermark()
+            if self.resume_claimed and self.stats.engine_restarts:
+                start = max(start, claimed)  # UNSAFE: skips what the engines lost with their host
             self.visible = start
             self.queue.reset(start)
             self._skip_through = start
@@ -228,7 +241,7 @@ class ReplicaIndex:
                 await self._rebuild()
             self.ready.set()
             await self._follow()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, EngineLost):
             raise
         except Exception as e:
             self.error = f"{type(e).__name__}: {e}"
@@ -269,24 +282,16 @@ class ReplicaIndex:
         self._wake_waiters()
 
     def _rebuild_sync(self, records: Iterator[tuple[bytes, bytes]], applied: int) -> None:
-        assert self.text is not None
-        self.text.clear()  # takes effect at the commit below
-        fresh: dict[int, VectorIndex] = {}
-        chunk: list[dict[str, Any]] = []
+        engines = self._engines()
+        engines.begin_rebuild()  # the old indexes answer searches until the commit below
+        chunk: list[bytes] = []
         for _key, raw in records:
-            chunk.append(codec.loads(raw))
+            chunk.append(bytes(raw))  # the stored JSON: decoded where the engines run
             if len(chunk) >= REBUILD_CHUNK:
-                self._write_records(chunk, [], fresh)
+                engines.write((), (), chunk)
                 chunk = []
-        self._write_records(chunk, [], fresh)
-        self.text.commit(applied)
-        for dims, old in self.vectors.items():
-            if dims not in fresh:
-                old.remove_file()
-        for v in fresh.values():
-            v.save(applied)
-        self.vectors = fresh
-        self._vectors_dirty = False
+        engines.write((), (), chunk)
+        self.state = engines.commit(applied)
         self._saved_at = time.monotonic()
 
     def request_rebuild(self) -> None:
@@ -295,6 +300,9 @@ class ReplicaIndex:
 
     async def _follow(self) -> None:
         while not self._stopped:
+            if self._engines().lost():
+                raise EngineLost(f"shard {self.shard_id}: the engine host of these indexes is gone",
+                                 shard=self.shard_id)
             if self._rebuild_wanted:
                 self._rebuild_wanted = False
                 await self._rebuild()
@@ -413,7 +421,7 @@ class ReplicaIndex:
                 timeouts.append(max(0.0, self.last_change_s + self.config.lazy_idle_ms / 1000 - now))
         if self._waiters:
             timeouts.append(POLL_WAITING_S)
-        if self._vectors_dirty:
+        if self.state.vectors_dirty:
             timeouts.append(max(0.0, self._saved_at + self.config.checkpoint_s - now))
         timeout = min(timeouts)
         if timeout <= 0:
@@ -471,86 +479,44 @@ class ReplicaIndex:
         self._advance_visible()
 
     def _absorb_sync(self, changes: Sequence[Change], watermark: int) -> None:
-        assert self.text is not None
-        puts = [dict(c.after) for c in changes if c.kind is ChangeKind.PUT and c.after is not None]
-        gone = [c for c in changes if c.kind is not ChangeKind.PUT]
-        self._write_records(puts, [(c.namespace, c.id) for c in gone])
-        self.text.commit(watermark)
-        self._commits += 1
-        if self._commits % GC_EVERY_COMMITS == 0:
-            self.text.garbage_collect()
-
-    def _write_records(self, records: list[dict[str, Any]], deleted: Iterable[tuple[str, str]],
-                       vectors: dict[int, VectorIndex] | None = None) -> None:
-        """Into the text index and `vectors` (the live ones by default; new
-        empty ones, for a rebuild, are created there)."""
-        assert self.text is not None
-        rebuilding = vectors is not None
-        live = self.vectors if vectors is None else vectors
-        docs = [text_doc(r) for r in records]
-        self.text.upsert(docs)
-        gone = list(deleted)
-        self.text.delete(doc_key(ns, mid) for ns, mid in gone)
-        by_dims: dict[int, tuple[list[int], list[list[float]]]] = {}
-        unvectored: list[int] = [vkey_of(ns, mid) for ns, mid in gone]
-        for rec, doc in zip(records, docs, strict=True):
-            if doc.vkey is None:
-                unvectored.append(vkey_of(rec["namespace"], rec["id"]))
-                continue
-            vector = embeddings.unpack(rec["emb"])
-            keys, rows = by_dims.setdefault(len(vector), ([], []))
-            keys.append(doc.vkey)
-            rows.append(vector)
-        for dims, (keys, rows) in by_dims.items():
-            index = live.get(dims)
-            if index is None:
-                index = VectorIndex(self.directory / f"vectors-{dims}.usearch", dims, empty=rebuilding)
-                if not rebuilding:
-                    # Empty, it covers everything before this batch: saving that
-                    # now keeps a restart from replaying from index 0.
-                    index.save(self.text.watermark)
-                live[dims] = index
-            for other in live.values():
-                if other is not index:
-                    other.remove(keys)
-            index.upsert(keys, np.asarray(rows, dtype=np.float32))
-            self._vectors_dirty = True
-        if unvectored:
-            for index in live.values():
-                index.remove(unvectored)
-            self._vectors_dirty = self._vectors_dirty or bool(live)
+        engines = self._engines()
+        puts = [c.after for c in changes if c.kind is ChangeKind.PUT and c.after is not None]
+        gone = [(c.namespace, c.id) for c in changes if c.kind is not ChangeKind.PUT]
+        for start in range(0, len(puts), WRITE_CHUNK):
+            engines.write(puts[start:start + WRITE_CHUNK], ())
+        if gone:
+            engines.write((), gone)
+        self.state = engines.commit(watermark)
 
     async def _checkpoint_if_due(self) -> None:
         """Save the vector indexes (their durable watermark) every checkpoint_s,
         or sooner when the change log is about to forget what they would replay;
         commit the text index's watermark alone when entries without changes
         (read barriers, expiry passes) have moved it far."""
-        if self.text is None:
+        engines = self.engines
+        if engines is None:
             return
-        quiet = self.visible - self.text.watermark
+        quiet = self.visible - self.state.text_watermark
         if quiet > max(QUIET_COMMIT_MIN, self.retention_entries // 4) and not len(self.queue):
-            await self._in_thread(self.text.commit, self.visible)
-        if not self._vectors_dirty:
+            self.state = await self._in_thread(engines.commit, self.visible)
+        if not self.state.vectors_dirty:
             return
-        behind = self.text.watermark - min(v.watermark for v in self.vectors.values())
+        behind = self.state.vectors_behind()
         late = self.retention_entries and behind > self.retention_entries // 2
         if time.monotonic() - self._saved_at < self.config.checkpoint_s and not late:
             return
         await self._in_thread(self._save_vectors)
 
     def _save_vectors(self) -> None:
-        assert self.text is not None
-        for v in self.vectors.values():
-            v.save(self.text.watermark)
+        self.state = self._engines().save_vectors()
         self.stats.vector_saves += 1
-        self._vectors_dirty = False
         self._saved_at = time.monotonic()
 
     def _advance_visible(self) -> None:
         # Every change the queue no longer holds (and at or below what it
         # received) is committed and searchable: entries without changes count.
-        if self.text is not None and self.ready.is_set():
-            self.visible = max(self.visible, self.text.watermark, self.queue.watermark())
+        if self.engines is not None and self.ready.is_set():
+            self.visible = max(self.visible, self.state.text_watermark, self.queue.watermark())
         self._wake_waiters()
 
     # -- readers -----------------------------------------------------------------------
@@ -643,7 +609,7 @@ class ReplicaIndex:
                 break  # the store and the indexes at the same index
 
         def compare() -> dict[str, Any]:
-            assert self.text is not None
+            engines = self._engines()
             store: set[str] = set()
             revs: dict[str, int] = {}
             vectored: dict[int, list[int]] = {}
@@ -654,13 +620,12 @@ class ReplicaIndex:
                 if rec.get("emb"):
                     dims = embeddings.dims(rec["emb"])
                     vectored.setdefault(dims, []).append(vkey_of(rec["namespace"], rec["id"]))
-            indexed = self.text.all_revs()
+            indexed = engines.revs()
             keys = [k for k, _ in indexed]
             held = set(keys)
             stale = sorted(k for k, rev in indexed if k in revs and revs[k] != rev)
-            vectors = {str(d): {"store": len(ks), "index": len(self.vectors[d]) if d in self.vectors else 0,
-                                "held": self.vectors[d].held(ks) if d in self.vectors else 0}
-                       for d, ks in vectored.items()}
+            vectors = {str(d): {"store": len(vectored[d]), "index": count, "held": held_keys}
+                       for d, (count, held_keys) in engines.vectors_held(vectored).items()}
             return {
                 "applied": scan.applied, "watermark": watermark, "documents": len(keys), "store": len(store),
                 "missing": sorted(store - held)[:20], "extra": sorted(held - store)[:20],
@@ -690,5 +655,4 @@ class ReplicaIndex:
         return entries, 0 if oldest is None else int((time.monotonic() - oldest) * 1000)
 
     def bytes_written(self) -> dict[str, int]:
-        text = self.text.bytes_written if self.text is not None else 0
-        return {"text": text, "vector": sum(v.bytes_written for v in self.vectors.values())}
+        return {"text": self.state.text_bytes, "vector": self.state.vector_bytes}

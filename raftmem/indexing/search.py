@@ -10,7 +10,7 @@ times as many and tries again (at most `ROUNDS_MAX` times, or until the index
 has no more).
 
 A vector search among few candidates (a namespace, an agent, a tag: at most
-`EXACT_CANDIDATES_MAX` of them) is exact over their stored vectors; a broad
+`engines.EXACT_CANDIDATES_MAX` of them) is exact over their stored vectors; a broad
 one asks the HNSW graph for more neighbours than it needs and filters them.
 The graph ranks by cosine; `dot` and `l2` re-rank its candidates exactly.
 """
@@ -26,20 +26,20 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..textindex import Hit, Restriction, TextIndex, bm25_idf
-from ..vectorindex import VectorIndex
+from ..textindex import Hit, Restriction, bm25_idf
+from .engines import Nearest
 from .filters import TRUE, Node, Pushdown, matches
 from .replica import ReplicaIndex
 
 T = TypeVar("T")
 
 ROUNDS_MAX = 5
-EXACT_CANDIDATES_MAX = 5000
 CANDIDATES_MIN = 20
 HYDRATE_CHUNK_MIN = 10  # candidates read from the store at a time
-# A text search for at most this many hits runs on the event loop: about
-# 0.15 ms on 6k documents, less than a hop to a thread and back
-# (raftmem/indexing/DESIGN.md).
+# A text search for at most this many hits runs on the event loop when the
+# engines are in this process: about 0.15 ms on 6k documents, less than a hop
+# to a thread and back (raftmem/indexing/DESIGN.md). In the engine host, every
+# call goes through the search pool (the loop never waits on a socket).
 INLINE_HITS_MAX = 100
 ORDER_FIELDS = {"updated_at": "updated", "created_at": "created"}
 
@@ -137,27 +137,26 @@ async def _keep(q: ShardQuery, keys: Sequence[tuple[str, float | None]], records
             return
 
 
-async def _engine(index: ReplicaIndex, q: ShardQuery, stage: str, fn: Callable[..., T], *args: Any) -> T:
-    """Engine work (tantivy, usearch) on a thread of the node's search pool,
-    timed as `stage`: one hop per shard and round, whatever the calls inside."""
-    with q.timings.stage(stage):
+async def engine_call(index: ReplicaIndex, timings: Timings, stage: str, inline: bool, fn: Callable[..., T],
+                      *args: Any) -> T:
+    """Engine work (tantivy, usearch), timed as `stage`: on the loop when
+    `inline` and the engines are in this process, else on a thread of the
+    node's search pool (one hop per shard and round, whatever the calls inside)."""
+    with timings.stage(stage):
+        if inline and not index.require_engines().remote:
+            return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(index.search_executor, fn, *args)
 
 
 async def text_search(index: ReplicaIndex, q: ShardQuery, records: Records) -> tuple[list[Found], bool]:
-    text = index.text
-    assert text is not None
+    engines = index.require_engines()
     order = ORDER_FIELDS.get(q.order_by)
     limit = max(CANDIDATES_MIN, q.need * 2)
     out: list[Found] = []
     seen: set[str] = set()
     for _round in range(ROUNDS_MAX):
-        args = (q.restriction(), q.terms, limit, order, q.descending)
-        if limit <= INLINE_HITS_MAX:
-            with q.timings.stage("tantivy"):
-                hits: list[Hit] = text.search(*args)
-        else:
-            hits = await _engine(index, q, "tantivy", text.search, *args)
+        hits: list[Hit] = await engine_call(index, q.timings, "tantivy", limit <= INLINE_HITS_MAX, engines.search,
+                                            q.restriction(), q.terms, limit, order, q.descending)
         # Each round's hits begin with the previous round's (same query, more
         # of it): stopping at `need` survivors keeps exactly the best.
         await _keep(q, [(h.key, h.score if order is None and q.terms else None) for h in hits], records, out, seen,
@@ -169,11 +168,8 @@ async def text_search(index: ReplicaIndex, q: ShardQuery, records: Records) -> t
 
 
 async def vector_search(index: ReplicaIndex, q: ShardQuery, records: Records) -> tuple[list[Found], bool]:
-    assert q.vector is not None and index.text is not None
-    text = index.text
-    vectors = index.vectors.get(len(q.vector))
-    if vectors is None or not len(vectors):
-        return [], True
+    assert q.vector is not None
+    engines = index.require_engines()
     query = np.asarray(q.vector, dtype=np.float32)
     restriction = q.restriction(with_vector=True)
     out: list[Found] = []
@@ -187,8 +183,11 @@ async def vector_search(index: ReplicaIndex, q: ShardQuery, records: Records) ->
         # earlier ones kept: all of it is read.
         chunked = q.need if not out else None
         first = max(HYDRATE_CHUNK_MIN, q.need) if chunked else count
-        exact, done, ranked, rest = await _engine(index, q, "vectors", _nearest, text, vectors, query, restriction,
-                                                  q.metric, count, first)
+        found: Nearest | None = await engine_call(index, q.timings, "vectors", False, engines.nearest, query,
+                                                  restriction, q.metric, count, first)
+        if found is None:
+            return [], True  # no vector of this dimension here
+        exact, done, ranked, rest = found
         if exact:
             chunked = q.need
         await _keep(q, ranked, records, out, seen, until=chunked)
@@ -197,36 +196,13 @@ async def vector_search(index: ReplicaIndex, q: ShardQuery, records: Records) ->
             if chunked is not None and len(out) >= chunked:
                 break
             part = rest[start:start + step]
-            keys = await _engine(index, q, "vectors", text.resolve, [k for k, _ in part])
+            keys = await engine_call(index, q.timings, "vectors", False, engines.resolve, [k for k, _ in part])
             await _keep(q, [(keys[k], s) for k, s in part if k in keys], records, out, seen, until=chunked)
         out.sort(key=lambda f: -(f.score or 0.0))
         if len(out) >= q.need or done:
             return out[: q.need], exact or done
         count *= 4
     return out[: q.need], False
-
-
-def _nearest(text: TextIndex, vectors: VectorIndex, query: np.ndarray, restriction: Restriction, metric: str,
-             count: int, first: int) -> tuple[bool, bool, list[tuple[str, float | None]], list[tuple[int, float]]]:
-    """(exact, no more candidates, the first `first` of the best `count`
-    candidates as document keys and scores, the rest as vector keys): exact
-    over the stored vectors of at most EXACT_CANDIDATES_MAX candidates, else
-    from the graph."""
-    # The count (cached per commit) chooses; the candidates themselves come from
-    # one searcher, asked for one more than the exact path takes: a commit between
-    # the two calls must not leave the oldest candidates out of an answer that
-    # says it saw them all.
-    vkeys = text.vkeys(restriction, EXACT_CANDIDATES_MAX + 1) if text.count(restriction) <= EXACT_CANDIDATES_MAX else None
-    if vkeys is not None and len(vkeys) <= EXACT_CANDIDATES_MAX:
-        near = vectors.exact(query, vkeys, metric)[:count]
-        exact, done = True, count >= len(vkeys)
-    else:
-        near = vectors.search(query, count)
-        if metric != "cosine":
-            near = vectors.exact(query, [k for k, _ in near], metric)
-        exact, done = False, count >= len(vectors)
-    keys = text.resolve([k for k, _ in near[:first]])
-    return exact, done, [(keys[k], s) for k, s in near[:first] if k in keys], near[first:]
 
 
 async def shard_search(index: ReplicaIndex, q: ShardQuery, records: Records) -> ShardResult:

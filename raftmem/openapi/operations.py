@@ -39,7 +39,9 @@ def schemas(config: Config) -> dict[str, Schema]:
                  "lag_entries": {"type": "integer"}, "lag_ms": {"type": "integer"}, "waiting": {"type": "integer"},
                  "error": {"type": ["string", "null"]}, "documents": {"type": "integer"},
                  "search_idle": {"type": "boolean", "description": "no search used it for indexing.search_idle_s: "
-                                 "its batches wait longer, and the next search waits for them"}})
+                                 "its batches wait longer, and the next search waits for them"},
+                 "engine_restarts": {"type": "integer", "description": "times its engines were opened again after "
+                                     "the engine host died"}})
     return {
         "Readiness": obj({"ready": {"type": "boolean"}, "node": {"type": "string"},
                           "problems": {"type": "array", "items": {"type": "string"}}}, ("ready", "node", "problems")),
@@ -171,7 +173,11 @@ def paths(config: Config, p: Params) -> dict[str, Schema]:
             "get": {"summary": "This node's derived indexes: watermark, lag, queue",
                     "responses": {"200": response("per shard", obj({
                         "node": {"type": "string"},
-                        "shards": {"type": "object", "additionalProperties": ref("IndexState")}},
+                        "shards": {"type": "object", "additionalProperties": ref("IndexState")},
+                        "engine_host": {"anyOf": [obj({
+                            "pid": {"type": ["integer", "null"]}, "alive": {"type": "boolean"},
+                            "restarts": {"type": "integer"}}), {"type": "null"}],
+                            "description": "the process the engines run in (null: indexing.engines is thread)"}},
                         ("node", "shards"))), **errors(*BASE_ERRORS)}},
         },
         "/v1/admin/indexes/{shard}/check": {

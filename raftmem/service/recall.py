@@ -207,7 +207,8 @@ class Recall:
     async def index_status(self, _call: Call) -> Reply:
         indexes = self._indexes()
         return Reply(200, {"node": self.router.node_id,
-                           "shards": {str(s): st for s, st in indexes.status().items()}})
+                           "shards": {str(s): st for s, st in indexes.status().items()},
+                           "engine_host": indexes.host_status()})
 
     async def index_check(self, shard_id: int, _call: Call) -> Reply:
         """GET /v1/admin/indexes/{shard}/check: this node's index of the shard

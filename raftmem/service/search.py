@@ -42,7 +42,7 @@ from ..errors import InvalidRequest, RaftmemError, from_result
 from ..indexing import filters
 from ..indexing.manager import Indexes
 from ..indexing.queue import EAGER
-from ..indexing.search import Found, ShardQuery, Timings, shard_search, term_boosts
+from ..indexing.search import Found, ShardQuery, Timings, engine_call, shard_search, term_boosts
 from ..shard import Shard
 from ..textindex import analyzer
 from ..vectorindex import METRICS
@@ -401,10 +401,9 @@ class Search:
         if phase == "stats":
             with r.timings.stage("wait"):
                 reference = await self._freshen(shard_id, index, r, hops, timeout_s)
-            text = index.text
-            assert text is not None
-            with r.timings.stage("tantivy"):
-                docs, dfs = text.term_stats(r.tokens)  # a dictionary lookup per term: on the loop
+            # a dictionary lookup per term: on the loop when the engines are in this process
+            docs, dfs = await engine_call(index, r.timings, "tantivy", True, index.require_engines().term_stats,
+                                          r.tokens)
             return {"docs": docs, "dfs": dfs, "reference": reference}
         # With query terms, the stats phase waited already (everything through
         # its reference is visible now).

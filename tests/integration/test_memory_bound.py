@@ -38,9 +38,27 @@ INDEX_BYTES = INDEXING["text_heap_bytes"] + INDEXING["queue_bytes_max"] + 4 * IN
 
 
 def _rss(pid: int) -> int:
-    match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
-    assert match
-    return int(match.group(1)) * 1024
+    """The node's RSS and its children's (the engine host runs its indexes:
+    raftmem/indexing/host.py); a child that exits meanwhile counts nothing."""
+    total = 0
+    for p in [pid, *_children(pid)]:
+        try:
+            match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text(), re.M)
+        except FileNotFoundError:
+            continue
+        if match:
+            total += int(match.group(1)) * 1024
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out.extend(int(c) for c in (task / "children").read_text().split())
+        except FileNotFoundError:
+            continue
+    return out
 
 
 def _batch(cluster: Cluster, node: str, first: int) -> None:

@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -98,23 +99,30 @@ def crash_cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.stop_all()
 
 
-def _crash_under_load(c: Cluster) -> None:
+@contextmanager
+def loading(c: Cluster, seeds: int = 2) -> Iterator[list[int]]:
+    """`load_while` on `seeds` threads while the block runs; yields the batch counter."""
     stop = threading.Event()
     counter = [0]
-    writers = [threading.Thread(target=load_while, args=(c, stop, s, counter)) for s in range(2)]
+    writers = [threading.Thread(target=load_while, args=(c, stop, s, counter)) for s in range(seeds)]
     for w in writers:
         w.start()
     try:
+        yield counter
+    finally:
+        stop.set()
+        for w in writers:
+            w.join()
+
+
+def _crash_under_load(c: Cluster) -> None:
+    with loading(c) as counter:
         wait_for(lambda: counter[0] > 15, 30, "load under way")
         c.kill("n1")  # mid-absorption: batches are 1.5 s apart, so changes wait unabsorbed
         wait_for(lambda: counter[0] > 30, 30, "load goes on without n1")
         c.start("n1")
         c.wait_ready(["n1"])
         wait_for(lambda: counter[0] > 45, 30, "load goes on with n1 back")
-    finally:
-        stop.set()
-        for w in writers:
-            w.join()
 
 
 def quiesce(c: Cluster) -> None:

@@ -300,7 +300,7 @@ async def test_replicas_sharing_a_budget_commit_at_its_rate_and_eager_changes_ne
     commits = sum(r[1].stats.absorbs for r in replicas)
     for shard, index, _feed, executor in replicas:
         await index.wait_absorbed(shard.applied_index, ("eager", "batched", "lazy"), 10)
-        assert index.text is not None and index.text.all_keys() == store_ids(shard)
+        assert index.engines is not None and index.engines.all_keys() == store_ids(shard)
         await index.stop()
         executor.shutdown()
     if control:
@@ -331,8 +331,8 @@ async def test_absorbed_documents_equal_the_store_at_the_watermark(tmp_path: Pat
     last = shard.apply(Delete("ns", "m3", now_ms=NOW), put("m4", "rewritten deploy"))
     await index.wait_absorbed(last, ("eager", "batched", "lazy"), 10)
     assert index.visible >= last
-    assert index.text is not None and index.text.all_keys() == store_ids(shard)
-    assert len(index.vectors[2]) == 48  # m3 deleted, m4 rewritten without one
+    assert index.engines is not None and index.engines.all_keys() == store_ids(shard)
+    assert index.state.vector_counts[2] == 48  # m3 deleted, m4 rewritten without one
 
     async def records(keys: Any) -> list[Any]:
         return [shard.sm.get(ns, mid, NOW) for ns, mid in keys]
@@ -350,7 +350,7 @@ async def test_a_crash_resumes_from_the_durable_watermark_without_gaps_or_duplic
     """Control: resuming from the text index's watermark alone (ignoring the
     vector index's older one) loses the vectors absorbed since the last save."""
     if control:
-        monkeypatch.setattr(ReplicaIndex, "durable_watermark", lambda self: self.text.watermark)
+        monkeypatch.setattr(ReplicaIndex, "durable_watermark", lambda self: self.state.text_watermark)
     cfg = config()
     shard, index, feed, executor = await started(tmp_path, cfg)
     for i in range(30):
@@ -361,8 +361,8 @@ async def test_a_crash_resumes_from_the_durable_watermark_without_gaps_or_duplic
     assert index._task is not None and index._sub is not None
     index._task.cancel()
     index._sub.close()
-    text_mark = index.text.watermark if index.text is not None else 0
-    index.text = None  # dropped without closing: what kill -9 leaves
+    text_mark = index.state.text_watermark
+    index.engines = None  # dropped without closing: what kill -9 leaves
     for i in range(30, 40):
         shard.apply(put(f"m{i}", f"text {i}", vector=[1.0, float(i)]))
     shard.apply(Delete("ns", "m0", now_ms=NOW))
@@ -374,9 +374,9 @@ async def test_a_crash_resumes_from_the_durable_watermark_without_gaps_or_duplic
     await asyncio.wait_for(again.ready.wait(), 10)
     await again.wait_absorbed(shard.applied_index, ("eager", "batched", "lazy"), 10)
     assert again.stats.replays == 1 and again.stats.rebuilds == 0
-    keys = again.text.all_keys() if again.text is not None else []
+    keys = again.engines.all_keys() if again.engines is not None else []
     assert keys == store_ids(shard) and len(keys) == len(set(keys)) == 39
-    assert (len(again.vectors[2]) == 39) != control
+    assert (again.state.vector_counts.get(2) == 39) != control
     await again.stop()
     executor.shutdown()
 
@@ -403,7 +403,7 @@ async def test_an_index_ahead_of_its_store_after_a_crash_covers_only_what_the_st
     assert index._task is not None and index._sub is not None
     index._task.cancel()  # kill -9: the index's commit at 2 survives, the store's memtable does not
     index._sub.close()
-    index.text = None
+    index.engines = None
     shard.store.close()
     generation = next((tmp_path / "db").glob("db-*"))
     shutil.rmtree(generation)
@@ -414,7 +414,7 @@ async def test_an_index_ahead_of_its_store_after_a_crash_covers_only_what_the_st
     again = ReplicaIndex(restarted, config(), feed, executor, retention_entries=100_000)  # type: ignore[arg-type]
     again.start()
     await asyncio.wait_for(again.ready.wait(), 10)
-    assert again.text is not None and again.text.watermark == acked  # ahead of the store
+    assert again.state.text_watermark == acked  # ahead of the store
 
     async def search() -> set[str]:
         async def records(keys: Any) -> list[Any]:
@@ -448,7 +448,7 @@ async def test_past_the_change_log_the_indexes_are_rebuilt_from_the_store(tmp_pa
     again.start()
     await asyncio.wait_for(again.ready.wait(), 30)
     assert again.stats.rebuilds == 1
-    assert again.text is not None and again.text.all_keys() == store_ids(shard)
+    assert again.engines is not None and again.engines.all_keys() == store_ids(shard)
     # The control: a log that does reach back replays instead.
     await again.stop()
     third = ReplicaIndex(shard, cfg, feed, executor, retention_entries=10)  # type: ignore[arg-type]
@@ -467,11 +467,11 @@ async def test_tiers_eager_at_once_lazy_only_when_idle_or_asked(tmp_path: Path) 
     batched = shard.apply(put("b", "batched words"))
     eager = shard.apply(put("e", "eager words", tags=("critical",)))
     await index.wait_absorbed(eager, ("eager",), 5)  # the eager one does not wait for the others
-    assert index.text is not None and index.text.all_keys() == ["ns\x00e"]
+    assert index.engines is not None and index.engines.all_keys() == ["ns\x00e"]
     assert not index.covered(batched, ("eager", "batched", "lazy"))
     # A reader demanding everything through `lazy` gets it (lazy and batched both, in log order).
     await index.wait_absorbed(batched, ("eager", "batched", "lazy"), 5)
-    assert index.text.all_keys() == ["ns\x00b", "ns\x00e", "ns\x00l"]
+    assert index.engines.all_keys() == ["ns\x00b", "ns\x00e", "ns\x00l"]
     assert lazy < batched
     await index.stop()
     executor.shutdown()
@@ -497,7 +497,7 @@ async def test_a_search_wakes_a_search_idle_replica_and_waits_for_its_batched_ch
     await index.awaken(5)
     assert index.covered(batched, ("eager", "batched")) and index.stats.wakes == 1
     await first
-    assert index.text is not None and index.text.all_keys() == ["ns\x00b"]  # the lazy one still waits
+    assert index.engines is not None and index.engines.all_keys() == ["ns\x00b"]  # the lazy one still waits
     assert not index.covered(lazy, ("lazy",))
     # Active now: the next batched change goes within batch_ms, without a wake.
     again = shard.apply(put("c", "more words"))
@@ -578,7 +578,7 @@ async def test_a_subscription_cut_off_resumes_from_the_change_log(tmp_path: Path
         shard.apply(put(f"m{i}", f"burst {i}"))
     await index.wait_absorbed(shard.applied_index, ("eager", "batched", "lazy"), 10)
     assert index.stats.overflows >= 1 and index.stats.replays >= 2
-    assert index.text is not None and index.text.all_keys() == store_ids(shard)
+    assert index.engines is not None and index.engines.all_keys() == store_ids(shard)
     await index.stop()
     executor.shutdown()
 
@@ -600,6 +600,6 @@ async def test_a_cut_off_with_changes_waiting_resumes_after_what_the_queue_recei
         shard.apply(put(f"m{i}", f"burst {i}"))
     await index.wait_absorbed(shard.applied_index, ("eager", "batched", "lazy"), 10)
     assert index.error is None and index.stats.overflows >= 1
-    assert index.text is not None and index.text.all_keys() == store_ids(shard)
+    assert index.engines is not None and index.engines.all_keys() == store_ids(shard)
     await index.stop()
     executor.shutdown()
