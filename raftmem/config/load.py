@@ -387,6 +387,8 @@ def _parse_indexing(raw: Mapping[str, Any]) -> IndexingConfig:
         raise ConfigError(f"{section}.commits_burst: in [1, 10000]")
     if not 0 <= config.search_idle_s <= 86_400:
         raise ConfigError(f"{section}.search_idle_s: in [0, 86400] (0: never idle)")
+    if not 0 <= config.engine_nice <= 19:
+        raise ConfigError(f"{section}.engine_nice: in [0, 19]")
     if config.engines not in INDEX_ENGINES:
         raise ConfigError(f"{section}.engines: one of {', '.join(INDEX_ENGINES)}")
     if not 0 <= config.idle_batch_ms <= 600_000:

@@ -404,6 +404,9 @@ class IndexingConfig:
     # engine host (their work never holds the node's GIL), or "thread", in the
     # node. raftmem/indexing/DESIGN.md, "The engines in a process of their own".
     engines: str = "process"
+    # The engine host's nice value (0-19): above 0, the node's own threads (HTTP,
+    # Raft, apply) win the CPU when both want it, and indexing takes what is left.
+    engine_nice: int = 0
     # Summaries marked stale by writes are recomputed this often.
     summary_refresh_ms: int = 1000
     embedder: EmbedderConfig | None = None

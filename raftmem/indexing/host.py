@@ -90,7 +90,8 @@ def _send_frame(sock: socket.socket, payload: bytes) -> None:
 class EngineHost:
     """The node's engine host process and the connections to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, nice: int = 0) -> None:
+        self.nice = nice
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
         self.generation = 0
@@ -98,6 +99,7 @@ class EngineHost:
         self.calls = 0
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._socks: set[socket.socket] = set()  # every thread's, closed at stop
 
     @property
     def pid(self) -> int | None:
@@ -108,7 +110,8 @@ class EngineHost:
         signal is tied to the thread that started it)."""
         self.address = f"\0raftmem-engines-{os.getpid()}-{secrets.token_hex(8)}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "raftmem.indexing.host", self.address.removeprefix("\0"), str(os.getpid())],
+            [sys.executable, "-m", "raftmem.indexing.host", self.address.removeprefix("\0"), str(os.getpid()),
+             str(self.nice)],
             stdin=subprocess.PIPE, close_fds=True,
         )
         self.generation += 1
@@ -122,12 +125,18 @@ class EngineHost:
             return False
         if self.proc is not None:
             log.warning("engine host (pid %d) exited with %s: starting another", self.proc.pid, self.proc.returncode)
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
         self.restarts += 1
         self.start()
         return True
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
+        with self._lock:
+            socks, self._socks = self._socks, set()
+        for sock in socks:
+            sock.close()
         if proc is None:
             return
         if proc.stdin is not None:
@@ -144,8 +153,7 @@ class EngineHost:
         if sock is not None and local.generation == self.generation:
             return sock
         if sock is not None:
-            sock.close()
-            local.sock = None
+            self._forget(sock)
         generation = self.generation
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
         while True:
@@ -161,7 +169,15 @@ class EngineHost:
                     raise EngineLost(f"the engine host did not listen within {CONNECT_TIMEOUT_S:.0f}s") from None
                 time.sleep(0.02)
         local.sock, local.generation = fresh, generation
+        with self._lock:
+            self._socks.add(fresh)
         return fresh
+
+    def _forget(self, sock: socket.socket) -> None:
+        sock.close()
+        self._local.sock = None
+        with self._lock:
+            self._socks.discard(sock)
 
     def call(self, method: str, directory: str, *args: Any) -> Any:
         """Run `method` of the engines of `directory` in the host (blocking: the GIL is released while it waits)."""
@@ -174,8 +190,7 @@ class EngineHost:
             reply = None
             log.debug("engine host connection: %s", e)
         if reply is None:
-            sock.close()
-            self._local.sock = None
+            self._forget(sock)
             raise EngineLost(f"the engine host went away during {method}")
         outcome, value = pickle.loads(reply)
         if outcome == "lost":
@@ -334,7 +349,9 @@ def _die_with(parent: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    address, parent = "\0" + argv[0], int(argv[1])
+    address, parent, nice = "\0" + argv[0], int(argv[1]), int(argv[2])
+    if nice:
+        os.nice(nice)
     allocator.tune()  # before any thread starts (tantivy's per-commit buffers: raftmem/allocator.py)
     logging.basicConfig(level=logging.WARNING, format="engine-host %(levelname)s %(name)s: %(message)s")
     _die_with(parent)

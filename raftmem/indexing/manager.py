@@ -70,7 +70,8 @@ class Indexes:
         self._shards: dict[int, Shard] = {}
         # The replicas' engines run in a process of their own (raftmem/indexing/host.py)
         # unless indexing.engines is "thread".
-        self.host = EngineHost() if self.enabled and config.indexing.engines == "process" else None
+        self.host = (EngineHost(config.indexing.engine_nice)
+                     if self.enabled and config.indexing.engines == "process" else None)
         self._revived_s = float("-inf")
 
     async def start(self) -> None:
