@@ -71,9 +71,13 @@ class Cluster:
         self.config = root / "cluster.yaml"
         self.procs: list[subprocess.Popen[bytes]] = []
         if reuse and self.config.exists():  # the same ports: the membership table names them
-            nodes = yaml.safe_load(self.config.read_text())["cluster"]["nodes"]
+            existing = yaml.safe_load(self.config.read_text())
+            nodes = existing["cluster"]["nodes"]
             self.http = [n["http_port"] for n in nodes]
             self.urls = [f"http://127.0.0.1:{p}" for p in self.http]
+            # This run's indexing settings (--search-set) on the same data.
+            existing["indexing"] = {k: v for k, v in indexing.items() if "." not in k}
+            self.config.write_text(yaml.safe_dump(existing))
             return
         self.http, raft = ports()
         config = {
@@ -179,7 +183,7 @@ def measure_recall(cluster: Cluster, count: int, dims: int, queries: int) -> dic
 
 def phase_search(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     reuse = args.reuse and (out / "search" / "data").exists()
-    cluster = Cluster(out / "search", {}, reuse=reuse)
+    cluster = Cluster(out / "search", settings(args.search_set), reuse=reuse)
     cluster.start()
     try:
         t0 = time.monotonic()
@@ -216,14 +220,19 @@ def phase_search(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 WRITE_MODES: dict[str, dict[str, Any]] = {"off": {"enabled": False}, "batched": {}, "eager": {"default_tier": "eager"}}
 
 
+def settings(spec: str) -> dict[str, Any]:
+    """key=value,... (values are YAML scalars)."""
+    return {k: yaml.safe_load(v) for k, _, v in (kv.partition("=") for kv in spec.split(",") if kv)}
+
+
 def write_modes(spec: str, variants: list[str]) -> dict[str, dict[str, Any]]:
     """--write-modes off,batched and --variant NAME:key=value,...: indexing
     settings by mode name (a variant's values are YAML scalars; a dotted key,
     `limits.entries_in_flight_max`, is another section's)."""
     modes = dict(WRITE_MODES)
     for variant in variants:
-        name, _, settings = variant.partition(":")
-        modes[name] = {k: yaml.safe_load(v) for k, _, v in (kv.partition("=") for kv in settings.split(",") if kv)}
+        name, _, spec_of = variant.partition(":")
+        modes[name] = settings(spec_of)
     unknown = [m for m in spec.split(",") if m not in modes]
     if unknown:
         raise SystemExit(f"unknown write modes {unknown} (known: {sorted(modes)})")
@@ -267,6 +276,8 @@ def main() -> int:
     p.add_argument("--phases", default="search,writes")
     p.add_argument("--skip-searches", action="store_true", help="search phase: only the write load with vectors")
     p.add_argument("--reuse", action="store_true", help="search: restart on OUT's preloaded data, no preload")
+    p.add_argument("--search-set", default="", help="search: key=value,... indexing settings of its cluster "
+                   "(with --reuse: an A/B on the same data, e.g. engines=thread)")
     p.add_argument("--recall-queries", type=int, default=200,
                    help="search: vector searches whose recall@10 is measured against exact cosine (0: none)")
     p.add_argument("--write-modes", default="off,batched,eager", help="writes: the modes, in order")

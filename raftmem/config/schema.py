@@ -405,8 +405,10 @@ class IndexingConfig:
     # node. raftmem/indexing/DESIGN.md, "The engines in a process of their own".
     engines: str = "process"
     # The engine host's nice value (0-19): above 0, the node's own threads (HTTP,
-    # Raft, apply) win the CPU when both want it, and indexing takes what is left.
-    engine_nice: int = 0
+    # Raft, apply) win the CPU when both want it, and indexing takes what is left
+    # (10: writes p99 80-86 ms against 92-121 at 0 under the recall bench's load;
+    # raftmem/indexing/DESIGN.md, "The engines in a process of their own").
+    engine_nice: int = 10
     # Summaries marked stale by writes are recomputed this often.
     summary_refresh_ms: int = 1000
     embedder: EmbedderConfig | None = None
