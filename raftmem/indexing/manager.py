@@ -120,13 +120,15 @@ class Indexes:
             await index.stop(delete=delete)
 
     async def stop(self) -> None:
-        await self.summaries.stop()
-        for shard in list(self.replicas):
-            await self.detach(shard, delete=False)
-        self.executor.shutdown(wait=True)
-        self.search_executor.shutdown(wait=True)
-        if self.host is not None:
-            await asyncio.to_thread(self.host.stop)
+        try:
+            await self.summaries.stop()
+            for shard in list(self.replicas):
+                await self.detach(shard, delete=False)
+            self.executor.shutdown(wait=True)
+            self.search_executor.shutdown(wait=True)
+        finally:
+            if self.host is not None:
+                await asyncio.to_thread(self.host.stop)
 
     def get(self, shard: int) -> ReplicaIndex | None:
         return self.replicas.get(shard)

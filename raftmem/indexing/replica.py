@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 INDEX_DIR = "index"
 REPLAY_PAGE = 2048
 REBUILD_CHUNK = 2000
+REBUILD_CHUNK_BYTES = 8 << 20  # and at most this many bytes of records (a frame to the engine host)
 # Records handed to the engines at a time: pickling a chunk for the engine host
 # holds the node's GIL (~1 us per record), a few hundred keep that short.
 WRITE_CHUNK = 256
@@ -200,9 +201,9 @@ class ReplicaIndex:
         return engines
 
     def require_engines(self) -> Engines:
-        """The engines, for a search (Unavailable while they are not ready: starting, or opening again)."""
-        if not self.ready.is_set():
-            raise Unavailable(f"shard {self.shard_id}: the derived indexes are not ready", shard=self.shard_id)
+        """The engines, for a search: as they are while they replay or
+        rebuild (the answer's lag says how far behind), Unavailable while they
+        are not open (starting, or opening again in a new engine host)."""
         return self._engines()
 
     def durable_watermark(self) -> int:
@@ -225,7 +226,21 @@ class ReplicaIndex:
                 self.engines = None
                 self.stats.engine_restarts += 1
                 log.warning("shard %d: %s; opening the derived indexes again", self.shard_id, e)
+                await self._revive()
+
+    async def _revive(self) -> None:
+        """A new engine host, retried until one starts (a fork can fail for
+        want of memory or descriptors: the absorber must not die of it)."""
+        assert self.revive is not None
+        pause = 1.0
+        while True:
+            try:
                 await self.revive()
+                return
+            except OSError as e:
+                log.error("shard %d: cannot start an engine host (%s): again in %.0fs", self.shard_id, e, pause)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 30.0)
 
     async def _open_and_follow(self) -> None:
         try:
@@ -285,11 +300,13 @@ class ReplicaIndex:
         engines = self._engines()
         engines.begin_rebuild()  # the old indexes answer searches until the commit below
         chunk: list[bytes] = []
+        size = 0
         for _key, raw in records:
             chunk.append(bytes(raw))  # the stored JSON: decoded where the engines run
-            if len(chunk) >= REBUILD_CHUNK:
+            size += len(raw)
+            if len(chunk) >= REBUILD_CHUNK or size >= REBUILD_CHUNK_BYTES:
                 engines.write((), (), chunk)
-                chunk = []
+                chunk, size = [], 0
         engines.write((), (), chunk)
         self.state = engines.commit(applied)
         self._saved_at = time.monotonic()

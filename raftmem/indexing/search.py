@@ -185,8 +185,9 @@ async def vector_search(index: ReplicaIndex, q: ShardQuery, records: Records) ->
         first = max(HYDRATE_CHUNK_MIN, q.need) if chunked else count
         found: Nearest | None = await engine_call(index, q.timings, "vectors", False, engines.nearest, query,
                                                   restriction, q.metric, count, first)
-        if found is None:
-            return [], True  # no vector of this dimension here
+        if found is None:  # no vector of this dimension here (any more: deleted, or rebuilt without)
+            out.sort(key=lambda f: -(f.score or 0.0))
+            return out[: q.need], True
         exact, done, ranked, rest = found
         if exact:
             chunked = q.need

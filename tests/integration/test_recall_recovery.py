@@ -205,15 +205,21 @@ def test_control_a_watermark_claimed_beyond_what_was_absorbed_loses_documents(cr
     assert all(consistent(b) for b in checks(c, "n1"))
 
 
-def test_a_wiped_node_rebuilds_indexes_that_match_its_store_under_writes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engines", ["process", "thread"])
+def test_a_wiped_node_rebuilds_indexes_that_match_its_store_under_writes(tmp_path: Path, engines: str) -> None:
     """A node whose data is gone catches up by snapshots (every log is
     compacted) while writes rewrite the same keys, with subscriptions small
     enough (2 documents a batch: 8 changes) that the rebuilds' long absorbs cut
     them off. Its indexes must end up equal to its store, at a watermark it
     absorbed (a wiped node under the 1M-memory benchmark stopped its indexes
     with "changes arrive in log order": the resume after a cut replayed changes
-    of keys still waiting in its queue)."""
-    c = Cluster(tmp_path, indexing={"batch_docs": 2, "checkpoint_s": 3600},
+    of keys still waiting in its queue).
+
+    With the engines in the node (`thread`) the rebuilds' absorbs hold the
+    node's GIL long enough that the feed always outruns them: that run must
+    see subscriptions cut off. In the engine host they may keep up; that run
+    must see the rebuilds."""
+    c = Cluster(tmp_path, indexing={"batch_docs": 2, "checkpoint_s": 3600, "engines": engines},
                 raft={"log_compaction_entries": 100, "log_compaction_min_s": 3600})
     stop = threading.Event()
     counter = [0]
@@ -238,9 +244,9 @@ def test_a_wiped_node_rebuilds_indexes_that_match_its_store_under_writes(tmp_pat
         wait_for(lambda: all(b["watermark"] >= b["applied"] for b in checks(c, "n3")), 60, "n3's indexes caught up")
         for body in checks(c, "n3"):
             assert consistent(body) and body["store"] > 0, json.dumps(body)[:1500]
-        # Not vacuous: n3 rebuilt from snapshots and had subscriptions cut off.
+        # Not vacuous: n3 rebuilt from snapshots and (in the node) had subscriptions cut off.
         recoveries = recovery_counts(c, "n3")
-        assert recoveries["rebuild"] >= 1 and recoveries["overflow"] >= 1, recoveries
+        assert recoveries["rebuild"] >= 1 and (recoveries["overflow"] >= 1 or engines == "process"), recoveries
     finally:
         c.stop_all()
 

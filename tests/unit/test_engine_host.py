@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,7 +70,7 @@ def test_a_failing_call_is_an_engine_error_and_the_host_goes_on(tmp_path: Path, 
     with pytest.raises(EngineError, match="KeyError"):
         remote.write([{"id": "no namespace"}], ())  # a record without its namespace
     with pytest.raises(EngineError, match="unknown engine method"):
-        host.call("__init__", remote.directory)
+        host.call("__init__", remote.directory, remote.token)
     assert remote.commit(5).text_watermark == 5
 
 
@@ -88,3 +90,35 @@ def test_a_dead_host_is_reported_lost_and_a_revived_one_reopens_from_disk(tmp_pa
     again = RemoteEngines(host, tmp_path / "r", HEAP)
     assert not again.lost() and again.state().text_watermark == 9 and again.state().documents == 9
     assert host.restarts == 1
+
+
+def test_engines_opened_again_leave_the_earlier_proxy_lost(tmp_path: Path, host: EngineHost) -> None:
+    """A search holding the proxy of an earlier open is told, not answered by
+    the engines opened since (they may still be replaying)."""
+    first = RemoteEngines(host, tmp_path / "r", HEAP)
+    first.commit(3)
+    second = RemoteEngines(host, tmp_path / "r", HEAP)
+    with pytest.raises(EngineLost):
+        first.search(Restriction(namespace="ns"), [], 10)
+    assert second.search(Restriction(namespace="ns"), [], 10) == []
+
+
+def test_only_the_node_process_is_served(tmp_path: Path, host: EngineHost) -> None:
+    """Another process of the same user that finds the socket's name is
+    refused before anything it sends is read; the node's own threads are served."""
+    remote = RemoteEngines(host, tmp_path / "r", HEAP)
+    probe = (
+        "import pickle, socket, struct, sys\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+        "s.connect(b'\\0' + sys.argv[1].encode())\n"
+        "frame = pickle.dumps(('state', sys.argv[2], int(sys.argv[3]), ()))\n"
+        "try:\n"
+        "    s.sendall(struct.pack('<I', len(frame)) + frame)\n"
+        "    print('answered' if s.recv(4) else 'refused')\n"
+        "except ConnectionResetError:\n"
+        "    print('refused')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, host.address.removeprefix("\0"), remote.directory,
+                          str(remote.token)], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "refused", out
+    assert remote.commit(4).text_watermark == 4
