@@ -150,6 +150,12 @@ class EngineHost:
         proc = self.proc
         return proc is not None and proc.poll() is None
 
+    def wait_ready(self) -> int:
+        """Until the host answers (it imports tantivy, usearch and numpy first: about a
+        second of CPU); its pid."""
+        pid: int = self.call("ping", "", 0)
+        return pid
+
     def kill(self) -> None:
         """A host that does not answer: killed (the replicas then revive another)."""
         proc = self.proc
@@ -343,6 +349,8 @@ class _Host:
         return engines.state()
 
     def run(self, method: str, directory: str, token: int, args: tuple[Any, ...]) -> Any:
+        if method == "ping":
+            return os.getpid()
         if method == "open":
             return self.open(directory, token, *args)
         with self.lock:

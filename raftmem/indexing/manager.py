@@ -77,6 +77,13 @@ class Indexes:
     async def start(self) -> None:
         if self.enabled:
             self.summaries.start(self.refresh_summary)
+        if self.host is not None and self.host.proc is not None:
+            # Before the node says it is ready: the host's imports (a second of
+            # CPU) would otherwise land on its first requests.
+            try:
+                await asyncio.to_thread(self.host.wait_ready)
+            except Unavailable as e:
+                log.warning("the engine host did not answer at start: %s", e)
 
     def attach(self, shard: Shard) -> None:
         """A replica started on this node: index it."""
