@@ -262,7 +262,12 @@ def test_fresh_searches_see_every_write_acknowledged_before_they_were_sent(rc: C
                                                              "limit": 1000, **ALL_LEVELS_FRESH})
             assert answer["index_lag"]["entries"] == 0 and not answer["more"]
             missing = before - set(ids(answer))
-            assert not missing, f"fresh search missed {sorted(missing)[:5]}"
+            by_shard: dict[int, list[str]] = {}
+            for mid in sorted(missing):
+                by_shard.setdefault(rc.shard_of("fresh", mid), []).append(mid)
+            assert not missing, ("fresh search missed, by shard: "
+                                 + "; ".join(f"{s}: {len(m)} ({m[:5]})" for s, m in sorted(by_shard.items()))
+                                 + f"; lag per shard {answer['index_lag'].get('shards')}")
             checks += 1
     finally:
         stop.set()
