@@ -75,17 +75,20 @@ METHODS = frozenset({
 })
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
+def _recv_exact(sock: socket.socket, n: int) -> bytearray | None:
+    """`n` bytes, received in place (a rebuild's frames are megabytes: no copies)."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        read = sock.recv_into(view[got:])
+        if not read:
             return None
-        buf += chunk
-    return bytes(buf)
+        got += read
+    return buf
 
 
-def _recv_frame(sock: socket.socket) -> bytes | None:
+def _recv_frame(sock: socket.socket) -> bytearray | None:
     head = _recv_exact(sock, _LENGTH.size)
     if head is None:
         return None

@@ -47,7 +47,7 @@ from ..events import (
 from ..shard import MemoryReader, RecordScan, Shard
 from ..textindex import doc_key
 from .budget import CommitBudget
-from .engines import EngineLost, Engines, EngineState, ReplicaEngines, text_doc, vkey_of
+from .engines import EngineLost, Engines, EngineState, ReplicaEngines, vkey_of
 from .queue import BATCHED, EAGER, IndexQueue, Pending
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,6 @@ CHECK_ATTEMPTS = 10
 SUBSCRIPTION_BATCHES = 4
 QUIET_COMMIT_MIN = 1000  # entries without changes before the watermark alone is committed
 WOKEN_TIERS = (EAGER, BATCHED)  # what a search waking a search-idle replica waits for
-__all__ = ["ReplicaIndex", "text_doc", "vkey_of"]  # text_doc, vkey_of: the benches' and tests' imports
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -194,17 +193,14 @@ class ReplicaIndex:
         self.state = engines.state()
         self.engines = engines
 
-    def _engines(self) -> Engines:
+    def require_engines(self) -> Engines:
+        """The engines as they are (for a search: while they replay or rebuild,
+        the answer's lag says how far behind); Unavailable while they are not
+        open (starting, or opening again in a new engine host)."""
         engines = self.engines
         if engines is None:
             raise Unavailable(f"shard {self.shard_id}: the derived indexes are not open", shard=self.shard_id)
         return engines
-
-    def require_engines(self) -> Engines:
-        """The engines, for a search: as they are while they replay or
-        rebuild (the answer's lag says how far behind), Unavailable while they
-        are not open (starting, or opening again in a new engine host)."""
-        return self._engines()
 
     def durable_watermark(self) -> int:
         return self.state.durable()
@@ -297,7 +293,7 @@ class ReplicaIndex:
         self._wake_waiters()
 
     def _rebuild_sync(self, records: Iterator[tuple[bytes, bytes]], applied: int) -> None:
-        engines = self._engines()
+        engines = self.require_engines()
         engines.begin_rebuild()  # the old indexes answer searches until the commit below
         chunk: list[bytes] = []
         size = 0
@@ -317,7 +313,7 @@ class ReplicaIndex:
 
     async def _follow(self) -> None:
         while not self._stopped:
-            if self._engines().lost():
+            if self.require_engines().lost():
                 raise EngineLost(f"shard {self.shard_id}: the engine host of these indexes is gone",
                                  shard=self.shard_id)
             if self._rebuild_wanted:
@@ -496,7 +492,7 @@ class ReplicaIndex:
         self._advance_visible()
 
     def _absorb_sync(self, changes: Sequence[Change], watermark: int) -> None:
-        engines = self._engines()
+        engines = self.require_engines()
         puts = [c.after for c in changes if c.kind is ChangeKind.PUT and c.after is not None]
         gone = [(c.namespace, c.id) for c in changes if c.kind is not ChangeKind.PUT]
         for start in range(0, len(puts), WRITE_CHUNK):
@@ -525,7 +521,7 @@ class ReplicaIndex:
         await self._in_thread(self._save_vectors)
 
     def _save_vectors(self) -> None:
-        self.state = self._engines().save_vectors()
+        self.state = self.require_engines().save_vectors()
         self.stats.vector_saves += 1
         self._saved_at = time.monotonic()
 
@@ -626,7 +622,7 @@ class ReplicaIndex:
                 break  # the store and the indexes at the same index
 
         def compare() -> dict[str, Any]:
-            engines = self._engines()
+            engines = self.require_engines()
             store: set[str] = set()
             revs: dict[str, int] = {}
             vectored: dict[int, list[int]] = {}
