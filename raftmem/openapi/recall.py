@@ -71,7 +71,12 @@ def schemas(config: Config) -> dict[str, Schema]:
             "entries": {"type": "integer", "minimum": 0}, "ms": {"type": "integer", "minimum": 0},
             "stale": {"type": "boolean"},
             "shards": {"type": "object", "additionalProperties": obj({
-                "entries": {"type": "integer"}, "ms": {"type": "integer"}})}},
+                "entries": {"type": "integer"}, "ms": {"type": "integer"},
+                "at": {"type": "integer", "description": "every change of the shard at or below this index was "
+                                                        "in the indexes that answered"},
+                "barrier": {"type": "integer", "description": "the index the level made them reach first (the "
+                                                             "default level: its eager changes); absent for eventual"},
+            }, ("entries", "ms", "at"))}},
             ("entries", "ms", "stale", "shards")),
     }
 

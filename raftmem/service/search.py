@@ -87,6 +87,9 @@ class SearchRequest:
     # shard -> the barrier index its leader gave this search (taken up front,
     # one call per leader node); shards missing here take theirs one by one.
     targets: dict[int, int] = field(default_factory=dict)
+    # per shard: the index its statistics phase waited for here (the search phase
+    # then needs no wait of its own; run elsewhere, it takes its own)
+    references: dict[int, int] = field(default_factory=dict)
     timings: Timings = field(default_factory=Timings)
 
     @property
@@ -105,17 +108,28 @@ class Part:
     lag_entries: int = 0
     lag_ms: int = 0
     level: str = "eventual"
+    at: int = 0  # every change of the shard at or below it was in the indexes that answered
+    barrier: int | None = None  # the index the level made them reach (strong: its eager changes; None: eventual)
 
     def to_json(self) -> dict[str, Any]:
         return {"text": self.text, "vector": self.vector, "ordered": self.ordered, "exhausted": self.exhausted,
-                "lag": [self.lag_entries, self.lag_ms], "level": self.level}
+                "lag": [self.lag_entries, self.lag_ms], "level": self.level, "at": self.at,
+                "barrier": self.barrier}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Part:
         lag = d.get("lag") or [0, 0]
+        barrier = d.get("barrier")
         return cls([tuple(x) for x in d["text"]], [tuple(x) for x in d["vector"]],
                    [tuple(x) for x in d["ordered"]], bool(d["exhausted"]), int(lag[0]), int(lag[1]),
-                   str(d.get("level", "eventual")))
+                   str(d.get("level", "eventual")), int(d.get("at") or 0),
+                   None if barrier is None else int(barrier))
+
+    def lag_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"entries": self.lag_entries, "ms": self.lag_ms, "at": self.at}
+        if self.barrier is not None:
+            out["barrier"] = self.barrier
+        return out
 
 
 def _encode_cursor(offset: int, digest: str) -> str:
@@ -347,7 +361,7 @@ class Search:
         entries = max((p.lag_entries for p in parts), default=0)
         ms = max((p.lag_ms for p in parts), default=0)
         lag = {"entries": entries, "ms": ms, "stale": entries > 0,
-               "shards": {str(s): {"entries": p.lag_entries, "ms": p.lag_ms} for s, p in enumerate(parts)}}
+               "shards": {str(s): p.lag_json() for s, p in enumerate(parts)}}
         body = {"items": items, "more": more,
                 "cursor": _encode_cursor(r.offset + r.limit, r.digest) if more else None, "index_lag": lag}
         headers = {
@@ -400,15 +414,17 @@ class Search:
             timeout_s = await self._awaken(index)
         if phase == "stats":
             with r.timings.stage("wait"):
-                reference = await self._freshen(shard_id, index, r, hops, timeout_s)
+                reference = r.references[shard_id] = await self._freshen(shard_id, index, r, hops, timeout_s)
             # a dictionary lookup per term: on the loop when the engines are in this process
             docs, dfs = await engine_call(index, r.timings, "tantivy", True, index.require_engines().term_stats,
                                           r.tokens)
             return {"docs": docs, "dfs": dfs, "reference": reference}
-        # With query terms, the stats phase waited already (everything through
-        # its reference is visible now).
+        # With query terms, the stats phase waited already when it ran here
+        # (everything through its reference is visible now).
         with r.timings.stage("wait"):
-            reference = await self._freshen(shard_id, index, r, hops, timeout_s) if not r.tokens else index.visible
+            waited = r.references.get(shard_id)
+            reference = waited if waited is not None else await self._freshen(shard_id, index, r, hops, timeout_s)
+        barrier = None if r.level == "eventual" else reference  # for `strong`: its eager changes
         if r.level not in ("linearizable", "session", "causal"):
             reference = shard.applied_index
         await self._check_dims(shard, r)
@@ -421,12 +437,13 @@ class Search:
             return [None if rec is None else public(rec, shard_id) | (
                 {"emb": rec["emb"]} if keep_emb and "emb" in rec else {}) for rec in recs]
 
+        at = index.visible  # what the indexes had absorbed when the search began
         result = await shard_search(index, self._shard_query(r, boosts), records)
         lag_entries, lag_ms = index.lag()
         if r.level in ("linearizable", "session", "causal"):
             lag_entries = max(0, min(lag_entries, reference - index.visible))
         part = Part(_pairs(result.text), _pairs(result.vector), _pairs(result.ordered), result.exhausted,
-                    lag_entries, lag_ms if lag_entries else 0, r.level)
+                    lag_entries, lag_ms if lag_entries else 0, r.level, at, barrier)
         return part.to_json()
 
     @staticmethod

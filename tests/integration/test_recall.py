@@ -232,6 +232,7 @@ def test_a_lazy_write_waits_for_idle_or_a_fresh_search(rc: Cluster) -> None:
 # -- freshness under load -------------------------------------------------------------------------
 def test_fresh_searches_see_every_write_acknowledged_before_they_were_sent(rc: Cluster) -> None:
     acked: list[tuple[float, str]] = []
+    tokens: dict[str, str] = {}  # id -> the write's token ("shard:index")
     stop = threading.Event()
     lock = threading.Lock()
 
@@ -241,11 +242,12 @@ def test_fresh_searches_see_every_write_acknowledged_before_they_were_sent(rc: C
         # (the newest first: past it, the oldest acknowledged ones would fall off).
         while not stop.is_set() and n < 240:
             mid = f"w{w}-{n}"
-            status, _, _ = rc.request(rc.node_ids[w % 3], "PUT", f"/v1/memories/fresh/{mid}",
-                                      {"content": f"fresh load {mid}", "tags": ["load"]})
+            status, headers, _ = rc.request(rc.node_ids[w % 3], "PUT", f"/v1/memories/fresh/{mid}",
+                                            {"content": f"fresh load {mid}", "tags": ["load"]})
             if status in (200, 201):
                 with lock:
                     acked.append((time.monotonic(), mid))
+                    tokens[mid] = headers.get("X-Raftmem-Token", "?")
             n += 1
 
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
@@ -261,13 +263,26 @@ def test_fresh_searches_see_every_write_acknowledged_before_they_were_sent(rc: C
             answer = ok_search(rc, rc.node_ids[checks % 3], {"namespace": "fresh", "filter": {"tags": "load"},
                                                              "limit": 1000, **ALL_LEVELS_FRESH})
             assert answer["index_lag"]["entries"] == 0 and not answer["more"]
+            shards = answer["index_lag"]["shards"]
+            assert all(part["at"] >= part["barrier"] for part in shards.values()), shards
+            # The barrier of each shard covers every write acknowledged before the search was sent.
+            with lock:
+                uncovered = [(mid, tokens[mid]) for mid in before if tokens[mid] != "?" and
+                             int(tokens[mid].split(":")[1]) > shards[tokens[mid].split(":")[0]]["barrier"]]
+            assert not uncovered, (uncovered[:5], shards)
             missing = before - set(ids(answer))
             by_shard: dict[int, list[str]] = {}
             for mid in sorted(missing):
                 by_shard.setdefault(rc.shard_of("fresh", mid), []).append(mid)
+            # Each missed write's token against its shard's `at` (what the indexes
+            # had absorbed) and `barrier`: a token at or below `at` is an index that
+            # claimed a change it had not absorbed; above the barrier, a barrier that
+            # did not cover an acknowledged write.
             assert not missing, ("fresh search missed, by shard: "
-                                 + "; ".join(f"{s}: {len(m)} ({m[:5]})" for s, m in sorted(by_shard.items()))
-                                 + f"; lag per shard {answer['index_lag'].get('shards')}")
+                                 + "; ".join(f"{s}: {len(m)} ({[(x, tokens.get(x)) for x in m[:5]]})"
+                                             for s, m in sorted(by_shard.items()))
+                                 + f"; per shard {answer['index_lag'].get('shards')}; served by "
+                                 + f"{rc.node_ids[checks % 3]}; leaders now {({s: rc.leader_of(s) for s in by_shard})}")
             checks += 1
     finally:
         stop.set()
