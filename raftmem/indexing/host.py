@@ -101,8 +101,13 @@ def _recv_frame(sock: socket.socket) -> bytearray | None:
 def _send_frame(sock: socket.socket, payload: bytes) -> None:
     if len(payload) > FRAME_MAX:
         raise ValueError(f"a frame of {len(payload)} bytes (at most {FRAME_MAX})")
-    sock.sendall(_LENGTH.pack(len(payload)))
-    sock.sendall(payload)
+    head = _LENGTH.pack(len(payload))
+    sent = sock.sendmsg([head, payload])  # one system call for a call or an answer that fits the buffer
+    if sent < len(head):
+        sock.sendall(head[sent:])
+        sent = len(head)
+    if sent - len(head) < len(payload):
+        sock.sendall(memoryview(payload)[sent - len(head):])
 
 
 def _peer(sock: socket.socket) -> tuple[int, int, int]:

@@ -21,12 +21,13 @@ reaches back (`events.Compacted`), after a snapshot install (`RESET`), or on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,7 @@ class ReplicaIndex:
         self._saved_at = time.monotonic()
         self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
+        self._jobs: set[Future[Any]] = set()  # engine jobs handed to the pool, not finished
         self._poke = asyncio.Event()
         self._waiters: list[_Waiter] = []
         self._demand = 0
@@ -165,6 +167,7 @@ class ReplicaIndex:
         for w in self._waiters:
             if not w.future.done():
                 w.future.set_exception(Unavailable(f"shard {self.shard_id}: index stopped", shard=self.shard_id))
+        await self._quiesce()  # an absorb the cancelled task left running
         if self.engines is not None:
             await self._in_thread(self._close_engines, not delete)
         if delete:
@@ -186,7 +189,18 @@ class ReplicaIndex:
                 pass  # the host is gone, and its engines with it
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        """Engine work on the node's absorb pool. The last job is kept: a
+        cancelled await does not stop it, and `stop` must not close the engines
+        under it (a save beside an insert, a writer closed mid-batch)."""
+        job = self.executor.submit(fn, *args)
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+        return await asyncio.wrap_future(job)
+
+    async def _quiesce(self) -> None:
+        for job in list(self._jobs):
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(job)
 
     def _open_engines(self) -> None:
         engines = self.open_engines(self.directory, self.config.text_heap_bytes)
