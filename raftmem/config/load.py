@@ -393,6 +393,8 @@ def _parse_indexing(raw: Mapping[str, Any]) -> IndexingConfig:
         raise ConfigError(f"{section}.engines: one of {', '.join(INDEX_ENGINES)}")
     if not 0 <= config.idle_batch_ms <= 600_000:
         raise ConfigError(f"{section}.idle_batch_ms: in [0, 600000] (below batch_ms: batch_ms)")
+    if not 1 <= config.idle_absorb_ms <= 60_000:
+        raise ConfigError(f"{section}.idle_absorb_ms: in [1, 60000]")
     return config
 
 

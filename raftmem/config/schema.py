@@ -381,11 +381,13 @@ class IndexingConfig:
     commits_burst: int = 10
     # A replica index no search has used for search_idle_s is search-idle (as
     # Elasticsearch's shards are): its batched changes wait up to idle_batch_ms
-    # (or batch_docs_max of them, or half the queue's bytes), and the first
-    # search that comes waits while it absorbs them. 0: never idle.
-    # raftmem/indexing/DESIGN.md, "Search-idle replicas".
+    # (or batch_docs_max of them, or half the queue's bytes), or until absorbing
+    # them would take about idle_absorb_ms at the replica's own recent cost per
+    # change (what the first search that comes waits while it absorbs them).
+    # 0: never idle. raftmem/indexing/DESIGN.md, "Search-idle replicas".
     search_idle_s: float = 30.0
-    idle_batch_ms: int = 5000
+    idle_batch_ms: int = 30_000
+    idle_absorb_ms: int = 250
     batch_docs: int = 512
     # Changes waiting per replica index, and the bytes of their records (an
     # embedding of 384 dimensions is 2 KB); past either, writes to the shard answer 429.

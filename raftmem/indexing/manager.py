@@ -222,6 +222,7 @@ class Indexes:
                 "search_idle": index.search_idle(time.monotonic()),
                 "documents": index.state.documents if index.ready.is_set() else None,
                 "engine_restarts": index.stats.engine_restarts,
+                "absorb_us_per_change": round(index.queue.change_cost_s * 1e6),
             }
         return out
 

@@ -21,7 +21,9 @@ given), tested alone.
   `batch_docs` once the queue keeps up.
 - Patience (a search-idle replica, set by its owner): a batch is due once its
   oldest change has waited `idle_batch_ms`, or `batch_docs_max` wait, or the
-  queue is half full (items or bytes); and then it goes whole (up to
+  queue is half full (items or bytes), or absorbing what waits would take
+  `idle_absorb_ms` at `change_cost_s` (the owner's recent cost per change: the
+  first search to come waits that long); and then it goes whole (up to
   `batch_docs_max`, unless an eager change waits).
   `flush_through`: batched items at or below it are due at once and urgent (a
   search woke the replica and waits for them; lazy ones keep waiting).
@@ -63,6 +65,7 @@ class IndexQueue:
     bytes: int = 0  # of the records waiting
     patient: bool = False  # search-idle: batches wait longer and go bigger
     flush_through: int = 0  # batched items at or below it are due now (a woken replica's)
+    change_cost_s: float = 0.0  # absorbing one change lately took this long (set by the owner; 0: unknown)
 
     def __post_init__(self) -> None:
         self.batch_docs = self.batch_docs or self.config.batch_docs
@@ -141,6 +144,7 @@ class IndexQueue:
             return (self._flushing() or self.tier_counts[BATCHED] >= self.config.batch_docs_max
                     or len(self.items) >= self.config.queue_docs_max // 2
                     or self.bytes >= self.config.queue_bytes_max // 2
+                    or self.tier_counts[BATCHED] * self.change_cost_s * 1000 >= self.config.idle_absorb_ms
                     or now_s - oldest_batched >= self._batch_ms() / 1000)
         return (self._flushing() or self.tier_counts[BATCHED] >= self.batch_docs
                 or now_s - oldest_batched >= self.config.batch_ms / 1000)

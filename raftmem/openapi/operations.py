@@ -41,7 +41,10 @@ def schemas(config: Config) -> dict[str, Schema]:
                  "search_idle": {"type": "boolean", "description": "no search used it for indexing.search_idle_s: "
                                  "its batches wait longer, and the next search waits for them"},
                  "engine_restarts": {"type": "integer", "description": "times its engines were opened again after "
-                                     "the engine host died"}})
+                                     "the engine host died"},
+                 "absorb_us_per_change": {"type": "integer", "description": "what absorbing a change took lately "
+                                          "(wall time, commits included): a search-idle replica's batch goes once "
+                                          "absorbing it would take indexing.idle_absorb_ms"}})
     return {
         "Readiness": obj({"ready": {"type": "boolean"}, "node": {"type": "string"},
                           "problems": {"type": "array", "items": {"type": "string"}}}, ("ready", "node", "problems")),

@@ -29,7 +29,7 @@ def engine_host(c: Cluster, node: str) -> dict[str, Any]:
 
 def absorbed_some(c: Cluster, node: str) -> bool:
     """Every replica's indexes claim some changes (search-idle replicas absorb
-    every idle_batch_ms: the first batches take a few seconds)."""
+    every idle_batch_ms, 5 s here: the first batches take a few seconds)."""
     status, _, body = c.request(node, "GET", "/v1/admin/indexes")
     return status == 200 and all(s["ready"] and s["documents"] for s in body["shards"].values())
 

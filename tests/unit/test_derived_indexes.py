@@ -144,6 +144,22 @@ def test_a_patient_queue_holds_batches_until_their_idle_age_size_or_bytes() -> N
     assert [p.key[1] for p in q.due(6.03, idle=False, demand=0)] == ["e"]
 
 
+def test_a_patient_queue_holds_no_more_than_the_first_search_should_wait_for() -> None:
+    """idle_absorb_ms at the owner's recent cost per change: with 10 ms a change
+    and 250 ms, the 25th change makes the batch due (before its age or size)."""
+    q = IndexQueue(config(idle_batch_ms=60_000, idle_absorb_ms=250, batch_docs=2, batch_docs_max=4096))
+    q.patient = True
+    for i in range(24):
+        q.add(change(i + 1, f"m{i}"), "batched", 0.0)
+    assert q.due(1.0, idle=False, demand=0) == []  # the cost unknown yet: age and size only
+    q.change_cost_s = 0.010
+    assert q.due(1.0, idle=False, demand=0) == []  # 240 ms
+    q.add(change(25, "m24"), "lazy", 0.0)
+    assert q.due(1.0, idle=False, demand=0) == []  # a lazy change is not what a search wakes it for
+    q.add(change(26, "m25"), "batched", 0.0)
+    assert len(q.due(1.0, idle=False, demand=0)) == 25  # 250 ms: the batched ones, whole
+
+
 def test_a_patient_queue_never_waits_into_its_limit_of_changes() -> None:
     """With queue_docs_max below batch_docs_max, a patient queue absorbs at half
     of it: waiting for batch_docs_max would reach the limit and refuse writes."""
