@@ -157,6 +157,13 @@ class TextIndex:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory.mkdir(parents=True)
             index = tantivy.Index(self.schema, path=path, reuse=False)
+        # Our reload after each commit is the only one. tantivy's default reader
+        # also reloads from a thread that polls meta.json, and two reloads are not
+        # ordered: one that read an older commit's metas could publish its
+        # searcher after ours, and searches would miss a commit whose watermark
+        # the replica already claims (a fresh search missed acknowledged writes
+        # once that way, most likely; raftmem/indexing/DESIGN.md, "Known limits").
+        index.config_reader(reload_policy="manual")
         index.register_tokenizer(ANALYZER, self.analyzer)
         return index
 

@@ -232,6 +232,31 @@ def test_text_index_commits_its_watermark_with_its_documents(tmp_path: Path) -> 
     assert [h.key for h in hits] == ["ns\x002"]
 
 
+def test_text_index_searches_change_only_at_its_own_reloads(tmp_path: Path) -> None:
+    """TextIndex.commit's reload is the only one: tantivy's default reader also
+    reloads from a thread that polls meta.json (every 500 ms), unordered with
+    ours, so an older commit's searcher could be published after a newer one's
+    (searches would miss what the replica's watermark claims). A commit made
+    without our reload must stay invisible (with the default reader it shows
+    within a second: the control, run by hand, fails here)."""
+    t = TextIndex(tmp_path / "t", 16_000_000)
+    t.upsert([TextDoc("ns", "1", "alpha")])
+    t.commit(1)
+    t.upsert([TextDoc("ns", "2", "alpha")])
+    t.writer.commit()  # durable, not reloaded
+
+    def found() -> list[str]:
+        return sorted(h.key for h in t.search(Restriction(namespace="ns"), [("alpha", 1.0)], 10))
+
+    deadline = time.monotonic() + 2.0  # four of tantivy's polls
+    while time.monotonic() < deadline:
+        assert found() == ["ns\x001"]
+        time.sleep(0.05)
+    t.commit(2)
+    assert found() == ["ns\x001", "ns\x002"]
+    t.close()
+
+
 @pytest.mark.parametrize("how_many", [1, 3, 300], ids=["one", "disjunction", "term-set"])
 def test_any_of_several_terms_matches_exactly_those_documents(tmp_path: Path, how_many: int) -> None:
     """Restrictions to any of several agents (and vector keys resolved to
