@@ -22,8 +22,8 @@ given), tested alone.
 - Patience (a search-idle replica, set by its owner): a batch is due once its
   oldest change has waited `idle_batch_ms`, or `batch_docs_max` wait, or the
   queue is half full (items or bytes), or absorbing what waits would take
-  `idle_absorb_ms` at `change_cost_s` (the owner's recent cost per change: the
-  first search to come waits that long); and then it goes whole (up to
+  `idle_absorb_ms` at `change_cost_s` (the recent cost per change the owner
+  records: the first search to come waits that long); and then it goes whole (up to
   `batch_docs_max`, unless an eager change waits).
   `flush_through`: batched items at or below it are due at once and urgent (a
   search woke the replica and waits for them; lazy ones keep waiting).
@@ -38,6 +38,7 @@ from ..config import INDEX_TIERS, IndexingConfig
 from ..events import Change
 
 EAGER, BATCHED, LAZY = INDEX_TIERS
+COST_DECAY = 0.7  # per absorb, of the earlier absorbs' weight in the cost per change
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ class IndexQueue:
     bytes: int = 0  # of the records waiting
     patient: bool = False  # search-idle: batches wait longer and go bigger
     flush_through: int = 0  # batched items at or below it are due now (a woken replica's)
-    change_cost_s: float = 0.0  # absorbing one change lately took this long (set by the owner; 0: unknown)
+    change_cost_s: float = 0.0  # absorbing one change lately took this long (record_absorb; 0: unknown)
+    _cost_sums: tuple[float, float] = (0.0, 0.0)  # decayed: seconds absorbing, changes absorbed
 
     def __post_init__(self) -> None:
         self.batch_docs = self.batch_docs or self.config.batch_docs
@@ -200,6 +202,16 @@ class IndexQueue:
                 self.bytes -= p.size
         if self.flush_through and not self._flushing():
             self.flush_through = 0  # done: nothing batched at or below it waits
+
+    def record_absorb(self, seconds: float, changes: int) -> None:
+        """An absorb of `changes` took `seconds` (wall time, its commit included).
+        The cost per change is over the last absorbs weighed by their sizes (a
+        one-change absorb is mostly its commit), each earlier one decayed by
+        COST_DECAY."""
+        took, count = self._cost_sums
+        took, count = took * COST_DECAY + seconds, count * COST_DECAY + changes
+        self._cost_sums = (took, count)
+        self.change_cost_s = took / count if count else 0.0
 
     def adapt(self, now_s: float) -> None:
         """Grow batches while the queue lags its age target; shrink once it keeps up."""

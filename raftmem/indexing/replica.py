@@ -65,7 +65,6 @@ SLOT_POLL_S = 0.05  # while a batch waits (its time or the commit budget), how o
 CHECK_ATTEMPTS = 10
 SUBSCRIPTION_BATCHES = 4
 QUIET_COMMIT_MIN = 1000  # entries without changes before the watermark alone is committed
-CHANGE_COST_DECAY = 0.7  # per absorb, of the earlier absorbs' weight in the cost per change
 WOKEN_TIERS = (EAGER, BATCHED)  # what a search waking a search-idle replica waits for
 
 
@@ -135,7 +134,6 @@ class ReplicaIndex:
         self._saved_at = time.monotonic()
         self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
-        self._cost_s, self._cost_changes = 0.0, 0.0  # decayed sums: absorb time, changes absorbed
         self._jobs: set[Future[Any]] = set()  # engine jobs handed to the pool, not finished
         self._poke = asyncio.Event()
         self._waiters: list[_Waiter] = []
@@ -191,8 +189,8 @@ class ReplicaIndex:
                 pass  # the host is gone, and its engines with it
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Engine work on the node's absorb pool. The last job is kept: a
-        cancelled await does not stop it, and `stop` must not close the engines
+        """Engine work on the node's absorb pool. Unfinished jobs are kept: a
+        cancelled await does not stop one, and `stop` must not close the engines
         under it (a save beside an insert, a writer closed mid-batch)."""
         job = self.executor.submit(fn, *args)
         self._jobs.add(job)
@@ -505,13 +503,9 @@ class ReplicaIndex:
         self.stats.batch_sizes_sum += len(batch)
         took = time.perf_counter() - started
         self.stats.absorb_seconds += took
-        # What a change costs to absorb (wall time, the commit's share included),
-        # over the last absorbs weighted by their sizes (a one-change absorb is
-        # mostly its commit): a search-idle replica's batches wait no longer than
-        # the first search to come should wait for them (config idle_absorb_ms).
-        self._cost_s = self._cost_s * CHANGE_COST_DECAY + took
-        self._cost_changes = self._cost_changes * CHANGE_COST_DECAY + len(batch)
-        self.queue.change_cost_s = self._cost_s / self._cost_changes
+        # A search-idle replica's batches wait no longer than the first search to
+        # come should wait for them (config idle_absorb_ms), at this cost.
+        self.queue.record_absorb(took, len(batch))
         self.queue.adapt(time.monotonic())
         self._advance_visible()
 

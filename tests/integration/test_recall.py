@@ -232,7 +232,7 @@ def test_a_lazy_write_waits_for_idle_or_a_fresh_search(rc: Cluster) -> None:
 # -- freshness under load -------------------------------------------------------------------------
 def test_fresh_searches_see_every_write_acknowledged_before_they_were_sent(rc: Cluster) -> None:
     acked: list[tuple[float, str]] = []
-    tokens: dict[str, str] = {}  # id -> the write's token ("shard:index")
+    tokens: dict[str, tuple[str, int]] = {}  # id -> its write's token: (shard, index)
     stop = threading.Event()
     lock = threading.Lock()
 
@@ -247,7 +247,8 @@ def test_fresh_searches_see_every_write_acknowledged_before_they_were_sent(rc: C
             if status in (200, 201):
                 with lock:
                     acked.append((time.monotonic(), mid))
-                    tokens[mid] = headers.get("X-Raftmem-Token", "?")
+                    shard, index = headers["X-Raftmem-Token"].split(":")
+                    tokens[mid] = (shard, int(index))
             n += 1
 
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
@@ -269,8 +270,7 @@ def test_fresh_searches_see_every_write_acknowledged_before_they_were_sent(rc: C
             assert all(part["at"] >= part["barrier"] for part in shards.values()), shards
             # The barrier of each shard covers every write acknowledged before the search was sent.
             with lock:
-                uncovered = [(mid, tokens[mid]) for mid in before if tokens[mid] != "?" and
-                             int(tokens[mid].split(":")[1]) > shards[tokens[mid].split(":")[0]]["barrier"]]
+                uncovered = [(mid, tokens[mid]) for mid in before if tokens[mid][1] > shards[tokens[mid][0]]["barrier"]]
             assert not uncovered, (uncovered[:5], shards)
             missing = before - set(ids(answer))
             by_shard: dict[int, list[str]] = {}
