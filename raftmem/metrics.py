@@ -165,6 +165,8 @@ class _ShardCollector:
         yield GaugeMetricFamily("raftmem_watch_streams", "Watch streams open on this node", value=watch.open_now)
         yield CounterMetricFamily("raftmem_watch_streams_opened", "Watch streams opened", value=watch.opened)
         yield CounterMetricFamily("raftmem_watch_events_sent", "Change events sent to watchers", value=watch.events)
+        yield CounterMetricFamily("raftmem_watch_writes", "Writes of events to watchers' connections (events "
+                                  "that come within watch.batch_ms share one)", value=watch.writes)
         ended = CounterMetricFamily("raftmem_watch_streams_ended", "Watch streams ended, by why (overflow: a "
                                     "slow consumer cut off; compacted; client gone; ...)", labels=["reason"])
         for reason, count in watch.ended.items():

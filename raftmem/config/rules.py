@@ -178,6 +178,7 @@ def _check_feed(config: Config) -> None:
         ("watch.buffer_bytes_max", w.buffer_bytes_max, 64 << 10, 1 << 30),
         ("watch.progress_ms", w.progress_ms, WATCH_PROGRESS_MS_MIN, WATCH_PROGRESS_MS_MAX),
         ("watch.page_events_max", w.page_events_max, 1, 100_000),
+        ("watch.batch_ms", w.batch_ms, 0, 1000),
         ("history.versions_max", config.history.versions_max, 0, 1000),
         ("lifecycle.touch_flush_ms", lc.touch_flush_ms, 10, 600_000),
         ("lifecycle.touch_keys_max", lc.touch_keys_max, 1, 10_000_000),

@@ -282,6 +282,11 @@ class WatchConfig:
     # Changes read from the change log at once (catching up, or fetched from
     # another node for a shard this node holds no replica of).
     page_events_max: int = 500
+    # A stream takes the node's new changes at most this often: changes that
+    # come faster go out together (one wake-up and one write per stream per
+    # batch_ms), a change after a quiet spell goes at once (0: every change as
+    # it comes).
+    batch_ms: int = 25
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,12 @@ Bounds: `watch.watchers_max` streams per node (past it 429); per stream, one
 feed subscription of `watch.buffer_events_max` changes and an outgoing queue
 of as many entries; a stream that falls that far behind its writes is cut off
 with an `overflow` event carrying its tokens. The changes queued are shared
-with the feed's other subscribers, not copied, and the encoded events are
-shared between streams (`EventCache`).
+with the feed's other subscribers, not copied, and the encoded events, and an
+entry's events framed for a filter, are shared between streams (`EventCache`).
+
+Under load a stream takes its changes at most every `watch.batch_ms`, so many
+entries go out in one wake-up and one write (raftmem/DESIGN.md, "Batches of
+`watch.batch_ms` under load").
 """
 
 from __future__ import annotations
@@ -47,20 +51,24 @@ import orjson
 from .. import validation as v
 from ..config import WATCH_PROGRESS_MS_MAX, WATCH_PROGRESS_MS_MIN, Config
 from ..errors import Gone, InvalidRequest, NoLeader, Overloaded, Unavailable
-from ..events import Change, ChangeFeed, Closed, Compacted, Overflowed
+from ..events import Change, ChangeFeed, ChangeKind, Closed, Compacted, Overflowed
 from ..shard import Shard
 from .calls import Call, Forwarder, Reply
 from .leaders import Router
 from .watchstream import (
     ALIVE_CHECK_S,
     FILTER_PARAMS,
+    LAST_IN_ENTRY,
     NDJSON,
     EventCache,
+    Framed,
+    WatchFilter,
     WatchRequest,
     WatchStream,
     entries,
     event_body,
     format_tokens,
+    frame,
     parse_filter,
     read_page,
 )
@@ -76,6 +84,7 @@ class WatchStats:
     opened: int = 0
     open_now: int = 0
     events: int = 0
+    writes: int = 0  # of events to streams' sockets (several entries' events in one when they come fast)
     ended: dict[str, int] = field(default_factory=dict)
 
 
@@ -88,7 +97,8 @@ class Watches:
         self.feed = feed
         self.forwarder = forwarder
         self.limits = config.watch
-        self.cache = EventCache()
+        self.cache: EventCache[tuple[int, int, int], bytes] = EventCache(len)
+        self.entry_cache: EventCache[tuple[int, int, WatchFilter, bool], Framed] = EventCache(_framed_bytes)
         self.stats = WatchStats()
         self.stopping = asyncio.Event()
         self.unsafe_drop = bool(config.debug.get("unsafe_watch_drop"))
@@ -145,17 +155,43 @@ class Watches:
         """An event fetched from another node."""
         return self.cache.get((shard, index, int(body["seq"])), lambda: orjson.dumps(body))
 
+    def entry_frames(self, shard: int, index: int, group: list[tuple[int, Change]], flt: WatchFilter,
+                     ndjson: bool) -> Framed:
+        """A whole entry's changes that `flt` matches, framed (NDJSON or SSE):
+        computed once for every stream with the same filter and framing (a
+        hundred watchers of one namespace share one)."""
+
+        def make() -> Framed:
+            encoded = [self.encode(change, seq) for seq, change in group
+                       if change.kind is not ChangeKind.RESET and flt.matches(change.record)]
+            return self.frame_entry(encoded, ndjson)
+
+        if self.unsafe_drop:
+            return make()  # the control drops events per stream
+        return self.entry_cache.get((shard, index, flt, ndjson), make)
+
+    def frame_entry(self, encoded: list[bytes], ndjson: bool) -> Framed:
+        """An entry's events, framed, the last one marked: a client that has it
+        may resume from its token (orjson's object ends in "}"; the event's own
+        encoding is shared by every filter, the mark depends on the filter)."""
+        kept = [data for data in encoded if not self.drop()]
+        if kept:
+            kept[-1] = kept[-1][:-1] + LAST_IN_ENTRY
+        return b"".join(frame(data, ndjson) for data in kept), len(kept)
+
     def drop(self) -> bool:
         """Negative control: True for the event to leave out."""
+        if not self.unsafe_drop:
+            return False
         self._sent += 1
-        return self.unsafe_drop and self._sent % UNSAFE_DROP_EVERY == 0
+        return self._sent % UNSAFE_DROP_EVERY == 0
 
     def close(self) -> None:
         self.stopping.set()
 
     def status(self) -> dict[str, Any]:
         return {"open": self.stats.open_now, "opened": self.stats.opened, "events": self.stats.events,
-                "ended": dict(self.stats.ended), "watchers_max": self.limits.watchers_max}
+                "writes": self.stats.writes, "ended": dict(self.stats.ended), "watchers_max": self.limits.watchers_max}
 
     # -- the internal fetch: a shard's changes for another node's stream --------------------
     async def fetch(self, shard: int, call: Call) -> Reply:
@@ -195,3 +231,7 @@ class Watches:
                     pass
             finally:
                 sub.close()
+
+
+def _framed_bytes(framed: Framed) -> int:
+    return len(framed[0])

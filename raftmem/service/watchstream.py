@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 
@@ -50,6 +50,9 @@ WRITE_STALL_S = 30.0
 EVENT_CACHE_MAX = 4096
 EVENT_CACHE_BYTES_MAX = 16 << 20
 LAST_IN_ENTRY = b',"last":true}'
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -102,24 +105,28 @@ class WatchRequest:
     ndjson: bool
 
 
-class EventCache:
-    """Encoded events by (shard, index, seq): a change sent to many watchers is
-    encoded once. Bounded in entries and bytes (the first added go first)."""
+class EventCache(Generic[K, V]):
+    """Encodings shared between streams: events by (shard, index, seq), and an
+    entry's framed events by (shard, index, filter, framing), so a change sent
+    to many watchers is encoded, filtered and framed once. Bounded in items and
+    bytes (the first added go first)."""
 
-    def __init__(self, size_max: int = EVENT_CACHE_MAX, bytes_max: int = EVENT_CACHE_BYTES_MAX) -> None:
-        self._items: collections.OrderedDict[tuple[int, int, int], bytes] = collections.OrderedDict()
+    def __init__(self, weigh: Callable[[V], int], size_max: int = EVENT_CACHE_MAX,
+                 bytes_max: int = EVENT_CACHE_BYTES_MAX) -> None:
+        self._items: collections.OrderedDict[K, V] = collections.OrderedDict()
+        self.weigh = weigh
         self.size_max = size_max
         self.bytes_max = bytes_max
         self.bytes = 0
 
-    def get(self, key: tuple[int, int, int], make: Callable[[], bytes]) -> bytes:
-        data = self._items.get(key)
-        if data is None:
-            data = self._items[key] = make()
-            self.bytes += len(data)
+    def get(self, key: K, make: Callable[[], V]) -> V:
+        value = self._items.get(key)
+        if value is None:
+            value = self._items[key] = make()
+            self.bytes += self.weigh(value)
             while self._items and (len(self._items) > self.size_max or self.bytes > self.bytes_max):
-                self.bytes -= len(self._items.popitem(last=False)[1])
-        return data
+                self.bytes -= self.weigh(self._items.popitem(last=False)[1])
+        return value
 
 
 def event_body(change: Change, seq: int) -> dict[str, Any]:
@@ -145,6 +152,14 @@ def entries(changes: Iterable[Change]) -> list[tuple[int, int, list[tuple[int, C
         else:
             out.append((change.shard, change.index, [(0, change)]))
     return out
+
+
+Framed = tuple[bytes, int]  # an entry's events framed for a stream, and how many
+
+
+def frame(body: bytes, ndjson: bool) -> bytes:
+    """One event as a stream sends it: an NDJSON line, or an SSE `data:` line."""
+    return body + b"\n" if ndjson else b"data: " + body + b"\n\n"
 
 
 def format_tokens(positions: Mapping[int, int]) -> str:
@@ -242,7 +257,7 @@ class WatchStream:
         return {"Content-Type": ctype, "Cache-Control": "no-cache", "X-Raftmem-Served-By": self.router.node_id}
 
     def frame(self, body: bytes) -> bytes:
-        return body + b"\n" if self.request.ndjson else b"data: " + body + b"\n\n"
+        return frame(body, self.request.ndjson)
 
     # -- where each shard starts ------------------------------------------------------------
     async def start(self, shard: int) -> None:
@@ -359,6 +374,7 @@ class WatchStream:
                     self.written[more.shard] = max(self.written.get(more.shard, 0), more.index)
                 async with asyncio.timeout(WRITE_STALL_S):  # no task per write, as wait_for made
                     await send(b"".join(chunks))
+                self.watches.stats.writes += 1
             if self.queue.empty():
                 for shard, index in self.pos.items():
                     self.written[shard] = max(self.written.get(shard, 0), index)
@@ -377,32 +393,24 @@ class WatchStream:
         """Queue one entry's matching changes (one write), then move past it."""
         if index <= self.pos.get(shard, 0):
             return
-        flt = self.request.filter
-        encoded = [self.watches.encode(change, seq) for seq, change in group
-                   if change.kind is not ChangeKind.RESET and flt.matches(change.record)]
-        await self._queue_entry(shard, index, encoded, live)
+        framed = self.watches.entry_frames(shard, index, group, self.request.filter, self.request.ndjson)
+        await self._queue_entry(shard, index, framed, live)
 
-    async def _queue_entry(self, shard: int, index: int, encoded: list[bytes], live: bool = False) -> None:
+    async def _queue_entry(self, shard: int, index: int, framed: Framed, live: bool = False) -> None:
         """Live from the feed, a full queue cuts the watch off (the client is
         `buffer_events_max` entries or `buffer_bytes_max` bytes behind, and the
         feed must not wait); read from a change log, the reader waits for room
         instead."""
-        kept = [data for data in encoded if not self.watches.drop()]
-        if kept:
-            # The entry's last event says so: a client that has it may resume
-            # from its token (orjson's object ends in "}"; the shared encoding is
-            # the same for every watcher, the flag depends on the filter).
-            kept[-1] = kept[-1][:-1] + LAST_IN_ENTRY
-        parts = [self.frame(data) for data in kept]
-        if parts:
-            item = _Item(b"".join(parts), shard, index)
+        data, count = framed
+        if count:
+            item = _Item(data, shard, index)
             if not live:
                 await self.queue.put(item)
             elif self.queue.full(len(item.data)):
                 raise Overflowed(self.pos)
             else:
                 self.queue.put_nowait(item)
-            self.watches.stats.events += len(parts)
+            self.watches.stats.events += count
         self.pos[shard] = max(self.pos.get(shard, 0), index)
 
     async def _deliver_bodies(self, shard: int, bodies: list[dict[str, Any]]) -> None:
@@ -412,7 +420,8 @@ class WatchStream:
             if group and (body is None or body["token"] != group[0]["token"]):
                 index = int(str(group[0]["token"]).split(":")[1])
                 if index > self.pos.get(shard, 0):
-                    await self._queue_entry(shard, index, [self.watches.encode_body(shard, index, b) for b in group])
+                    encoded = [self.watches.encode_body(shard, index, b) for b in group]
+                    await self._queue_entry(shard, index, self.watches.frame_entry(encoded, self.request.ndjson))
                 group = []
             if body is not None:
                 group.append(body)
@@ -436,6 +445,8 @@ class WatchStream:
             for shard, replica in sorted(shards.items()):
                 await self._catch_up(shard, replica)
             checked = time.monotonic()
+            batch_s = self.limits.batch_ms / 1000
+            next_batch = 0.0
             while shards:
                 first = await sub.get(LOCAL_IDLE_S)
                 if first is None and sub.pending() == 0:
@@ -449,9 +460,17 @@ class WatchStream:
                     continue
                 if first is None:
                     continue
-                if time.monotonic() - checked > LOCAL_IDLE_S:  # busy: check the replicas all the same
+                now = time.monotonic()
+                if now < next_batch:
+                    # The last batch was taken less than batch_ms ago: let what
+                    # comes meanwhile join this one (one wake-up and one write for
+                    # them all; the subscription holds buffer_events_max).
+                    await asyncio.sleep(next_batch - now)
+                    now = time.monotonic()
+                next_batch = now + batch_s
+                if now - checked > LOCAL_IDLE_S:  # busy: check the replicas all the same
                     self._check_replicas(shards)
-                    checked = time.monotonic()
+                    checked = now
                 batch = [first]
                 while (more := sub.get_nowait()) is not None:
                     batch.append(more)

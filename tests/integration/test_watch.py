@@ -206,6 +206,37 @@ def test_a_resume_from_before_the_retention_is_410_with_the_oldest_token(tmp_pat
         c.stop_all()
 
 
+@pytest.mark.parametrize("batch_ms", [250, 0])
+def test_changes_that_come_within_batch_ms_go_out_in_one_write(tmp_path: Path, batch_ms: int) -> None:
+    """A stream takes the feed's changes at most every `watch.batch_ms`: 40
+    sequential writes (an entry each) reach the watcher, whole and in order,
+    in about one socket write per batch_ms. Control (0): one write per entry,
+    which the same bound refuses."""
+    c = Cluster(tmp_path, shards=2, sections={"watch": {"batch_ms": batch_ms}})
+    try:
+        c.start_all()
+        w = Writer(c, "paced")
+        s = Stream(c, "n1", {"namespace": "paced", "after": fmt({0: 0, 1: 0}), "progress_ms": 60_000})
+        try:
+            s.wait("the first progress", lambda items: items)
+            before = c.cluster_view("n1")["watch"]
+            began = time.monotonic()
+            _writes(w, "k", 40)
+            elapsed = time.monotonic() - began
+            got = s.wait_events(len(w.expected()))
+            assert seen(got) == w.expected() and in_log_order_per_shard(got)
+            after = c.cluster_view("n1")["watch"]
+            events, writes = after["events"] - before["events"], after["writes"] - before["writes"]
+            assert events == 40
+            # A batch per 250 ms of writing, one more for the last, one for slack.
+            coalesced = writes <= elapsed / 0.25 + 2
+            assert coalesced == (batch_ms > 0), (writes, events, f"{elapsed:.2f}s")
+        finally:
+            s.close()
+    finally:
+        c.stop_all()
+
+
 def test_a_slow_consumer_is_cut_off_with_overflow_and_resumes_without_gap(tmp_path: Path) -> None:
     c = Cluster(tmp_path, shards=2, sections={"watch": {"buffer_events_max": 16}})
     try:

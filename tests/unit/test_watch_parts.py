@@ -89,7 +89,7 @@ def test_an_event_is_the_same_from_the_feed_and_from_the_change_log(tmp_path: Pa
 
 
 def test_the_event_cache_is_bounded() -> None:
-    cache = EventCache(size_max=2)
+    cache: EventCache[tuple[int, int, int], bytes] = EventCache(len, size_max=2)
     made: list[int] = []
     for key in [(0, 1, 0), (0, 2, 0), (0, 1, 0), (0, 3, 0), (0, 1, 0)]:
         cache.get(key, lambda k=key: (made.append(k[1]), b"x")[1])  # type: ignore[misc]
@@ -113,10 +113,31 @@ def test_a_watch_needs_read_and_a_namespace_limited_token_must_name_one_of_its_n
 
 
 def test_the_event_cache_is_bounded_in_bytes_too() -> None:
-    cache = EventCache(size_max=100, bytes_max=10)
+    cache: EventCache[tuple[int, int, int], bytes] = EventCache(len, size_max=100, bytes_max=10)
     for i in range(5):
         cache.get((0, i, 0), lambda: b"xxxx")
     assert cache.bytes <= 10 and len(cache._items) == 2
+
+
+def test_an_entrys_framed_events_are_shared_by_streams_with_the_same_filter_and_framing() -> None:
+    import orjson
+
+    from raftmem.events import ChangeKind
+
+    watches = _watches()
+    rec = {"namespace": "a", "id": "x", "version": 1, "rev": 7, "tags": ["t"]}
+    group = [(0, Change(ChangeKind.PUT, 1, 7, "a", "x", after=rec, prev_version=None)),
+             (1, Change(ChangeKind.PUT, 1, 7, "b", "y", after={**rec, "namespace": "b", "id": "y"})),
+             (2, Change(ChangeKind.DELETE, 1, 7, "a", "z", before={**rec, "id": "z", "version": 3}))]
+    data, count = watches.entry_frames(1, 7, group, WatchFilter(namespace="a"), ndjson=True)
+    lines = [orjson.loads(line) for line in data.splitlines()]
+    assert count == 2 and [(e["id"], e["seq"], e.get("last")) for e in lines] == [("x", 0, None), ("z", 2, True)]
+    assert watches.entry_frames(1, 7, group, WatchFilter(namespace="a"), ndjson=True)[0] is data  # shared
+    sse, _ = watches.entry_frames(1, 7, group, WatchFilter(namespace="a"), ndjson=False)
+    assert sse.startswith(b"data: ") and sse.count(b"\n\n") == 2
+    everything, all_count = watches.entry_frames(1, 7, group, WatchFilter(), ndjson=True)
+    assert all_count == 3 and orjson.loads(everything.splitlines()[1]).get("last") is None
+    assert watches.entry_frames(1, 7, group, WatchFilter(tag="none"), ndjson=True) == (b"", 0)
 
 
 async def test_a_streams_queue_is_bounded_in_entries_and_bytes() -> None:
