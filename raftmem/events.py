@@ -138,6 +138,8 @@ class Subscription:
     _waiter: asyncio.Future[None] | None = None
     _error: Exception | None = None
     _last: dict[int, int] = field(default_factory=dict)
+    _wake_at: int = 1  # queued changes that wake the waiter (`gather` raises it)
+    on_fail: Callable[[], None] | None = None  # told when it is cut off or closed (its owner may wait elsewhere)
 
     def wants(self, change: Change) -> bool:
         return self.shards is None or change.shard in self.shards
@@ -148,13 +150,16 @@ class Subscription:
             self._fail(Overflowed(self._last))
             return False
         self._queue.append(change)
-        self._wake()
+        if len(self._queue) >= self._wake_at:
+            self._wake()
         return True
 
     def _fail(self, error: Exception) -> None:
         if self._error is None:
             self._error = error
         self._wake()
+        if self.on_fail is not None:
+            self.on_fail()
 
     def _wake(self) -> None:
         if self._waiter is not None:
@@ -162,6 +167,10 @@ class Subscription:
 
     def pending(self) -> int:
         return len(self._queue)
+
+    def cut_off(self) -> bool:
+        """Has it fallen more than its queue behind (and been dropped by the feed)?"""
+        return isinstance(self._error, Overflowed)
 
     def get_nowait(self) -> Change | None:
         """The next change if one is queued; raises once cut off or closed
@@ -189,6 +198,20 @@ class Subscription:
         finally:
             self._waiter = None
         return self.get_nowait()
+
+    async def gather(self, count: int, timeout_s: float) -> None:
+        """Until `count` changes are queued, the subscription is cut off or
+        closed, or `timeout_s` passes: a consumer that takes its changes in
+        batches waits here between them, and never past half its queue."""
+        if len(self._queue) >= count or self._error is not None:
+            return
+        self._wake_at = count
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await until_settled(waiter, timeout_s)
+        finally:
+            self._waiter = None
+            self._wake_at = 1
 
     def close(self) -> None:
         self.feed.unsubscribe(self)

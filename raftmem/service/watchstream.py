@@ -24,6 +24,7 @@ from ..events import (
     ChangePage,
     Compacted,
     Overflowed,
+    Subscription,
     settle_waiter,
     until_settled,
 )
@@ -186,15 +187,15 @@ class Outbox:
     def put_nowait(self, item: _Item) -> None:
         self.items.append(item)
         self.bytes += len(item.data)
-        self._wake()
+        self.wake()
 
     def get_nowait(self) -> _Item:
         item = self.items.popleft()
         self.bytes -= len(item.data)
-        self._wake()
+        self.wake()
         return item
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         if self._waiters:
             for waiter in self._waiters:
                 settle_waiter(waiter)
@@ -211,11 +212,15 @@ class Outbox:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
-    async def put(self, item: _Item) -> None:
-        """Wait for room, then queue."""
+    async def put(self, item: _Item, cut_off: Callable[[], bool] = lambda: False) -> bool:
+        """Wait for room, then queue; False (nothing queued) if `cut_off()`
+        says, while it waits, that the wait is over."""
         while self.full(len(item.data)):
+            if cut_off():
+                return False
             await self.changed(ALIVE_CHECK_S)
         self.put_nowait(item)
+        return True
 
 
 @dataclass
@@ -249,6 +254,7 @@ class WatchStream:
         self.local: dict[int, Shard] = {}  # shards served by this node's replicas
         self.remote: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sub: Subscription | None = None  # the local driver's, while it follows the feed
         self._failed: asyncio.Future[BaseException] | None = None
 
     @property
@@ -389,29 +395,28 @@ class WatchStream:
                 next_progress = now + progress_s
 
     # -- delivering entries ----------------------------------------------------------------------
-    async def _deliver(self, shard: int, index: int, group: list[tuple[int, Change]], live: bool = False) -> None:
+    async def _deliver(self, shard: int, index: int, group: list[tuple[int, Change]]) -> None:
         """Queue one entry's matching changes (one write), then move past it."""
         if index <= self.pos.get(shard, 0):
             return
         framed = self.watches.entry_frames(shard, index, group, self.request.filter, self.request.ndjson)
-        await self._queue_entry(shard, index, framed, live)
+        await self._queue_entry(shard, index, framed)
 
-    async def _queue_entry(self, shard: int, index: int, framed: Framed, live: bool = False) -> None:
-        """Live from the feed, a full queue cuts the watch off (the client is
-        `buffer_events_max` entries or `buffer_bytes_max` bytes behind, and the
-        feed must not wait); read from a change log, the reader waits for room
-        instead."""
+    async def _queue_entry(self, shard: int, index: int, framed: Framed) -> None:
+        """Queue an entry, waiting for room. The feed never waits for it: live,
+        the stream's subscription holds what comes meanwhile, and once that
+        has fallen `buffer_events_max` changes behind, the stream is cut off
+        (`overflow`, within ALIVE_CHECK_S even if its client takes nothing);
+        read from a change log, the reader is the one waiting."""
         data, count = framed
         if count:
-            item = _Item(data, shard, index)
-            if not live:
-                await self.queue.put(item)
-            elif self.queue.full(len(item.data)):
-                raise Overflowed(self.pos)
-            else:
-                self.queue.put_nowait(item)
+            if not await self.queue.put(_Item(data, shard, index), self._cut_off):
+                raise Overflowed(self.pos)  # told now, not when the client next takes something
             self.watches.stats.events += count
         self.pos[shard] = max(self.pos.get(shard, 0), index)
+
+    def _cut_off(self) -> bool:
+        return self._sub is not None and self._sub.cut_off()
 
     async def _deliver_bodies(self, shard: int, bodies: list[dict[str, Any]]) -> None:
         """Events fetched from another node (whole entries), by entry."""
@@ -440,7 +445,8 @@ class WatchStream:
     async def _local(self, shards: dict[int, Shard]) -> None:
         for shard, replica in sorted(shards.items()):
             await self._catch_up(shard, replica)
-        sub = self.watches.feed.subscribe(shards, queue_max=self.limits.buffer_events_max)
+        sub = self._sub = self.watches.feed.subscribe(shards, queue_max=self.limits.buffer_events_max)
+        sub.on_fail = self.queue.wake  # a driver waiting for room in the queue is told at once
         try:
             for shard, replica in sorted(shards.items()):
                 await self._catch_up(shard, replica)
@@ -464,8 +470,9 @@ class WatchStream:
                 if now < next_batch:
                     # The last batch was taken less than batch_ms ago: let what
                     # comes meanwhile join this one (one wake-up and one write for
-                    # them all; the subscription holds buffer_events_max).
-                    await asyncio.sleep(next_batch - now)
+                    # them all), but never more than half the subscription's
+                    # queue (a stream that keeps up is never cut off for pacing).
+                    await sub.gather(max(1, sub.queue_max // 2), next_batch - now)
                     now = time.monotonic()
                 next_batch = now + batch_s
                 if now - checked > LOCAL_IDLE_S:  # busy: check the replicas all the same
@@ -485,9 +492,10 @@ class WatchStream:
                         else:
                             await self._catch_up(shard, current)
                         continue
-                    await self._deliver(shard, index, group, live=True)
+                    await self._deliver(shard, index, group)
         finally:
             sub.close()
+            self._sub = None
 
     def _idle(self, shards: dict[int, Shard]) -> None:
         """Nothing queued: every change these replicas applied has been seen, so

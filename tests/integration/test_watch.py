@@ -206,12 +206,12 @@ def test_a_resume_from_before_the_retention_is_410_with_the_oldest_token(tmp_pat
         c.stop_all()
 
 
-@pytest.mark.parametrize("batch_ms", [250, 0])
+@pytest.mark.parametrize("batch_ms", [1000, 0])
 def test_changes_that_come_within_batch_ms_go_out_in_one_write(tmp_path: Path, batch_ms: int) -> None:
     """A stream takes the feed's changes at most every `watch.batch_ms`: 40
     sequential writes (an entry each) reach the watcher, whole and in order,
     in about one socket write per batch_ms. Control (0): one write per entry,
-    which the same bound refuses."""
+    which the same bound refuses unless the writes took half a minute."""
     c = Cluster(tmp_path, shards=2, sections={"watch": {"batch_ms": batch_ms}})
     try:
         c.start_all()
@@ -228,8 +228,9 @@ def test_changes_that_come_within_batch_ms_go_out_in_one_write(tmp_path: Path, b
             after = c.cluster_view("n1")["watch"]
             events, writes = after["events"] - before["events"], after["writes"] - before["writes"]
             assert events == 40
-            # A batch per 250 ms of writing, one more for the last, one for slack.
-            coalesced = writes <= elapsed / 0.25 + 2
+            # The first at once, then one a second of writing; one more for a
+            # follower applying the last entries later, one for slack.
+            coalesced = writes <= elapsed + 3
             assert coalesced == (batch_ms > 0), (writes, events, f"{elapsed:.2f}s")
         finally:
             s.close()

@@ -255,3 +255,80 @@ async def test_a_stream_never_moves_past_changes_still_queued() -> None:
     driver.cancel()
     await asyncio.gather(driver, return_exceptions=True)
     assert [item.index for item in stream.queue.items] == [6], "the change was skipped"
+
+
+async def test_a_subscription_gathers_up_to_a_count_or_a_timeout() -> None:
+    from raftmem.events import ChangeKind
+
+    feed = ChangeFeed()
+    sub = feed.subscribe(queue_max=8)
+    waiting = asyncio.ensure_future(sub.gather(4, 30))
+    for i in range(3):
+        feed.publish([Change(ChangeKind.RESET, 0, i + 1)])
+        await asyncio.sleep(0)
+    assert not waiting.done()  # three changes do not wake it
+    feed.publish([Change(ChangeKind.RESET, 0, 4)])
+    await asyncio.wait_for(waiting, 2)
+    await asyncio.wait_for(sub.gather(100, 0.01), 2)  # the timeout ends it
+    sub.close()
+    await asyncio.wait_for(sub.gather(100, 30), 2)  # closed: at once
+
+
+@pytest.mark.parametrize("case", ["large records", "many entries"])
+async def test_a_stream_that_keeps_up_is_never_cut_off_by_its_batches(case: str) -> None:
+    """Entries that come within one batch_ms are handed over together: more
+    bytes than the outbox holds (two records of 600 KB after a first, 1 MiB outbox), or more
+    changes than half the subscription holds (40 entries, 16), reach a client
+    that keeps up, without `overflow`."""
+    import dataclasses
+    import types
+
+    from raftmem.events import ChangeKind, ChangePage
+    from raftmem.service.watchstream import WatchRequest, WatchStream
+
+    class Replica:
+        shard = 0
+        applied_index = 0
+
+        async def read(self, level: str, fn: object, **kw: object) -> tuple[ChangePage, None]:
+            return ChangePage(0, [], self.applied_index, complete=True), None
+
+        def role(self) -> object:
+            return types.SimpleNamespace(leading=True)
+
+    replica = Replica()
+    base = embedded_default()
+    config = dataclasses.replace(base, watch=dataclasses.replace(base.watch, buffer_events_max=16, batch_ms=200))
+    router = types.SimpleNamespace(local=lambda s: replica, node_id="n1", placement={})
+    feed = ChangeFeed()
+    watches = Watches(config, router, feed, forwarder=None)  # type: ignore[arg-type]
+    stream = WatchStream(watches, WatchRequest(WatchFilter(namespace="ns"), {}, 60_000, False, True), 0)
+    sent: list[bytes] = []
+
+    async def start() -> None:
+        stream.local, stream.pos = {0: replica}, {0: 0}  # type: ignore[dict-item]
+
+    async def send(data: bytes) -> None:
+        sent.append(data)
+
+    running = asyncio.ensure_future(stream.run(start, send, lambda: True))
+    for _ in range(100):  # until the driver follows the feed
+        if feed._subscriptions:
+            break
+        await asyncio.sleep(0.01)
+    large = case == "large records"
+    for index in range(1, 4 if large else 41):  # the first goes at once, the rest wait for the batch
+        rec = {"namespace": "ns", "id": f"m{index}", "version": 1, "rev": index,
+               "content": "x" * (600_000 if large else 10)}
+        replica.applied_index = index
+        feed.publish([Change(ChangeKind.PUT, 0, index, "ns", f"m{index}", after=rec)])
+        await asyncio.sleep(0.001)
+    for _ in range(300):
+        if watches.stats.events == replica.applied_index:
+            break
+        await asyncio.sleep(0.01)
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+    assert watches.stats.ended.get("overflow", 0) == 0 and b"overflow" not in b"".join(sent)
+    assert watches.stats.events == replica.applied_index
+    assert b"".join(sent).count(b'"type":"put"') == replica.applied_index
