@@ -12,7 +12,7 @@ from pathlib import Path
 from .cluster import Cluster, wait_for
 
 WRITERS = 8
-ROUNDS = 6
+ROUNDS = 12
 
 
 def _leader(c: Cluster) -> str:
@@ -20,7 +20,7 @@ def _leader(c: Cluster) -> str:
 
 
 def test_a_crowd_of_writers_rides_in_one_entry_per_round(tmp_path: Path) -> None:
-    c = Cluster(tmp_path, shards=1, limits={"group_commit_linger_ms": 500})
+    c = Cluster(tmp_path, shards=1, limits={"group_commit_linger_ms": 1000})
     try:
         c.start_all()
         leader = _leader(c)
@@ -46,8 +46,11 @@ def test_a_crowd_of_writers_rides_in_one_entry_per_round(tmp_path: Path) -> None
         c.stop_all()
     assert proposals == WRITERS * ROUNDS
     # Without the linger, answered writers come back one by one behind an entry in
-    # flight and the crowd splits over about twice as many entries as rounds.
-    assert entries <= ROUNDS + 3, f"{proposals:.0f} writes took {entries:.0f} entries"
+    # flight and the crowd splits over about three times as many entries as
+    # rounds (36 for 12 rounds; 13-15 with it, 15 with both cores busy). The
+    # first round splits (a lone writer goes at once); on a loaded machine a
+    # writer can come back after the linger: room for a few such rounds.
+    assert entries <= ROUNDS + 6, f"{proposals:.0f} writes took {entries:.0f} entries"
 
 
 def test_a_lone_writer_never_waits_for_the_linger(tmp_path: Path) -> None:
