@@ -225,11 +225,11 @@ class Outbox:
 
 @dataclass
 class _Item:
-    """What goes out: one entry's events (shard, index), or the last event."""
+    """What goes out: whole entries' events, with the last index of each shard
+    they reach (`positions`), or the last event (`terminal`)."""
 
     data: bytes
-    shard: int = -1
-    index: int = 0
+    positions: tuple[tuple[int, int], ...] = ()
     terminal: Callable[[dict[int, int]], dict[str, Any]] | None = None
 
 
@@ -371,13 +371,13 @@ class WatchStream:
                 # Everything queued behind it goes in the same write (one system
                 # call for many entries when the client keeps up less than the feed).
                 chunks = [item.data]
-                self.written[item.shard] = max(self.written.get(item.shard, 0), item.index)
+                self._wrote(item)
                 size = len(item.data)
                 while size < WRITE_BYTES_MAX and not self.queue.empty() and self.queue.items[0].terminal is None:
                     more = self.queue.get_nowait()
                     chunks.append(more.data)
                     size += len(more.data)
-                    self.written[more.shard] = max(self.written.get(more.shard, 0), more.index)
+                    self._wrote(more)
                 async with asyncio.timeout(WRITE_STALL_S):  # no task per write, as wait_for made
                     await send(b"".join(chunks))
                 self.watches.stats.writes += 1
@@ -394,26 +394,42 @@ class WatchStream:
                 last_progress = dict(self.written)
                 next_progress = now + progress_s
 
+    def _wrote(self, item: _Item) -> None:
+        for shard, index in item.positions:
+            self.written[shard] = max(self.written.get(shard, 0), index)
+
     # -- delivering entries ----------------------------------------------------------------------
     async def _deliver(self, shard: int, index: int, group: list[tuple[int, Change]]) -> None:
         """Queue one entry's matching changes (one write), then move past it."""
         if index <= self.pos.get(shard, 0):
             return
         framed = self.watches.entry_frames(shard, index, group, self.request.filter, self.request.ndjson)
-        await self._queue_entry(shard, index, framed)
+        await self._queue_entries([(shard, index, framed)])
 
-    async def _queue_entry(self, shard: int, index: int, framed: Framed) -> None:
-        """Queue an entry, waiting for room. The feed never waits for it: live,
-        the stream's subscription holds what comes meanwhile, and once that
-        has fallen `buffer_events_max` changes behind, the stream is cut off
+    async def _queue_entries(self, framed: list[tuple[int, int, Framed]]) -> None:
+        """Queue whole entries (in log order per shard) as one item, waiting for
+        room, then move past them. The feed never waits for it: live, the
+        stream's subscription holds what comes meanwhile, and once that has
+        fallen `buffer_events_max` changes behind, the stream is cut off
         (`overflow`, within ALIVE_CHECK_S even if its client takes nothing);
-        read from a change log, the reader is the one waiting."""
-        data, count = framed
-        if count:
-            if not await self.queue.put(_Item(data, shard, index), self._cut_off):
+        read from a change log, the reader is the one waiting. Positions move
+        only once the entries are queued: the writer, finding its queue empty,
+        takes them as written."""
+        reached: dict[int, int] = {}
+        parts: list[bytes] = []
+        count = 0
+        for shard, index, (data, n) in framed:
+            reached[shard] = max(reached.get(shard, 0), index)
+            if n:
+                parts.append(data)
+                count += n
+        if parts:
+            item = _Item(parts[0] if len(parts) == 1 else b"".join(parts), tuple(reached.items()))
+            if not await self.queue.put(item, self._cut_off):
                 raise Overflowed(self.pos)  # told now, not when the client next takes something
             self.watches.stats.events += count
-        self.pos[shard] = max(self.pos.get(shard, 0), index)
+        for shard, index in reached.items():
+            self.pos[shard] = max(self.pos.get(shard, 0), index)
 
     def _cut_off(self) -> bool:
         return self._sub is not None and self._sub.cut_off()
@@ -426,7 +442,7 @@ class WatchStream:
                 index = int(str(group[0]["token"]).split(":")[1])
                 if index > self.pos.get(shard, 0):
                     encoded = [self.watches.encode_body(shard, index, b) for b in group]
-                    await self._queue_entry(shard, index, self.watches.frame_entry(encoded, self.request.ndjson))
+                    await self._queue_entries([(shard, index, self.watches.frame_entry(encoded, self.request.ndjson))])
                 group = []
             if body is not None:
                 group.append(body)
@@ -481,18 +497,35 @@ class WatchStream:
                 batch = [first]
                 while (more := sub.get_nowait()) is not None:
                     batch.append(more)
+                # The batch's entries go into the queue together (one item, one
+                # wake-up of the writer), in pieces of at most WRITE_BYTES_MAX.
+                framed: list[tuple[int, int, Framed]] = []
+                size = 0
+                flt, ndjson = self.request.filter, self.request.ndjson
                 for shard, index, group in entries(batch):
                     current = shards.get(shard)
                     if current is None:
                         continue
                     if group[0][1].kind is ChangeKind.RESET:
-                        # Replaced by a snapshot (its change log came with it), or dropped.
+                        # Replaced by a snapshot (its change log came with it), or
+                        # dropped: what came before it is queued (and its position
+                        # moved) before the catch-up or the fetch from elsewhere.
+                        await self._queue_entries(framed)
+                        framed, size = [], 0
                         if index == 0 or self.router.local(shard) is not current:
                             self._to_remote(shards, shard)
                         else:
                             await self._catch_up(shard, current)
                         continue
-                    await self._deliver(shard, index, group)
+                    if index <= self.pos.get(shard, 0):
+                        continue
+                    entry = self.watches.entry_frames(shard, index, group, flt, ndjson)
+                    framed.append((shard, index, entry))
+                    size += len(entry[0])
+                    if size >= WRITE_BYTES_MAX:
+                        await self._queue_entries(framed)
+                        framed, size = [], 0
+                await self._queue_entries(framed)
         finally:
             sub.close()
             self._sub = None

@@ -144,19 +144,19 @@ async def test_a_streams_queue_is_bounded_in_entries_and_bytes() -> None:
     from raftmem.service.watchstream import Outbox, _Item
 
     box = Outbox(entries_max=3, bytes_max=10)
-    box.put_nowait(_Item(b"x" * 40, 0, 1))  # alone, a large entry still goes in
+    box.put_nowait(_Item(b"x" * 40, ((0, 1),)))  # alone, a large entry still goes in
     assert box.full() and box.full(1)
-    assert box.get_nowait().index == 1 and box.empty() and box.bytes == 0
+    assert box.get_nowait().positions == ((0, 1),) and box.empty() and box.bytes == 0
     for i in range(3):
         assert not box.full(2)
-        box.put_nowait(_Item(b"ab", 0, i))
+        box.put_nowait(_Item(b"ab", ((0, i),)))
     assert box.full()  # three entries
-    waiting = asyncio.ensure_future(box.put(_Item(b"cd", 0, 9)))
+    waiting = asyncio.ensure_future(box.put(_Item(b"cd", ((0, 9),))))
     await asyncio.sleep(0.01)
     assert not waiting.done()  # no room: a log reader waits
     box.get_nowait()
     await asyncio.wait_for(waiting, 2)
-    assert [i.index for i in box.items] == [1, 2, 9]
+    assert [i.positions for i in box.items] == [((0, 1),), ((0, 2),), ((0, 9),)]
 
 
 def test_the_openapi_document_describes_watch_history_and_the_lifecycle_run() -> None:
@@ -254,7 +254,7 @@ async def test_a_stream_never_moves_past_changes_still_queued() -> None:
         await asyncio.sleep(0.01)
     driver.cancel()
     await asyncio.gather(driver, return_exceptions=True)
-    assert [item.index for item in stream.queue.items] == [6], "the change was skipped"
+    assert [item.positions for item in stream.queue.items] == [((0, 6),)], "the change was skipped"
 
 
 async def test_a_subscription_gathers_up_to_a_count_or_a_timeout() -> None:
