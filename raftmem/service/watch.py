@@ -28,8 +28,9 @@ in the middle of an entry sends that entry again, whole.
 
 Bounds: `watch.watchers_max` streams per node (past it 429); per stream, one
 feed subscription of `watch.buffer_events_max` changes and an outgoing queue
-of as many entries; a stream that falls that far behind its writes is cut off
-with an `overflow` event carrying its tokens. The changes queued are shared
+of as many items (an entry, or a live batch's entries) or
+`watch.buffer_bytes_max` bytes; a stream that falls that far behind its writes
+is cut off with an `overflow` event carrying its tokens. The changes queued are shared
 with the feed's other subscribers, not copied, and the encoded events, and an
 entry's events framed for a filter, are shared between streams (`EventCache`).
 

@@ -168,8 +168,9 @@ def format_tokens(positions: Mapping[int, int]) -> str:
 
 
 class Outbox:
-    """A stream's entries waiting for its client, bounded in entries and bytes
-    (an entry alone may exceed the bytes: a large record still goes out)."""
+    """A stream's entries waiting for its client, in items (an entry read from
+    a log, or a live batch's entries), bounded in items and bytes (an item
+    alone may exceed the bytes: a large record still goes out)."""
 
     def __init__(self, entries_max: int, bytes_max: int) -> None:
         self.entries_max = entries_max
@@ -186,12 +187,12 @@ class Outbox:
 
     def put_nowait(self, item: _Item) -> None:
         self.items.append(item)
-        self.bytes += len(item.data)
+        self.bytes += item.size
         self.wake()
 
     def get_nowait(self) -> _Item:
         item = self.items.popleft()
-        self.bytes -= len(item.data)
+        self.bytes -= item.size
         self.wake()
         return item
 
@@ -203,7 +204,7 @@ class Outbox:
 
     async def changed(self, timeout_s: float) -> None:
         """Until an item comes in or goes out, or `timeout_s` passes (no task
-        per wait: the writer of every stream waits once per entry)."""
+        per wait: the writer of every stream waits once per item)."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -215,7 +216,7 @@ class Outbox:
     async def put(self, item: _Item, cut_off: Callable[[], bool] = lambda: False) -> bool:
         """Wait for room, then queue; False (nothing queued) if `cut_off()`
         says, while it waits, that the wait is over."""
-        while self.full(len(item.data)):
+        while self.full(item.size):
             if cut_off():
                 return False
             await self.changed(ALIVE_CHECK_S)
@@ -225,12 +226,17 @@ class Outbox:
 
 @dataclass
 class _Item:
-    """What goes out: whole entries' events, with the last index of each shard
-    they reach (`positions`), or the last event (`terminal`)."""
+    """What goes out: whole entries' events (`parts`, each entry's bytes as the
+    cache shares them between streams, joined only when written), with the last
+    index of each shard they reach (`positions`); or the last event (`terminal`)."""
 
-    data: bytes
+    parts: list[bytes]
     positions: tuple[tuple[int, int], ...] = ()
     terminal: Callable[[dict[int, int]], dict[str, Any]] | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.parts))
 
 
 async def read_page(replica: Shard, after: int, limit: int) -> ChangePage:
@@ -317,7 +323,7 @@ class WatchStream:
                 reason, terminal = _terminal(error)
                 watches.stats.ended[reason] = watches.stats.ended.get(reason, 0) + 1
                 await self._cancel_drivers()
-                self.queue.put_nowait(_Item(b"", terminal=terminal))  # the drivers are gone: nothing follows it
+                self.queue.put_nowait(_Item([], terminal=terminal))  # the drivers are gone: nothing follows it
                 await asyncio.wait_for(writer, WRITE_STALL_S)
             elif writer.exception() is not None:
                 raise writer.exception()  # type: ignore[misc]
@@ -370,13 +376,13 @@ class WatchStream:
             if item is not None and item.terminal is None:
                 # Everything queued behind it goes in the same write (one system
                 # call for many entries when the client keeps up less than the feed).
-                chunks = [item.data]
+                chunks = list(item.parts)
                 self._wrote(item)
-                size = len(item.data)
+                size = item.size
                 while size < WRITE_BYTES_MAX and not self.queue.empty() and self.queue.items[0].terminal is None:
                     more = self.queue.get_nowait()
-                    chunks.append(more.data)
-                    size += len(more.data)
+                    chunks.extend(more.parts)
+                    size += more.size
                     self._wrote(more)
                 async with asyncio.timeout(WRITE_STALL_S):  # no task per write, as wait_for made
                     await send(b"".join(chunks))
@@ -424,7 +430,7 @@ class WatchStream:
                 parts.append(data)
                 count += n
         if parts:
-            item = _Item(parts[0] if len(parts) == 1 else b"".join(parts), tuple(reached.items()))
+            item = _Item(parts, tuple(reached.items()))
             if not await self.queue.put(item, self._cut_off):
                 raise Overflowed(self.pos)  # told now, not when the client next takes something
             self.watches.stats.events += count
@@ -498,9 +504,11 @@ class WatchStream:
                 while (more := sub.get_nowait()) is not None:
                     batch.append(more)
                 # The batch's entries go into the queue together (one item, one
-                # wake-up of the writer), in pieces of at most WRITE_BYTES_MAX.
+                # wake-up of the writer), in pieces of at most `piece` bytes (an
+                # entry alone may be larger).
                 framed: list[tuple[int, int, Framed]] = []
                 size = 0
+                piece = min(WRITE_BYTES_MAX, self.limits.buffer_bytes_max // 2)
                 flt, ndjson = self.request.filter, self.request.ndjson
                 for shard, index, group in entries(batch):
                     current = shards.get(shard)
@@ -520,11 +528,11 @@ class WatchStream:
                     if index <= self.pos.get(shard, 0):
                         continue
                     entry = self.watches.entry_frames(shard, index, group, flt, ndjson)
-                    framed.append((shard, index, entry))
-                    size += len(entry[0])
-                    if size >= WRITE_BYTES_MAX:
+                    if framed and size + len(entry[0]) > piece:
                         await self._queue_entries(framed)
                         framed, size = [], 0
+                    framed.append((shard, index, entry))
+                    size += len(entry[0])
                 await self._queue_entries(framed)
         finally:
             sub.close()

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from raftmem.auth import Authenticator, need_for
@@ -144,14 +146,14 @@ async def test_a_streams_queue_is_bounded_in_entries_and_bytes() -> None:
     from raftmem.service.watchstream import Outbox, _Item
 
     box = Outbox(entries_max=3, bytes_max=10)
-    box.put_nowait(_Item(b"x" * 40, ((0, 1),)))  # alone, a large entry still goes in
+    box.put_nowait(_Item([b"x" * 40], ((0, 1),)))  # alone, a large entry still goes in
     assert box.full() and box.full(1)
     assert box.get_nowait().positions == ((0, 1),) and box.empty() and box.bytes == 0
     for i in range(3):
         assert not box.full(2)
-        box.put_nowait(_Item(b"ab", ((0, i),)))
+        box.put_nowait(_Item([b"a", b"b"], ((0, i),)))
     assert box.full()  # three entries
-    waiting = asyncio.ensure_future(box.put(_Item(b"cd", ((0, 9),))))
+    waiting = asyncio.ensure_future(box.put(_Item([b"cd"], ((0, 9),))))
     await asyncio.sleep(0.01)
     assert not waiting.done()  # no room: a log reader waits
     box.get_nowait()
@@ -332,3 +334,80 @@ async def test_a_stream_that_keeps_up_is_never_cut_off_by_its_batches(case: str)
     assert watches.stats.ended.get("overflow", 0) == 0 and b"overflow" not in b"".join(sent)
     assert watches.stats.events == replica.applied_index
     assert b"".join(sent).count(b'"type":"put"') == replica.applied_index
+
+
+def _put(index: int, content: str = "") -> Change:
+    from raftmem.events import ChangeKind
+
+    rec = {"namespace": "ns", "id": f"k{index}", "version": 1, "rev": index, "content": content}
+    return Change(ChangeKind.PUT, 0, index, "ns", f"k{index}", after=rec)
+
+
+async def _one_batch(published: list[Change], log: list[Change], buffer_bytes_max: int = 1 << 20) -> Any:
+    """A stream's local driver fed `published` in one batch, its replica's change
+    log holding `log` (what a catch-up after a RESET reads): its queued items."""
+    import dataclasses
+    import types
+
+    from raftmem.events import ChangePage
+    from raftmem.service.watchstream import WatchRequest, WatchStream
+
+    class Replica:
+        shard = 0
+        applied_index = 0
+        log: list[Change] = []  # noqa: RUF012 (empty until the batch is published)
+
+        async def read(self, level: str, fn: object, **kw: object) -> tuple[ChangePage, None]:
+            after = stream.pos.get(0, 0)
+            return ChangePage(0, [c for c in self.log if c.index > after], self.applied_index, complete=True), None
+
+        def role(self) -> object:
+            return types.SimpleNamespace(leading=True)
+
+    replica = Replica()
+    base = embedded_default()
+    config = dataclasses.replace(base, watch=dataclasses.replace(base.watch, buffer_bytes_max=buffer_bytes_max))
+    router = types.SimpleNamespace(local=lambda s: replica, node_id="n1", placement={})
+    feed = ChangeFeed()
+    watches = Watches(config, router, feed, forwarder=None)  # type: ignore[arg-type]
+    stream = WatchStream(watches, WatchRequest(WatchFilter(), {0: 0}, 60_000, False, True), 0)
+    stream.pos = {0: 0}
+    driver = asyncio.ensure_future(stream._local({0: replica}))  # type: ignore[arg-type]
+    for _ in range(100):
+        if feed._subscriptions:
+            break
+        await asyncio.sleep(0.01)
+    replica.applied_index = max(c.index for c in published)
+    replica.log = log
+    feed.publish(published)
+    for _ in range(200):
+        if stream.pos[0] >= replica.applied_index:
+            break
+        await asyncio.sleep(0.01)
+    driver.cancel()
+    await asyncio.gather(driver, return_exceptions=True)
+    return stream.queue.items, stream.pos
+
+
+async def test_a_batchs_entries_are_queued_as_one_item_and_positions_move_with_them() -> None:
+    items, pos = await _one_batch([_put(1), _put(2), _put(3)], [])
+    assert [(i.positions, b"".join(i.parts).count(b'"type":"put"')) for i in items] == [(((0, 3),), 3)]
+    assert pos == {0: 3}
+
+
+async def test_entries_before_a_reset_are_queued_before_the_catch_up_reads_the_log() -> None:
+    """Without it the catch-up, reading from a position that had not moved past
+    the batch's first entries, would send them twice."""
+    from raftmem.events import ChangeKind
+
+    log = [_put(1), _put(2), _put(3), _put(4)]  # the installed log
+    items, pos = await _one_batch([_put(1), _put(2), Change(ChangeKind.RESET, 0, 3), _put(4)], log)
+    sent = [orjson.loads(line)["token"] for i in items for line in b"".join(i.parts).splitlines()]
+    assert sent == ["0:1", "0:2", "0:3", "0:4"] and pos == {0: 4}
+
+
+async def test_a_batch_goes_in_pieces_of_at_most_half_the_queues_bytes() -> None:
+    # Nothing takes from the queue here: it holds what fits in 64 KiB, in pieces.
+    items, pos = await _one_batch([_put(i, "x" * 10_000) for i in range(1, 21)], [], buffer_bytes_max=64 << 10)
+    assert len(items) == 2 and all(i.size <= 32 << 10 for i in items)
+    assert pos == {0: 6} and [i.positions for i in items] == [((0, 3),), ((0, 6),)]
