@@ -269,8 +269,8 @@ class WatchConfig:
     retention_entries: int = 100_000
     # Open watch streams per node; past it a new watch answers 429.
     watchers_max: int = 1000
-    # Changes queued for one watcher (its feed subscription; and items, entries
-    # or a live batch's entries, waiting for its socket); a watcher that falls
+    # Changes queued for one watcher (its feed subscription; and items of entries
+    # queued together, a live batch's or a log page's, waiting for its socket); a watcher that falls
     # this far behind is cut off with an `overflow` event and resumes from its token.
     buffer_events_max: int = 1000
     # ... or this many bytes of events (an event alone may be larger): a node's

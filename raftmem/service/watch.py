@@ -28,7 +28,7 @@ in the middle of an entry sends that entry again, whole.
 
 Bounds: `watch.watchers_max` streams per node (past it 429); per stream, one
 feed subscription of `watch.buffer_events_max` changes and an outgoing queue
-of as many items (an entry, or a live batch's entries) or
+of as many items (entries queued together: a live batch's, or a log page's) or
 `watch.buffer_bytes_max` bytes; a stream that falls that far behind its writes
 is cut off with an `overflow` event carrying its tokens. The changes queued are shared
 with the feed's other subscribers, not copied, and the encoded events, and an

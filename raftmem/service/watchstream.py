@@ -168,9 +168,10 @@ def format_tokens(positions: Mapping[int, int]) -> str:
 
 
 class Outbox:
-    """A stream's entries waiting for its client, in items (an entry read from
-    a log, or a live batch's entries), bounded in items and bytes (an item
-    alone may exceed the bytes: a large record still goes out)."""
+    """A stream's entries waiting for its client, in items (entries queued
+    together: a live batch's, a log page's, or one fetched from another node),
+    bounded in items and bytes (an item alone may exceed the bytes: a large
+    record still goes out)."""
 
     def __init__(self, entries_max: int, bytes_max: int) -> None:
         self.entries_max = entries_max
@@ -261,6 +262,7 @@ class WatchStream:
         self.remote: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None  # the local driver's, while it follows the feed
+        self._piece = min(WRITE_BYTES_MAX, self.limits.buffer_bytes_max // 2)  # bytes of entries per queued item
         self._failed: asyncio.Future[BaseException] | None = None
 
     @property
@@ -405,12 +407,24 @@ class WatchStream:
             self.written[shard] = max(self.written.get(shard, 0), index)
 
     # -- delivering entries ----------------------------------------------------------------------
-    async def _deliver(self, shard: int, index: int, group: list[tuple[int, Change]]) -> None:
-        """Queue one entry's matching changes (one write), then move past it."""
-        if index <= self.pos.get(shard, 0):
-            return
-        framed = self.watches.entry_frames(shard, index, group, self.request.filter, self.request.ndjson)
-        await self._queue_entries([(shard, index, framed)])
+    async def _queue_groups(self, groups: Iterable[tuple[int, int, list[tuple[int, Change]]]]) -> None:
+        """Queue whole entries' matching changes (log order per shard), skipping
+        entries at or below the positions, in items of at most `_piece` bytes
+        (an entry alone may be larger): one item, one wake-up of the writer, for
+        a batch from the feed or a page from a log."""
+        framed: list[tuple[int, int, Framed]] = []
+        size = 0
+        flt, ndjson = self.request.filter, self.request.ndjson
+        for shard, index, group in groups:
+            if index <= self.pos.get(shard, 0):
+                continue
+            entry = self.watches.entry_frames(shard, index, group, flt, ndjson)
+            if framed and size + len(entry[0]) > self._piece:
+                await self._queue_entries(framed)
+                framed, size = [], 0
+            framed.append((shard, index, entry))
+            size += len(entry[0])
+        await self._queue_entries(framed)
 
     async def _queue_entries(self, framed: list[tuple[int, int, Framed]]) -> None:
         """Queue whole entries (in log order per shard) as one item, waiting for
@@ -458,8 +472,7 @@ class WatchStream:
         """From the change log, up to the replica's applied index."""
         while True:
             page = await read_page(replica, self.pos[shard], self.limits.page_events_max)
-            for s, index, group in entries(page.changes):
-                await self._deliver(s, index, group)
+            await self._queue_groups(entries(page.changes))
             self.pos[shard] = max(self.pos[shard], page.through)
             if page.complete:
                 return
@@ -503,13 +516,7 @@ class WatchStream:
                 batch = [first]
                 while (more := sub.get_nowait()) is not None:
                     batch.append(more)
-                # The batch's entries go into the queue together (one item, one
-                # wake-up of the writer), in pieces of at most `piece` bytes (an
-                # entry alone may be larger).
-                framed: list[tuple[int, int, Framed]] = []
-                size = 0
-                piece = min(WRITE_BYTES_MAX, self.limits.buffer_bytes_max // 2)
-                flt, ndjson = self.request.filter, self.request.ndjson
+                run: list[tuple[int, int, list[tuple[int, Change]]]] = []  # the batch's entries, queued together
                 for shard, index, group in entries(batch):
                     current = shards.get(shard)
                     if current is None:
@@ -518,22 +525,15 @@ class WatchStream:
                         # Replaced by a snapshot (its change log came with it), or
                         # dropped: what came before it is queued (and its position
                         # moved) before the catch-up or the fetch from elsewhere.
-                        await self._queue_entries(framed)
-                        framed, size = [], 0
+                        await self._queue_groups(run)
+                        run = []
                         if index == 0 or self.router.local(shard) is not current:
                             self._to_remote(shards, shard)
                         else:
                             await self._catch_up(shard, current)
                         continue
-                    if index <= self.pos.get(shard, 0):
-                        continue
-                    entry = self.watches.entry_frames(shard, index, group, flt, ndjson)
-                    if framed and size + len(entry[0]) > piece:
-                        await self._queue_entries(framed)
-                        framed, size = [], 0
-                    framed.append((shard, index, entry))
-                    size += len(entry[0])
-                await self._queue_entries(framed)
+                    run.append((shard, index, group))
+                await self._queue_groups(run)
         finally:
             sub.close()
             self._sub = None

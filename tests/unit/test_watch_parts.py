@@ -5,6 +5,11 @@ entries grouped with their seq, the shared encoding cache, who may watch."""
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
+import time
+import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +20,20 @@ from raftmem.auth import Authenticator, need_for
 from raftmem.commands import Delete, MemoryFields, Put, encode_entry
 from raftmem.config import ApiToken, AuthConfig, embedded_default
 from raftmem.errors import Forbidden, InvalidRequest
-from raftmem.events import Change, ChangeFeed
+from raftmem.events import Change, ChangeFeed, ChangeKind, ChangePage
 from raftmem.membership import Table
 from raftmem.service import Call
 from raftmem.service.leaders import Router
 from raftmem.service.watch import Watches
-from raftmem.service.watchstream import EventCache, WatchFilter, entries, event_body
+from raftmem.service.watchstream import (
+    EventCache,
+    WatchFilter,
+    WatchRequest,
+    WatchStream,
+    _Item,
+    entries,
+    event_body,
+)
 from raftmem.statemachine import StateMachine
 from raftmem.storage import Store
 
@@ -122,10 +135,6 @@ def test_the_event_cache_is_bounded_in_bytes_too() -> None:
 
 
 def test_an_entrys_framed_events_are_shared_by_streams_with_the_same_filter_and_framing() -> None:
-    import orjson
-
-    from raftmem.events import ChangeKind
-
     watches = _watches()
     rec = {"namespace": "a", "id": "x", "version": 1, "rev": 7, "tags": ["t"]}
     group = [(0, Change(ChangeKind.PUT, 1, 7, "a", "x", after=rec, prev_version=None)),
@@ -143,7 +152,7 @@ def test_an_entrys_framed_events_are_shared_by_streams_with_the_same_filter_and_
 
 
 async def test_a_streams_queue_is_bounded_in_entries_and_bytes() -> None:
-    from raftmem.service.watchstream import Outbox, _Item
+    from raftmem.service.watchstream import Outbox
 
     box = Outbox(entries_max=3, bytes_max=10)
     box.put_nowait(_Item([b"x" * 40], ((0, 1),)))  # alone, a large entry still goes in
@@ -182,7 +191,6 @@ async def test_a_change_published_as_a_subscription_wait_times_out_is_returned(m
     hundred entries). Told None then, a watch took everything applied as seen
     and skipped the burst."""
     from raftmem import events
-    from raftmem.events import ChangeKind
 
     feed = ChangeFeed()
     sub = feed.subscribe()
@@ -200,31 +208,48 @@ async def test_a_change_published_as_a_subscription_wait_times_out_is_returned(m
     assert await sub.get(0.01) is change
 
 
+class _Replica:
+    """A replica of shard 0 as a stream sees it: its applied index, and a
+    change log read through `read` as the Shard port does."""
+
+    shard = 0
+
+    def __init__(self, applied_index: int = 0) -> None:
+        self.applied_index = applied_index
+        self.log: list[Change] = []
+
+    def changes_after(self, after: int, limit: int) -> ChangePage:
+        return ChangePage(0, [c for c in self.log if c.index > after], self.applied_index, complete=True)
+
+    async def read(self, level: str, fn: Callable[[_Replica], ChangePage], **kw: object) -> tuple[ChangePage, None]:
+        return fn(self), None
+
+    def role(self) -> object:
+        return types.SimpleNamespace(leading=True)
+
+
+def _stream(replica: _Replica, feed: ChangeFeed, flt: WatchFilter | None = None, **watch: Any) -> WatchStream:
+    """A stream on a node whose only replica is `replica`, with these watch settings."""
+    base = embedded_default()
+    config = dataclasses.replace(base, watch=dataclasses.replace(base.watch, **watch))
+    router = types.SimpleNamespace(local=lambda s: replica, node_id="n1", placement={})
+    watches = Watches(config, router, feed, forwarder=None)  # type: ignore[arg-type]
+    return WatchStream(watches, WatchRequest(flt or WatchFilter(), {}, 60_000, False, True), 0)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 async def test_a_stream_never_moves_past_changes_still_queued() -> None:
     """The stream's own guard: told None while changes wait in its subscription,
     it does not take the replica's applied index as seen."""
-    import types
-
-    from raftmem.events import ChangeKind, ChangePage
-    from raftmem.service.watchstream import WatchRequest, WatchStream
-
     feed = ChangeFeed()
-
-    class Replica:
-        shard = 0
-        applied_index = 5
-
-        async def read(self, level: str, fn: object, **kw: object) -> tuple[ChangePage, None]:
-            return ChangePage(0, [], self.applied_index, complete=True), None
-
-        def role(self) -> object:
-            return types.SimpleNamespace(leading=True)
-
-    replica = Replica()
-    config = embedded_default()
-    router = types.SimpleNamespace(local=lambda s: replica, node_id="n1", placement={})
-    watches = Watches(config, router, feed, forwarder=None)  # type: ignore[arg-type]
-    stream = WatchStream(watches, WatchRequest(WatchFilter(), {0: 5}, 1000, False, True), 0)
+    replica = _Replica(applied_index=5)
+    stream = _stream(replica, feed)
     stream.pos = {0: 5}
     real_subscribe = feed.subscribe
 
@@ -250,18 +275,13 @@ async def test_a_stream_never_moves_past_changes_still_queued() -> None:
     replica.applied_index = 6  # entry 6 applied and published: queued, not yet taken
     feed.publish([Change(ChangeKind.PUT, 0, 6, "ns", "a", after={"namespace": "ns", "id": "a", "version": 1,
                                                                   "rev": 6})])
-    for _ in range(100):
-        if not stream.queue.empty():
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: not stream.queue.empty())
     driver.cancel()
     await asyncio.gather(driver, return_exceptions=True)
     assert [item.positions for item in stream.queue.items] == [((0, 6),)], "the change was skipped"
 
 
 async def test_a_subscription_gathers_up_to_a_count_or_a_timeout() -> None:
-    from raftmem.events import ChangeKind
-
     feed = ChangeFeed()
     sub = feed.subscribe(queue_max=8)
     waiting = asyncio.ensure_future(sub.gather(4, 30))
@@ -282,29 +302,10 @@ async def test_a_stream_that_keeps_up_is_never_cut_off_by_its_batches(case: str)
     bytes than the outbox holds (two records of 600 KB after a first, 1 MiB outbox), or more
     changes than half the subscription holds (40 entries, 16), reach a client
     that keeps up, without `overflow`."""
-    import dataclasses
-    import types
-
-    from raftmem.events import ChangeKind, ChangePage
-    from raftmem.service.watchstream import WatchRequest, WatchStream
-
-    class Replica:
-        shard = 0
-        applied_index = 0
-
-        async def read(self, level: str, fn: object, **kw: object) -> tuple[ChangePage, None]:
-            return ChangePage(0, [], self.applied_index, complete=True), None
-
-        def role(self) -> object:
-            return types.SimpleNamespace(leading=True)
-
-    replica = Replica()
-    base = embedded_default()
-    config = dataclasses.replace(base, watch=dataclasses.replace(base.watch, buffer_events_max=16, batch_ms=200))
-    router = types.SimpleNamespace(local=lambda s: replica, node_id="n1", placement={})
+    replica = _Replica()
     feed = ChangeFeed()
-    watches = Watches(config, router, feed, forwarder=None)  # type: ignore[arg-type]
-    stream = WatchStream(watches, WatchRequest(WatchFilter(namespace="ns"), {}, 60_000, False, True), 0)
+    stream = _stream(replica, feed, WatchFilter(namespace="ns"), buffer_events_max=16, batch_ms=200)
+    watches = stream.watches
     sent: list[bytes] = []
 
     async def start() -> None:
@@ -314,10 +315,7 @@ async def test_a_stream_that_keeps_up_is_never_cut_off_by_its_batches(case: str)
         sent.append(data)
 
     running = asyncio.ensure_future(stream.run(start, send, lambda: True))
-    for _ in range(100):  # until the driver follows the feed
-        if feed._subscriptions:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: bool(feed._subscriptions))  # the driver follows the feed
     large = case == "large records"
     for index in range(1, 4 if large else 41):  # the first goes at once, the rest wait for the batch
         rec = {"namespace": "ns", "id": f"m{index}", "version": 1, "rev": index,
@@ -325,10 +323,7 @@ async def test_a_stream_that_keeps_up_is_never_cut_off_by_its_batches(case: str)
         replica.applied_index = index
         feed.publish([Change(ChangeKind.PUT, 0, index, "ns", f"m{index}", after=rec)])
         await asyncio.sleep(0.001)
-    for _ in range(300):
-        if watches.stats.events == replica.applied_index:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: watches.stats.events == replica.applied_index or bool(watches.stats.ended))
     running.cancel()
     await asyncio.gather(running, return_exceptions=True)
     assert watches.stats.ended.get("overflow", 0) == 0 and b"overflow" not in b"".join(sent)
@@ -337,53 +332,25 @@ async def test_a_stream_that_keeps_up_is_never_cut_off_by_its_batches(case: str)
 
 
 def _put(index: int, content: str = "") -> Change:
-    from raftmem.events import ChangeKind
-
     rec = {"namespace": "ns", "id": f"k{index}", "version": 1, "rev": index, "content": content}
     return Change(ChangeKind.PUT, 0, index, "ns", f"k{index}", after=rec)
 
 
-async def _one_batch(published: list[Change], log: list[Change], buffer_bytes_max: int = 1 << 20) -> Any:
+async def _one_batch(published: list[Change], log: list[Change], reached: int | None = None,
+                     **watch: Any) -> tuple[collections.deque[_Item], dict[int, int]]:
     """A stream's local driver fed `published` in one batch, its replica's change
-    log holding `log` (what a catch-up after a RESET reads): its queued items."""
-    import dataclasses
-    import types
-
-    from raftmem.events import ChangePage
-    from raftmem.service.watchstream import WatchRequest, WatchStream
-
-    class Replica:
-        shard = 0
-        applied_index = 0
-        log: list[Change] = []  # noqa: RUF012 (empty until the batch is published)
-
-        async def read(self, level: str, fn: object, **kw: object) -> tuple[ChangePage, None]:
-            after = stream.pos.get(0, 0)
-            return ChangePage(0, [c for c in self.log if c.index > after], self.applied_index, complete=True), None
-
-        def role(self) -> object:
-            return types.SimpleNamespace(leading=True)
-
-    replica = Replica()
-    base = embedded_default()
-    config = dataclasses.replace(base, watch=dataclasses.replace(base.watch, buffer_bytes_max=buffer_bytes_max))
-    router = types.SimpleNamespace(local=lambda s: replica, node_id="n1", placement={})
+    log holding `log` (what a catch-up after a RESET reads), until its position
+    reaches `reached` (the last index published): its queued items and positions."""
+    replica = _Replica()
     feed = ChangeFeed()
-    watches = Watches(config, router, feed, forwarder=None)  # type: ignore[arg-type]
-    stream = WatchStream(watches, WatchRequest(WatchFilter(), {0: 0}, 60_000, False, True), 0)
+    stream = _stream(replica, feed, **watch)
     stream.pos = {0: 0}
-    driver = asyncio.ensure_future(stream._local({0: replica}))  # type: ignore[arg-type]
-    for _ in range(100):
-        if feed._subscriptions:
-            break
-        await asyncio.sleep(0.01)
+    driver = asyncio.ensure_future(stream._local({0: replica}))  # type: ignore[dict-item]
+    await until(lambda: bool(feed._subscriptions))
     replica.applied_index = max(c.index for c in published)
     replica.log = log
     feed.publish(published)
-    for _ in range(200):
-        if stream.pos[0] >= replica.applied_index:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: stream.pos[0] >= (reached or replica.applied_index))
     driver.cancel()
     await asyncio.gather(driver, return_exceptions=True)
     return stream.queue.items, stream.pos
@@ -396,10 +363,10 @@ async def test_a_batchs_entries_are_queued_as_one_item_and_positions_move_with_t
 
 
 async def test_entries_before_a_reset_are_queued_before_the_catch_up_reads_the_log() -> None:
-    """Without it the catch-up, reading from a position that had not moved past
-    the batch's first entries, would send them twice."""
-    from raftmem.events import ChangeKind
-
+    """The batch's entries before a RESET, and what the catch-up reads from the
+    installed log, come out once each and in order. (Queued before the RESET is
+    handled, they move the position a fetch from another node would start from;
+    a catch-up is also safe without it: entries are skipped when queued.)"""
     log = [_put(1), _put(2), _put(3), _put(4)]  # the installed log
     items, pos = await _one_batch([_put(1), _put(2), Change(ChangeKind.RESET, 0, 3), _put(4)], log)
     sent = [orjson.loads(line)["token"] for i in items for line in b"".join(i.parts).splitlines()]
@@ -408,6 +375,7 @@ async def test_entries_before_a_reset_are_queued_before_the_catch_up_reads_the_l
 
 async def test_a_batch_goes_in_pieces_of_at_most_half_the_queues_bytes() -> None:
     # Nothing takes from the queue here: it holds what fits in 64 KiB, in pieces.
-    items, pos = await _one_batch([_put(i, "x" * 10_000) for i in range(1, 21)], [], buffer_bytes_max=64 << 10)
+    items, pos = await _one_batch([_put(i, "x" * 10_000) for i in range(1, 21)], [], reached=6,
+                                  buffer_bytes_max=64 << 10)
     assert len(items) == 2 and all(i.size <= 32 << 10 for i in items)
     assert pos == {0: 6} and [i.positions for i in items] == [((0, 3),), ((0, 6),)]
