@@ -4,12 +4,13 @@ as Server-Sent Events or NDJSON, resumable from tokens (raftmem/DESIGN.md,
 
 Where the changes come from, per shard:
 - a replica on this node (`_local`): its change log (StateMachine.changes_after,
-  read through the Shard port) up to its applied index, then the node's feed.
-  It catches up from the log without a subscription, then subscribes and reads
-  the log once more, then follows the feed: whatever was applied between is in
-  the log, whatever comes after is in the subscription, and a change at or
-  below the position already given is skipped. A snapshot install (`RESET`)
-  is caught up from the installed log the same way.
+  read through the Shard port) up to its applied index, then the node's feed
+  through the fan-out (raftmem.service.watchfanout: one subscription and one
+  task for every stream). It catches up from the log on its own, then joins
+  the fan-out and reads the log once more, then follows: whatever was applied
+  between is in the log, whatever comes after reaches it through the fan-out,
+  and a change at or below the position already given is skipped. A snapshot
+  install (`RESET`) is caught up from the installed log the same way.
 - another node (`_remote`), for a shard this node holds no replica of (after a
   membership change), or whose leader is required and elsewhere: long-polls of
   GET /v1/internal/shards/{shard}/changes at a node that holds one.
@@ -26,17 +27,19 @@ client resumes from the token of the last event marked `last` or the last
 progress, whichever is later, and sees exactly what follows: a connection cut
 in the middle of an entry sends that entry again, whole.
 
-Bounds: `watch.watchers_max` streams per node (past it 429); per stream, one
-feed subscription of `watch.buffer_events_max` changes and an outgoing queue
-of as many items (entries queued together: a live batch's, or a log page's) or
-`watch.buffer_bytes_max` bytes; a stream that falls that far behind its writes
-is cut off with an `overflow` event carrying its tokens. The changes queued are shared
-with the feed's other subscribers, not copied, and the encoded events, and an
-entry's events framed for a filter, are shared between streams (`EventCache`).
+Bounds: `watch.watchers_max` streams per node (past it 429); per stream,
+`watch.buffer_events_max` entries held for its driver when they cannot go
+straight to its outgoing queue, and that queue of as many items (entries
+queued together: a live batch's, or a log page's) or `watch.buffer_bytes_max`
+bytes; a stream that falls that far behind its writes is cut off with an
+`overflow` event carrying its tokens. The encoded events, and an entry's
+events framed for a filter, are shared between streams (`EventCache`), not
+copied.
 
-Under load a stream takes its changes at most every `watch.batch_ms`, so many
-entries go out in one wake-up and one write (raftmem/DESIGN.md, "Batches of
-`watch.batch_ms` under load").
+Under load the fan-out takes the feed's changes at most every
+`watch.batch_ms`, so many entries go out in one item and one write per stream
+(raftmem/DESIGN.md, "Batches of `watch.batch_ms` under load" and "One fan-out
+per node").
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from ..events import Change, ChangeFeed, ChangeKind, Closed, Compacted, Overflow
 from ..shard import Shard
 from .calls import Call, Forwarder, Reply
 from .leaders import Router
+from .watchfanout import FanOut
 from .watchstream import (
     ALIVE_CHECK_S,
     FILTER_PARAMS,
@@ -101,6 +105,7 @@ class Watches:
         self.cache: EventCache[tuple[int, int, int], bytes] = EventCache(len)
         self.entry_cache: EventCache[tuple[int, int, WatchFilter, bool], Framed] = EventCache(_framed_bytes)
         self.stats = WatchStats()
+        self.fanout = FanOut(self)
         self.stopping = asyncio.Event()
         self.unsafe_drop = bool(config.debug.get("unsafe_watch_drop"))
         self._sent = 0  # events, for the negative control's drop
@@ -192,7 +197,9 @@ class Watches:
 
     def status(self) -> dict[str, Any]:
         return {"open": self.stats.open_now, "opened": self.stats.opened, "events": self.stats.events,
-                "writes": self.stats.writes, "ended": dict(self.stats.ended), "watchers_max": self.limits.watchers_max}
+                "writes": self.stats.writes, "ended": dict(self.stats.ended), "watchers_max": self.limits.watchers_max,
+                "fanout": {"following": len(self.fanout.members), "batches": self.fanout.batches,
+                           "resyncs": self.fanout.resyncs}}
 
     # -- the internal fetch: a shard's changes for another node's stream --------------------
     async def fetch(self, shard: int, call: Call) -> Reply:

@@ -10,7 +10,7 @@ import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
@@ -24,7 +24,6 @@ from ..events import (
     ChangePage,
     Compacted,
     Overflowed,
-    Subscription,
     settle_waiter,
     until_settled,
 )
@@ -234,10 +233,13 @@ class _Item:
     parts: list[bytes]
     positions: tuple[tuple[int, int], ...] = ()
     terminal: Callable[[dict[int, int]], dict[str, Any]] | None = None
+    size: int = field(init=False)
 
-    @property
-    def size(self) -> int:
-        return sum(map(len, self.parts))
+    def __post_init__(self) -> None:
+        self.size = sum(map(len, self.parts))
+
+
+Pending = tuple[int, int, Framed | None]  # an entry for a stream's driver: shard, index, its events (None: a marker)
 
 
 async def read_page(replica: Shard, after: int, limit: int) -> ChangePage:
@@ -261,8 +263,13 @@ class WatchStream:
         self.local: dict[int, Shard] = {}  # shards served by this node's replicas
         self.remote: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._sub: Subscription | None = None  # the local driver's, while it follows the feed
-        self._piece = min(WRITE_BYTES_MAX, self.limits.buffer_bytes_max // 2)  # bytes of entries per queued item
+        # Following this node's replicas through the fan-out (raftmem.service.watchfanout):
+        self.live = False  # the fan-out queues straight into the outbox (nothing pending)
+        self.pending: collections.deque[Pending] = collections.deque()  # for the driver, in order
+        self.checking: set[int] = set()  # shards whose replica the driver is told to check
+        self.cut = False  # fell more than buffer_events_max entries behind: overflow
+        self._woken: asyncio.Future[None] | None = None  # the driver's wait for pending entries
+        self.piece = min(WRITE_BYTES_MAX, self.limits.buffer_bytes_max // 2)  # bytes of entries per queued item
         self._failed: asyncio.Future[BaseException] | None = None
 
     @property
@@ -312,7 +319,7 @@ class WatchStream:
             await send(self.frame(orjson.dumps({"type": "progress", "tokens": format_tokens(self.written)})))
             writer = asyncio.create_task(self._write(send, alive))
             if self.local:
-                self._spawn(self._local(dict(self.local)))
+                self._spawn(self._local())
             for shard in sorted(self.remote):
                 self._spawn(self._remote(shard))
             stopping = asyncio.create_task(self._until_stopping())
@@ -408,31 +415,34 @@ class WatchStream:
 
     # -- delivering entries ----------------------------------------------------------------------
     async def _queue_groups(self, groups: Iterable[tuple[int, int, list[tuple[int, Change]]]]) -> None:
-        """Queue whole entries' matching changes (log order per shard), skipping
-        entries at or below the positions, in items of at most `_piece` bytes
-        (an entry alone may be larger): one item, one wake-up of the writer, for
-        a batch from the feed or a page from a log."""
-        framed: list[tuple[int, int, Framed]] = []
-        size = 0
+        """Queue whole entries' matching changes (a page of a change log)."""
         flt, ndjson = self.request.filter, self.request.ndjson
-        for shard, index, group in groups:
+        await self._queue_framed([(shard, index, self.watches.entry_frames(shard, index, group, flt, ndjson))
+                                  for shard, index, group in groups if index > self.pos.get(shard, 0)])
+
+    async def _queue_framed(self, framed: Iterable[tuple[int, int, Framed]]) -> None:
+        """Queue whole entries (log order per shard), skipping entries at or
+        below the positions, in items of at most `piece` bytes (an entry alone
+        may be larger): one item, one wake-up of the writer, for many entries."""
+        run: list[tuple[int, int, Framed]] = []
+        size = 0
+        for shard, index, entry in framed:
             if index <= self.pos.get(shard, 0):
                 continue
-            entry = self.watches.entry_frames(shard, index, group, flt, ndjson)
-            if framed and size + len(entry[0]) > self._piece:
-                await self._queue_entries(framed)
-                framed, size = [], 0
-            framed.append((shard, index, entry))
+            if run and size + len(entry[0]) > self.piece:
+                await self._queue_entries(run)
+                run, size = [], 0
+            run.append((shard, index, entry))
             size += len(entry[0])
-        await self._queue_entries(framed)
+        await self._queue_entries(run)
 
     async def _queue_entries(self, framed: list[tuple[int, int, Framed]]) -> None:
         """Queue whole entries (in log order per shard) as one item, waiting for
         room, then move past them. The feed never waits for it: live, the
-        stream's subscription holds what comes meanwhile, and once that has
-        fallen `buffer_events_max` changes behind, the stream is cut off
-        (`overflow`, within ALIVE_CHECK_S even if its client takes nothing);
-        read from a change log, the reader is the one waiting. Positions move
+        fan-out holds what comes meanwhile in `pending`, and once that has
+        fallen `buffer_events_max` entries behind, the stream is cut off
+        (`overflow`, told at once even if its client takes nothing); read
+        from a change log, the reader is the one waiting. Positions move
         only once the entries are queued: the writer, finding its queue empty,
         takes them as written."""
         reached: dict[int, int] = {}
@@ -452,7 +462,7 @@ class WatchStream:
             self.pos[shard] = max(self.pos.get(shard, 0), index)
 
     def _cut_off(self) -> bool:
-        return self._sub is not None and self._sub.cut_off()
+        return self.cut
 
     async def _deliver_bodies(self, shard: int, bodies: list[dict[str, Any]]) -> None:
         """Events fetched from another node (whole entries), by entry."""
@@ -477,83 +487,74 @@ class WatchStream:
             if page.complete:
                 return
 
-    async def _local(self, shards: dict[int, Shard]) -> None:
-        for shard, replica in sorted(shards.items()):
+    async def _local(self) -> None:
+        """This node's replicas: from their change logs, then through the fan-out."""
+        fanout = self.watches.fanout
+        for shard, replica in sorted(self.local.items()):
             await self._catch_up(shard, replica)
-        sub = self._sub = self.watches.feed.subscribe(shards, queue_max=self.limits.buffer_events_max)
-        sub.on_fail = self.queue.wake  # a driver waiting for room in the queue is told at once
+        fanout.join(self)  # what is applied from now on comes as pending entries
         try:
-            for shard, replica in sorted(shards.items()):
+            for shard, replica in sorted(self.local.items()):  # what was applied meanwhile
                 await self._catch_up(shard, replica)
-            checked = time.monotonic()
-            batch_s = self.limits.batch_ms / 1000
-            next_batch = 0.0
-            while shards:
-                first = await sub.get(LOCAL_IDLE_S)
-                if first is None and sub.pending() == 0:
-                    # Nothing queued, now (no await since): every change applied
-                    # so far has been seen, so positions may move to the replicas'
-                    # applied indexes. (A change published as the wait timed out,
-                    # left queued, once made a stream skip a burst of entries
-                    # applied after a partition healed: jepsen halves.)
-                    self._idle(shards)
-                    checked = time.monotonic()
+            while self.local:
+                if self.cut:
+                    raise Overflowed(self.pos)
+                if self.pending:
+                    await self._drain()
                     continue
-                if first is None:
-                    continue
-                now = time.monotonic()
-                if now < next_batch:
-                    # The last batch was taken less than batch_ms ago: let what
-                    # comes meanwhile join this one (one wake-up and one write for
-                    # them all), but never more than half the subscription's
-                    # queue (a stream that keeps up is never cut off for pacing).
-                    await sub.gather(max(1, sub.queue_max // 2), next_batch - now)
-                    now = time.monotonic()
-                next_batch = now + batch_s
-                if now - checked > LOCAL_IDLE_S:  # busy: check the replicas all the same
-                    self._check_replicas(shards)
-                    checked = now
-                batch = [first]
-                while (more := sub.get_nowait()) is not None:
-                    batch.append(more)
-                run: list[tuple[int, int, list[tuple[int, Change]]]] = []  # the batch's entries, queued together
-                for shard, index, group in entries(batch):
-                    current = shards.get(shard)
-                    if current is None:
-                        continue
-                    if group[0][1].kind is ChangeKind.RESET:
-                        # Replaced by a snapshot (its change log came with it), or
-                        # dropped: what came before it is queued (and its position
-                        # moved) before the catch-up or the fetch from elsewhere.
-                        await self._queue_groups(run)
-                        run = []
-                        if index == 0 or self.router.local(shard) is not current:
-                            self._to_remote(shards, shard)
-                        else:
-                            await self._catch_up(shard, current)
-                        continue
-                    run.append((shard, index, group))
-                await self._queue_groups(run)
+                # Nothing pending, now (no await since): the fan-out may queue
+                # straight into the outbox; it wakes the driver when it cannot.
+                self.live = True
+                waiter = self._woken = asyncio.get_running_loop().create_future()
+                try:
+                    await until_settled(waiter, None)
+                finally:
+                    self._woken = None
         finally:
-            sub.close()
-            self._sub = None
+            fanout.leave(self)
 
-    def _idle(self, shards: dict[int, Shard]) -> None:
-        """Nothing queued: every change these replicas applied has been seen, so
-        their positions move to their applied indexes."""
-        self._check_replicas(shards)
-        for shard, replica in shards.items():
-            self.pos[shard] = max(self.pos[shard], replica.applied_index)
+    def hold(self, pending: Iterable[Pending]) -> None:
+        """Entries (and markers) for the driver, in order after what it holds;
+        past `buffer_events_max` of them the stream is cut off (the fan-out
+        never waits on a stream)."""
+        if self.cut:
+            return
+        self.live = False
+        self.pending.extend(pending)
+        if len(self.pending) > self.limits.buffer_events_max:
+            self.cut = True
+            self.pending.clear()
+            self.watches.fanout.leave(self)
+            self.queue.wake()  # a driver waiting for room is told at once
+        if self._woken is not None:
+            settle_waiter(self._woken)
 
-    def _check_replicas(self, shards: dict[int, Shard]) -> None:
-        """A replica dropped, or no longer leading when the leader is required,
-        hands its shard over to a fetch from another node."""
-        for shard, replica in list(shards.items()):
-            if self.watches.serving(shard, self.request.require_leader) is not replica:
-                self._to_remote(shards, shard)
+    async def _drain(self) -> None:
+        """Queue the pending entries (waiting for room), and act on markers:
+        a RESET (the replica replaced by a snapshot, its change log with it,
+        or dropped) or a check (the replica may no longer serve the stream)
+        catches the shard up from the log, or hands it over to a fetch from
+        another node, after what came before it is queued."""
+        run: list[tuple[int, int, Framed]] = []
+        while self.pending:
+            shard, index, entry = self.pending.popleft()
+            current = self.local.get(shard)
+            if current is None:
+                continue
+            if entry is not None:
+                run.append((shard, index, entry))
+                continue
+            await self._queue_framed(run)  # its positions move before a fetch starts from them
+            run = []
+            self.checking.discard(shard)
+            if index == 0 or self.watches.serving(shard, self.request.require_leader) is not current:
+                self._to_remote(shard)
+            else:
+                await self._catch_up(shard, current)
+        await self._queue_framed(run)
 
-    def _to_remote(self, shards: dict[int, Shard], shard: int) -> None:
-        del shards[shard]
+    def _to_remote(self, shard: int) -> None:
+        del self.local[shard]
         self.remote.add(shard)
         self._spawn(self._remote(shard))
 

@@ -22,7 +22,7 @@ from raftmem.config import ApiToken, AuthConfig, embedded_default
 from raftmem.errors import Forbidden, InvalidRequest
 from raftmem.events import Change, ChangeFeed, ChangeKind, ChangePage
 from raftmem.membership import Table
-from raftmem.service import Call
+from raftmem.service import Call, watchfanout
 from raftmem.service.leaders import Router
 from raftmem.service.watch import Watches
 from raftmem.service.watchstream import (
@@ -228,12 +228,16 @@ class _Replica:
         return types.SimpleNamespace(leading=True)
 
 
-def _stream(replica: _Replica, feed: ChangeFeed, flt: WatchFilter | None = None, **watch: Any) -> WatchStream:
-    """A stream on a node whose only replica is `replica`, with these watch settings."""
-    base = embedded_default()
-    config = dataclasses.replace(base, watch=dataclasses.replace(base.watch, **watch))
-    router = types.SimpleNamespace(local=lambda s: replica, node_id="n1", placement={})
-    watches = Watches(config, router, feed, forwarder=None)  # type: ignore[arg-type]
+def _stream(replica: _Replica, feed: ChangeFeed, flt: WatchFilter | None = None, watches: Watches | None = None,
+            **watch: Any) -> WatchStream:
+    """A stream on a node whose only replica is `replica` (`router.replicas`
+    says which it holds), with these watch settings, or another stream of `watches`."""
+    if watches is None:
+        base = embedded_default()
+        config = dataclasses.replace(base, watch=dataclasses.replace(base.watch, **watch))
+        replicas = {0: replica}
+        router = types.SimpleNamespace(local=replicas.get, replicas=replicas, node_id="n1", placement={})
+        watches = Watches(config, router, feed, forwarder=None)  # type: ignore[arg-type]
     return WatchStream(watches, WatchRequest(flt or WatchFilter(), {}, 60_000, False, True), 0)
 
 
@@ -245,8 +249,8 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
 
 
 async def test_a_stream_never_moves_past_changes_still_queued() -> None:
-    """The stream's own guard: told None while changes wait in its subscription,
-    it does not take the replica's applied index as seen."""
+    """The fan-out's guard: told None while changes wait in its subscription,
+    it does not take the replica's applied index as seen for its streams."""
     feed = ChangeFeed()
     replica = _Replica(applied_index=5)
     stream = _stream(replica, feed)
@@ -270,7 +274,8 @@ async def test_a_stream_never_moves_past_changes_still_queued() -> None:
         return sub
 
     feed.subscribe = subscribe  # type: ignore[method-assign]
-    driver = asyncio.ensure_future(stream._local({0: replica}))  # type: ignore[arg-type]
+    stream.local = {0: replica}  # type: ignore[dict-item]
+    driver = asyncio.ensure_future(stream._local())
     await asyncio.sleep(0.05)
     replica.applied_index = 6  # entry 6 applied and published: queued, not yet taken
     feed.publish([Change(ChangeKind.PUT, 0, 6, "ns", "a", after={"namespace": "ns", "id": "a", "version": 1,
@@ -345,7 +350,8 @@ async def _one_batch(published: list[Change], log: list[Change], reached: int | 
     feed = ChangeFeed()
     stream = _stream(replica, feed, **watch)
     stream.pos = {0: 0}
-    driver = asyncio.ensure_future(stream._local({0: replica}))  # type: ignore[dict-item]
+    stream.local = {0: replica}  # type: ignore[dict-item]
+    driver = asyncio.ensure_future(stream._local())
     await until(lambda: bool(feed._subscriptions))
     replica.applied_index = max(c.index for c in published)
     replica.log = log
@@ -379,3 +385,120 @@ async def test_a_batch_goes_in_pieces_of_at_most_half_the_queues_bytes() -> None
                                   buffer_bytes_max=64 << 10)
     assert len(items) == 2 and all(i.size <= 32 << 10 for i in items)
     assert pos == {0: 6} and [i.positions for i in items] == [((0, 3),), ((0, 6),)]
+
+
+async def _follow(stream: WatchStream, replica: _Replica) -> list[bytes]:
+    """Run `stream` on `replica` from position 0: what it sends, as it sends it."""
+    sent: list[bytes] = []
+
+    async def start() -> None:
+        stream.local, stream.pos = {0: replica}, {0: 0}  # type: ignore[dict-item]
+
+    async def send(data: bytes) -> None:
+        sent.append(data)
+
+    stream._runner = asyncio.ensure_future(stream.run(start, send, lambda: True))  # type: ignore[attr-defined]
+    return sent
+
+
+def _tokens(sent: list[bytes]) -> list[str]:
+    return [event["token"] for line in b"".join(sent).splitlines()
+            if (event := orjson.loads(line))["type"] == "put"]
+
+
+async def _stop(*streams: WatchStream) -> None:
+    runners = [s._runner for s in streams]  # type: ignore[attr-defined]
+    for runner in runners:
+        runner.cancel()
+    await asyncio.gather(*runners, return_exceptions=True)
+
+
+async def test_one_subscription_serves_every_stream_that_follows_the_node() -> None:
+    """Three streams with two filters: one feed subscription (the fan-out's),
+    every stream gets its matching events once and in order."""
+    replica, feed = _Replica(), ChangeFeed()
+    first = _stream(replica, feed, batch_ms=0)
+    streams = [first, _stream(replica, feed, watches=first.watches),
+               _stream(replica, feed, WatchFilter(namespace="other"), watches=first.watches)]
+    sent = [await _follow(s, replica) for s in streams]
+    await until(lambda: len(first.watches.fanout.members) == 3)
+    for index in range(1, 21):
+        replica.applied_index = index
+        replica.log.append(_put(index))
+        feed.publish([_put(index)])
+        await asyncio.sleep(0.001 * (index % 3))
+    await until(lambda: all(s.written.get(0) == 20 for s in streams))
+    assert len(feed._subscriptions) == 1
+    assert _tokens(sent[0]) == _tokens(sent[1]) == [f"0:{i}" for i in range(1, 21)]
+    assert _tokens(sent[2]) == []
+    await _stop(*streams)
+    assert feed._subscriptions == [] and first.watches.fanout.sub is None
+
+
+async def test_a_stream_that_takes_nothing_is_cut_off_and_the_others_go_on() -> None:
+    """The fan-out never waits on a stream: one whose client takes nothing is
+    cut off (overflow) once buffer_events_max entries wait for it, while
+    another stream gets every event."""
+    replica, feed = _Replica(), ChangeFeed()
+    stuck = _stream(replica, feed, batch_ms=0, buffer_events_max=4, buffer_bytes_max=4096)
+    stuck_sent: list[bytes] = []
+    never = asyncio.get_running_loop().create_future()
+
+    async def start() -> None:
+        stuck.local, stuck.pos = {0: replica}, {0: 0}  # type: ignore[dict-item]
+
+    async def send(data: bytes) -> None:
+        stuck_sent.append(data)
+        if len(stuck_sent) > 1:  # the first progress goes out; then the client takes nothing
+            await never
+
+    stuck._runner = asyncio.ensure_future(stuck.run(start, send, lambda: True))  # type: ignore[attr-defined]
+    other = _stream(replica, feed, watches=stuck.watches)
+    sent = await _follow(other, replica)
+    await until(lambda: len(stuck.watches.fanout.members) == 2)
+    for index in range(1, 41):
+        replica.applied_index = index
+        replica.log.append(_put(index, "x" * 500))
+        feed.publish([_put(index, "x" * 500)])
+        await asyncio.sleep(0.001)
+    await until(lambda: other.written.get(0) == 40)
+    assert stuck.cut and stuck.watches.stats.ended == {"overflow": 1}
+    assert list(stuck.watches.fanout.members) == [other]
+    assert _tokens(sent) == [f"0:{i}" for i in range(1, 41)]
+    await _stop(stuck, other)
+
+
+async def test_a_fanout_that_falls_behind_the_feed_catches_every_stream_up_from_the_log(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fan-out's own subscription cut off (more changes at once than it
+    holds): every stream catches up from its change log, from its position,
+    and gets each event once and in order."""
+    monkeypatch.setattr(watchfanout, "FANOUT_QUEUE_MAX", 4)
+    replica, feed = _Replica(), ChangeFeed()
+    stream = _stream(replica, feed, batch_ms=0, buffer_events_max=4)
+    sent = await _follow(stream, replica)
+    await until(lambda: stream.live)
+    burst = [_put(index) for index in range(1, 11)]
+    replica.applied_index, replica.log = 10, burst
+    feed.publish(burst)  # more than its subscription holds, before it runs again
+    await until(lambda: stream.written.get(0) == 10)
+    assert stream.watches.fanout.resyncs == 1
+    assert _tokens(sent) == [f"0:{i}" for i in range(1, 11)]
+    await _stop(stream)
+
+
+async def test_a_replica_that_stops_serving_hands_its_shard_over() -> None:
+    """A replica dropped from this node: the fan-out's check tells the
+    stream's driver, which hands the shard over to a fetch from another node."""
+    replica, feed = _Replica(), ChangeFeed()
+    stream = _stream(replica, feed)
+    stream.pos = {0: 0}
+    stream.local = {0: replica}  # type: ignore[dict-item]
+    driver = asyncio.ensure_future(stream._local())
+    await until(lambda: stream.live)
+    del stream.router.replicas[0]  # type: ignore[attr-defined]
+    await until(lambda: 0 in stream.remote)
+    assert stream.local == {} and stream.checking == set()
+    await asyncio.wait_for(driver, 5)  # nothing local left: the driver ends, and leaves the fan-out
+    assert not stream.watches.fanout.members
+    await stream._cancel_drivers()
