@@ -139,7 +139,6 @@ class Subscription:
     _error: Exception | None = None
     _last: dict[int, int] = field(default_factory=dict)
     _wake_at: int = 1  # queued changes that wake the waiter (`gather` raises it)
-    on_fail: Callable[[], None] | None = None  # told when it is cut off or closed (its owner may wait elsewhere)
 
     def wants(self, change: Change) -> bool:
         return self.shards is None or change.shard in self.shards
@@ -158,8 +157,6 @@ class Subscription:
         if self._error is None:
             self._error = error
         self._wake()
-        if self.on_fail is not None:
-            self.on_fail()
 
     def _wake(self) -> None:
         if self._waiter is not None:
@@ -167,10 +164,6 @@ class Subscription:
 
     def pending(self) -> int:
         return len(self._queue)
-
-    def cut_off(self) -> bool:
-        """Has it fallen more than its queue behind (and been dropped by the feed)?"""
-        return isinstance(self._error, Overflowed)
 
     def get_nowait(self) -> Change | None:
         """The next change if one is queued; raises once cut off or closed

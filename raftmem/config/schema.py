@@ -269,9 +269,10 @@ class WatchConfig:
     retention_entries: int = 100_000
     # Open watch streams per node; past it a new watch answers 429.
     watchers_max: int = 1000
-    # Changes queued for one watcher (its feed subscription; and items of entries
-    # queued together, a live batch's or a log page's, waiting for its socket); a watcher that falls
-    # this far behind is cut off with an `overflow` event and resumes from its token.
+    # Entries held for one watcher when they cannot go straight to its socket's
+    # queue (and items of that queue: entries queued together, a live batch's or
+    # a log page's); a watcher that falls this far behind is cut off with an
+    # `overflow` event and resumes from its token.
     buffer_events_max: int = 1000
     # ... or this many bytes of events (an event alone may be larger): a node's
     # watches hold at most watchers_max times this.

@@ -8,15 +8,17 @@ feed's changes by entry once, frames each entry once per filter and framing,
 and, per stream:
 
 - **live** (nothing of its own waiting, its outbox has room, the batch holds no
-  `RESET`): queues the batch's new entries in the stream's outbox as one item
-  and moves its positions; the stream's driver is not woken at all, only its
-  writer;
+  `RESET` and at most a piece of bytes for it): queues the batch's new entries
+  in the stream's outbox as one item and moves its positions; the stream's
+  driver is not woken at all, only its writer;
 - otherwise appends the batch's entries to the stream's `pending` and wakes
   its driver, which queues them waiting for room, and does what needs a log
   read or another node (a `RESET`: caught up from the installed log, or handed
   over; a replica no longer serving: handed over). A stream whose pending
   entries pass `watch.buffer_events_max` is cut off (`overflow`): the fan-out
   never waits on a stream, and a node's memory does not grow with slow ones.
+  A batch holds at most half that many changes, so a stream that keeps up is
+  never cut off by one.
 
 A stream's driver is the only one to change its local shards, so a hand-over
 never races a catch-up: the fan-out's checks (a replica dropped, or no longer
@@ -27,10 +29,12 @@ entries, in order with the entries around them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..errors import Unavailable
 from ..events import Change, ChangeKind, Closed, Overflowed, Subscription
 from ..shard import Shard
 from .watchstream import LOCAL_IDLE_S, Pending, WatchFilter, _Item, entries
@@ -38,6 +42,8 @@ from .watchstream import LOCAL_IDLE_S, Pending, WatchFilter, _Item, entries
 if TYPE_CHECKING:
     from .watch import Watches
     from .watchstream import WatchStream
+
+log = logging.getLogger(__name__)
 
 # Changes the fan-out's subscription holds between two batches (it takes them
 # at half this, or every batch_ms); past it every stream catches up from its
@@ -76,6 +82,7 @@ class FanOut:
         if self.sub is None:
             self.sub = self.watches.feed.subscribe(queue_max=max(FANOUT_QUEUE_MAX, self.watches.limits.buffer_events_max))
             self.task = asyncio.ensure_future(self._run(self.sub))
+            self.task.add_done_callback(self._ended)
         stream.live = False
         self.members[stream] = None
 
@@ -84,6 +91,26 @@ class FanOut:
         if not self.members and self.sub is not None:
             self.sub.close()  # the task ends on it
             self.sub = self.task = None
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A fan-out that failed (a defect) ends its streams with an error (their
+        clients resume from their tokens) rather than leave them waiting."""
+        error = None if task.cancelled() else task.exception()
+        if error is None:
+            return
+        log.error("watch fan-out failed", exc_info=error)
+        if self.task is task:
+            self._end(error)
+
+    def _end(self, error: BaseException) -> None:
+        """This fan-out is over: its streams end with `error`, and the next
+        stream to join starts another."""
+        if self.sub is not None:
+            self.sub.close()
+        self.sub = self.task = None
+        members, self.members = list(self.members), {}
+        for stream in members:
+            stream.fail(error)
 
     async def _run(self, sub: Subscription) -> None:
         limits = self.watches.limits
@@ -106,17 +133,24 @@ class FanOut:
                     continue
                 if now < next_batch:
                     # The last batch went out less than batch_ms ago: what comes
-                    # meanwhile joins this one (one item and one write per stream).
-                    await sub.gather(max(1, sub.queue_max // 2), next_batch - now)
+                    # meanwhile joins this one (one item and one write per stream),
+                    # but at most half what a stream may hold for its driver (a
+                    # batch that cannot go straight to a stream's outbox never
+                    # cuts off a stream that keeps up).
+                    await sub.gather(max(1, min(sub.queue_max, limits.buffer_events_max) // 2), next_batch - now)
                     now = time.monotonic()
                 next_batch = now + batch_s
                 batch = [first]
                 while (more := sub.get_nowait()) is not None:
                     batch.append(more)
             except Overflowed:
+                if self.sub is not sub:
+                    return  # every stream left meanwhile (or a new fan-out took over)
                 sub = self._resync()
                 continue
             except Closed:
+                if self.sub is sub:  # the feed closed: the node is stopping
+                    self._end(Unavailable(f"node {self.watches.router.node_id} is stopping"))
                 return
             self._dispatch(batch)
             if now - checked > LOCAL_IDLE_S:  # busy: check the replicas all the same

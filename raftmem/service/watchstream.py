@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 FILTER_PARAMS = ("namespace", "namespace_prefix", "agent_id", "tag")
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
-LOCAL_IDLE_S = 0.25  # a local driver checks its replicas (dropped? still leading?) this often when idle
+LOCAL_IDLE_S = 0.25  # the fan-out checks its streams' replicas (dropped? still leading?) this often
 ALIVE_CHECK_S = 1.0  # a stream notices a client that went away within this, even when idle
 WAIT_S_MIN = 0.01
 WRITE_BYTES_MAX = 256 << 10  # entries joined into one write, at most
@@ -268,6 +268,7 @@ class WatchStream:
         self.pending: collections.deque[Pending] = collections.deque()  # for the driver, in order
         self.checking: set[int] = set()  # shards whose replica the driver is told to check
         self.cut = False  # fell more than buffer_events_max entries behind: overflow
+        self.broken: BaseException | None = None  # the fan-out failed
         self._woken: asyncio.Future[None] | None = None  # the driver's wait for pending entries
         self.piece = min(WRITE_BYTES_MAX, self.limits.buffer_bytes_max // 2)  # bytes of entries per queued item
         self._failed: asyncio.Future[BaseException] | None = None
@@ -456,13 +457,15 @@ class WatchStream:
         if parts:
             item = _Item(parts, tuple(reached.items()))
             if not await self.queue.put(item, self._cut_off):
+                if self.broken is not None:
+                    raise self.broken
                 raise Overflowed(self.pos)  # told now, not when the client next takes something
             self.watches.stats.events += count
         for shard, index in reached.items():
             self.pos[shard] = max(self.pos.get(shard, 0), index)
 
     def _cut_off(self) -> bool:
-        return self.cut
+        return self.cut or self.broken is not None
 
     async def _deliver_bodies(self, shard: int, bodies: list[dict[str, Any]]) -> None:
         """Events fetched from another node (whole entries), by entry."""
@@ -499,6 +502,8 @@ class WatchStream:
             while self.local:
                 if self.cut:
                     raise Overflowed(self.pos)
+                if self.broken is not None:
+                    raise self.broken
                 if self.pending:
                     await self._drain()
                     continue
@@ -520,12 +525,22 @@ class WatchStream:
         if self.cut:
             return
         self.live = False
-        self.pending.extend(pending)
+        local, pos = self.local, self.pos
+        # What it would skip anyway is not held (a shard handed over never comes
+        # back to `local`; positions only grow): the bound counts what it queues.
+        self.pending.extend(p for p in pending if p[0] in local and (p[2] is None or p[1] > pos.get(p[0], 0)))
         if len(self.pending) > self.limits.buffer_events_max:
             self.cut = True
             self.pending.clear()
             self.watches.fanout.leave(self)
             self.queue.wake()  # a driver waiting for room is told at once
+        if self._woken is not None:
+            settle_waiter(self._woken)
+
+    def fail(self, error: BaseException) -> None:
+        """The fan-out failed: the stream ends with an error event."""
+        self.broken = error
+        self.queue.wake()
         if self._woken is not None:
             settle_waiter(self._woken)
 

@@ -301,15 +301,19 @@ async def test_a_subscription_gathers_up_to_a_count_or_a_timeout() -> None:
     await asyncio.wait_for(sub.gather(100, 30), 2)  # closed: at once
 
 
-@pytest.mark.parametrize("case", ["large records", "many entries"])
+@pytest.mark.parametrize("case", ["large records", "many entries", "many 3 KB entries"])
 async def test_a_stream_that_keeps_up_is_never_cut_off_by_its_batches(case: str) -> None:
     """Entries that come within one batch_ms are handed over together: more
-    bytes than the outbox holds (two records of 600 KB after a first, 1 MiB outbox), or more
-    changes than half the subscription holds (40 entries, 16), reach a client
-    that keeps up, without `overflow`."""
+    bytes than the outbox holds (two records of 600 KB after a first, 1 MiB
+    outbox), more changes than half what a stream may hold (40 entries, 16),
+    or batches larger than a piece that go through the stream's driver (60
+    entries of 3 KB, 64 KiB outbox), reach a client that keeps up, without
+    `overflow`."""
     replica = _Replica()
     feed = ChangeFeed()
-    stream = _stream(replica, feed, WatchFilter(namespace="ns"), buffer_events_max=16, batch_ms=200)
+    count, size, watch = {"large records": (3, 600_000, {}), "many entries": (40, 10, {}),
+                          "many 3 KB entries": (60, 3_000, {"buffer_bytes_max": 64 << 10})}[case]
+    stream = _stream(replica, feed, WatchFilter(namespace="ns"), buffer_events_max=16, batch_ms=200, **watch)
     watches = stream.watches
     sent: list[bytes] = []
 
@@ -321,10 +325,8 @@ async def test_a_stream_that_keeps_up_is_never_cut_off_by_its_batches(case: str)
 
     running = asyncio.ensure_future(stream.run(start, send, lambda: True))
     await until(lambda: bool(feed._subscriptions))  # the driver follows the feed
-    large = case == "large records"
-    for index in range(1, 4 if large else 41):  # the first goes at once, the rest wait for the batch
-        rec = {"namespace": "ns", "id": f"m{index}", "version": 1, "rev": index,
-               "content": "x" * (600_000 if large else 10)}
+    for index in range(1, count + 1):  # the first goes at once, the rest wait for the batch
+        rec = {"namespace": "ns", "id": f"m{index}", "version": 1, "rev": index, "content": "x" * size}
         replica.applied_index = index
         feed.publish([Change(ChangeKind.PUT, 0, index, "ns", f"m{index}", after=rec)])
         await asyncio.sleep(0.001)
@@ -502,3 +504,23 @@ async def test_a_replica_that_stops_serving_hands_its_shard_over() -> None:
     await asyncio.wait_for(driver, 5)  # nothing local left: the driver ends, and leaves the fan-out
     assert not stream.watches.fanout.members
     await stream._cancel_drivers()
+
+
+async def test_a_fanout_that_fails_ends_its_streams_with_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A defect in the fan-out ends its streams with an error event (their
+    clients resume from their tokens), never leaves them waiting."""
+    replica, feed = _Replica(), ChangeFeed()
+    stream = _stream(replica, feed, batch_ms=0)
+    sent = await _follow(stream, replica)
+    await until(lambda: stream.live)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(stream.watches.fanout, "_dispatch", broken)
+    replica.applied_index = 1
+    feed.publish([_put(1)])
+    await asyncio.wait_for(stream._runner, 5)  # type: ignore[attr-defined]
+    last = orjson.loads(sent[-1])
+    assert last["type"] == "error" and last["code"] == "internal" and last["tokens"] == "0:0"
+    assert stream.watches.fanout.sub is None and feed._subscriptions == []
