@@ -212,7 +212,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         stats.measuring = False
         measured_s = time.monotonic() - measured_from
         stop.set()
-        await asyncio.wait(writers, timeout=15)
+        if writers:  # --clients 0: watchers only (a load from elsewhere)
+            await asyncio.wait(writers, timeout=15)
         for task in watchers:
             task.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
