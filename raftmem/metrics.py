@@ -167,6 +167,11 @@ class _ShardCollector:
         yield CounterMetricFamily("raftmem_watch_events_sent", "Change events sent to watchers", value=watch.events)
         yield CounterMetricFamily("raftmem_watch_writes", "Writes of events to watchers' connections (events "
                                   "that come within watch.batch_ms share one)", value=watch.writes)
+        fanout = self.service.watches.fanout
+        yield GaugeMetricFamily("raftmem_watch_fanout_following", "Watch streams following this node's replicas "
+                                "through its one fan-out", value=len(fanout.members))
+        yield CounterMetricFamily("raftmem_watch_fanout_resyncs", "Times the fan-out fell behind the node's changes "
+                                  "and its streams caught up from their change logs", value=fanout.resyncs)
         ended = CounterMetricFamily("raftmem_watch_streams_ended", "Watch streams ended, by why (overflow: a "
                                     "slow consumer cut off; compacted; client gone; ...)", labels=["reason"])
         for reason, count in watch.ended.items():

@@ -264,7 +264,8 @@ def test_metrics_are_prometheus_text(cluster: Cluster) -> None:
     for name in ("raftmem_shard_term", "raftmem_shard_commit_index", "raftmem_shard_applied_index",
                  "raftmem_http_request_seconds_bucket", "raftmem_shard_lease_reads_total",
                  "raftmem_shard_commit_seconds_count", "raftmem_node_replicas", "raftmem_shard_db_bytes",
-                 "raftmem_raft_fsync_rounds_total", "raftmem_shard_snapshot_installs_total"):
+                 "raftmem_raft_fsync_rounds_total", "raftmem_shard_snapshot_installs_total",
+                 "raftmem_watch_fanout_following", "raftmem_watch_fanout_resyncs_total"):
         assert name in text, name
     assert 'route="/v1/memories/{namespace}/{id}"' in text
 

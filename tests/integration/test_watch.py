@@ -228,6 +228,7 @@ def test_changes_that_come_within_batch_ms_go_out_in_one_write(tmp_path: Path, b
             after = c.cluster_view("n1")["watch"]
             events, writes = after["events"] - before["events"], after["writes"] - before["writes"]
             assert events == 40
+            assert after["fanout"]["following"] == 1 and after["fanout"]["resyncs"] == 0
             # The first at once, then one a second of writing; one more for a
             # follower applying the last entries later, one for slack.
             coalesced = writes <= elapsed + 3
