@@ -3,7 +3,7 @@
 prefix as fast as they are answered while WATCHERS watchers follow the prefix.
 
     python bench/watch_bench.py --target raftmem|etcd --url URL[,URL] [--clients 32]
-        [--watchers 10] [--duration 15] [--warmup 3] [--value-bytes 200] [--keys 1000] [--json FILE]
+        [--watchers 10] [--duration 15] [--warmup 3] [--value-bytes 200] [--keys 1000] [--rate 0] [--json FILE]
 
 Reports write throughput and latency, events delivered per second (all
 watchers together, and per watcher), and end-to-end latency from the write's
@@ -12,7 +12,9 @@ write carries its own id in its value; watchers decode a sample of their
 events (every event up to 10 watchers, fewer beyond: decoding 100 streams
 would make this one process the bottleneck) and count the rest. Writers go to
 the key's leader for raftmem (the bundled client), round robin for etcd (its
-members forward to the leader). Watchers are spread over the nodes. Client and
+members forward to the leader). `--rate N` holds the writers to N writes a
+second in all (a fixed load, so the servers' CPU per write with and without
+watchers compares at the same rate; 0: as fast as answered). Watchers are spread over the nodes. Client and
 servers share the machine: the numbers are the machine's, not the servers'
 alone.
 """
@@ -84,9 +86,25 @@ class Stats:
 
 
 # -- writers ------------------------------------------------------------------------------
+class Pace:
+    """A writer's n-th write goes no sooner than `interval_s` × n after it began
+    (0: no pacing)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.began = time.monotonic()
+
+    async def wait(self, n: int) -> None:
+        if self.interval_s:
+            delay = self.began + n * self.interval_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+
 async def raftmem_writer(client: AsyncClient, worker: int, keys: int, pad: str, stats: Stats,
-                         stop: asyncio.Event) -> None:
+                         stop: asyncio.Event, pace: Pace) -> None:
     for n in itertools.count():
+        await pace.wait(n)
         if stop.is_set():
             return
         write_id = f"{worker}-{n}"
@@ -101,9 +119,10 @@ async def raftmem_writer(client: AsyncClient, worker: int, keys: int, pad: str, 
 
 
 async def etcd_writer(session: aiohttp.ClientSession, urls: list[str], worker: int, keys: int, pad: str,
-                      stats: Stats, stop: asyncio.Event) -> None:
+                      stats: Stats, stop: asyncio.Event, pace: Pace) -> None:
     url = urls[worker % len(urls)]
     for n in itertools.count():
+        await pace.wait(n)
         if stop.is_set():
             return
         write_id = f"{worker}-{n}"
@@ -197,13 +216,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for up in watches_up:
             await asyncio.wait_for(up.wait(), 30)
         client: AsyncClient | None = None
+
+        def pace() -> Pace:
+            return Pace(args.clients / args.rate if args.rate else 0.0)
+
         if args.target == "raftmem":
             client = AsyncClient(urls)
             await client.refresh_routes(force=True)
-            writers = [asyncio.create_task(raftmem_writer(client, w, args.keys, pad, stats, stop))
+            writers = [asyncio.create_task(raftmem_writer(client, w, args.keys, pad, stats, stop, pace()))
                        for w in range(args.clients)]
         else:
-            writers = [asyncio.create_task(etcd_writer(session, urls, w, args.keys, pad, stats, stop))
+            writers = [asyncio.create_task(etcd_writer(session, urls, w, args.keys, pad, stats, stop, pace()))
                        for w in range(args.clients)]
         await asyncio.sleep(args.warmup)
         stats.measuring = True
@@ -228,7 +251,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     return {
         "target": args.target, "clients": args.clients, "watchers": args.watchers,
-        "duration_s": round(measured_s, 2), "value_bytes": args.value_bytes, "keys": args.keys,
+        "duration_s": round(measured_s, 2), "value_bytes": args.value_bytes, "keys": args.keys, "rate": args.rate,
         "writes_per_s": round(stats.writes / measured_s, 1), "write_errors": stats.write_errors,
         "write_p50_ms": ms(stats.write_latency_s, 50), "write_p99_ms": ms(stats.write_latency_s, 99),
         "events_per_s": round(events / measured_s, 1),
@@ -250,6 +273,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--value-bytes", type=int, default=200)
     parser.add_argument("--keys", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=0.0, help="writes a second in all (0: as fast as answered)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args()
     report = asyncio.run(run(args))

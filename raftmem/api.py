@@ -411,13 +411,27 @@ class Api:
         stream = await self.service.watches.open(_call(request))
         response = web.StreamResponse(status=200, headers=stream.headers)
 
+        chunked = True
+
         async def start() -> None:
+            nonlocal chunked
             await response.prepare(request)
+            chunked = response.headers.get("Transfer-Encoding") == "chunked"  # an HTTP/1.0 client: plain
 
         def alive() -> bool:
             return request.transport is not None and not request.transport.is_closing()
 
-        await stream.run(start, response.write, alive)
+        def send_now(data: bytes) -> bool:
+            """Write at once when nothing is buffered before it (else False,
+            nothing written): the connection's order is kept, and a client
+            that does not read makes the stream wait in its writer, bounded."""
+            transport = request.transport
+            if transport is None or transport.is_closing() or transport.get_write_buffer_size():
+                return False
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+            return True
+
+        await stream.run(start, response.write, alive, send_now)
         return response
 
     async def watch_fetch(self, request: web.Request) -> web.Response:

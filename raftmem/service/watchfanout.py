@@ -10,7 +10,8 @@ and, per stream:
 - **live** (nothing of its own waiting, its outbox has room, the batch holds no
   `RESET` and at most a piece of bytes for it): queues the batch's new entries
   in the stream's outbox as one item and moves its positions; the stream's
-  driver is not woken at all, only its writer;
+  driver is not woken at all, and its writer only when something waits before
+  the batch (else the batch is written to the connection at once);
 - otherwise appends the batch's entries to the stream's `pending` and wakes
   its driver, which queues them waiting for room, and does what needs a log
   read or another node (a `RESET`: caught up from the installed log, or handed
@@ -177,7 +178,8 @@ class FanOut:
             item, count = self._fast(stream, batch) or self._pick(stream, batch)
             if not item.parts or (item.size <= stream.piece and not stream.queue.full(item.size)):
                 if item.parts:
-                    stream.queue.put_nowait(item)
+                    if not stream.write_now(item):
+                        stream.queue.put_nowait(item)
                     self.watches.stats.events += count
                 pos = stream.pos
                 for shard, index in item.positions:

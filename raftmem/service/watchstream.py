@@ -270,6 +270,7 @@ class WatchStream:
         self.cut = False  # fell more than buffer_events_max entries behind: overflow
         self.broken: BaseException | None = None  # the fan-out failed
         self._woken: asyncio.Future[None] | None = None  # the driver's wait for pending entries
+        self._send_now: Callable[[bytes], bool] | None = None
         self.piece = min(WRITE_BYTES_MAX, self.limits.buffer_bytes_max // 2)  # bytes of entries per queued item
         self._failed: asyncio.Future[BaseException] | None = None
 
@@ -304,10 +305,13 @@ class WatchStream:
 
     # -- running -------------------------------------------------------------------------------
     async def run(self, start: Callable[[], Awaitable[None]], send: Callable[[bytes], Awaitable[None]],
-                  alive: Callable[[], bool]) -> None:
+                  alive: Callable[[], bool], send_now: Callable[[bytes], bool] | None = None) -> None:
         """Stream until the client goes, the node stops, or the watch must end
         (overflow, compacted, no leader): then one last event says why and
-        where to resume."""
+        where to resume. `send_now`, if given, writes bytes to the connection
+        at once when nothing is buffered before them (True), or writes nothing
+        (False): the fan-out's live batches go that way when the outbox is
+        empty, without waking the writer."""
         watches = self.watches
         watches.stats.opened += 1
         watches.stats.open_now += 1
@@ -318,6 +322,7 @@ class WatchStream:
             await start()
             self.written = dict(self.pos)
             await send(self.frame(orjson.dumps({"type": "progress", "tokens": format_tokens(self.written)})))
+            self._send_now = send_now  # after the first write: the response's head is out
             writer = asyncio.create_task(self._write(send, alive))
             if self.local:
                 self._spawn(self._local())
@@ -517,6 +522,21 @@ class WatchStream:
                     self._woken = None
         finally:
             fanout.leave(self)
+
+    def write_now(self, item: _Item) -> bool:
+        """Write a live batch straight to the connection when nothing waits
+        before it (the outbox empty, and nothing buffered in the connection:
+        the writer is idle, or its last send is out), so the writer is not
+        woken; False: it goes through the outbox. The writer never holds
+        entries across an await before handing them to the connection, so
+        nothing can be overtaken."""
+        if self._send_now is None or not self.queue.empty() or not self._send_now(b"".join(item.parts)):
+            return False
+        self.watches.stats.writes += 1
+        written = self.written
+        for shard, index in item.positions:
+            written[shard] = max(written.get(shard, 0), index)
+        return True
 
     def hold(self, pending: Iterable[Pending]) -> None:
         """Entries (and markers) for the driver, in order after what it holds;

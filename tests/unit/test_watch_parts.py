@@ -524,3 +524,45 @@ async def test_a_fanout_that_fails_ends_its_streams_with_an_error(monkeypatch: p
     last = orjson.loads(sent[-1])
     assert last["type"] == "error" and last["code"] == "internal" and last["tokens"] == "0:0"
     assert stream.watches.fanout.sub is None and feed._subscriptions == []
+
+
+async def test_live_batches_go_straight_to_the_connection_only_when_nothing_waits_before_them() -> None:
+    """A live batch is written at once (no wake-up of the writer) when the
+    outbox is empty and the connection takes it; otherwise it goes through the
+    outbox, and a batch after it waits its turn there: the client gets every
+    event once, in order, whichever way each went."""
+    replica, feed = _Replica(), ChangeFeed()
+    stream = _stream(replica, feed, batch_ms=0)
+    fanout = stream.watches.fanout
+    out: list[bytes] = []
+    direct: list[bytes] = []
+    busy = [False]  # the connection has bytes buffered: it takes nothing at once
+
+    async def start() -> None:
+        stream.local, stream.pos = {0: replica}, {0: 0}  # type: ignore[dict-item]
+
+    async def send(data: bytes) -> None:
+        out.append(data)
+
+    def send_now(data: bytes) -> bool:
+        if busy[0]:
+            return False
+        out.append(data)
+        direct.append(data)
+        return True
+
+    runner = asyncio.ensure_future(stream.run(start, send, lambda: True, send_now))
+    await until(lambda: stream.live)
+    replica.applied_index = 4
+    fanout._dispatch([_put(1)])  # at once
+    busy[0] = True
+    fanout._dispatch([_put(2)])  # the connection is busy: through the outbox
+    busy[0] = False
+    fanout._dispatch([_put(3)])  # the outbox holds 2: 3 waits behind it
+    assert _tokens(direct) == ["0:1"] and len(stream.queue.items) == 2
+    await until(lambda: stream.queue.empty())
+    fanout._dispatch([_put(4)])  # nothing waits: at once again
+    await until(lambda: stream.written.get(0) == 4)
+    assert _tokens(out) == ["0:1", "0:2", "0:3", "0:4"] and _tokens(direct) == ["0:1", "0:4"]
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
