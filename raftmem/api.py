@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -411,12 +411,14 @@ class Api:
         stream = await self.service.watches.open(_call(request))
         response = web.StreamResponse(status=200, headers=stream.headers)
 
-        chunked = True
+        chunked: bool | None = None  # how aiohttp frames this body (None: not plainly, no writes of our own)
 
         async def start() -> None:
             nonlocal chunked
             await response.prepare(request)
-            chunked = response.headers.get("Transfer-Encoding") == "chunked"  # an HTTP/1.0 client: plain
+            framing = getattr(request.writer, "chunked", None)  # an HTTP/1.0 client: plain
+            if isinstance(framing, bool) and hdrs.CONTENT_ENCODING not in response.headers:
+                chunked = framing
 
         def alive() -> bool:
             return request.transport is not None and not request.transport.is_closing()
@@ -424,11 +426,19 @@ class Api:
         def send_now(data: bytes) -> bool:
             """Write at once when nothing is buffered before it (else False,
             nothing written): the connection's order is kept, and a client
-            that does not read makes the stream wait in its writer, bounded."""
+            that does not read makes the stream wait in its writer, bounded.
+            Called from the node's one fan-out: never raises."""
             transport = request.transport
-            if transport is None or transport.is_closing() or transport.get_write_buffer_size():
+            if (chunked is None or not data or transport is None or transport.is_closing()
+                    or transport.get_write_buffer_size()):
                 return False
-            transport.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+            try:
+                if chunked:
+                    transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+                else:
+                    transport.write(data)
+            except Exception:  # noqa: BLE001 (the writer's own send reports a broken connection)
+                return False
             return True
 
         await stream.run(start, response.write, alive, send_now)
@@ -661,7 +671,8 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
 def add_routes(router: web.UrlDispatcher, api: Any) -> None:
     for method, path, name in ROUTES:
         if method == "GET":
-            router.add_get(path, getattr(api, name))  # and HEAD, as before
+            # And HEAD, as before; not for a watch (its body is a stream: HEAD is 405).
+            router.add_get(path, getattr(api, name), allow_head=name != "watch")
         else:
             router.add_route(method, path, getattr(api, name))
 

@@ -63,6 +63,14 @@ class _Batch:
     first: dict[int, int] = field(default_factory=dict)
     last: dict[int, int] = field(default_factory=dict)
     plain: bool = True  # no RESET in it
+    _joined: bytes | None = None
+
+    def joined(self) -> bytes:
+        """Its events' bytes in one piece, joined once for every stream that
+        writes the whole batch."""
+        if self._joined is None:
+            self._joined = b"".join(self.parts)
+        return self._joined
 
 
 class FanOut:
@@ -175,10 +183,11 @@ class FanOut:
         if stream.cut:
             return
         if stream.live and batch.plain:
-            item, count = self._fast(stream, batch) or self._pick(stream, batch)
+            whole = self._fast(stream, batch)
+            item, count = whole or self._pick(stream, batch)
             if not item.parts or (item.size <= stream.piece and not stream.queue.full(item.size)):
                 if item.parts:
-                    if not stream.write_now(item):
+                    if not stream.write_now(item, batch.joined() if whole else None):
                         stream.queue.put_nowait(item)
                     self.watches.stats.events += count
                 pos = stream.pos

@@ -345,6 +345,7 @@ class WatchStream:
         except (ConnectionError, TimeoutError):
             pass  # the client went away, or took nothing for WRITE_STALL_S
         finally:
+            self._send_now = None
             await self._cancel_drivers()
             if writer is not None and not writer.done():
                 writer.cancel()
@@ -523,14 +524,16 @@ class WatchStream:
         finally:
             fanout.leave(self)
 
-    def write_now(self, item: _Item) -> bool:
+    def write_now(self, item: _Item, data: bytes | None = None) -> bool:
         """Write a live batch straight to the connection when nothing waits
         before it (the outbox empty, and nothing buffered in the connection:
         the writer is idle, or its last send is out), so the writer is not
         woken; False: it goes through the outbox. The writer never holds
         entries across an await before handing them to the connection, so
-        nothing can be overtaken."""
-        if self._send_now is None or not self.queue.empty() or not self._send_now(b"".join(item.parts)):
+        nothing can be overtaken. `data`: the item's bytes, joined already
+        (a batch many streams share)."""
+        send_now = self._send_now
+        if send_now is None or not self.queue.empty() or not send_now(data or b"".join(item.parts)):
             return False
         self.watches.stats.writes += 1
         written = self.written

@@ -474,3 +474,26 @@ async def test_a_watch_keeps_up_with_32_concurrent_writers(cluster: Cluster) -> 
         assert in_log_order_per_shard(got)
     finally:
         await asyncio.to_thread(stream.close)
+
+
+def test_head_of_a_watch_is_405_and_the_connection_goes_on(tmp_path: Path) -> None:
+    """A watch's body is a stream: HEAD is refused (405, Allow: GET) and
+    nothing follows its head on the connection, which serves the next
+    request."""
+    import http.client
+
+    c = Cluster(tmp_path, shards=2)
+    try:
+        c.start_all()
+        conn = http.client.HTTPConnection("127.0.0.1", c.http["n1"], timeout=10)
+        try:
+            conn.request("HEAD", "/v1/watch?namespace=h")
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 405 and "GET" in (resp.getheader("Allow") or "")
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
+    finally:
+        c.stop_all()
