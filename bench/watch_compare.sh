@@ -8,9 +8,12 @@
 # (200), KEYS (1000), WARMUP_S (3), OUT (results directory; default
 # bench/results/watch-compare-<time>), KEEP_WORK=1 to keep data and logs.
 #
-# For each system alone (etcd, then raftmem, each started fresh by bench/lib.sh:
-# 3 members/nodes on 127.0.0.1, fsync on every write, raftmem leaders balanced),
-# one run of bench/watch_bench.py per watcher count: CLIENTS writers put KEYS keys
+# For each watcher count, each system alone (etcd, then raftmem, each started
+# fresh for the run by bench/lib.sh, on empty data: 3 members/nodes on
+# 127.0.0.1, fsync on every write, raftmem leaders balanced; so every count
+# meets the same cluster, where one cluster for every count in turn gave the
+# last count the most data, and the systems alternate as the machine drifts),
+# one run of bench/watch_bench.py: CLIENTS writers put KEYS keys
 # of one prefix while the watchers follow it (raftmem: GET /v1/watch NDJSON, spread
 # over the nodes; etcd: POST /v3/watch on its JSON gateway, spread over the
 # members). Reported per run: writes/s and their p50/p99, events/s delivered (all
@@ -43,28 +46,30 @@ check_ports_free
 LOADAVG_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)  # other work on the machine skews the numbers
 ETCD_URL_LIST=$(printf 'http://127.0.0.1:%s,' "${ETCD_CLIENT_PORTS[@]}"); ETCD_URL_LIST=${ETCD_URL_LIST%,}
 
-measure() { # TARGET URLS PIDS...
-    local target=$1 urls=$2 w
-    shift 2
-    for w in $WATCHERS; do
-        log "$target: $CLIENTS writers, $w watcher(s), ${DURATION_S}s"
-        cpu_start "$@"
-        "$PYTHON" "$REPO/bench/watch_bench.py" --target "$target" --url "$urls" --clients "$CLIENTS" \
-            --watchers "$w" --duration "$DURATION_S" --warmup "$WARMUP_S" --value-bytes "$VALUE_BYTES" \
-            --keys "$KEYS" --json "$OUT/$target-$w.json" >/dev/null
-        cpu_stop "$OUT/$target-$w.cpu.json"
-    done
+measure() { # TARGET WATCHERS URLS PIDS...
+    local target=$1 w=$2 urls=$3
+    shift 3
+    log "$target: $CLIENTS writers, $w watcher(s), ${DURATION_S}s"
+    cpu_start "$@"
+    "$PYTHON" "$REPO/bench/watch_bench.py" --target "$target" --url "$urls" --clients "$CLIENTS" \
+        --watchers "$w" --duration "$DURATION_S" --warmup "$WARMUP_S" --value-bytes "$VALUE_BYTES" \
+        --keys "$KEYS" --json "$OUT/$target-$w.json" >/dev/null
+    cpu_stop "$OUT/$target-$w.cpu.json"
 }
 
 log "etcd: $(etcd --version 2>/dev/null | sed -n 1p)"
-start_etcd
-measure etcd "$ETCD_URL_LIST" "${ETCD_PID[@]}"
-stop_etcd
+for w in $WATCHERS; do
+    rm -rf "$WORK/etcd"
+    start_etcd
+    measure etcd "$w" "$ETCD_URL_LIST" "${ETCD_PID[@]}"
+    stop_etcd
 
-mkdir -p "$RM_DIR/logs"
-start_raftmem
-measure raftmem "$RM_URLS" "${RM_PID[@]}"
-stop_raftmem
+    rm -rf "$RM_DIR"
+    mkdir -p "$RM_DIR/logs"
+    start_raftmem
+    measure raftmem "$w" "$RM_URLS" "${RM_PID[@]}"
+    stop_raftmem
+done
 
 "$PYTHON" - "$OUT" "$WATCHERS" "$LOADAVG_BEFORE" <<'EOF' | tee "$OUT/table.md"
 import json, sys
