@@ -89,11 +89,14 @@ class FanOut:
         """From now on every change the node applies reaches `stream` (in its
         pending entries until its driver, having caught up, goes live)."""
         if self.sub is None:
-            self.sub = self.watches.feed.subscribe(queue_max=max(FANOUT_QUEUE_MAX, self.watches.limits.buffer_events_max))
+            self.sub = self._subscribe()
             self.task = asyncio.ensure_future(self._run(self.sub))
             self.task.add_done_callback(self._ended)
         stream.live = False
         self.members[stream] = None
+
+    def _subscribe(self) -> Subscription:
+        return self.watches.feed.subscribe(queue_max=max(FANOUT_QUEUE_MAX, self.watches.limits.buffer_events_max))
 
     def leave(self, stream: WatchStream) -> None:
         self.members.pop(stream, None)
@@ -190,9 +193,7 @@ class FanOut:
                     if not stream.write_now(item, batch.joined() if whole else None):
                         stream.queue.put_nowait(item)
                     self.watches.stats.events += count
-                pos = stream.pos
-                for shard, index in item.positions:
-                    pos[shard] = max(pos[shard], index)
+                stream.advance(item.positions)
                 return
         stream.hold(batch.entries)
 
@@ -267,7 +268,7 @@ class FanOut:
         subscribe again, then every stream catches up from its change logs,
         from its positions (whatever the lost changes were, they are there)."""
         self.resyncs += 1
-        sub = self.sub = self.watches.feed.subscribe(queue_max=max(FANOUT_QUEUE_MAX, self.watches.limits.buffer_events_max))
+        sub = self.sub = self._subscribe()
         for stream in list(self.members):
             stream.hold([(shard, -1, None) for shard in sorted(stream.local)])
         return sub

@@ -467,8 +467,13 @@ class WatchStream:
                     raise self.broken
                 raise Overflowed(self.pos)  # told now, not when the client next takes something
             self.watches.stats.events += count
-        for shard, index in reached.items():
-            self.pos[shard] = max(self.pos.get(shard, 0), index)
+        self.advance(reached.items())
+
+    def advance(self, positions: Iterable[tuple[int, int]]) -> None:
+        """Move past entries now queued (or written, or with nothing to send)."""
+        pos = self.pos
+        for shard, index in positions:
+            pos[shard] = max(pos.get(shard, 0), index)
 
     def _cut_off(self) -> bool:
         return self.cut or self.broken is not None
@@ -536,9 +541,7 @@ class WatchStream:
         if send_now is None or not self.queue.empty() or not send_now(data or b"".join(item.parts)):
             return False
         self.watches.stats.writes += 1
-        written = self.written
-        for shard, index in item.positions:
-            written[shard] = max(written.get(shard, 0), index)
+        self._wrote(item)
         return True
 
     def hold(self, pending: Iterable[Pending]) -> None:
