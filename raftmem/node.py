@@ -277,6 +277,8 @@ DEBUG_EFFECTS = {
     "unsafe_local_reads": "UNSAFE: strong reads are served locally without a lease or ReadIndex",
     "unsafe_early_ack": "UNSAFE: writes are acknowledged before they commit",
     "disable_prevote": "UNSAFE: Raft pre-vote is off",
+    "naive_transfer": "leadership hand-overs keep appending after TimeoutNow (under writes they fail, and the "
+                      "old leader wins again at a higher term)",
     "unsafe_skip_fence_check": "UNSAFE: fences are not checked: a lock protects no write, and a stale claim "
                                "settles a task",
     "slow_snapshot_disk": "a fault: each snapshot install takes 3 s longer",

@@ -109,6 +109,7 @@ class ShardReplica:
             inline_snapshot_install=bool(config.debug.get("inline_snapshot_install")),
             torn_snapshot_transfer=bool(config.debug.get("torn_snapshot_transfer")),
             unsafe_unchecked_snapshots=bool(config.debug.get("unsafe_unchecked_snapshots")),
+            naive_transfer=bool(config.debug.get("naive_transfer")),
             read_timeout_s=config.limits.read_timeout_ms / 1000,
         )
         self._queue: list[_Pending] = []

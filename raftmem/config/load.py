@@ -62,6 +62,8 @@ _DEBUG_KEYS = {
     "unsafe_local_reads", "unsafe_early_ack", "disable_prevote",
     "slow_snapshot_disk", "inline_snapshot_install", "unsafe_skip_fence_check", "unsafe_watch_drop",
     "torn_snapshot_transfer", "unsafe_unchecked_snapshots",
+    # Negative control of leadership hand-overs: pysyncobj's own transfer.
+    "naive_transfer",
     # Negative control of search freshness: fresh=true answers without its barrier.
     "unsafe_search_no_barrier",
     # Negative control of search-idle replicas: a search does not wake one (its

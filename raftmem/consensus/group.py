@@ -106,6 +106,24 @@ class GroupSpec:
     unsafe_unchecked_snapshots: bool = False
     # How long a ReadIndex waits for a quorum to confirm leadership.
     read_timeout_s: float = 5.0
+    # Negative control only: a hand-over sends TimeoutNow at once and the leader
+    # goes on appending (pysyncobj's own transfer), so under a write load the
+    # target asks for votes with a log the others have outgrown.
+    naive_transfer: bool = False
+
+
+@dataclass
+class _Handover:
+    """A leadership hand-over in progress (Raft thesis 3.10, etcd's
+    leadTransferee): proposals wait in `held` while the target catches up to
+    the last entry, is told to campaign (TimeoutNow), and wins or not."""
+
+    target: str
+    term: int
+    deadline: float
+    on_done: Callable[[bool], None]
+    sent: bool = False
+    held: list[tuple[bytes, Callable[[str, Any], None]]] = field(default_factory=list)
 
 
 class RaftGroup:
@@ -134,6 +152,7 @@ class RaftGroup:
         self._applied_seen = 0
         self._shipped_upto = 0
         self.inline_syncs = 0  # leader fsyncs on the loop before an apply (see _apply)
+        self._handover: _Handover | None = None
         self.heartbeat_wanted = False
         self.read_rounds = 0  # append-entries rounds requested by ReadIndex (reads share them)
         assert ticker.loop is not None, "attach the ticker to the loop before building groups"
@@ -231,6 +250,12 @@ class RaftGroup:
         """Append `payload` to the log. `on_done(outcome, result)` runs on the tick
         thread with OK and the apply result, REJECTED, or UNKNOWN."""
 
+        if self._handover is not None:
+            self._handover.held.append((payload, on_done))  # appended or refused when it ends
+            return
+        self._append(payload, on_done)
+
+    def _append(self, payload: bytes, on_done: Callable[[str, Any], None]) -> None:
         def callback(result: Any, error: int) -> None:
             if error == FAIL_REASON.SUCCESS:
                 on_done(OK, result)
@@ -438,15 +463,78 @@ class RaftGroup:
         return now - max(self.hooks.follower.last_contact, self.led_until)
 
     def transfer_leadership(self, node_address: str | None, on_done: Callable[[bool], None]) -> None:
+        """Hand leadership to `node_address` (None: the most caught-up follower).
+        `on_done(True)` once the target is told to campaign (TimeoutNow),
+        False when refused or abandoned. Until the hand-over ends (leadership
+        gone, or an election timeout without it) new proposals wait: a leader
+        that went on appending after TimeoutNow left the target's log behind
+        everyone's, it lost the election, and the old leader won it back at a
+        higher term (under a steady write load, every time: 2026-12-07)."""
+
         def run() -> None:
+            obj = self._obj
+            target = node_address or self._most_caught_up()
+            if self._handover is not None or not obj._isLeader() or target is None:
+                on_done(False)
+                return
             # The target will be elected without waiting out our lease: stop
             # serving lease reads in this term from now on.
-            self.hooks.lease.revoked_term = self._obj.raftCurrentTerm
-            self._obj.transferLeadership(
-                node_address, callback=lambda _r, err: on_done(err == FAIL_REASON.SUCCESS)
+            self.hooks.lease.revoked_term = obj.raftCurrentTerm
+            if self.spec.naive_transfer:
+                obj.transferLeadership(target, callback=lambda _r, err: on_done(err == FAIL_REASON.SUCCESS))
+                return
+            self._handover = _Handover(
+                target, obj.raftCurrentTerm, time.monotonic() + self.hooks.min_timeout_s, on_done
             )
+            self._handover_step()
 
         self.ticker.call_soon(run)
+
+    def _most_caught_up(self) -> str | None:
+        obj = self._obj
+        connected = obj._SyncObj__connectedNodes
+        nodes = [n for n in obj._SyncObj__otherNodes if n in connected]
+        if not nodes:
+            return None
+        best = max(nodes, key=lambda n: dict.get(self._match, n, 0))
+        return str(best.address)
+
+    def _handover_step(self) -> None:
+        """After each tick: tell the target to campaign once it holds every
+        entry and nothing waits to be appended; end the hand-over when this
+        replica no longer leads the term, or an election timeout passed."""
+        handover = self._handover
+        assert handover is not None
+        obj = self._obj
+        if not obj._isLeader() or obj.raftCurrentTerm != handover.term:
+            self._end_handover()
+            return
+        if time.monotonic() >= handover.deadline:
+            log.info("shard %d: hand-over to %s abandoned", self.shard, handover.target, extra={"shard": self.shard})
+            self._end_handover()
+            return
+        if handover.sent or len(obj._SyncObj__commandsQueue._FastQueue__queue):
+            return
+        outcome: list[bool] = []
+        obj.transferLeadership(handover.target, callback=lambda _r, err: outcome.append(err == FAIL_REASON.SUCCESS))
+        if outcome == [True]:  # sent: the target holds every entry
+            handover.sent = True
+            handover.on_done(True)
+
+    def _end_handover(self, leading: bool | None = None) -> None:
+        """Held proposals are appended if this replica still leads, else refused
+        (never in the log: the caller retries them at the new leader)."""
+        handover, self._handover = self._handover, None
+        assert handover is not None
+        if not handover.sent:
+            handover.on_done(False)
+        if leading is None:
+            leading = bool(self._obj._isLeader())
+        for payload, on_done in handover.held:
+            if leading:
+                self._append(payload, on_done)
+            else:
+                on_done(REJECTED, FAIL_REASON.NOT_LEADER)
 
     def sync_members(self) -> None:
         """Lease and pre-vote quorums follow the voters pysyncobj has now."""
@@ -489,11 +577,15 @@ class RaftGroup:
         if applied != self._applied_seen:
             self._applied_seen = applied
             self.waits.applied()
+        if self._handover is not None:
+            self._handover_step()
 
     def destroy(self) -> None:
         """Stop this replica's Raft membership on this node (its data stays)."""
         self.snapshots.closed = True
         self.ticker.remove(self)
+        if self._handover is not None:
+            self._end_handover(leading=False)  # the group is going: held proposals refused
         with self.ticker.lock:
             self._obj._doDestroy()
 
