@@ -67,9 +67,21 @@ class DurableMatch(dict):  # type: ignore[type-arg]
 
 
 class ShardSyncObj(SyncObj):  # type: ignore[misc]
-    def __init__(self, apply_fn: Callable[[int, bytes], Any], *args: Any, **kwargs: Any) -> None:
+    def __init__(self, apply_fn: Callable[[int, bytes], Any], handing_over: Callable[[], bool],
+                 *args: Any, **kwargs: Any) -> None:
         self._raftmem_apply = apply_fn
+        self._raftmem_handing_over = handing_over
         super().__init__(*args, **kwargs)
+
+    def _applyCommand(self, command: Any, callback: Any, commandType: Any = None) -> None:
+        """During a hand-over, commands that do not pass through
+        RaftGroup.propose (a membership change, a proposal forwarded by a
+        replica that lost leadership) are refused: appended after TimeoutNow
+        they would leave the target's log behind."""
+        if self._raftmem_handing_over():
+            self._SyncObj__callErrCallback(FAIL_REASON.NOT_LEADER, callback)
+            return
+        super()._applyCommand(command, callback, commandType)
 
     @replicated  # type: ignore[untyped-decorator]
     def apply_entry(self, payload: bytes) -> Any:
@@ -122,6 +134,7 @@ class _Handover:
     term: int
     deadline: float
     on_done: Callable[[bool], None]
+    revoked_before: int  # the lease's revoked term before this hand-over
     sent: bool = False
     held: list[tuple[bytes, Callable[[str, Any], None]]] = field(default_factory=list)
 
@@ -197,7 +210,8 @@ class RaftGroup:
         building.hooks = self.hooks
         try:
             self._obj = ShardSyncObj(
-                self._apply, spec.self_address, spec.peer_addresses, conf, transportClass=Transport
+                self._apply, lambda: self._handover is not None, spec.self_address, spec.peer_addresses, conf,
+                transportClass=Transport,
             )
         finally:
             building.journal = None
@@ -477,18 +491,32 @@ class RaftGroup:
             if self._handover is not None or not obj._isLeader() or target is None:
                 on_done(False)
                 return
+            if not self.spec.naive_transfer and not self._caught_up(target):
+                on_done(False)  # refused at once, as pysyncobj would: no write waits for it
+                return
             # The target will be elected without waiting out our lease: stop
             # serving lease reads in this term from now on.
-            self.hooks.lease.revoked_term = obj.raftCurrentTerm
+            revoked_before, self.hooks.lease.revoked_term = self.hooks.lease.revoked_term, obj.raftCurrentTerm
             if self.spec.naive_transfer:
                 obj.transferLeadership(target, callback=lambda _r, err: on_done(err == FAIL_REASON.SUCCESS))
                 return
             self._handover = _Handover(
-                target, obj.raftCurrentTerm, time.monotonic() + self.hooks.min_timeout_s, on_done
+                target, obj.raftCurrentTerm, time.monotonic() + self.hooks.min_timeout_s, on_done, revoked_before
             )
             self._handover_step()
 
         self.ticker.call_soon(run)
+
+    def _voter(self, address: str) -> Any:
+        return next((n for n in self._obj._SyncObj__otherNodes if n.address == address), None)
+
+    def _caught_up(self, address: str) -> bool:
+        """A connected voter holding every committed entry: one replication
+        round from holding the last."""
+        obj = self._obj
+        node = self._voter(address)
+        return (node is not None and node in obj._SyncObj__connectedNodes
+                and dict.get(self._match, node, 0) >= obj.raftCommitIndex)
 
     def _most_caught_up(self) -> str | None:
         obj = self._obj
@@ -502,14 +530,16 @@ class RaftGroup:
     def _handover_step(self) -> None:
         """After each tick: tell the target to campaign once it holds every
         entry and nothing waits to be appended; end the hand-over when this
-        replica no longer leads the term, or an election timeout passed."""
+        replica no longer leads the term, or an election timeout passed without
+        TimeoutNow, or one since it was sent."""
         handover = self._handover
         assert handover is not None
         obj = self._obj
         if not obj._isLeader() or obj.raftCurrentTerm != handover.term:
             self._end_handover()
             return
-        if time.monotonic() >= handover.deadline:
+        now = time.monotonic()
+        if now >= handover.deadline:
             log.info("shard %d: hand-over to %s abandoned", self.shard, handover.target, extra={"shard": self.shard})
             self._end_handover()
             return
@@ -519,7 +549,14 @@ class RaftGroup:
         obj.transferLeadership(handover.target, callback=lambda _r, err: outcome.append(err == FAIL_REASON.SUCCESS))
         if outcome == [True]:  # sent: the target holds every entry
             handover.sent = True
+            handover.deadline = max(handover.deadline, now + self.hooks.min_timeout_s)  # its election's time
             handover.on_done(True)
+
+    def refuse_held(self) -> None:
+        """On the loop thread, for a group that stops: a hand-over in progress
+        ends, its held proposals refused."""
+        if self._handover is not None:
+            self._end_handover(leading=False)
 
     def _end_handover(self, leading: bool | None = None) -> None:
         """Held proposals are appended if this replica still leads, else refused
@@ -527,6 +564,8 @@ class RaftGroup:
         handover, self._handover = self._handover, None
         assert handover is not None
         if not handover.sent:
+            # Nobody was told to campaign early: this term's lease holds again.
+            self.hooks.lease.revoked_term = handover.revoked_before
             handover.on_done(False)
         if leading is None:
             leading = bool(self._obj._isLeader())
@@ -554,7 +593,15 @@ class RaftGroup:
 
     def tick(self) -> None:
         """One pysyncobj tick. A leader ships entries it appended (or a wanted
-        heartbeat) at once rather than at the next append-entries period."""
+        heartbeat) at once rather than at the next append-entries period. A
+        hand-over moves on after it, even when the tick failed."""
+        try:
+            self._tick()
+        finally:
+            if self._handover is not None:
+                self._handover_step()
+
+    def _tick(self) -> None:
         obj = self._obj
         self.durable_seen = self.journal.durable_index
         if self.commit_needs_own_fsync:
@@ -577,15 +624,14 @@ class RaftGroup:
         if applied != self._applied_seen:
             self._applied_seen = applied
             self.waits.applied()
-        if self._handover is not None:
-            self._handover_step()
 
     def destroy(self) -> None:
         """Stop this replica's Raft membership on this node (its data stays)."""
         self.snapshots.closed = True
         self.ticker.remove(self)
-        if self._handover is not None:
-            self._end_handover(leading=False)  # the group is going: held proposals refused
+        if self._handover is not None:  # on a worker thread: the loop refuses the held proposals
+            assert self.ticker.loop is not None
+            self.ticker.loop.call_soon_threadsafe(self.refuse_held)
         with self.ticker.lock:
             self._obj._doDestroy()
 

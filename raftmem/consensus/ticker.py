@@ -223,6 +223,7 @@ class Ticker:
             self._sync_thread.join(timeout=5)
         with self.lock:
             for group in self.groups:
+                group.refuse_held()  # a hand-over's held proposals: refused, never in the log
                 try:
                     group._obj._doDestroy()
                 except Exception:

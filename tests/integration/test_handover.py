@@ -44,7 +44,8 @@ class Load:
     def _write(self, w: int) -> None:
         n = 0
         while not self.stop.is_set():
-            node = self.c.node_ids[(w + n) % len(self.c.node_ids)]
+            up = [node for node in self.c.node_ids if self.c.alive(node)]
+            node = up[(w + n) % len(up)]
             try:
                 status, _, _ = self.c.request(node, "PUT", f"/v1/memories/{self.ns}/{self.keys[w]}", {"content": n})
             except OSError:
@@ -130,3 +131,30 @@ def test_negative_control_a_transfer_that_keeps_appending_loses_to_the_old_leade
     finally:
         c.stop_all()
     assert not _took_one_election(outcomes[-1]), f"every naive hand-over took one election: {outcomes}"
+
+
+def test_a_hand_over_to_a_node_that_is_down_is_refused_at_once(tmp_path: Path) -> None:
+    """Refused before any proposal is held (not held for an election timeout,
+    then abandoned): the balancer and `_converge` may ask again and again."""
+    c = Cluster(tmp_path)
+    try:
+        c.start_all()
+        leader = str(wait_for(lambda: c.leader_of(SHARD), 20, f"a leader of shard {SHARD}"))
+        down = next(n for n in c.node_ids if n != leader)
+        c.kill(down)
+        with Load(c) as load:
+
+            def behind() -> bool:  # the leader's view: the dead node misses committed entries
+                view = c.cluster_view(leader)["shards"][SHARD]
+                return int(view.get("match_index", {}).get(down, 0)) < int(view["commit_index"])
+
+            wait_for(behind, 20, f"{down} behind the commit index")
+            for _ in range(3):
+                status, _, body = c.request(leader, "POST", f"/v1/admin/shards/{SHARD}/transfer-leader?to={down}")
+                assert status == 503 and "transfer refused" in body["error"]["message"], (status, body)
+            before = load.done()
+            wait_for(lambda: load.done() >= before + 20, 20, "writes after the refusals")
+        assert c.leader_of(SHARD) == leader
+        assert "abandoned" not in c.log_text(leader)
+    finally:
+        c.stop_all()
