@@ -32,8 +32,6 @@ APPEND_BATCH_BYTES = 4 * 1024 * 1024
 # flood, one round confirms every read that arrived before it.
 HEARTBEAT_GAP_MIN_S = 0.001
 
-COMPACTION_NEVER = 1 << 62  # pysyncobj's own compaction thresholds, out of reach
-
 # Outcome of a proposal, from the proposer's point of view.
 OK = "ok"
 REJECTED = "rejected"  # certainly not in the log: safe to retry
@@ -168,7 +166,6 @@ class RaftGroup:
         self._shipped_upto = 0
         self.inline_syncs = 0  # leader fsyncs on the loop before an apply (see _apply)
         self._handover: _Handover | None = None
-        self.compacted_at = time.monotonic()  # when the last compaction was started (or the group built)
         self.heartbeat_wanted = False
         self.read_rounds = 0  # append-entries rounds requested by ReadIndex (reads share them)
         assert ticker.loop is not None, "attach the ticker to the loop before building groups"
@@ -191,9 +188,8 @@ class RaftGroup:
             serializer=self.snapshots.serialize,
             deserializer=self.snapshots.deserialize,
             serializeChecker=self.snapshots.check,
-            # Never on its own: the ticker starts compactions, one at a time per node.
-            logCompactionMinEntries=COMPACTION_NEVER,
-            logCompactionMinTime=COMPACTION_NEVER,
+            logCompactionMinEntries=raft.log_compaction_entries,
+            logCompactionMinTime=raft.log_compaction_min_s,
             maxBindRetries=5,
             bindRetryTime=0.2,
             password=raft.password,
@@ -578,25 +574,6 @@ class RaftGroup:
                 self._append(payload, on_done)
             else:
                 on_done(REJECTED, FAIL_REASON.NOT_LEADER)
-
-    # -- log compaction (the ticker starts one at a time per node) ---------------
-    def compaction_due(self, now: float, bytes_max: int) -> bool:
-        """More entries than `raft.log_compaction_entries`, more than
-        `bytes_max` bytes, or `raft.log_compaction_min_s` since the last one
-        with entries to compact (pysyncobj's own rule, and the byte bound)."""
-        raft = self.spec.raft
-        entries = len(self.journal)
-        return (entries > raft.log_compaction_entries or self.journal.bytes > bytes_max
-                or (entries > 1 and now - self.compacted_at > raft.log_compaction_min_s))
-
-    def start_compaction(self, now: float) -> None:
-        self.compacted_at = now
-        self._obj.forceLogCompaction()
-
-    def compaction_pending(self) -> bool:
-        """Asked for and not yet taken up by pysyncobj, or its snapshot still
-        being packed (the journal is rewritten once pysyncobj sees it done)."""
-        return bool(self._obj._SyncObj__forceLogCompaction) or self.snapshots.serializing()
 
     def sync_members(self) -> None:
         """Lease and pre-vote quorums follow the voters pysyncobj has now."""

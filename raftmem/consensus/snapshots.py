@@ -175,10 +175,6 @@ class Snapshots:
             log.exception("shard %d: snapshot packing failed", self.shard)
             self._state = SERIALIZER_STATE.FAILED
 
-    def serializing(self) -> bool:
-        """A compaction's snapshot is being packed, or its outcome not yet read."""
-        return bool(self._state != SERIALIZER_STATE.NOT_SERIALIZING)
-
     def check(self) -> int:
         state = self._state
         if state in (SERIALIZER_STATE.SUCCESS, SERIALIZER_STATE.FAILED):

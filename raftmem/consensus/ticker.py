@@ -38,8 +38,6 @@ class Ticker:
         """`log_compaction_bytes`: compact a group's log early when it holds this
         many bytes (held in memory), whatever its entry count."""
         self.log_compaction_bytes = log_compaction_bytes
-        # One log compaction at a time on this node (see _compact_one).
-        self._compacting: RaftGroup | None = None
         self.poller = EpollPoller()
         self.fsync = fsync
         self.fsync_batch_s = fsync_batch_ms / 1000.0
@@ -179,6 +177,8 @@ class Ticker:
                         group.hooks.lease.check_clock(now)
                         group.hooks.prevote_gate(now)
                         group.tick()
+                        if group.journal.bytes > self.log_compaction_bytes:
+                            group._obj.forceLogCompaction()
                     except Exception:
                         # pysyncobj retries a failing apply on the next tick (e.g.
                         # disk full): count it, log it, and go on with the other
@@ -186,7 +186,6 @@ class Ticker:
                         self.tick_errors += 1
                         log.exception("shard %d: raft tick failed", group.shard)
                 now = time.monotonic()
-                self._compact_one(now)
                 dirty = any(g.journal.dirty for g in self.groups)
                 if dirty and (
                     self.fsync == "always"
@@ -205,29 +204,6 @@ class Ticker:
             # An on-demand heartbeat not yet due (HEARTBEAT_GAP_MIN_S): come back for it.
             assert self.loop is not None
             self._heartbeat_timer = self.loop.call_later(HEARTBEAT_GAP_MIN_S, self._heartbeat_due)
-
-    def _compact_one(self, now: float) -> None:
-        """Start the compaction of at most one group's log at a time: the one
-        holding the most bytes of those due. A compaction checkpoints RocksDB
-        on this thread (a memtable flush) and rewrites the journal (two
-        fsyncs); under an even write load every shard came due within seconds,
-        on every node at once, and the loop stalled past the leaders' step-down
-        time: every leader of every node stepped down together (2026-12-07)."""
-        busy = self._compacting
-        if busy is not None:
-            if busy in self.groups and busy.compaction_pending():
-                return
-            self._compacting = None
-        due = [g for g in self.groups if g.compaction_due(now, self.log_compaction_bytes)]
-        if due:
-            group = max(due, key=lambda g: g.journal.bytes)
-            try:
-                group.start_compaction(now)
-            except Exception:
-                self.tick_errors += 1
-                log.exception("shard %d: starting a log compaction failed", group.shard)
-                return
-            self._compacting = group
 
     def _heartbeat_due(self) -> None:
         self._heartbeat_timer = None
