@@ -37,6 +37,9 @@ TORN_TRANSFER_CHUNK_BYTES = 4096
 TORN_CHUNK = 3
 # A staged snapshot waits this long between checks for a compaction to finish.
 STAGED_RETRY_S = 0.05
+# After a failed compaction checkpoint (a full disk, too many open files), the
+# next try waits this long rather than failing again on every tick.
+CHECKPOINT_RETRY_S = 5.0
 # The first byte of a log entry the state machine applies (pysyncobj's
 # _COMMAND_TYPE.REGULAR); its no-ops and membership changes have others.
 REGULAR_COMMAND = b"\x00"
@@ -98,6 +101,7 @@ class Snapshots:
         self.ticker = ticker
         self.dump_path = directory / "raft.dump"
         self._state = SERIALIZER_STATE.NOT_SERIALIZING
+        self._retry_after = 0.0  # after a failed checkpoint, compactions wait until then
         self._thread: threading.Thread | None = None
         self.obj: Any = None
         self.hooks: Hooks | None = None
@@ -143,16 +147,29 @@ class Snapshots:
                 "shard": self.shard,
             }
         )
+        if time.monotonic() < self._retry_after:
+            self._state = SERIALIZER_STATE.FAILED  # the last checkpoint failed: not on every tick
+            return
         checkpoint = self.directory / "checkpoint.tmp"
-        self.replica.create_checkpoint(checkpoint)
-        self._state = SERIALIZER_STATE.SERIALIZING
-        # pysyncobj renames `tmp_file` over the dump as soon as we return; we write
-        # elsewhere and rename ourselves once the file is whole and fsynced, so its
-        # rename finds nothing and the checker below reports the real outcome.
-        self._thread = threading.Thread(
-            target=self._pack, args=(checkpoint, meta), name=f"snapshot-{self.shard}", daemon=True
-        )
-        self._thread.start()
+        try:
+            self.replica.create_checkpoint(checkpoint)
+            self._state = SERIALIZER_STATE.SERIALIZING
+            # pysyncobj renames `tmp_file` over the dump as soon as we return; we
+            # write elsewhere and rename ourselves once the file is whole and
+            # fsynced, so its rename finds nothing and the checker below reports
+            # the real outcome.
+            self._thread = threading.Thread(
+                target=self._pack, args=(checkpoint, meta), name=f"snapshot-{self.shard}", daemon=True
+            )
+            self._thread.start()
+        except Exception:
+            # Raised to pysyncobj, this would leave its serializer waiting for an
+            # outcome our checker never gives: no compaction of this shard again,
+            # and its log held in memory without bound.
+            log.exception("shard %d: compaction checkpoint failed; retrying in %.0f s", self.shard,
+                          CHECKPOINT_RETRY_S)
+            self._retry_after = time.monotonic() + CHECKPOINT_RETRY_S
+            self._state = SERIALIZER_STATE.FAILED
 
     def _only_raft_entries(self, applied: int, last: int) -> bool:
         """Are the entries after `applied` up to `last` all pysyncobj's own (its

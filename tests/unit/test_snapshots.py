@@ -84,3 +84,44 @@ def test_a_loaded_dump_leaves_this_replica_out_of_its_peers(tmp_path: Path) -> N
     self_node = TCPNode(SELF)
     peers: Any = [node for node in cluster if node != self_node]  # pysyncobj's own filter
     assert sorted(getattr(n, "address", n) for n in peers) == PEERS
+
+
+class FailingOnce(FakeReplica):
+    """A checkpoint that fails the first time (a full disk, too many open files)."""
+
+    def __init__(self, applied_index: int) -> None:
+        super().__init__(applied_index)
+        self.calls = 0
+
+    def create_checkpoint(self, directory: Path) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise OSError(28, "No space left on device")
+        super().create_checkpoint(directory)
+
+
+def test_a_failed_checkpoint_fails_the_compaction_and_a_later_one_runs(tmp_path: Path) -> None:
+    """Through pysyncobj's own Serializer: an exception out of the hook left it
+    waiting for an outcome the checker never gave, and it never called the
+    hook again (no compaction of that shard, its log growing in memory)."""
+    from pysyncobj.serializer import Serializer
+
+    snapshots, journal = _snapshots(tmp_path, applied=3, kinds=[REGULAR, REGULAR, REGULAR])
+    replica = FailingOnce(3)
+    snapshots.replica = replica
+    serializer = Serializer(str(snapshots.dump_path), 1 << 20, False, snapshots.serialize, None, snapshots.check)
+    cluster = {TCPNode(a) for a in [SELF, *PEERS]}
+
+    def attempt() -> int:
+        serializer.serialize((None, journal[-1], journal[-2], cluster), journal[-1][1])
+        deadline = time.monotonic() + 10
+        while (state := serializer.checkSerializing()[0]) == SERIALIZER_STATE.SERIALIZING and \
+                time.monotonic() < deadline:
+            time.sleep(0.01)
+        return int(state)
+
+    assert attempt() == SERIALIZER_STATE.FAILED and replica.calls == 1
+    assert attempt() == SERIALIZER_STATE.FAILED and replica.calls == 1  # backing off: not tried on every tick
+    snapshots._retry_after = 0.0  # the back-off over
+    assert attempt() == SERIALIZER_STATE.SUCCESS and replica.calls == 2
+    assert orjson.loads(snapshots.dump_path.read_bytes())["applied"] == 3
