@@ -223,7 +223,7 @@ start_raftmem() {
     wait_balanced
 }
 
-# Leaders spread over the nodes before measuring (etcd has one leader; raftmem
+# Every shard led by its preferred leader before measuring (etcd has one leader; raftmem
 # moves shard leaders to their preferred nodes 10 s after an election).
 wait_balanced() {
     (cd "$REPO" && "$PYTHON" bench/wait_balanced.py "${RM_URLS%%,*}" 60) || log "raftmem leaders not balanced; measuring anyway"

@@ -62,22 +62,6 @@ def leaders(url: str) -> list[tuple[str | None, int]]:
     return [(s.get("leader"), int(s.get("term", 0))) for s in get(url + "/v1/cluster")["shards"]]
 
 
-def preferred_leading(url: str) -> bool:
-    """Every shard led by its preferred replica (the first in its placement):
-    the balancer hands the others over 10 s apart, which would land in a run."""
-    shards = get(url + "/v1/cluster")["shards"]
-    return all(s.get("leader") is not None and s.get("leader") == (s.get("replicas") or [None])[0] for s in shards)
-
-
-def wait_preferred(url: str, timeout_s: float = 90) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if preferred_leading(url):
-            return True
-        time.sleep(0.5)
-    return False
-
-
 def loop_stalls(urls: list[str], over_s: str = "0.1") -> int:
     """How many of the nodes' event-loop lag probes (every 100 ms) ran more
     than `over_s` late, so far (raftmem_event_loop_lag_seconds)."""
@@ -165,8 +149,9 @@ def main() -> int:
     cluster = Cluster(out / "cluster", settings)
     try:
         cluster.start()
-        if not wait_preferred(cluster.urls[0]):
-            print("leaders not on their preferred nodes after 90 s; measuring anyway", flush=True)
+        # Every shard led by its preferred leader: the balancer's hand-overs would land in a run.
+        subprocess.run([sys.executable, str(REPO / "bench" / "wait_balanced.py"), cluster.urls[0], "90"], cwd=REPO,
+                       check=False)
         runs = []
         for count in args.sequence.split():
             runs.append(one(cluster, int(count), args, out))
