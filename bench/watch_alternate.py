@@ -36,7 +36,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from recall_bench import REPO, Cluster  # noqa: E402
+from load_memories import rss_bytes  # noqa: E402
+from recall_bench import REPO, Cluster, get_json  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -46,20 +47,8 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (loopback)
-        return json.load(resp)
-
-
 def leaders(url: str) -> list[tuple[str | None, int]]:
-    return [(s.get("leader"), int(s.get("term", 0))) for s in get(url + "/v1/cluster")["shards"]]
+    return [(s.get("leader"), int(s.get("term", 0))) for s in get_json(url + "/v1/cluster")["shards"]]
 
 
 def loop_stalls(urls: list[str], over_s: str = "0.1") -> int:
@@ -81,7 +70,7 @@ def loop_stalls(urls: list[str], over_s: str = "0.1") -> int:
 
 def socket_writes(urls: list[str]) -> tuple[int, int]:
     """(events, socket writes) of every node's watch streams so far."""
-    views = [get(u + "/v1/cluster")["watch"] for u in urls]
+    views = [get_json(u + "/v1/cluster")["watch"] for u in urls]
     return sum(v["events"] for v in views), sum(v.get("writes", 0) for v in views)
 
 
@@ -111,7 +100,7 @@ def one(cluster: Cluster, watchers: int, args: argparse.Namespace, out: Path) ->
         "ack_event_p50_ms": result["e2e_from_ack_p50_ms"], "ack_event_p99_ms": result["e2e_from_ack_p99_ms"],
         "leaders_changed": [[i, a, b] for i, (a, b) in enumerate(zip(before_leaders, leaders(urls[0]), strict=True))
                             if a != b],
-        "nodes_rss_mb": round(sum(rss_mb(p.pid) for p in cluster.procs)),
+        "nodes_rss_mb": round(sum(rss_bytes(p.pid) or 0 for p in cluster.procs) / 2**20),
         "loop_lags_over_100ms": loop_stalls(urls) - stalls0,
     }
 

@@ -507,21 +507,19 @@ class RaftGroup:
 
         self.ticker.call_soon(run)
 
-    def _voter(self, address: str) -> Any:
-        return next((n for n in self._obj._SyncObj__otherNodes if n.address == address), None)
+    def _connected_voters(self) -> list[Any]:
+        obj = self._obj
+        connected = obj._SyncObj__connectedNodes
+        return [n for n in obj._SyncObj__otherNodes if n in connected]
 
     def _caught_up(self, address: str) -> bool:
         """A connected voter holding every committed entry: one replication
         round from holding the last."""
-        obj = self._obj
-        node = self._voter(address)
-        return (node is not None and node in obj._SyncObj__connectedNodes
-                and dict.get(self._match, node, 0) >= obj.raftCommitIndex)
+        commit = self._obj.raftCommitIndex
+        return any(n.address == address and dict.get(self._match, n, 0) >= commit for n in self._connected_voters())
 
     def _most_caught_up(self) -> str | None:
-        obj = self._obj
-        connected = obj._SyncObj__connectedNodes
-        nodes = [n for n in obj._SyncObj__otherNodes if n in connected]
+        nodes = self._connected_voters()
         if not nodes:
             return None
         best = max(nodes, key=lambda n: dict.get(self._match, n, 0))

@@ -5,6 +5,7 @@ loaded dump hands back."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -46,14 +47,19 @@ def _snapshots(tmp_path: Path, applied: int, kinds: list[bytes]) -> tuple[Snapsh
     return snapshots, journal
 
 
+def _settled(check: Callable[[], int]) -> int:
+    """Poll a compaction's outcome (its packing runs on a thread) until it is not SERIALIZING."""
+    deadline = time.monotonic() + 10
+    while (state := check()) == SERIALIZER_STATE.SERIALIZING and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return int(state)
+
+
 def _compact(snapshots: Snapshots, journal: DurableJournal) -> int:
     """pysyncobj's call at its applied index (the log's end here); the final state."""
     cluster = {TCPNode(a) for a in [SELF, *PEERS]}
     snapshots.serialize(str(snapshots.dump_path) + ".tmp", (journal[-1], journal[-2], cluster))
-    deadline = time.monotonic() + 10
-    while (state := snapshots.check()) == SERIALIZER_STATE.SERIALIZING and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return state
+    return _settled(snapshots.check)
 
 
 def test_compaction_over_trailing_noops_labels_the_state_machines_index(tmp_path: Path) -> None:
@@ -114,11 +120,7 @@ def test_a_failed_checkpoint_fails_the_compaction_and_a_later_one_runs(tmp_path:
 
     def attempt() -> int:
         serializer.serialize((None, journal[-1], journal[-2], cluster), journal[-1][1])
-        deadline = time.monotonic() + 10
-        while (state := serializer.checkSerializing()[0]) == SERIALIZER_STATE.SERIALIZING and \
-                time.monotonic() < deadline:
-            time.sleep(0.01)
-        return int(state)
+        return _settled(lambda: int(serializer.checkSerializing()[0]))
 
     assert attempt() == SERIALIZER_STATE.FAILED and replica.calls == 1
     assert attempt() == SERIALIZER_STATE.FAILED and replica.calls == 1  # backing off: not tried on every tick
