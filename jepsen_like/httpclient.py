@@ -100,8 +100,10 @@ class HttpClient:
         read_timeout_s: float,
         until: float,
         line_bytes_max: int = 4 << 20,
+        body: Any = None,
     ) -> tuple[Answer, list[bytes]]:
-        """A streaming GET read line by line until `until` (the event loop's
+        """A streaming GET (a POST of `body` as JSON, when given) read line by
+        line until `until` (the event loop's
         time), the end of the stream, or `read_timeout_s` without a byte.
         Returns the answer (status; the body when not 200; `error` when the
         stream ended or broke) and the complete lines read (a line cut off by a
@@ -112,8 +114,9 @@ class HttpClient:
         buffer = b""
         answer: Answer | None = None
         try:
-            async with self._session.get(self.urls[node] + path, params=params, headers=headers,
-                                         timeout=timeout) as resp:
+            method = "GET" if body is None else "POST"
+            async with self._session.request(method, self.urls[node] + path, params=params, headers=headers,
+                                             json=body, timeout=timeout) as resp:
                 if resp.status != 200:
                     raw = await resp.read()
                     try:

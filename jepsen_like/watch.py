@@ -8,7 +8,9 @@ the last one ended (as etcd's robustness tests do; the checker is
   recorded with the token (``<shard>:<index>``) and version its answer gave.
 - Watchers: one per node on the whole namespace, one that asks for
   ``tag=even`` and one that asks for the leader (``require_leader``), each
-  bound to a node (and moving to the next one after a failure). A watcher
+  bound to a node (and moving to the next one after a failure); and two
+  (``m-all``, ``m-even``) that share one connection (POST /v1/watch, many
+  watches on one connection), each judged as a watcher of its own. A watcher
   runs sessions of 1 to 4 s (NDJSON): a session is one operation, invoked
   with ``after`` (its positions, every shard from 0 the first time) and
   completed ``ok`` with what it received, in order: ``["e", shard, index,
@@ -61,10 +63,15 @@ class WatchWorkload(Workload):
             {"id": "even", "node": nodes[0], "filter": {"tag": "even"}},
             {"id": "leader", "node": nodes[-1], "filter": {"require_leader": "true"}},
         ]
+        shared = [{"id": "m-all", "node": nodes[1 % len(nodes)], "filter": {}},
+                  {"id": "m-even", "node": nodes[1 % len(nodes)], "filter": {"tag": "even"}}]
+        self.watchers += shared
+        # The watchers of one connection: alone (GET /v1/watch), or together (POST).
+        self.groups: list[list[dict[str, Any]]] = [[w] for w in self.watchers if w not in shared] + [shared]
 
     def workers(self) -> list[Callable[[], Awaitable[None]]]:
         writers = [(lambda node=node: self._writer(node)) for node in self.ctx.node_ids]
-        watchers = [(lambda w=w: self._watcher(w)) for w in self.watchers]
+        watchers = [(lambda group=group: self._watcher(group)) for group in self.groups]
         return [*writers, *watchers]
 
     # -- writers ----------------------------------------------------------------------
@@ -98,87 +105,110 @@ class WatchWorkload(Workload):
             await self.pause(self.mean_delay_s, failed=etype != "ok")
 
     # -- watchers ---------------------------------------------------------------------
-    async def _watcher(self, watcher: dict[str, Any]) -> None:
+    async def _watcher(self, group: list[dict[str, Any]]) -> None:
         ctx = self.ctx
-        positions = {s: 0 for s in range(ctx.shards)}
-        node_index = ctx.node_ids.index(watcher["node"])
+        positions = {w["id"]: {s: 0 for s in range(ctx.shards)} for w in group}
+        node_index = ctx.node_ids.index(group[0]["node"])
         while not ctx.stop.is_set():
             duration = self.rng.uniform(*SESSION_S)
             node = ctx.node_ids[node_index % len(ctx.node_ids)]
-            ok, positions, _ = await self.session(watcher, node, positions, duration)
-            watcher["resume"] = positions
+            ok, positions, _ = await self.session(group, node, positions, duration)
+            for watcher in group:
+                watcher["resume"] = positions[watcher["id"]]
             if not ok:
                 node_index += 1  # this node failed us: the next one
                 await self.pause(0.2, failed=True)
 
-    async def session(self, watcher: dict[str, Any], node: str, positions: dict[int, int],
-                      duration_s: float) -> tuple[bool, dict[int, int], dict[int, int]]:
-        """One watch session; (started?, where the next resumes, the progress it reached)."""
+    async def session(self, group: list[dict[str, Any]], node: str, positions: dict[str, dict[int, int]],
+                      duration_s: float) -> tuple[bool, dict[str, dict[int, int]], dict[str, dict[int, int]]]:
+        """One session of a connection's watchers (an operation each); (started?,
+        where each one's next resumes, the progress each reached)."""
         ctx = self.ctx
-        process = ctx.recorder.new_process()
-        after = ",".join(f"{s}:{i}" for s, i in sorted(positions.items()))
-        params = {"namespace": self.namespace, "after": after, "progress_ms": str(PROGRESS_MS),
-                  **watcher["filter"]}
-        inv = self.invoke(process, "watch", None, {"after": positions, "filter": watcher["filter"]}, node,
-                          watcher=watcher["id"])
+        invs = {w["id"]: self.invoke(ctx.recorder.new_process(), "watch", None,  # a process each: ops at once
+                                     {"after": positions[w["id"]], "filter": w["filter"]}, node, watcher=w["id"])
+                for w in group}
         until = asyncio.get_running_loop().time() + duration_s
-        answer, lines = await ctx.client.lines(node, "/v1/watch", params=params, headers={"Accept": NDJSON},
-                                               read_timeout_s=READ_TIMEOUT_S, until=until)
+        if len(group) == 1:
+            params = {"namespace": self.namespace, "after": _tokens(positions[group[0]["id"]]),
+                      "progress_ms": str(PROGRESS_MS), **group[0]["filter"]}
+            answer, lines = await ctx.client.lines(node, "/v1/watch", params=params, headers={"Accept": NDJSON},
+                                                   read_timeout_s=READ_TIMEOUT_S, until=until)
+        else:
+            body = {"watches": [{"id": w["id"], "namespace": self.namespace, "after": _tokens(positions[w["id"]]),
+                                 **w["filter"]} for w in group], "progress_ms": PROGRESS_MS}
+            answer, lines = await ctx.client.lines(node, "/v1/watch", body=body, headers={"Accept": NDJSON},
+                                                   read_timeout_s=READ_TIMEOUT_S, until=until)
         if answer.status != 200:
             etype, error = outcome(answer, ())
-            self.complete(inv, "fail" if etype == "info" else etype, None, error, answer, watcher=watcher["id"])
-            return False, positions, {}
-        items: list[Any] = []
-        resume = dict(positions)
-        progress: dict[int, int] = {}
+            for watcher_id, inv in invs.items():
+                self.complete(inv, "fail" if etype == "info" else etype, None, error, answer, watcher=watcher_id)
+            return False, positions, {w: {} for w in invs}
+        items: dict[str, list[Any]] = {w: [] for w in invs}
+        resume = {w: dict(positions[w]) for w in invs}
+        progress: dict[str, dict[int, int]] = {w: {} for w in invs}
         for line in lines:
             try:
                 item = json.loads(line)
             except ValueError:
                 continue
-            kind = item.get("type")
-            if kind in ("put", "delete", "expire"):
-                shard, index = (int(x) for x in str(item["token"]).split(":"))
-                content = (item.get("record") or {}).get("content") if kind == "put" else None
-                items.append(["e", shard, index, item.get("seq", 0), kind, item.get("id"), item.get("version"),
-                              content, bool(item.get("last"))])
-                if item.get("last"):
-                    resume[shard] = max(resume.get(shard, 0), index)
-            elif kind == "progress":
-                tokens = parse_tokens(item.get("tokens"))
-                items.append(["p", tokens])
-                for shard, index in tokens.items():
-                    resume[shard] = max(resume.get(shard, 0), index)
-                    progress[shard] = max(progress.get(shard, 0), index)
-            else:
-                tokens = parse_tokens(item.get("tokens"))
-                items.append(["x", kind, tokens])
-                for shard, index in tokens.items():
-                    resume[shard] = max(resume.get(shard, 0), index)
-        self.complete(inv, "ok", items, answer.error, answer, watcher=watcher["id"])
-        return answer.error is None or bool(items), resume, progress
+            if len(group) == 1:
+                _absorb(item, items[group[0]["id"]], resume[group[0]["id"]], progress[group[0]["id"]])
+            elif item.get("watch") in items:
+                for one in item.get("events") or []:
+                    _absorb(one, items[item["watch"]], resume[item["watch"]], progress[item["watch"]])
+        for watcher_id, inv in invs.items():
+            self.complete(inv, "ok", items[watcher_id], answer.error, answer, watcher=watcher_id)
+        return answer.error is None or any(items.values()), resume, progress
 
     async def final(self) -> bool:
         """Every watcher until a session reports progress past every acknowledged write."""
         deadline = time.monotonic() + self.ctx.final_read_timeout_s
         target = dict(self.acked_positions)
-        results = await asyncio.gather(*(self._final(w, target, deadline) for w in self.watchers))
+        results = await asyncio.gather(*(self._final(group, target, deadline) for group in self.groups))
         return all(results)
 
-    async def _final(self, watcher: dict[str, Any], target: dict[int, int], deadline: float) -> bool:
+    async def _final(self, group: list[dict[str, Any]], target: dict[int, int], deadline: float) -> bool:
         ctx = self.ctx
-        positions = dict(watcher.get("resume") or {s: 0 for s in range(ctx.shards)})
+        positions = {w["id"]: dict(w.get("resume") or {s: 0 for s in range(ctx.shards)}) for w in group}
         for node in itertools.cycle(ctx.node_ids):
             if time.monotonic() > deadline:
                 return False
             if node not in ctx.live_nodes():
                 await asyncio.sleep(0.1)
                 continue
-            ok, positions, progress = await self.session(watcher, node, positions, 3.0)
-            watcher["resume"] = positions
-            if all(progress.get(s, 0) >= i for s, i in target.items()):
+            ok, positions, progress = await self.session(group, node, positions, 3.0)
+            for watcher in group:
+                watcher["resume"] = positions[watcher["id"]]
+            if all(progress[w].get(s, 0) >= i for w in progress for s, i in target.items()):
                 return True
             if not ok:
                 await asyncio.sleep(0.2)
         return False
 
+
+def _tokens(positions: dict[int, int]) -> str:
+    return ",".join(f"{s}:{i}" for s, i in sorted(positions.items()))
+
+
+def _absorb(item: dict[str, Any], items: list[Any], resume: dict[int, int], progress: dict[int, int]) -> None:
+    """One event of a watcher's session, as the history records it; moves
+    where its next session resumes, and the progress it reached."""
+    kind = item.get("type")
+    if kind in ("put", "delete", "expire"):
+        shard, index = (int(x) for x in str(item["token"]).split(":"))
+        content = (item.get("record") or {}).get("content") if kind == "put" else None
+        items.append(["e", shard, index, item.get("seq", 0), kind, item.get("id"), item.get("version"),
+                      content, bool(item.get("last"))])
+        if item.get("last"):
+            resume[shard] = max(resume.get(shard, 0), index)
+    elif kind == "progress":
+        tokens = parse_tokens(item.get("tokens"))
+        items.append(["p", tokens])
+        for shard, index in tokens.items():
+            resume[shard] = max(resume.get(shard, 0), index)
+            progress[shard] = max(progress.get(shard, 0), index)
+    else:
+        tokens = parse_tokens(item.get("tokens"))
+        items.append(["x", kind, tokens])
+        for shard, index in tokens.items():
+            resume[shard] = max(resume.get(shard, 0), index)

@@ -48,6 +48,11 @@ from .service import (
     with_context,
 )
 from .service.tasks import CLAIM_PATH_ID
+from .service.watchmux import Mux
+from .service.watchstream import NDJSON as NDJSON_TYPE
+from .service.watchstream import SSE as SSE_TYPE
+from .service.watchstream import WRITE_BYTES_MAX as WATCH_WRITE_BYTES_MAX
+from .service.watchstream import WatchStream
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +334,60 @@ def _gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
+class _StreamBody:
+    """A streamed response's body (raftmem.service.watchmux.Body): aiohttp
+    writes its head; then, when its framing is plain (chunked or not, never
+    compressed), events go straight to the transport, framed as aiohttp would
+    (`raw`), without a coroutine per write."""
+
+    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
+        self.request = request
+        self.response = response
+        self.raw = False
+        self._chunked = False
+
+    async def start(self) -> None:
+        await self.response.prepare(self.request)
+        writer = self.request.writer
+        framing = getattr(writer, "chunked", None)  # an HTTP/1.0 client: plain
+        send_headers = getattr(writer, "send_headers", None)  # aiohttp holds the head for the first write
+        if isinstance(framing, bool) and callable(send_headers) and hdrs.CONTENT_ENCODING not in self.response.headers:
+            send_headers()
+            self.raw, self._chunked = True, framing
+
+    def alive(self) -> bool:
+        return not _gone(self.request)
+
+    def buffered(self) -> int | None:
+        transport = self.request.transport
+        if transport is None or transport.is_closing():
+            return None
+        return int(transport.get_write_buffer_size())
+
+    def write(self, data: bytes) -> None:
+        transport = self.request.transport
+        if not data or transport is None:
+            return  # an empty chunk would end the body
+        try:
+            if self._chunked:
+                transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            else:
+                transport.write(data)
+        except Exception:  # noqa: BLE001 (a broken connection: the streams find out, alive())
+            pass
+
+    async def send(self, data: bytes) -> None:
+        await self.response.write(data)
+
+    async def drain(self) -> None:
+        await self.request.writer.drain()
+
+    def abort(self) -> None:
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+
+
 async def _while_connected(request: web.Request, work: Awaitable[Reply],
                            give_back: Callable[[Reply], Awaitable[object]]) -> Reply:
     """Run `work` while the client stays connected, and cancel it when the client
@@ -409,40 +468,62 @@ class Api:
         """A stream: errors found before it starts (400, 410, 429, 503) are
         answered as usual; once it runs, the stream's last event says why it ended."""
         stream = await self.service.watches.open(_call(request))
-        response = web.StreamResponse(status=200, headers=stream.headers)
-
-        chunked: bool | None = None  # how aiohttp frames this body (None: not plainly, no writes of our own)
-
-        async def start() -> None:
-            nonlocal chunked
-            await response.prepare(request)
-            framing = getattr(request.writer, "chunked", None)  # an HTTP/1.0 client: plain
-            if isinstance(framing, bool) and hdrs.CONTENT_ENCODING not in response.headers:
-                chunked = framing
-
-        def alive() -> bool:
-            return request.transport is not None and not request.transport.is_closing()
+        body = _StreamBody(request, web.StreamResponse(status=200, headers=stream.headers))
 
         def send_now(data: bytes) -> bool:
             """Write at once when nothing is buffered before it (else False,
             nothing written): the connection's order is kept, and a client
             that does not read makes the stream wait in its writer, bounded.
             Called from the node's one fan-out: never raises."""
-            transport = request.transport
-            if (chunked is None or not data or transport is None or transport.is_closing()
-                    or transport.get_write_buffer_size()):
+            if not body.raw or not data or body.buffered() != 0:
                 return False
-            try:
-                if chunked:
-                    transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-                else:
-                    transport.write(data)
-            except Exception:  # noqa: BLE001 (the writer's own send reports a broken connection)
-                return False
+            body.write(data)
             return True
 
-        await stream.run(start, response.write, alive, send_now)
-        return response
+        await stream.run(body.start, body.send, body.alive, send_now)
+        return body.response
+
+    async def watch_many(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/watch: many watches on one connection (raftmem.service.watchmux),
+        each line `{"watch": id, "events": [...]}`; the response ends when every
+        watch has (or the client goes)."""
+        streams = await self.service.watches.open_many(_call(request, await _body(request)))
+        sse = NDJSON_TYPE not in (request.headers.get("Accept") or "")  # as GET: SSE unless NDJSON is asked for
+        headers = {"Content-Type": SSE_TYPE if sse else NDJSON_TYPE, "Cache-Control": "no-cache",
+                   "X-Raftmem-Served-By": self.service.router.node_id}
+        body = _StreamBody(request, web.StreamResponse(status=200, headers=headers))
+        try:
+            await body.start()
+        except BaseException:
+            for _watch_id, stream in streams:
+                stream.release()
+            raise
+        watches = self.service.watches
+
+        def wrote() -> None:
+            watches.stats.writes += 1
+
+        mux = Mux(body, sse, max(watches.limits.buffer_bytes_max, WATCH_WRITE_BYTES_MAX), wrote)
+
+        async def no_start() -> None:
+            pass  # the response has started: the first progress of each watch goes out as it comes
+
+        async def one(watch_id: str, stream: WatchStream) -> None:
+            send, send_now = mux.writer(watch_id)
+            try:
+                await stream.run(no_start, send, body.alive, send_now)
+            except Exception:  # noqa: BLE001 (a defect: its connection ends, below, and the client resumes)
+                log.exception("watch %r of a connection failed", watch_id)
+            if not stream.finished:
+                body.abort()  # ended without its last event: every watch of the connection resumes elsewhere
+
+        try:
+            async with asyncio.TaskGroup() as group:  # one failing ends the others (no stream left behind)
+                for watch_id, stream in streams:
+                    group.create_task(one(watch_id, stream))
+        finally:
+            mux.flush()
+        return body.response
 
     async def watch_fetch(self, request: web.Request) -> web.Response:
         return _reply(await self.service.watches.fetch(_shard(request), _call(request)))
@@ -621,6 +702,7 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/v1/memories/{namespace}", "list"),
     ("GET", "/v1/memories/{namespace}/{id}/history", "history"),
     ("GET", "/v1/watch", "watch"),
+    ("POST", "/v1/watch", "watch_many"),
     ("GET", "/v1/internal/shards/{shard}/changes", "watch_fetch"),
     ("POST", "/v1/internal/shards/{shard}/touch", "touch"),
     ("POST", "/v1/internal/shards/{shard}/touches/drain", "touches_drain"),

@@ -31,7 +31,7 @@ INTERNAL_PREFIX = "/v1/internal/"
 ADMIN_PREFIX = "/v1/admin/"
 BATCH_WRITE_OPS = frozenset({"put", "create", "delete"})
 # Requests whose body names their namespaces (the middleware reads it first).
-BODY_SCOPED_PATHS = frozenset({"/v1/batch", "/v1/search"})
+BODY_SCOPED_PATHS = frozenset({"/v1/batch", "/v1/search", "/v1/watch"})
 WATCH_PATH = "/v1/watch"
 
 
@@ -52,6 +52,8 @@ def need_for(
     the query string (a watch names its namespace there)."""
     if path in OPEN_PATHS:
         return None
+    if path == WATCH_PATH and method == "POST":
+        return _watches_need(body)
     if path == WATCH_PATH:
         namespace = (query or {}).get("namespace")
         return Need("read", frozenset({namespace})) if namespace else Need("read", every_namespace=True)
@@ -79,6 +81,24 @@ def _batch_need(body: bytes) -> Need:
     namespaces = {op["namespace"] for op in ops if isinstance(op, dict) and isinstance(op.get("namespace"), str)}
     writes = any(isinstance(op, dict) and op.get("op") in BATCH_WRITE_OPS for op in ops)
     return Need("write" if writes else "read", frozenset(namespaces))
+
+
+def _watches_need(body: bytes) -> Need:
+    """Many watches on one connection: read on each one's namespace; any
+    watch without one needs every namespace (as a GET watch without one)."""
+    try:
+        watches = orjson.loads(body).get("watches")
+    except (orjson.JSONDecodeError, AttributeError):
+        watches = None
+    if not isinstance(watches, list):
+        return Need("read")  # malformed: the handler refuses it
+    named: set[str] = set()
+    for watch in watches:
+        namespace = watch.get("namespace") if isinstance(watch, dict) else None
+        if not isinstance(namespace, str):
+            return Need("read", every_namespace=True)
+        named.add(namespace)
+    return Need("read", frozenset(named))
 
 
 def _search_need(body: bytes) -> Need:

@@ -89,13 +89,14 @@ from .types import (
     parse_token,
     tls_context,
 )
-from .watch import Progress, Watch, WatchEvent
+from .watch import Progress, Watch, WatchEvent, WatchGroup
 
 __all__ = [
     "Compacted",
     "Progress",
     "Watch",
     "WatchEvent",
+    "WatchGroup",
     "ATTEMPT_S_MIN",
     "CONNECTIONS_MAX",
     "CONSISTENCY_LEVELS",

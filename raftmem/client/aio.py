@@ -42,7 +42,7 @@ from .types import (
     _Request,
     bearer_headers,
 )
-from .watch import Watch
+from .watch import Watch, WatchGroup
 
 TIMEOUT_S_DEFAULT = 10.0  # one attempt: above the server's 5 s write timeout + a forward
 CLUSTER_TIMEOUT_S = 2.0  # one GET /v1/cluster while (re)loading the routes
@@ -623,6 +623,14 @@ class AsyncClient(AsyncCoordination, SearchMixin):
         Keywords: namespace, namespace_prefix, agent_id, tag, after,
         progress_ms, require_leader, progress, outage_s (see raftmem.client.watch)."""
         return Watch(self, **kw)
+
+    def watch_many(self, watches: Mapping[str, Mapping[str, Any]], **kw: Any) -> WatchGroup:
+        """Many watches on one connection (POST /v1/watch): `watches` maps a
+        watch's id to its filter (namespace, namespace_prefix, agent_id, tag)
+        and `after`; an async iterator of `(watch_id, change)` that resumes by
+        itself, every watch from its own tokens (`group.tokens`). Keywords:
+        progress_ms, require_leader, progress, outage_s."""
+        return WatchGroup(self, watches, **kw)
 
     def session(self, context: str | None = None) -> AsyncSession:
         """A session; `context` continues another agent's (its `session.context`):

@@ -5,7 +5,15 @@ from __future__ import annotations
 import asyncio
 import builtins
 import threading
-from collections.abc import Awaitable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any, TypeVar
 
 from .aio import AsyncClient
@@ -90,16 +98,23 @@ class Client(SyncCoordination, SyncSearchMixin):
 
     def list(self, namespace: str, **kw: Any) -> Iterator[dict[str, Any]]:
         pages = self._async.list(namespace, **kw)
+        return self._blocking(pages, pages.aclose)
+
+    def _blocking(self, source: AsyncIterator[T], close: Callable[[], Awaitable[Any]],
+                  each: Callable[[], None] = lambda: None) -> Iterator[T]:
+        """One of the async client's iterators, blocking (`each` after every
+        item); closed when left."""
         try:
             while True:
                 try:
-                    item = self._run(pages.__anext__())
+                    item = self._run(source.__anext__())
                 except StopAsyncIteration:
                     return
+                each()
                 yield item
         finally:
             if not self._closed:
-                self._run(pages.aclose())
+                self._run(close())
 
     def batch(self, ops: Sequence[Mapping[str, Any]], **kw: Any) -> builtins.list[BatchResult]:
         return self._run(self._async.batch(ops, **kw))
@@ -111,19 +126,24 @@ class Client(SyncCoordination, SyncSearchMixin):
         """Changes as they commit (see AsyncClient.watch); `tokens_out`, if
         given, is a list the current resume tokens are kept in (its only item)."""
         tokens_out: builtins.list[str] | None = kw.pop("tokens_out", None)
+        if tokens_out is None:
+            tokens_out = []
         watch = self._async.watch(**kw)
-        try:
-            while True:
-                try:
-                    item = self._run(watch.__anext__())
-                except StopAsyncIteration:
-                    return
-                if tokens_out is not None:
-                    tokens_out[:] = [watch.tokens]
-                yield item
-        finally:
-            if not self._closed:
-                self._run(watch.close())
+
+        def keep() -> None:
+            tokens_out[:] = [watch.tokens]
+
+        return self._blocking(watch, watch.close, keep)
+
+    def watch_many(self, watches: Mapping[str, Mapping[str, Any]],
+                   **kw: Any) -> Iterator[tuple[str, WatchEvent | Progress]]:
+        """Many watches on one connection (see AsyncClient.watch_many);
+        `tokens_out`, if given, is a dict kept at each watch's resume tokens."""
+        tokens_out: dict[str, str] | None = kw.pop("tokens_out", None)
+        if tokens_out is None:
+            tokens_out = {}
+        group = self._async.watch_many(watches, **kw)
+        return self._blocking(group, group.close, lambda: tokens_out.update(group.tokens))
 
     def cluster(self) -> dict[str, Any]:
         return self._run(self._async.cluster())

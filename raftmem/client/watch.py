@@ -14,11 +14,16 @@ order per shard. A resume from before what the servers keep raises
 `Compacted` (its `oldest` says where the log starts).
 
 Save `watch.tokens` to resume later: `client.watch(after=saved)`.
+
+`client.watch_many({...})` (`WatchGroup`) carries many watches on one
+connection (POST /v1/watch), each with its own filter and tokens, and yields
+`(watch_id, change)`; it resumes the same way, every watch from its own tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,6 +47,9 @@ SILENT_S_MIN = 10.0
 RECONNECT_S_MIN, RECONNECT_S_MAX = 0.1, 5.0
 OUTAGE_S_DEFAULT = 60.0
 LINE_BYTES_MAX = 4 << 20  # a record is at most 1 MiB; its event a little more
+# Many watches on one connection: a line is one write of a watch (256 KiB of
+# entries, or one entry: a batch's, at most a body's worth of records).
+GROUP_LINE_BYTES_MAX = 64 << 20
 CHANGES = ("put", "delete", "expire")
 
 
@@ -92,28 +100,48 @@ def format_tokens(tokens: Mapping[int, int]) -> str:
     return ",".join(f"{s}:{i}" for s, i in sorted(tokens.items()))
 
 
-class Watch:
-    """`async for change in client.watch(namespace="team-a"): ...`"""
+FILTERS = ("namespace", "namespace_prefix", "agent_id", "tag")
 
-    def __init__(
-        self,
-        client: AsyncClient,
-        *,
-        namespace: str | None = None,
-        namespace_prefix: str | None = None,
-        agent_id: str | None = None,
-        tag: str | None = None,
-        after: str | Mapping[int, int] | None = None,
-        progress_ms: int | None = None,
-        require_leader: bool = False,
-        progress: bool = False,
-        outage_s: float | None = OUTAGE_S_DEFAULT,
-    ) -> None:
-        self.client = client
-        self.filter = {k: v for k, v in (("namespace", namespace), ("namespace_prefix", namespace_prefix),
-                                         ("agent_id", agent_id), ("tag", tag)) if v is not None}
-        self.positions = parse_tokens(after)  # per shard: every change up to here was given
+
+class Cursor:
+    """Where one watch is: per shard, the token through which it has every
+    change (`positions`), and the last event it gave (an entry sent again
+    after a cut is skipped)."""
+
+    def __init__(self, after: str | Mapping[int, int] | None) -> None:
+        self.positions = parse_tokens(after)
         self._given: dict[int, tuple[int, int]] = {}  # per shard: the last (index, seq) given
+
+    @property
+    def tokens(self) -> str:
+        return format_tokens(self.positions)
+
+    def event(self, item: dict[str, Any]) -> WatchEvent | None:
+        """The event, or None when it was given already (an entry sent again after a cut)."""
+        shard, index = (int(x) for x in str(item["token"]).split(":"))
+        seq = int(item.get("seq") or 0)
+        if index <= self.positions.get(shard, -1) or (index, seq) <= self._given.get(shard, (-1, -1)):
+            return None
+        self._given[shard] = (index, seq)
+        if item.get("last"):
+            self.advance({shard: index})
+        return WatchEvent(item["type"], shard, index, seq, str(item["namespace"]), str(item["id"]),
+                          item.get("version"), item.get("prev_version"), int(item.get("time") or 0),
+                          item.get("record"))
+
+    def advance(self, tokens: Mapping[int, int]) -> None:
+        for shard, index in tokens.items():
+            if index > self.positions.get(shard, -1):
+                self.positions[shard] = index
+
+
+class _Following:
+    """A watch connection that comes back by itself: the next node that
+    answers, backing off, until no node has served it for `outage_s`."""
+
+    def __init__(self, client: AsyncClient, *, progress_ms: int | None = None, require_leader: bool = False,
+                 progress: bool = False, outage_s: float | None = OUTAGE_S_DEFAULT) -> None:
+        self.client = client
         self.progress_ms = progress_ms or PROGRESS_MS_DEFAULT
         self.require_leader = require_leader
         self.yield_progress = progress
@@ -125,16 +153,14 @@ class Watch:
         self._failures = 0
         self._last_served = time.monotonic()
         self._closed = False
+        self.line_bytes_max = LINE_BYTES_MAX
 
-    @property
-    def tokens(self) -> str:
-        """Where to resume from (`client.watch(after=...)`): one token per shard."""
-        return format_tokens(self.positions)
+    async def _open(self, http: aiohttp.ClientSession, url: str, timeout: aiohttp.ClientTimeout,
+                    headers: dict[str, str]) -> aiohttp.ClientResponse:
+        raise NotImplementedError
 
-    def __aiter__(self) -> Watch:
-        return self
-
-    async def __anext__(self) -> WatchEvent | Progress:
+    async def _next_item(self) -> dict[str, Any] | None:
+        """The next line's object, connecting first when needed; None once closed."""
         while not self._closed:
             if self._response is None:
                 await self._connect()
@@ -143,45 +169,11 @@ class Watch:
             if line is None:
                 await self._drop(failed=True)
                 continue
-            item = orjson.loads(line)
             self._last_served = time.monotonic()
-            kind = item.get("type")
-            if kind in CHANGES:
-                event = self._event(item)
-                if event is not None:
-                    return event
-                continue
-            self._advance(parse_tokens(item.get("tokens")))
-            if kind == "progress":
-                if self.yield_progress:
-                    return Progress(dict(self.positions))
-            elif kind == "compacted":
-                await self.close()
-                raise Compacted(f"shard {item.get('shard')}: the change log starts after {item.get('oldest')}",
-                                status=410, body=item)
-            else:  # overflow, or an error event (no leader, the node stopping): go on elsewhere
-                await self._drop(failed=kind != "overflow")
-        raise StopAsyncIteration
+            item: dict[str, Any] = orjson.loads(line)
+            return item
+        return None
 
-    def _event(self, item: dict[str, Any]) -> WatchEvent | None:
-        """The event, or None when it was given already (an entry sent again after a cut)."""
-        shard, index = (int(x) for x in str(item["token"]).split(":"))
-        seq = int(item.get("seq") or 0)
-        if index <= self.positions.get(shard, -1) or (index, seq) <= self._given.get(shard, (-1, -1)):
-            return None
-        self._given[shard] = (index, seq)
-        if item.get("last"):
-            self._advance({shard: index})
-        return WatchEvent(item["type"], shard, index, seq, str(item["namespace"]), str(item["id"]),
-                          item.get("version"), item.get("prev_version"), int(item.get("time") or 0),
-                          item.get("record"))
-
-    def _advance(self, tokens: Mapping[int, int]) -> None:
-        for shard, index in tokens.items():
-            if index > self.positions.get(shard, -1):
-                self.positions[shard] = index
-
-    # -- the connection ---------------------------------------------------------------
     async def _connect(self) -> None:
         if self.outage_s is not None and time.monotonic() - self._last_served > self.outage_s:
             raise Unavailable(f"no node served the watch for {self.outage_s:.0f}s")
@@ -190,16 +182,10 @@ class Watch:
         now = client._clock()
         usable = [u for u in urls if client.health_table.usable(u, now)] or urls
         url = usable[(self._failures + self.reconnects) % len(usable)]
-        params = {**self.filter, "progress_ms": str(self.progress_ms)}
-        if self.positions:
-            params["after"] = self.tokens
-        if self.require_leader:
-            params["require_leader"] = "true"
         silent_s = max(SILENT_S_MIN, SILENT_PROGRESS_INTERVALS * self.progress_ms / 1000)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_S, sock_read=silent_s)
         try:
-            response = await client._http().get(url + "/v1/watch", params=params, timeout=timeout,
-                                                 headers={"Accept": NDJSON, **client._auth})
+            response = await self._open(client._http(), url, timeout, {"Accept": NDJSON, **client._auth})
         except (aiohttp.ClientError, TimeoutError) as e:
             client.health_table.no_answer(url, client._clock(), f"watch: {e.__class__.__name__}")
             await self._back_off()
@@ -235,7 +221,7 @@ class Watch:
                 chunk = await response.content.readany()
             except (aiohttp.ClientError, TimeoutError, ConnectionError):
                 return None
-            if not chunk or len(self._buffer) > LINE_BYTES_MAX:
+            if not chunk or len(self._buffer) > self.line_bytes_max:
                 return None
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
@@ -255,3 +241,144 @@ class Watch:
         if self._response is not None:
             self._response.close()
             self._response = None
+
+
+class Watch(_Following):
+    """`async for change in client.watch(namespace="team-a"): ...`"""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        *,
+        namespace: str | None = None,
+        namespace_prefix: str | None = None,
+        agent_id: str | None = None,
+        tag: str | None = None,
+        after: str | Mapping[int, int] | None = None,
+        progress_ms: int | None = None,
+        require_leader: bool = False,
+        progress: bool = False,
+        outage_s: float | None = OUTAGE_S_DEFAULT,
+    ) -> None:
+        super().__init__(client, progress_ms=progress_ms, require_leader=require_leader, progress=progress,
+                         outage_s=outage_s)
+        self.filter = {k: v for k, v in (("namespace", namespace), ("namespace_prefix", namespace_prefix),
+                                         ("agent_id", agent_id), ("tag", tag)) if v is not None}
+        self.cursor = Cursor(after)
+
+    @property
+    def positions(self) -> dict[int, int]:
+        """Per shard: every change up to here was given."""
+        return self.cursor.positions
+
+    @property
+    def tokens(self) -> str:
+        """Where to resume from (`client.watch(after=...)`): one token per shard."""
+        return self.cursor.tokens
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> WatchEvent | Progress:
+        while (item := await self._next_item()) is not None:
+            kind = item.get("type")
+            if kind in CHANGES:
+                event = self.cursor.event(item)
+                if event is not None:
+                    return event
+                continue
+            self.cursor.advance(parse_tokens(item.get("tokens")))
+            if kind == "progress":
+                if self.yield_progress:
+                    return Progress(dict(self.positions))
+            elif kind == "compacted":
+                await self.close()
+                raise Compacted(f"shard {item.get('shard')}: the change log starts after {item.get('oldest')}",
+                                status=410, body=item)
+            else:  # overflow, or an error event (no leader, the node stopping): go on elsewhere
+                await self._drop(failed=kind != "overflow")
+        raise StopAsyncIteration
+
+    async def _open(self, http: aiohttp.ClientSession, url: str, timeout: aiohttp.ClientTimeout,
+                    headers: dict[str, str]) -> aiohttp.ClientResponse:
+        params = {**self.filter, "progress_ms": str(self.progress_ms)}
+        if self.positions:
+            params["after"] = self.tokens
+        if self.require_leader:
+            params["require_leader"] = "true"
+        return await http.get(url + "/v1/watch", params=params, timeout=timeout, headers=headers)
+
+
+class WatchGroup(_Following):
+    """Many watches on one connection (POST /v1/watch), as etcd's clients carry
+    a process's watches on one stream: `async for watch_id, change in
+    client.watch_many({"tasks": {"namespace": "team-a", "tag": "task"},
+    "reviews": {"namespace": "reviews"}}): ...`. Each watch keeps its own
+    tokens (`group.tokens[watch_id]`) and sees exactly what a watch of its own
+    would; after a disconnect, an overflow or a node failure the group comes
+    back on another connection, every watch from its own tokens. A watch
+    resumed from before what the servers keep raises `Compacted` (`watch`
+    in its body names it)."""
+
+    def __init__(self, client: AsyncClient, watches: Mapping[str, Mapping[str, Any]], **options: Any) -> None:
+        """`options`: progress_ms, require_leader, progress, outage_s (as a Watch's)."""
+        super().__init__(client, **options)
+        self.line_bytes_max = GROUP_LINE_BYTES_MAX
+        if not watches:
+            raise ValueError("watch_many: at least one watch")
+        self.filters: dict[str, dict[str, str]] = {}
+        self.cursors: dict[str, Cursor] = {}
+        for watch_id, spec in watches.items():
+            unknown = sorted(set(spec) - {*FILTERS, "after"})
+            if unknown:
+                raise ValueError(f"watch {watch_id!r}: unknown key(s) {', '.join(unknown)}")
+            self.filters[watch_id] = {k: str(spec[k]) for k in FILTERS if spec.get(k) is not None}
+            self.cursors[watch_id] = Cursor(spec.get("after"))
+        self._ready: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()  # received, not yet given
+
+    @property
+    def tokens(self) -> dict[str, str]:
+        """Per watch, where to resume it from (its `after`)."""
+        return {watch_id: cursor.tokens for watch_id, cursor in self.cursors.items()}
+
+    def __aiter__(self) -> WatchGroup:
+        return self
+
+    async def __anext__(self) -> tuple[str, WatchEvent | Progress]:
+        while True:
+            if not self._ready:
+                line = await self._next_item()
+                if line is None:
+                    raise StopAsyncIteration
+                watch_id = str(line.get("watch"))
+                if watch_id in self.cursors:
+                    self._ready.extend((watch_id, item) for item in line.get("events") or [])
+                continue
+            # Taken one at a time (a watch's tokens move only past what was given).
+            watch_id, item = self._ready.popleft()
+            cursor = self.cursors[watch_id]
+            kind = item.get("type")
+            if kind in CHANGES:
+                event = cursor.event(item)
+                if event is not None:
+                    return watch_id, event
+                continue
+            cursor.advance(parse_tokens(item.get("tokens")))
+            if kind == "progress":
+                if self.yield_progress:
+                    return watch_id, Progress(dict(cursor.positions))
+            elif kind == "compacted":
+                await self.close()
+                raise Compacted(f"watch {watch_id!r}, shard {item.get('shard')}: the change log starts after "
+                                f"{item.get('oldest')}", status=410, body={**item, "watch": watch_id})
+            else:  # one watch overflowed or failed: the group comes back, every watch from its tokens
+                await self._drop(failed=kind != "overflow")
+
+    async def _open(self, http: aiohttp.ClientSession, url: str, timeout: aiohttp.ClientTimeout,
+                    headers: dict[str, str]) -> aiohttp.ClientResponse:
+        watches = [{"id": watch_id, **self.filters[watch_id],
+                    **({"after": cursor.tokens} if cursor.positions else {})}
+                   for watch_id, cursor in self.cursors.items()]
+        body = {"watches": watches, "progress_ms": self.progress_ms, "require_leader": self.require_leader}
+        return await http.post(url + "/v1/watch", data=orjson.dumps(body), timeout=timeout,
+                               headers={**headers, "Content-Type": "application/json"})

@@ -21,7 +21,8 @@ by the Shard port (raftmem.shard). One module per concern:
     locks       locks: acquire (waiting in turn), renew, release, inspect
     tasks       task queues: enqueue, claim (waiting in turn), complete, fail, extend, list
     waiters     the leader's queues of waiting acquisitions and claims
-    watch       GET /v1/watch: committed changes, streamed, resumable from tokens
+    watch       GET /v1/watch: committed changes, streamed, resumable from tokens;
+                POST /v1/watch: many watches on one connection (watchmux)
     history     GET /v1/memories/{ns}/{id}/history
     lifecycle   reads recorded (access, sliding TTL), pruning policies
 """

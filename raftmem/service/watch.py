@@ -67,6 +67,7 @@ from .watchstream import (
     NDJSON,
     EventCache,
     Framed,
+    Framing,
     WatchFilter,
     WatchRequest,
     WatchStream,
@@ -79,6 +80,10 @@ from .watchstream import (
 )
 
 WATCH_PARAMS = frozenset({*FILTER_PARAMS, "after", "progress_ms", "require_leader"})
+# POST /v1/watch: many watches on one connection.
+MANY_FIELDS = frozenset({"watches", "progress_ms", "require_leader"})
+ONE_OF_MANY_FIELDS = frozenset({"id", *FILTER_PARAMS, "after"})
+WATCH_ID_CHARS_MAX = 128
 REMOTE_WAIT_MS_MAX = 30_000
 # Negative control only (debug.unsafe_watch_drop): one event in this many is not sent.
 UNSAFE_DROP_EVERY = 100
@@ -103,7 +108,7 @@ class Watches:
         self.forwarder = forwarder
         self.limits = config.watch
         self.cache: EventCache[tuple[int, int, int], bytes] = EventCache(len)
-        self.entry_cache: EventCache[tuple[int, int, WatchFilter, bool], Framed] = EventCache(_framed_bytes)
+        self.entry_cache: EventCache[tuple[int, int, WatchFilter, Framing], Framed] = EventCache(_framed_bytes)
         self.stats = WatchStats()
         self.fanout = FanOut(self)
         self.stopping = asyncio.Event()
@@ -123,7 +128,7 @@ class Watches:
             progress_ms=v.int_param("progress_ms", q.get("progress_ms"), self.limits.progress_ms,
                                     WATCH_PROGRESS_MS_MIN, WATCH_PROGRESS_MS_MAX),
             require_leader=v.flag("require_leader", q.get("require_leader")),
-            ndjson=NDJSON in (call.header("Accept") or ""),
+            framing=Framing.NDJSON if NDJSON in (call.header("Accept") or "") else Framing.SSE,
         )
 
     def serving(self, shard: int, require_leader: bool) -> Shard | None:
@@ -133,26 +138,89 @@ class Watches:
             return None
         return replica
 
+    def parse_many(self, call: Call) -> tuple[list[str], list[WatchRequest]]:
+        """POST /v1/watch: `{"watches": [{"id", filters..., "after"}, ...],
+        "progress_ms", "require_leader"}`; each watch is a stream of its own
+        (counted against `watch.watchers_max`), sharing the connection."""
+        if call.query:
+            raise InvalidRequest(f"POST /v1/watch takes no query parameters (got {', '.join(sorted(call.query))}): "
+                                 "everything goes in the body", fields=sorted(call.query))
+        body = v.json_object(call.body, self.config.limits, MANY_FIELDS)
+        watches = body.get("watches")
+        if not isinstance(watches, list) or not watches:
+            raise InvalidRequest("watches must be a non-empty list of watches", field="watches")
+        if len(watches) > self.limits.watchers_max:
+            raise InvalidRequest(f"watches: at most {self.limits.watchers_max} (watch.watchers_max), "
+                                 f"got {len(watches)}", field="watches")
+        progress_ms = v.json_int_field(body, "progress_ms", self.limits.progress_ms, WATCH_PROGRESS_MS_MIN,
+                                       WATCH_PROGRESS_MS_MAX)
+        require_leader = body.get("require_leader", False)
+        if not isinstance(require_leader, bool):
+            raise InvalidRequest("require_leader must be true or false", field="require_leader")
+        ids: list[str] = []
+        requests: list[WatchRequest] = []
+        for n, one in enumerate(watches):
+            what = f"watches[{n}]"
+            one = v.known_fields(one, ONE_OF_MANY_FIELDS, what)
+            watch_id = v.label(f"{what}.id", one.get("id"), WATCH_ID_CHARS_MAX)
+            if watch_id in ids:
+                raise InvalidRequest(f"{what}.id: {watch_id!r} is given twice", field="id")
+            for key, value in one.items():
+                if key != "id" and not isinstance(value, str):
+                    raise InvalidRequest(f"{what}.{key} must be a string", field=key)
+            ids.append(watch_id)
+            requests.append(WatchRequest(
+                filter=parse_filter(one, self.config.limits), after=v.tokens(one.get("after"), self.config.shards),
+                progress_ms=progress_ms, require_leader=require_leader, framing=Framing.ITEMS))
+        return ids, requests
+
     async def open(self, call: Call) -> WatchStream:
         """Check the request and where every shard starts (400, 410, 429, 503
         before anything is streamed)."""
-        request = self.parse(call)
+        return (await self._open([self.parse(call)], call.hops))[0]
+
+    async def open_many(self, call: Call) -> list[tuple[str, WatchStream]]:
+        """POST /v1/watch: every watch checked and started as `open` does; a
+        watch whose tokens are older than the change log keeps fails the whole
+        request (410 naming it), before anything is streamed."""
+        ids, requests = self.parse_many(call)
+        return list(zip(ids, await self._open(requests, call.hops, ids), strict=True))
+
+    async def _open(self, requests: list[WatchRequest], hops: int, ids: list[str] | None = None) -> list[WatchStream]:
         if self.limits.retention_entries <= 0:
             raise Unavailable("watch is off on this cluster (watch.retention_entries is 0)")
-        if self.stats.open_now >= self.limits.watchers_max:
-            raise Overloaded(f"this node serves {self.limits.watchers_max} watches already (watch.watchers_max)")
-        stream = WatchStream(self, request, call.hops)
-        starts = await asyncio.gather(*(stream.start(s) for s in range(self.config.shards)),
-                                      return_exceptions=True)
-        gone = {s: e.oldest for s, e in enumerate(starts) if isinstance(e, Compacted)}
-        if gone:
-            raise Gone(f"the change log no longer holds what follows {format_tokens(request.after)} "
-                       f"on shard(s) {', '.join(map(str, sorted(gone)))}; resume from oldest",
-                       oldest=format_tokens(gone))
+        if self.stats.open_now + len(requests) > self.limits.watchers_max:
+            raise Overloaded(f"this node serves {self.stats.open_now} of at most {self.limits.watchers_max} watches "
+                             f"(watch.watchers_max): {len(requests)} more do not fit")
+        shards = self.config.shards
+        streams = [WatchStream(self, request, hops) for request in requests]
+        for stream in streams:  # places taken now, before any await: requests at once cannot pass the bound together
+            stream.holds_place = True
+            self.stats.open_now += 1
+        try:
+            return self._started(streams, await asyncio.gather(
+                *(stream.start(s) for stream in streams for s in range(shards)), return_exceptions=True), ids)
+        except BaseException:
+            for stream in streams:
+                stream.release()
+            raise
+
+    def _started(self, streams: list[WatchStream], starts: list[Any], ids: list[str] | None) -> list[WatchStream]:
+        """The streams, unless a start failed (the first failure, a 410 for a
+        token older than the change log keeps)."""
+        shards = self.config.shards
+        for n, stream in enumerate(streams):
+            mine = starts[n * shards:(n + 1) * shards]
+            gone = {s: e.oldest for s, e in enumerate(mine) if isinstance(e, Compacted)}
+            if gone:
+                named = {"watch": ids[n]} if ids is not None else {}
+                raise Gone(f"the change log no longer holds what follows {format_tokens(stream.request.after)} "
+                           f"on shard(s) {', '.join(map(str, sorted(gone)))}; resume from oldest",
+                           oldest=format_tokens(gone), **named)
         for error in starts:
             if isinstance(error, BaseException):
                 raise error
-        return stream
+        return streams
 
     def encode(self, change: Change, seq: int) -> bytes:
         return self.cache.get((change.shard, change.index, seq), lambda: orjson.dumps(event_body(change, seq)))
@@ -162,7 +230,7 @@ class Watches:
         return self.cache.get((shard, index, int(body["seq"])), lambda: orjson.dumps(body))
 
     def entry_frames(self, shard: int, index: int, group: list[tuple[int, Change]], flt: WatchFilter,
-                     ndjson: bool) -> Framed:
+                     framing: Framing) -> Framed:
         """A whole entry's changes that `flt` matches, framed (NDJSON or SSE):
         computed once for every stream with the same filter and framing (a
         hundred watchers of one namespace share one)."""
@@ -170,20 +238,20 @@ class Watches:
         def make() -> Framed:
             encoded = [self.encode(change, seq) for seq, change in group
                        if change.kind is not ChangeKind.RESET and flt.matches(change.record)]
-            return self.frame_entry(encoded, ndjson)
+            return self.frame_entry(encoded, framing)
 
         if self.unsafe_drop:
             return make()  # the control drops events per stream
-        return self.entry_cache.get((shard, index, flt, ndjson), make)
+        return self.entry_cache.get((shard, index, flt, framing), make)
 
-    def frame_entry(self, encoded: list[bytes], ndjson: bool) -> Framed:
+    def frame_entry(self, encoded: list[bytes], framing: Framing) -> Framed:
         """An entry's events, framed, the last one marked: a client that has it
         may resume from its token (orjson's object ends in "}"; the event's own
         encoding is shared by every filter, the mark depends on the filter)."""
         kept = [data for data in encoded if not self.drop()]
         if kept:
             kept[-1] = kept[-1][:-1] + LAST_IN_ENTRY
-        return b"".join(frame(data, ndjson) for data in kept), len(kept)
+        return b"".join(frame(data, framing) for data in kept), len(kept)
 
     def drop(self) -> bool:
         """Negative control: True for the event to leave out."""

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from ..errors import Unavailable
 from ..events import Change, ChangeKind, Closed, Overflowed, Subscription
 from ..shard import Shard
-from .watchstream import LOCAL_IDLE_S, Pending, WatchFilter, _Item, entries
+from .watchstream import LOCAL_IDLE_S, Framing, Pending, WatchFilter, _Item, entries
 
 if TYPE_CHECKING:
     from .watch import Watches
@@ -172,9 +172,9 @@ class FanOut:
     def _dispatch(self, changes: list[Change]) -> None:
         groups = entries(changes)
         self.batches += 1
-        framed: dict[tuple[WatchFilter, bool], _Batch] = {}
+        framed: dict[tuple[WatchFilter, Framing], _Batch] = {}
         for stream in list(self.members):
-            key = (stream.request.filter, stream.request.ndjson)
+            key = (stream.request.filter, stream.request.framing)
             batch = framed.get(key)
             if batch is None:
                 batch = framed[key] = self._frame(groups, *key)
@@ -225,7 +225,7 @@ class FanOut:
         return _Item(parts, tuple(reached.items())), count
 
     def _frame(self, groups: list[tuple[int, int, list[tuple[int, Change]]]], flt: WatchFilter,
-               ndjson: bool) -> _Batch:
+               framing: Framing) -> _Batch:
         batch = _Batch()
         for shard, index, group in groups:
             batch.first.setdefault(shard, index)
@@ -234,7 +234,7 @@ class FanOut:
                 batch.entries.append((shard, index, None))
                 batch.plain = False
                 continue
-            entry = self.watches.entry_frames(shard, index, group, flt, ndjson)
+            entry = self.watches.entry_frames(shard, index, group, flt, framing)
             batch.entries.append((shard, index, entry))
             if entry[1]:
                 batch.parts.append(entry[0])

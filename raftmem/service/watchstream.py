@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -96,13 +97,24 @@ def parse_filter(query: Mapping[str, str], limits: LimitsConfig) -> WatchFilter:
     return WatchFilter(ns, prefix, agent, tag)
 
 
+class Framing(enum.Enum):
+    """How a stream frames each event: an SSE `data:` line, an NDJSON line, or
+    (a watch among many on one connection, POST /v1/watch) a JSON array item
+    followed by a comma, which the connection wraps per write as
+    `{"watch": id, "events": [...]}`."""
+
+    SSE = "sse"
+    NDJSON = "ndjson"
+    ITEMS = "items"
+
+
 @dataclass(frozen=True)
 class WatchRequest:
     filter: WatchFilter
     after: dict[int, int]  # shards the caller named; the others start from now
     progress_ms: int
     require_leader: bool
-    ndjson: bool
+    framing: Framing
 
 
 class EventCache(Generic[K, V]):
@@ -157,9 +169,13 @@ def entries(changes: Iterable[Change]) -> list[tuple[int, int, list[tuple[int, C
 Framed = tuple[bytes, int]  # an entry's events framed for a stream, and how many
 
 
-def frame(body: bytes, ndjson: bool) -> bytes:
-    """One event as a stream sends it: an NDJSON line, or an SSE `data:` line."""
-    return body + b"\n" if ndjson else b"data: " + body + b"\n\n"
+def frame(body: bytes, framing: Framing) -> bytes:
+    """One event as a stream sends it (see Framing)."""
+    if framing is Framing.NDJSON:
+        return body + b"\n"
+    if framing is Framing.ITEMS:
+        return body + b","
+    return b"data: " + body + b"\n\n"
 
 
 def format_tokens(positions: Mapping[int, int]) -> str:
@@ -272,15 +288,20 @@ class WatchStream:
         self._woken: asyncio.Future[None] | None = None  # the driver's wait for pending entries
         self._send_now: Callable[[bytes], bool] | None = None
         self.piece = min(WRITE_BYTES_MAX, self.limits.buffer_bytes_max // 2)  # bytes of entries per queued item
+        # A watch among many on one connection does not own its socket: the
+        # connection counts its writes (raftmem.service.watchmux).
+        self._counts_writes = request.framing is not Framing.ITEMS
         self._failed: asyncio.Future[BaseException] | None = None
+        self.holds_place = False  # counted in the node's open watches (Watches.reserve)
+        self.finished = False  # its last event (overflow, compacted, error) was written
 
     @property
     def headers(self) -> dict[str, str]:
-        ctype = NDJSON if self.request.ndjson else SSE
+        ctype = SSE if self.request.framing is Framing.SSE else NDJSON
         return {"Content-Type": ctype, "Cache-Control": "no-cache", "X-Raftmem-Served-By": self.router.node_id}
 
     def frame(self, body: bytes) -> bytes:
-        return frame(body, self.request.ndjson)
+        return frame(body, self.request.framing)
 
     # -- where each shard starts ------------------------------------------------------------
     async def start(self, shard: int) -> None:
@@ -314,7 +335,9 @@ class WatchStream:
         empty, without waking the writer."""
         watches = self.watches
         watches.stats.opened += 1
-        watches.stats.open_now += 1
+        if not self.holds_place:
+            watches.stats.open_now += 1
+            self.holds_place = True
         self._failed = asyncio.get_running_loop().create_future()
         reason = "client gone"
         writer: asyncio.Task[None] | None = None
@@ -349,9 +372,15 @@ class WatchStream:
             await self._cancel_drivers()
             if writer is not None and not writer.done():
                 writer.cancel()
-            watches.stats.open_now -= 1
+            self.release()
             if reason == "client gone":
                 watches.stats.ended[reason] = watches.stats.ended.get(reason, 0) + 1
+
+    def release(self) -> None:
+        """Give back its place among the node's open watches (once)."""
+        if self.holds_place:
+            self.holds_place = False
+            self.watches.stats.open_now -= 1
 
     async def _until_stopping(self) -> None:
         await self.watches.stopping.wait()
@@ -402,12 +431,14 @@ class WatchStream:
                     self._wrote(more)
                 async with asyncio.timeout(WRITE_STALL_S):  # no task per write, as wait_for made
                     await send(b"".join(chunks))
-                self.watches.stats.writes += 1
+                if self._counts_writes:
+                    self.watches.stats.writes += 1
             if self.queue.empty():
                 for shard, index in self.pos.items():
                     self.written[shard] = max(self.written.get(shard, 0), index)
             if item is not None and item.terminal is not None:
                 await send(self.frame(orjson.dumps(item.terminal(self.written))))
+                self.finished = True
                 return
             now = time.monotonic()
             idle = item is None
@@ -423,8 +454,8 @@ class WatchStream:
     # -- delivering entries ----------------------------------------------------------------------
     async def _queue_groups(self, groups: Iterable[tuple[int, int, list[tuple[int, Change]]]]) -> None:
         """Queue whole entries' matching changes (a page of a change log)."""
-        flt, ndjson = self.request.filter, self.request.ndjson
-        await self._queue_framed([(shard, index, self.watches.entry_frames(shard, index, group, flt, ndjson))
+        flt, framing = self.request.filter, self.request.framing
+        await self._queue_framed([(shard, index, self.watches.entry_frames(shard, index, group, flt, framing))
                                   for shard, index, group in groups if index > self.pos.get(shard, 0)])
 
     async def _queue_framed(self, framed: Iterable[tuple[int, int, Framed]]) -> None:
@@ -486,7 +517,7 @@ class WatchStream:
                 index = int(str(group[0]["token"]).split(":")[1])
                 if index > self.pos.get(shard, 0):
                     encoded = [self.watches.encode_body(shard, index, b) for b in group]
-                    await self._queue_entries([(shard, index, self.watches.frame_entry(encoded, self.request.ndjson))])
+                    await self._queue_entries([(shard, index, self.watches.frame_entry(encoded, self.request.framing))])
                 group = []
             if body is not None:
                 group.append(body)
@@ -540,7 +571,8 @@ class WatchStream:
         send_now = self._send_now
         if send_now is None or not self.queue.empty() or not send_now(data or b"".join(item.parts)):
             return False
-        self.watches.stats.writes += 1
+        if self._counts_writes:
+            self.watches.stats.writes += 1
         self._wrote(item)
         return True
 

@@ -111,6 +111,19 @@ def _one_shard(ops: list[Any]) -> list[Any]:
     return [op for op in keyed if shard_for(op["namespace"], op["id"], SHARDS) == shard]
 
 
+def _unique_watch_ids(watches: Any) -> None:
+    """Watch ids are unique within a request (a rule JSON Schema cannot state
+    for objects): a generated repeat gets a suffix."""
+    if not isinstance(watches, list):
+        return
+    taken: set[str] = set()
+    for n, watch in enumerate(watches):
+        if isinstance(watch, dict) and isinstance(watch.get("id"), str):
+            if watch["id"] in taken:
+                watch["id"] = f"{watch['id'][:100]}~{n}"
+            taken.add(watch["id"])
+
+
 @schemathesis.deserializer("application/x-ndjson")
 def ndjson(_context: Any, response: Any) -> Any:
     """A watch's NDJSON answer, as the document describes it: each line one
@@ -156,6 +169,8 @@ def map_case(context: Any, case: Any) -> Any:
         not_before, now_ms = case.body.get("not_before"), int(time.time() * 1000)
         if isinstance(not_before, int | float) and not isinstance(not_before, bool) and not_before > now_ms:
             case.body["not_before"] = now_ms
+    if (method, path) == ("POST", "/v1/watch") and isinstance(case.body, dict):
+        _unique_watch_ids(case.body.get("watches"))
     if path == "/v1/search" and isinstance(case.body, dict) and isinstance(case.body.get("vector"), list):
         case.body["vector"] = _sized(case.body["vector"])
     if query is not None and (method, path) in _CURSOR_OPERATIONS:

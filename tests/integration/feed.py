@@ -19,10 +19,13 @@ NDJSON = "application/x-ndjson"
 
 
 class Stream(threading.Thread):
-    """GET /v1/watch on `node`; every JSON line (NDJSON) or `data:` line (SSE) as it comes."""
+    """GET /v1/watch on `node`; every JSON line (NDJSON) or `data:` line (SSE) as it comes.
+    With `watches` (many on one connection, POST /v1/watch, `params` in the
+    body): each line's events, each with its line's `"watch"` added."""
 
     def __init__(self, c: Cluster, node: str, params: dict[str, Any], sse: bool = False,
-                 timeout_s: float = 60.0, receive_buffer: int | None = None) -> None:
+                 timeout_s: float = 60.0, receive_buffer: int | None = None,
+                 watches: list[dict[str, Any]] | None = None) -> None:
         """`receive_buffer`: the socket's receive buffer, fixed (a slow reader's
         window stays small instead of growing to many megabytes)."""
         super().__init__(daemon=True)
@@ -39,8 +42,13 @@ class Stream(threading.Thread):
             sock.settimeout(timeout_s)
             sock.connect(("127.0.0.1", c.http[node]))
             self.conn.sock = self._own_sock = sock
-        query = urlencode({k: v for k, v in params.items() if v is not None})
-        self.conn.request("GET", f"/v1/watch?{query}", headers={"Accept": "text/event-stream" if sse else NDJSON})
+        accept = {"Accept": "text/event-stream" if sse else NDJSON}
+        if watches is not None:
+            self.conn.request("POST", "/v1/watch", body=json.dumps({"watches": watches, **params}),
+                              headers={**accept, "Content-Type": "application/json"})
+        else:
+            query = urlencode({k: v for k, v in params.items() if v is not None})
+            self.conn.request("GET", f"/v1/watch?{query}", headers=accept)
         self.resp = self.conn.getresponse()
         self.status = self.resp.status
         self.headers = dict(self.resp.getheaders())
@@ -66,8 +74,10 @@ class Stream(threading.Thread):
                         continue
                     text = text[len(b"data: "):]
                 if text:
+                    item = json.loads(text)
+                    got = [{**e, "watch": item["watch"]} for e in item["events"]] if "watch" in item else [item]
                     with self._lock:
-                        self.items.append(json.loads(text))
+                        self.items.extend(got)
         except (OSError, http.client.HTTPException, ValueError, AttributeError):
             pass  # the connection broke or was closed (AttributeError: http.client closing under us)
         finally:
@@ -77,8 +87,12 @@ class Stream(threading.Thread):
         with self._lock:
             return list(self.items)
 
-    def events(self) -> list[dict[str, Any]]:
-        return [i for i in self.snapshot() if i["type"] in ("put", "delete", "expire")]
+    def events(self, watch: str | None = None) -> list[dict[str, Any]]:
+        return [i for i in self.of(watch) if i["type"] in ("put", "delete", "expire")]
+
+    def of(self, watch: str | None) -> list[dict[str, Any]]:
+        """What came for one watch of many (None: everything)."""
+        return [i for i in self.snapshot() if watch is None or i.get("watch") == watch]
 
     def wait(self, what: str, condition: Any, timeout_s: float = 30.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout_s
@@ -91,9 +105,9 @@ class Stream(threading.Thread):
             time.sleep(POLL_S)
         raise AssertionError(f"timed out (or ended) waiting for {what}; got {self.snapshot()[-5:]}")
 
-    def wait_events(self, count: int, timeout_s: float = 30.0) -> list[dict[str, Any]]:
-        self.wait(f"{count} events", lambda items: len(self.events()) >= count, timeout_s)
-        return self.events()
+    def wait_events(self, count: int, timeout_s: float = 30.0, watch: str | None = None) -> list[dict[str, Any]]:
+        self.wait(f"{count} events", lambda items: len(self.events(watch)) >= count, timeout_s)
+        return self.events(watch)
 
     def _close_connection(self) -> None:
         self.resp.close()

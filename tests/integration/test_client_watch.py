@@ -57,6 +57,56 @@ async def test_watch_goes_on_from_another_node_when_its_node_is_killed(tmp_path:
         c.stop_all()
 
 
+async def test_many_watches_on_one_connection_go_on_from_another_node_each_from_its_tokens(tmp_path: Path) -> None:
+    c = Cluster(tmp_path, shards=2)
+    try:
+        c.start_all()
+        async with AsyncClient(_urls(c)) as client:
+            for i in range(3):
+                await client.put("kg", f"early{i}", i)
+            zero = "0:0,1:0"
+            group = client.watch_many({"all": {"namespace": "kg", "after": zero},
+                                       "hot": {"namespace": "kg", "tag": "hot", "after": zero},
+                                       "other": {"namespace": "kg-other", "after": zero}}, progress_ms=200)
+            got: dict[str, list[WatchEvent]] = {"all": [], "hot": [], "other": []}
+
+            async def take_until(count: dict[str, int]) -> None:
+                while any(len(got[w]) < n for w, n in count.items()):
+                    watch_id, item = await asyncio.wait_for(group.__anext__(), 60)
+                    assert isinstance(item, WatchEvent)
+                    got[watch_id].append(item)
+
+            for i in range(4):
+                await client.put("kg", f"a{i}", i, tags=["hot"] if i % 2 else [])
+            await take_until({"all": 7, "hot": 2})
+            victim = group.served_by
+            assert victim is not None
+            await asyncio.to_thread(c.kill, victim)
+            for i in range(4):
+                await client.put("kg", f"b{i}", i, tags=["hot"] if i % 2 else [])
+            await client.put("kg-other", "o", 1)
+            await take_until({"all": 11, "hot": 4, "other": 1})
+            assert group.served_by != victim and group.reconnects >= 1
+            for watch_id, events in got.items():
+                keys = [(e.shard, e.index, e.seq) for e in events]
+                assert len(keys) == len(set(keys)), watch_id
+            assert sorted(e.id for e in got["all"]) == sorted(
+                [f"early{i}" for i in range(3)] + [f"a{i}" for i in range(4)] + [f"b{i}" for i in range(4)])
+            assert sorted(e.id for e in got["hot"]) == ["a1", "a3", "b1", "b3"]
+            assert [e.id for e in got["other"]] == ["o"]
+            saved = group.tokens
+            await group.close()
+            # Later, from each watch's saved tokens: exactly what came after.
+            await client.put("kg", "c0", 0, tags=["hot"])
+            again = client.watch_many({w: {"after": t, "namespace": "kg"} | ({"tag": "hot"} if w == "hot" else {})
+                                       for w, t in saved.items() if w != "other"})
+            later = [await asyncio.wait_for(again.__anext__(), 30) for _ in range(2)]
+            assert sorted((w, e.id) for w, e in later if isinstance(e, WatchEvent)) == [("all", "c0"), ("hot", "c0")]
+            await again.close()
+    finally:
+        c.stop_all()
+
+
 def test_the_blocking_client_watches_and_reads_histories(tmp_path: Path) -> None:
     c = Cluster(tmp_path, shards=1, sections={"watch": {"retention_entries": 40}})
     try:
@@ -93,5 +143,11 @@ def test_the_blocking_client_watches_and_reads_histories(tmp_path: Path) -> None
                 assert e.oldest
             else:
                 raise AssertionError("a resume from before the retention did not raise Compacted")
+            try:  # one watch of many from before it: Compacted, naming it
+                next(iter(client.watch_many({"new": {}, "old": {"after": "0:1"}})))
+            except Compacted as e:
+                assert e.oldest and e.body["error"]["watch"] == "old"
+            else:
+                raise AssertionError("a watch among many from before the retention did not raise Compacted")
     finally:
         c.stop_all()

@@ -106,6 +106,18 @@ def test_batches_are_judged_by_every_operation() -> None:
     assert check(READER, "POST", "/v1/batch", body={"ops": 5}) == "ok"  # the handler refuses it (400)
 
 
+def test_many_watches_on_one_connection_are_judged_by_every_watch() -> None:
+    mine = {"watches": [{"id": "a", "namespace": "team-a"}, {"id": "b", "namespace": "team-a", "tag": "t"}]}
+    across = {"watches": [{"id": "a", "namespace": "team-a"}, {"id": "b", "namespace": "team-b"}]}
+    unnamed = {"watches": [{"id": "a", "namespace": "team-a"}, {"id": "b", "namespace_prefix": "team-a"}]}
+    assert check(WRITER_A, "POST", "/v1/watch", body=mine) == "ok"
+    assert check(WRITER_A, "POST", "/v1/watch", body=across) == "403"
+    assert check(WRITER_A, "POST", "/v1/watch", body=unnamed) == "403"  # a watch of any namespace
+    assert check(READER, "POST", "/v1/watch", body=unnamed) == "ok"
+    assert check(None, "POST", "/v1/watch", body=mine) == "401"
+    assert check(READER, "POST", "/v1/watch", body={"watches": 5}) == "ok"  # the handler refuses it (400)
+
+
 def test_internal_endpoints_take_the_cluster_token_only() -> None:
     path = "/v1/internal/members"
     assert check(ADMIN, "POST", path) == "403"

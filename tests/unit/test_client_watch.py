@@ -129,3 +129,46 @@ async def test_it_gives_up_after_outage_s_without_a_node() -> None:
         with pytest.raises(Unavailable):
             await _take(client, 1, outage_s=0.5)
         assert len(scripted.queries) >= 2  # retried meanwhile
+
+
+async def test_a_group_resumes_every_watch_from_its_own_tokens_moved_only_past_what_it_gave() -> None:
+    """Many watches on one connection: a line holds many events of one watch;
+    a watch's tokens move one event at a time (saved mid-line, they resume
+    from what was given); after an overflow of one watch the group comes back
+    with every watch's own tokens."""
+    bodies: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        bodies.append(orjson.loads(await request.read()))
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "X-Raftmem-Served-By": "n1"})
+        await response.prepare(request)
+        if len(bodies) == 1:
+            lines = [{"watch": "a", "events": [ev("0:4", mid="x"), ev("0:6", mid="y"), ev("1:3", mid="z")]},
+                     {"watch": "b", "events": [{"type": "progress", "tokens": "0:9,1:9"}]},
+                     {"watch": "a", "events": [{"type": "overflow", "tokens": "0:6,1:3"}]}]
+        else:
+            lines = [{"watch": "a", "events": [ev("1:3", mid="z"), ev("1:5", mid="w")]}]
+        for line in lines:
+            await response.write(orjson.dumps(line) + b"\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/watch", handle)
+    server = TestServer(app)
+    await server.start_server()
+    client = AsyncClient([str(server.make_url("")).rstrip("/")], route_direct=False)
+    try:
+        group = client.watch_many({"a": {"namespace": "ns", "after": "0:0,1:0"}, "b": {"tag": "t"}}, progress=True)
+        watch_id, first = await group.__anext__()
+        assert (watch_id, first.id) == ("a", "x")  # type: ignore[union-attr]
+        assert group.tokens["a"] == "0:4,1:0"  # not past y and z, not given yet
+        got = [first] + [(await group.__anext__())[1] for _ in range(4)]
+        assert [getattr(e, "id", None) for e in got] == ["x", "y", "z", None, "w"]  # z not twice
+        assert isinstance(got[3], Progress) and group.tokens == {"a": "0:6,1:5", "b": "0:9,1:9"}
+        assert bodies[0]["watches"] == [{"id": "a", "namespace": "ns", "after": "0:0,1:0"}, {"id": "b", "tag": "t"}]
+        assert bodies[1]["watches"] == [{"id": "a", "namespace": "ns", "after": "0:6,1:3"},
+                                        {"id": "b", "tag": "t", "after": "0:9,1:9"}]
+        await group.close()
+    finally:
+        await client.close()
+        await server.close()

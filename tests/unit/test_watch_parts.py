@@ -27,6 +27,7 @@ from raftmem.service.leaders import Router
 from raftmem.service.watch import Watches
 from raftmem.service.watchstream import (
     EventCache,
+    Framing,
     WatchFilter,
     WatchRequest,
     WatchStream,
@@ -81,7 +82,7 @@ def test_a_good_request() -> None:
     request = _watches().parse(Call("GET", "/v1/watch", {"namespace": "a", "after": "0:5,3:7,0:9",
                                                          "require_leader": "true", "progress_ms": "250"},
                                     {"Accept": "application/x-ndjson"}))
-    assert request.after == {0: 9, 3: 7} and request.require_leader and request.ndjson
+    assert request.after == {0: 9, 3: 7} and request.require_leader and request.framing is Framing.NDJSON
     assert request.progress_ms == 250 and request.filter == WatchFilter(namespace="a")
 
 
@@ -140,15 +141,17 @@ def test_an_entrys_framed_events_are_shared_by_streams_with_the_same_filter_and_
     group = [(0, Change(ChangeKind.PUT, 1, 7, "a", "x", after=rec, prev_version=None)),
              (1, Change(ChangeKind.PUT, 1, 7, "b", "y", after={**rec, "namespace": "b", "id": "y"})),
              (2, Change(ChangeKind.DELETE, 1, 7, "a", "z", before={**rec, "id": "z", "version": 3}))]
-    data, count = watches.entry_frames(1, 7, group, WatchFilter(namespace="a"), ndjson=True)
+    data, count = watches.entry_frames(1, 7, group, WatchFilter(namespace="a"), framing=Framing.NDJSON)
     lines = [orjson.loads(line) for line in data.splitlines()]
     assert count == 2 and [(e["id"], e["seq"], e.get("last")) for e in lines] == [("x", 0, None), ("z", 2, True)]
-    assert watches.entry_frames(1, 7, group, WatchFilter(namespace="a"), ndjson=True)[0] is data  # shared
-    sse, _ = watches.entry_frames(1, 7, group, WatchFilter(namespace="a"), ndjson=False)
+    assert watches.entry_frames(1, 7, group, WatchFilter(namespace="a"), framing=Framing.NDJSON)[0] is data  # shared
+    sse, _ = watches.entry_frames(1, 7, group, WatchFilter(namespace="a"), framing=Framing.SSE)
     assert sse.startswith(b"data: ") and sse.count(b"\n\n") == 2
-    everything, all_count = watches.entry_frames(1, 7, group, WatchFilter(), ndjson=True)
+    items, _ = watches.entry_frames(1, 7, group, WatchFilter(namespace="a"), framing=Framing.ITEMS)
+    assert [(e["id"], e.get("last")) for e in orjson.loads(b"[" + items[:-1] + b"]")] == [("x", None), ("z", True)]
+    everything, all_count = watches.entry_frames(1, 7, group, WatchFilter(), framing=Framing.NDJSON)
     assert all_count == 3 and orjson.loads(everything.splitlines()[1]).get("last") is None
-    assert watches.entry_frames(1, 7, group, WatchFilter(tag="none"), ndjson=True) == (b"", 0)
+    assert watches.entry_frames(1, 7, group, WatchFilter(tag="none"), framing=Framing.NDJSON) == (b"", 0)
 
 
 async def test_a_streams_queue_is_bounded_in_entries_and_bytes() -> None:
@@ -238,7 +241,7 @@ def _stream(replica: _Replica, feed: ChangeFeed, flt: WatchFilter | None = None,
         replicas = {0: replica}
         router = types.SimpleNamespace(local=replicas.get, replicas=replicas, node_id="n1", placement={})
         watches = Watches(config, router, feed, forwarder=None)  # type: ignore[arg-type]
-    return WatchStream(watches, WatchRequest(flt or WatchFilter(), {}, 60_000, False, True), 0)
+    return WatchStream(watches, WatchRequest(flt or WatchFilter(), {}, 60_000, False, Framing.NDJSON), 0)
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
