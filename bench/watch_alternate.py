@@ -2,8 +2,11 @@
 14's ratio read without the spread between fresh clusters, which is larger
 than the effect measured).
 
-    python bench/watch_alternate.py [--sequence "0 100 0 100"] [--rate 0] [--duration 15]
+    python bench/watch_alternate.py [--sequence "0 100 0 100/100"] [--rate 0] [--duration 15]
         [--set watch.batch_ms=25 ...] [--json FILE]
+
+A count N/K runs N watchers K to a connection (POST /v1/watch: many watches
+on one connection); N alone, one each.
 
 Starts a 3-node cluster (8 shards, fsync always, like bench/recall_bench.py)
 on empty data, waits until every shard is led by its preferred replica (the
@@ -74,7 +77,8 @@ def socket_writes(urls: list[str]) -> tuple[int, int]:
     return sum(v["events"] for v in views), sum(v.get("writes", 0) for v in views)
 
 
-def one(cluster: Cluster, watchers: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def one(cluster: Cluster, count: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    watchers, _, per = count.partition("/")
     urls = cluster.urls
     before_leaders, (events0, writes0), stalls0 = leaders(urls[0]), socket_writes(urls), loop_stalls(urls)
     servers0, started = sum(cpu_s(p.pid) for p in cluster.procs), time.monotonic()
@@ -82,7 +86,8 @@ def one(cluster: Cluster, watchers: int, args: argparse.Namespace, out: Path) ->
     timing = out / "time.txt"
     subprocess.run(
         ["/usr/bin/time", "-f", "%U %S", "-o", str(timing), sys.executable, str(REPO / "bench" / "watch_bench.py"),
-         "--target", "raftmem", "--url", ",".join(urls), "--clients", str(args.clients), "--watchers", str(watchers),
+         "--target", "raftmem", "--url", ",".join(urls), "--clients", str(args.clients), "--watchers", watchers,
+         "--per-connection", per or "1",
          "--duration", str(args.duration), "--warmup", str(args.warmup), "--value-bytes", "200", "--keys", "1000",
          "--rate", str(args.rate), "--json", str(report)],
         cwd=REPO, check=True, capture_output=True)
@@ -93,7 +98,8 @@ def one(cluster: Cluster, watchers: int, args: argparse.Namespace, out: Path) ->
     writes = result["writes_per_s"] * result["duration_s"]
     user, system = (float(x) for x in timing.read_text().split()[-2:])
     return {
-        "watchers": watchers, "writes_per_s": result["writes_per_s"],
+        "run": count, "watchers": int(watchers), "writes_per_s": result["writes_per_s"],
+        "events_vs_writes": result["events_vs_writes"],
         "server_us_per_write": round(servers * 1e6 / writes) if writes else None,
         "client_cores": round((user + system) / wall, 2),
         "events_per_socket_write": round((events1 - events0) / max(1, writes1 - writes0), 1),
@@ -118,7 +124,8 @@ def ratios(runs: list[dict[str, Any]]) -> list[float | None]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sequence", default="0 100 0 100", help="watcher counts, one run each, in this order")
+    parser.add_argument("--sequence", default="0 100 0 100",
+                        help="watcher counts (N, or N/K: K a connection), one run each, in this order")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--rate", type=float, default=0.0)
     parser.add_argument("--duration", type=float, default=15.0)
@@ -143,7 +150,7 @@ def main() -> int:
                        check=False)
         runs = []
         for count in args.sequence.split():
-            runs.append(one(cluster, int(count), args, out))
+            runs.append(one(cluster, count, args, out))
             print(json.dumps(runs[-1]), flush=True)
     finally:
         cluster.stop()
@@ -153,13 +160,14 @@ def main() -> int:
             shutil.rmtree(out, ignore_errors=True)
     for run, ratio in zip(runs, ratios(runs), strict=True):
         run["against_none_beside"] = ratio
-    with_watchers = [r for r in runs if r["watchers"]]
     none = [r for r in runs if not r["watchers"]]
-    if with_watchers and none:
-        pooled = (sum(r["writes_per_s"] for r in with_watchers) / len(with_watchers)) / (
-            sum(r["writes_per_s"] for r in none) / len(none))
-        print(f"with watchers / without, pooled: {pooled:.3f}; per run: "
-              f"{[r['against_none_beside'] for r in with_watchers]}")
+    for kind in dict.fromkeys(r["run"] for r in runs if r["watchers"]):
+        with_watchers = [r for r in runs if r["run"] == kind]
+        if none:
+            pooled = (sum(r["writes_per_s"] for r in with_watchers) / len(with_watchers)) / (
+                sum(r["writes_per_s"] for r in none) / len(none))
+            print(f"{kind} / none, pooled: {pooled:.3f}; per run: "
+                  f"{[r['against_none_beside'] for r in with_watchers]}")
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1) + "\n")
     return 0

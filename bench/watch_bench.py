@@ -3,7 +3,8 @@
 prefix as fast as they are answered while WATCHERS watchers follow the prefix.
 
     python bench/watch_bench.py --target raftmem|etcd --url URL[,URL] [--clients 32]
-        [--watchers 10] [--duration 15] [--warmup 3] [--value-bytes 200] [--keys 1000] [--rate 0] [--json FILE]
+        [--watchers 10] [--per-connection 1] [--duration 15] [--warmup 3] [--value-bytes 200] [--keys 1000]
+        [--rate 0] [--json FILE]
 
 Reports write throughput and latency, events delivered per second (all
 watchers together, and per watcher), and end-to-end latency from the write's
@@ -16,7 +17,13 @@ shares the machine with the servers, the cost being measured. Writers go to
 the key's leader for raftmem (the bundled client), round robin for etcd (its
 members forward to the leader). `--rate N` holds the writers to N writes a
 second in all (a fixed load, so the servers' CPU per write with and without
-watchers compares at the same rate; 0: as fast as answered). Watchers are spread over the nodes. Client and
+watchers compares at the same rate; 0: as fast as answered). `--per-connection K`
+(raftmem only) carries K watches on each connection (POST /v1/watch, as
+etcd's own clients carry a process's watches on one gRPC stream), but for
+the first watcher, which has a connection of its own and decodes every event
+(the latency samples: a connection of many would have to be undone whole to
+find one watch's lines). Watchers (connections) are spread over the nodes.
+Client and
 servers share the machine: the numbers are the machine's, not the servers'
 alone.
 """
@@ -192,6 +199,8 @@ class Stream(asyncio.Protocol):
         self.head: bytes | None = b""  # None once the head is read
         self.chunked = False
         self.raw = bytearray()  # framed bytes not yet undone
+        self.tail = b""  # a counting watcher's last bytes (a marker may straddle two pieces)
+        self.servers_frame_whole_lines = False  # raftmem: its chunks hold whole lines (see `count`)
         self.text = bytearray()  # payload after the last complete line
         self.transport: asyncio.Transport | None = None
         self.closed = asyncio.get_running_loop().create_future()
@@ -214,6 +223,9 @@ class Stream(asyncio.Protocol):
                 return
             self.chunked = b"transfer-encoding: chunked" in head
             self.up.set()
+        if self.decode is None and self.servers_frame_whole_lines:
+            self.count(data)
+            return
         if not self.chunked:
             self.payload(data)
             return
@@ -235,6 +247,18 @@ class Stream(asyncio.Protocol):
         del raw[:at]
         if len(raw) > LINE_BYTES_MAX:
             self.fail()
+
+    def count(self, data: bytes) -> None:
+        """The events in a piece of the body, counted as it comes: no copy, no
+        framing undone. Exact because the body's framing never cuts an event
+        (raftmem writes whole lines per chunk, so a chunk's size line never
+        falls inside a marker; etcd's Go server cuts chunks where its buffer
+        fills, so its streams are undone as before); a marker split between
+        two pieces is found in the last bytes of one and the first of the next."""
+        stats, marker, tail = self.stats, self.marker, self.tail
+        if stats.measuring:
+            stats.events[self.index] += data.count(marker) + (tail + data[:len(marker) - 1]).count(marker)
+        self.tail = data[-(len(marker) - 1):]
 
     def payload(self, data: bytes | bytearray) -> None:
         text = self.text
@@ -268,12 +292,19 @@ class Stream(asyncio.Protocol):
 
 
 async def watcher(target: str, url: str, index: int, decodes: bool, stats: Stats, stop: asyncio.Event,
-                  up: asyncio.Event) -> None:
+                  up: asyncio.Event, watches: int = 1) -> None:
+    """One connection: one watch, or `watches` of them (raftmem, POST /v1/watch)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "http" or parts.hostname is None:
         raise SystemExit(f"watchers read plain http only: {url}")
     host = f"{parts.hostname}:{parts.port or 80}"
-    if target == "raftmem":
+    if target == "raftmem" and watches > 1:
+        body = orjson.dumps({"watches": [{"id": str(i), "namespace": PREFIX} for i in range(watches)],
+                             "progress_ms": 5000})
+        request = (f"POST /v1/watch HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                   f"Accept: application/x-ndjson\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+        marker, decode = b'"type":"put"', raftmem_ids
+    elif target == "raftmem":
         request = (f"GET /v1/watch?namespace={PREFIX}&progress_ms=5000 HTTP/1.1\r\nHost: {host}\r\n"
                    "Accept: application/x-ndjson\r\n\r\n").encode()
         marker, decode = b'"type":"put"', raftmem_ids
@@ -285,6 +316,7 @@ async def watcher(target: str, url: str, index: int, decodes: bool, stats: Stats
         marker, decode = b'"kv"', etcd_ids
     loop = asyncio.get_running_loop()
     stream = Stream(request, marker, decode if decodes else None, index, stats, up)
+    stream.servers_frame_whole_lines = target == "raftmem"
     try:
         await loop.create_connection(lambda: stream, parts.hostname, parts.port or 80)
         stopped = asyncio.ensure_future(stop.wait())
@@ -304,13 +336,19 @@ async def watcher(target: str, url: str, index: int, decodes: bool, stats: Stats
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     urls = [u.strip().rstrip("/") for u in args.url.split(",") if u.strip()]
     pad = "x" * max(0, args.value_bytes - 40)
-    stats = Stats(events=[0] * args.watchers)
+    if args.per_connection > 1 and args.target != "raftmem":
+        raise SystemExit("--per-connection: raftmem only (etcd's JSON gateway carries one watch a connection)")
+    per = args.per_connection
+    sizes = [min(per, args.watchers - at) for at in range(0, args.watchers, per)] if per <= 1 else (
+        [1] + [min(per, args.watchers - 1 - at) for at in range(0, args.watchers - 1, per)])
+    stats = Stats(events=[0] * len(sizes))  # per connection
     stop = asyncio.Event()
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
-        watches_up = [asyncio.Event() for _ in range(args.watchers)]
-        watchers = [asyncio.create_task(watcher(args.target, urls[i % len(urls)], i, i < DECODING_WATCHERS, stats,
-                                                stop, watches_up[i])) for i in range(args.watchers)]
+        watches_up = [asyncio.Event() for _ in sizes]
+        decodes = [size == 1 and i < DECODING_WATCHERS for i, size in enumerate(sizes)]
+        watchers = [asyncio.create_task(watcher(args.target, urls[i % len(urls)], i, decodes[i], stats,
+                                                stop, watches_up[i], size)) for i, size in enumerate(sizes)]
         for up in watches_up:
             await asyncio.wait_for(up.wait(), 30)
         client: AsyncClient | None = None
@@ -348,7 +386,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         return None if value is None else round(value * 1000, 2)
 
     return {
-        "target": args.target, "clients": args.clients, "watchers": args.watchers,
+        "target": args.target, "clients": args.clients, "watchers": args.watchers, "connections": len(sizes),
         "duration_s": round(measured_s, 2), "value_bytes": args.value_bytes, "keys": args.keys, "rate": args.rate,
         "writes_per_s": round(stats.writes / measured_s, 1), "write_errors": stats.write_errors,
         "write_p50_ms": ms(stats.write_latency_s, 50), "write_p99_ms": ms(stats.write_latency_s, 99),
@@ -367,6 +405,7 @@ def main() -> int:
     parser.add_argument("--url", required=True)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--watchers", type=int, default=1)
+    parser.add_argument("--per-connection", type=int, default=1, help="watches per connection (raftmem)")
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--value-bytes", type=int, default=200)
