@@ -5,7 +5,9 @@
 #
 # Environment: PYTHON (an interpreter with raftmem installed; default python3),
 # CLIENTS (32 writers), WATCHERS ("0 1 10 100": one run per count), VALUE_BYTES
-# (200), KEYS (1000), WARMUP_S (3), OUT (results directory; default
+# (200), KEYS (1000), WARMUP_S (3), RM_PER_CONNECTION (1: raftmem's watches
+# K to a connection, POST /v1/watch, as etcd's own clients multiplex theirs;
+# etcd's JSON gateway takes one a connection), OUT (results directory; default
 # bench/results/watch-compare-<time>), KEEP_WORK=1 to keep data and logs.
 #
 # For each watcher count, each system alone (etcd, then raftmem, each started
@@ -32,6 +34,7 @@ VALUE_BYTES=${VALUE_BYTES:-200}
 KEYS=${KEYS:-1000}
 WARMUP_S=${WARMUP_S:-3}
 PYTHON=${PYTHON:-python3}
+RM_PER_CONNECTION=${RM_PER_CONNECTION:-1}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -47,12 +50,13 @@ LOADAVG_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)  # other work on the machine ske
 ETCD_URL_LIST=$(printf 'http://127.0.0.1:%s,' "${ETCD_CLIENT_PORTS[@]}"); ETCD_URL_LIST=${ETCD_URL_LIST%,}
 
 measure() { # TARGET WATCHERS URLS PIDS...
-    local target=$1 w=$2 urls=$3
+    local target=$1 w=$2 urls=$3 per=1
     shift 3
+    [ "$target" = raftmem ] && per=$RM_PER_CONNECTION
     log "$target: $CLIENTS writers, $w watcher(s), ${DURATION_S}s"
     cpu_start "$@"
     "$PYTHON" "$REPO/bench/watch_bench.py" --target "$target" --url "$urls" --clients "$CLIENTS" \
-        --watchers "$w" --duration "$DURATION_S" --warmup "$WARMUP_S" --value-bytes "$VALUE_BYTES" \
+        --watchers "$w" --per-connection "$per" --duration "$DURATION_S" --warmup "$WARMUP_S" --value-bytes "$VALUE_BYTES" \
         --keys "$KEYS" --json "$OUT/$target-$w.json" >/dev/null
     cpu_stop "$OUT/$target-$w.cpu.json"
 }
