@@ -17,7 +17,12 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    SummaryMetricFamily,
+)
 
 if TYPE_CHECKING:
     from .consensus import Ticker
@@ -99,6 +104,10 @@ class _ShardCollector:
         ticker = self.ticker
         if ticker is not None:
             yield CounterMetricFamily("raftmem_raft_fsync_rounds", "Group-commit fsync rounds (each syncs every dirty journal)", value=ticker.sync_rounds)
+            buckets, total = ticker.fsync_times.snapshot()
+            yield HistogramMetricFamily("raftmem_raft_fsync_seconds", "How long each journal fsync took (a "
+                                        "replica acknowledges entries only once they are durable)",
+                                        buckets=buckets, sum_value=total)
             yield CounterMetricFamily("raftmem_raft_tick_passes", "Tick passes over the node's Raft groups", value=ticker.passes)
             yield CounterMetricFamily("raftmem_raft_tick_errors", "Tick passes that raised (logged; retried)", value=ticker.tick_errors)
             yield GaugeMetricFamily("raftmem_node_raft_log_compaction_bytes", "A replica's log is compacted past this many bytes (raft.log_compaction_bytes)", value=ticker.log_compaction_bytes)

@@ -20,6 +20,7 @@ This module imports nothing from pysyncobj; the adapter hands it to pysyncobj.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import struct
@@ -63,6 +64,50 @@ def stop_the_process(path: Path, error: OSError) -> None:
     os._exit(FSYNC_FAILED_EXIT)
 
 
+# Journal fsyncs are timed into these buckets (seconds; raftmem_raft_fsync_seconds).
+FSYNC_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
+# An fsync slower than this is logged (at most once a second a node): it holds
+# the replica's acknowledgements, and a leader steps down after
+# 0.75 × raft.election_timeout_ms_min (300 ms by default) without a quorum's.
+SLOW_FSYNC_S = 0.2
+
+
+class SyncTimes:
+    """How long the node's journal fsyncs took: a histogram's bucket counts,
+    sum and count, read by the metrics (from the fsync thread and the loop)."""
+
+    def __init__(self, buckets: tuple[float, ...] = FSYNC_BUCKETS_S) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last: above every bucket
+        self.sum_s = 0.0
+        self.count = 0
+        self.slowest_s = 0.0
+        self._lock = threading.Lock()
+        self._warned = 0.0
+
+    def observe(self, seconds: float) -> None:
+        with self._lock:
+            self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
+            self.sum_s += seconds
+            self.count += 1
+            self.slowest_s = max(self.slowest_s, seconds)
+        now = time.monotonic()
+        if seconds > SLOW_FSYNC_S and now - self._warned > 1.0:
+            self._warned = now
+            log.warning("a journal fsync took %.0f ms (a leader steps down after 0.75 x raft.election_timeout_ms_min without a "
+                        "quorum's acknowledgements, which wait for their fsyncs)", seconds * 1000)
+
+    def snapshot(self) -> tuple[list[tuple[str, int]], float]:
+        """Cumulative (upper bound, count) pairs, "+Inf" last, and the sum."""
+        with self._lock:
+            counts, total = list(self.counts), self.sum_s
+        out, running = [], 0
+        for bound, n in zip([*map(str, self.buckets), "+Inf"], counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out, total
+
+
 class DurableJournal:
     def __init__(self, path: str | Path, fsync_enabled: bool = True) -> None:
         self.path = Path(path)
@@ -84,6 +129,7 @@ class DurableJournal:
         self._truncations = 0
         # A failed fdatasync poisons the journal: every later sync raises it.
         self.fsync_error: OSError | None = None
+        self.observe_sync: Callable[[float], None] | None = None  # each fdatasync's seconds (SyncTimes)
         self.on_fsync_error: Callable[[Path, OSError], None] = stop_the_process
         self.syncs = 0
         self._meta: dict[str, Any] = self._load_meta()
@@ -274,6 +320,7 @@ class DurableJournal:
             if seq == self.synced_seq:
                 return
             if self.fsync_enabled:
+                started = time.monotonic()
                 try:
                     os.fdatasync(self._fd)
                 except OSError as e:
@@ -281,6 +328,8 @@ class DurableJournal:
                     self.on_fsync_error(self.path, e)
                     raise
                 self.syncs += 1
+                if self.observe_sync is not None:
+                    self.observe_sync(time.monotonic() - started)
             with self._durable_lock:
                 self.synced_seq = seq
                 if truncations == self._truncations:  # else the cut lowered it; the next sync raises it

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from .group import HEARTBEAT_GAP_MIN_S, RaftGroup
+from .journal import SyncTimes
 from .poller import EpollPoller
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Ticker:
         self.tick_errors = 0
         self.passes = 0
         self.sync_rounds = 0
+        self.fsync_times = SyncTimes()  # every journal fsync of the node's groups
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind to the running loop; call on its thread before creating groups."""
@@ -66,6 +68,7 @@ class Ticker:
         self._loop_thread = threading.get_ident()
 
     def add(self, group: RaftGroup) -> None:
+        group.journal.observe_sync = self.fsync_times.observe
         with self.lock:
             self.groups.append(group)
 

@@ -268,6 +268,9 @@ def test_metrics_are_prometheus_text(cluster: Cluster) -> None:
                  "raftmem_watch_fanout_following", "raftmem_watch_fanout_resyncs_total"):
         assert name in text, name
     assert 'route="/v1/memories/{namespace}/{id}"' in text
+    # The write was fsynced on n1 (it holds every shard's replica): timed.
+    fsyncs = next(line for line in text.splitlines() if line.startswith("raftmem_raft_fsync_seconds_count"))
+    assert float(fsyncs.split()[-1]) >= 1 and 'raftmem_raft_fsync_seconds_bucket{le="+Inf"}' in text
 
 
 def test_readyz_sync(cluster: Cluster) -> None:

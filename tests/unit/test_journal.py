@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from raftmem.consensus.journal import FSYNC_FAILED_EXIT, DurableJournal
+from raftmem.consensus.journal import FSYNC_FAILED_EXIT, DurableJournal, SyncTimes
 
 
 def filled(path: Path, n: int) -> DurableJournal:
@@ -19,6 +19,23 @@ def filled(path: Path, n: int) -> DurableJournal:
         j.add(f"cmd-{i}".encode(), i, 1 + i // 10)
     j.sync()
     return j
+
+
+def test_fsyncs_are_timed_and_a_slow_one_is_logged_once_a_second(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    times = SyncTimes(buckets=(0.01, 0.1))
+    j = DurableJournal(tmp_path / "raft.journal")
+    j.observe_sync = times.observe
+    j.add(b"x", 1, 1)
+    j.sync()
+    j.sync()  # nothing new: no fsync, nothing timed
+    assert times.count == 1 and times.sum_s > 0
+    for seconds in (0.05, 0.5, 0.7):
+        times.observe(seconds)
+    buckets, total = times.snapshot()
+    assert [b for b, _ in buckets] == ["0.01", "0.1", "+Inf"] and buckets[-1][1] == 4
+    assert buckets[1][1] - buckets[0][1] >= 1 and total > 1.2 and times.slowest_s == 0.7
+    assert len([r for r in caplog.records if "fsync took" in r.getMessage()]) == 1  # 0.5 s, not 0.7 s as well
 
 
 def test_reload_keeps_entries_and_term(tmp_path: Path) -> None:
