@@ -480,7 +480,14 @@ class Api:
             body.write(data)
             return True
 
-        await stream.run(body.start, body.send, body.alive, send_now)
+        try:
+            await stream.run(body.start, body.send, body.alive, send_now)
+        except Exception:
+            if not body.response.prepared:
+                raise  # answered as usual
+            # Its head is out: an error answer now would land inside the body.
+            log.exception("a watch stream failed")
+            body.abort()
         return body.response
 
     async def watch_many(self, request: web.Request) -> web.StreamResponse:
