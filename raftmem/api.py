@@ -530,6 +530,8 @@ class Api:
                     group.create_task(one(watch_id, stream))
         finally:
             mux.flush()
+            for _watch_id, stream in streams:
+                stream.release()  # a task cancelled before it ran (once only: run gave back the rest)
         return body.response
 
     async def watch_fetch(self, request: web.Request) -> web.Response:

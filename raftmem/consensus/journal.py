@@ -308,6 +308,7 @@ class DurableJournal:
     def sync(self) -> None:
         """Make every appended entry durable (a no-op when nothing is new).
         Thread-safe against appends on the loop thread."""
+        took_s: float | None = None
         with self._fd_lock:
             with self._durable_lock:
                 seq = self.appended_seq
@@ -328,12 +329,16 @@ class DurableJournal:
                     self.on_fsync_error(self.path, e)
                     raise
                 self.syncs += 1
-                if self.observe_sync is not None:
-                    self.observe_sync(time.monotonic() - started)
+                took_s = time.monotonic() - started
             with self._durable_lock:
                 self.synced_seq = seq
                 if truncations == self._truncations:  # else the cut lowered it; the next sync raises it
                     self.durable_index = last
+        if took_s is not None and self.observe_sync is not None:
+            try:  # outside the lock (it may log), and never the sync's failure
+                self.observe_sync(took_s)
+            except Exception:  # noqa: BLE001
+                log.exception("timing a journal fsync failed")
 
     def drop_before(self, idx: int, term: int) -> bool:
         """Finish a compaction that a crash interrupted: if the entry (idx, term)

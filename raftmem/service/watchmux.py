@@ -83,8 +83,10 @@ class Mux:
             return True
 
         async def send(data: bytes) -> None:
-            if not self.body.raw:
-                await self.body.send(head + memoryview(data)[:-1] + self._tail)
+            if not self.body.raw:  # each write its own, awaited; shielded as `_room` is
+                sending = asyncio.ensure_future(self.body.send(head + memoryview(data)[:-1] + self._tail))
+                sending.add_done_callback(_retrieved)
+                await asyncio.shield(sending)
                 self.on_write()
                 return
             self._post(head, data)

@@ -292,7 +292,7 @@ class WatchStream:
         # connection counts its writes (raftmem.service.watchmux).
         self._counts_writes = request.framing is not Framing.ITEMS
         self._failed: asyncio.Future[BaseException] | None = None
-        self.holds_place = False  # counted in the node's open watches (Watches.reserve)
+        self.holds_place = False  # counted in the node's open watches (Watches._open, run)
         self.finished = False  # its last event (overflow, compacted, error) was written
 
     @property
@@ -369,10 +369,10 @@ class WatchStream:
             pass  # the client went away, or took nothing for WRITE_STALL_S
         finally:
             self._send_now = None
-            await self._cancel_drivers()
+            self.release()  # before any await: a second cancellation cannot keep its place
             if writer is not None and not writer.done():
                 writer.cancel()
-            self.release()
+            await self._cancel_drivers()
             if reason == "client gone":
                 watches.stats.ended[reason] = watches.stats.ended.get(reason, 0) + 1
 
