@@ -107,9 +107,13 @@ async def test_a_writer_that_stops_waiting_leaves_the_others_waiting_for_the_sam
     mux = Mux(body, sse=False, high_water=100, on_write=lambda: None)
     first = asyncio.ensure_future(mux.writer("a")[0](events(1)))
     second = asyncio.ensure_future(mux.writer("b")[0](events(2)))
-    await asyncio.sleep(0.01)
+    deadline = asyncio.get_running_loop().time() + 5
+    while len(body.writes) < 2 and asyncio.get_running_loop().time() < deadline:  # both written, both waiting
+        await asyncio.sleep(0)
     first.cancel()
-    await asyncio.sleep(0.01)
+    await asyncio.wait({first}, timeout=5)
+    for _turn in range(3):  # a cancellation that reached the shared drain would end `second` in these turns
+        await asyncio.sleep(0)
     assert not second.done() and body.drains == 1  # one drain for both, still running
     taken.set()
     await asyncio.wait_for(second, 1)
