@@ -128,16 +128,16 @@ class WatchWorkload(Workload):
                                      {"after": positions[w["id"]], "filter": w["filter"]}, node, watcher=w["id"])
                 for w in group}
         until = asyncio.get_running_loop().time() + duration_s
+        params: dict[str, str] | None = None  # one watcher: GET /v1/watch
+        body: dict[str, Any] | None = None  # together: POST
         if len(group) == 1:
             params = {"namespace": self.namespace, "after": _tokens(positions[group[0]["id"]]),
                       "progress_ms": str(PROGRESS_MS), **group[0]["filter"]}
-            answer, lines = await ctx.client.lines(node, "/v1/watch", params=params, headers={"Accept": NDJSON},
-                                                   read_timeout_s=READ_TIMEOUT_S, until=until)
         else:
             body = {"watches": [{"id": w["id"], "namespace": self.namespace, "after": _tokens(positions[w["id"]]),
                                  **w["filter"]} for w in group], "progress_ms": PROGRESS_MS}
-            answer, lines = await ctx.client.lines(node, "/v1/watch", body=body, headers={"Accept": NDJSON},
-                                                   read_timeout_s=READ_TIMEOUT_S, until=until)
+        answer, lines = await ctx.client.lines(node, "/v1/watch", params=params, body=body,
+                                               headers={"Accept": NDJSON}, read_timeout_s=READ_TIMEOUT_S, until=until)
         if answer.status != 200:
             etype, error = outcome(answer, ())
             for watcher_id, inv in invs.items():

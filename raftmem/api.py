@@ -50,9 +50,8 @@ from .service import (
 from .service.tasks import CLAIM_PATH_ID
 from .service.watchmux import Mux
 from .service.watchstream import NDJSON as NDJSON_TYPE
-from .service.watchstream import SSE as SSE_TYPE
 from .service.watchstream import WRITE_BYTES_MAX as WATCH_WRITE_BYTES_MAX
-from .service.watchstream import WatchStream
+from .service.watchstream import WatchStream, stream_headers
 
 log = logging.getLogger(__name__)
 
@@ -496,15 +495,8 @@ class Api:
         watch has (or the client goes)."""
         streams = await self.service.watches.open_many(_call(request, await _body(request)))
         sse = NDJSON_TYPE not in (request.headers.get("Accept") or "")  # as GET: SSE unless NDJSON is asked for
-        headers = {"Content-Type": SSE_TYPE if sse else NDJSON_TYPE, "Cache-Control": "no-cache",
-                   "X-Raftmem-Served-By": self.service.router.node_id}
+        headers = stream_headers(sse, self.service.router.node_id)
         body = _StreamBody(request, web.StreamResponse(status=200, headers=headers))
-        try:
-            await body.start()
-        except BaseException:
-            for _watch_id, stream in streams:
-                stream.release()
-            raise
         watches = self.service.watches
 
         def wrote() -> None:
@@ -525,13 +517,14 @@ class Api:
                 body.abort()  # ended without its last event: every watch of the connection resumes elsewhere
 
         try:
+            await body.start()
             async with asyncio.TaskGroup() as group:  # one failing ends the others (no stream left behind)
                 for watch_id, stream in streams:
                     group.create_task(one(watch_id, stream))
         finally:
             mux.flush()
             for _watch_id, stream in streams:
-                stream.release()  # a task cancelled before it ran (once only: run gave back the rest)
+                stream.release()  # not started, or a task cancelled before it ran (once only: run gave back the rest)
         return body.response
 
     async def watch_fetch(self, request: web.Request) -> web.Response:

@@ -159,6 +159,26 @@ class _Following:
                     headers: dict[str, str]) -> aiohttp.ClientResponse:
         raise NotImplementedError
 
+    async def _take(self, cursor: Cursor, item: dict[str, Any],
+                    watch_id: str | None = None) -> WatchEvent | Progress | None:
+        """What one item of a watch's stream gives the caller, its cursor
+        moved past it; None: nothing (an event given already, a progress not
+        asked for, a last event: the stream comes back elsewhere). `watch_id`:
+        the watch's, among many on one connection."""
+        kind = item.get("type")
+        if kind in CHANGES:
+            return cursor.event(item)
+        cursor.advance(parse_tokens(item.get("tokens")))
+        if kind == "progress":
+            return Progress(dict(cursor.positions)) if self.yield_progress else None
+        if kind == "compacted":
+            await self.close()
+            which = "" if watch_id is None else f"watch {watch_id!r}, "
+            raise Compacted(f"{which}shard {item.get('shard')}: the change log starts after {item.get('oldest')}",
+                            status=410, body=item if watch_id is None else {**item, "watch": watch_id})
+        await self._drop(failed=kind != "overflow")  # overflow, or an error (no leader, the node stopping)
+        return None
+
     async def _next_item(self) -> dict[str, Any] | None:
         """The next line's object, connecting first when needed; None once closed."""
         while not self._closed:
@@ -281,22 +301,9 @@ class Watch(_Following):
 
     async def __anext__(self) -> WatchEvent | Progress:
         while (item := await self._next_item()) is not None:
-            kind = item.get("type")
-            if kind in CHANGES:
-                event = self.cursor.event(item)
-                if event is not None:
-                    return event
-                continue
-            self.cursor.advance(parse_tokens(item.get("tokens")))
-            if kind == "progress":
-                if self.yield_progress:
-                    return Progress(dict(self.positions))
-            elif kind == "compacted":
-                await self.close()
-                raise Compacted(f"shard {item.get('shard')}: the change log starts after {item.get('oldest')}",
-                                status=410, body=item)
-            else:  # overflow, or an error event (no leader, the node stopping): go on elsewhere
-                await self._drop(failed=kind != "overflow")
+            given = await self._take(self.cursor, item)
+            if given is not None:
+                return given
         raise StopAsyncIteration
 
     async def _open(self, http: aiohttp.ClientSession, url: str, timeout: aiohttp.ClientTimeout,
@@ -354,25 +361,12 @@ class WatchGroup(_Following):
                 if watch_id in self.cursors:
                     self._ready.extend((watch_id, item) for item in line.get("events") or [])
                 continue
-            # Taken one at a time (a watch's tokens move only past what was given).
+            # Taken one at a time (a watch's tokens move only past what was given);
+            # one watch overflowed or failed: the group comes back, every watch from its tokens.
             watch_id, item = self._ready.popleft()
-            cursor = self.cursors[watch_id]
-            kind = item.get("type")
-            if kind in CHANGES:
-                event = cursor.event(item)
-                if event is not None:
-                    return watch_id, event
-                continue
-            cursor.advance(parse_tokens(item.get("tokens")))
-            if kind == "progress":
-                if self.yield_progress:
-                    return watch_id, Progress(dict(cursor.positions))
-            elif kind == "compacted":
-                await self.close()
-                raise Compacted(f"watch {watch_id!r}, shard {item.get('shard')}: the change log starts after "
-                                f"{item.get('oldest')}", status=410, body={**item, "watch": watch_id})
-            else:  # one watch overflowed or failed: the group comes back, every watch from its tokens
-                await self._drop(failed=kind != "overflow")
+            given = await self._take(self.cursors[watch_id], item, watch_id)
+            if given is not None:
+                return watch_id, given
 
     async def _open(self, http: aiohttp.ClientSession, url: str, timeout: aiohttp.ClientTimeout,
                     headers: dict[str, str]) -> aiohttp.ClientResponse:

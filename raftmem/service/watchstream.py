@@ -178,6 +178,11 @@ def frame(body: bytes, framing: Framing) -> bytes:
     return b"data: " + body + b"\n\n"
 
 
+def stream_headers(sse: bool, node_id: str) -> dict[str, str]:
+    """A watch response's headers (one watch, or many on one connection)."""
+    return {"Content-Type": SSE if sse else NDJSON, "Cache-Control": "no-cache", "X-Raftmem-Served-By": node_id}
+
+
 def format_tokens(positions: Mapping[int, int]) -> str:
     return ",".join(f"{s}:{i}" for s, i in sorted(positions.items()))
 
@@ -297,8 +302,7 @@ class WatchStream:
 
     @property
     def headers(self) -> dict[str, str]:
-        ctype = SSE if self.request.framing is Framing.SSE else NDJSON
-        return {"Content-Type": ctype, "Cache-Control": "no-cache", "X-Raftmem-Served-By": self.router.node_id}
+        return stream_headers(self.request.framing is Framing.SSE, self.router.node_id)
 
     def frame(self, body: bytes) -> bytes:
         return frame(body, self.request.framing)
